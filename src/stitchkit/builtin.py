@@ -1,0 +1,38 @@
+"""The core's own plugin: the timm ViT adapter, the sequential path set, the
+random initializer and the generic path samplers. Registered like any other
+plugin, under the name ``stitchkit``.
+"""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def register_ancestries(register):  # noqa: ANN001
+    from .vit import TimmViT
+
+    register(TimmViT)
+
+
+@hookimpl
+def register_methods(register):  # noqa: ANN001
+    from .sequential import SequentialMethod
+
+    register(SequentialMethod)
+
+
+@hookimpl
+def register_initializers(register):  # noqa: ANN001
+    from .initializers import RandomInitializer
+
+    register(RandomInitializer)
+
+
+@hookimpl
+def register_samplers(register):  # noqa: ANN001
+    from .samplers import FlopsGroupedSampler, SandwichSampler, UniformSampler
+
+    register(UniformSampler)
+    register(FlopsGroupedSampler)
+    register(SandwichSampler)

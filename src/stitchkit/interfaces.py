@@ -1,0 +1,280 @@
+"""The contracts a plugin implements.
+
+Six kinds of component, each a small abstract class with a ``name`` and a
+docstring: ancestry adapters, auxiliary designs, distillation losses, stitch
+initializers, path samplers and methods. Plugins register subclasses through
+the hooks in :mod:`stitchkit.hookspecs`; the host creates them by name.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from .spec import Path, RowShape, StitchSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pool import Pool
+    from .registry import Registry
+
+
+# --------------------------------------------------------------------------- taps
+@dataclass
+class Taps:
+    """What one forward pass of a network exposes for distillation and stitching.
+
+    ``stem`` is the output of the input stem (the input of block 0);
+    ``blocks[i]`` the output tokens of block ``i``; ``attentions[i]`` the output of
+    block ``i``'s self-attention sublayer (after its output projection, before
+    the residual add). Only requested entries are filled.
+    """
+
+    logits: torch.Tensor
+    stem: torch.Tensor | None = None
+    blocks: dict[int, torch.Tensor] = field(default_factory=dict)
+    attentions: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def block_input(self, index: int) -> torch.Tensor:
+        """Input tokens of block ``index`` (the stem output for block 0)."""
+        if index == 0:
+            if self.stem is None:
+                raise KeyError("stem output was not tapped")
+            return self.stem
+        return self.blocks[index - 1]
+
+
+@dataclass(frozen=True)
+class TapRequest:
+    """Which block outputs and attention outputs a consumer needs from a network."""
+
+    blocks: tuple[int, ...] = ()
+    attentions: tuple[int, ...] = ()
+
+    def __or__(self, other: TapRequest) -> TapRequest:
+        return TapRequest(
+            tuple(sorted(set(self.blocks) | set(other.blocks))),
+            tuple(sorted(set(self.attentions) | set(other.attentions))),
+        )
+
+
+# --------------------------------------------------------------------------- ancestry adapter
+class AncestryAdapter(ABC):
+    """Adapter over one network of a family (an ancestry, an auxiliary model, an anchor).
+
+    It exposes the network as *input stem -> blocks -> final norm and head*, taps
+    for each block's output and each block's attention-sublayer output, and the
+    means to build a same-family network of another depth, width and heads
+    (auxiliary models and pool rows are built this way).
+
+    ``stem()`` and ``head()`` return modules that *share* the network's
+    parameters, so a descendant that runs them trains the row itself.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_arch(cls, arch: Mapping[str, Any]) -> AncestryAdapter:
+        """Build a randomly initialised network from :meth:`arch` output.
+
+        Called under ``torch.device('meta')`` by the planner, so it must not
+        touch data or download anything.
+        """
+
+    @abstractmethod
+    def arch(self) -> dict[str, Any]:
+        """A JSON-serialisable description :meth:`from_arch` rebuilds the network from."""
+
+    @abstractmethod
+    def resized(self, shape: RowShape) -> dict[str, Any]:
+        """The arch of a same-family network with another depth, width and heads."""
+
+    # -- structure ------------------------------------------------------------
+    @property
+    @abstractmethod
+    def shape(self) -> RowShape:
+        """Depth, width and heads."""
+
+    @property
+    @abstractmethod
+    def blocks(self) -> nn.ModuleList:
+        """The blocks, in order. Each maps tokens ``(B, N, width)`` to the same shape."""
+
+    @abstractmethod
+    def stem(self) -> nn.Module:
+        """Module mapping images to the tokens block 0 takes (shares parameters)."""
+
+    @abstractmethod
+    def head(self) -> nn.Module:
+        """Module mapping the last block's tokens to logits: final norm, pooling, classifier."""
+
+    @abstractmethod
+    def attention(self, index: int) -> nn.Module:
+        """The self-attention sublayer of block ``index``; its output is the attention tap."""
+
+    @abstractmethod
+    def part_of(self, param_name: str) -> tuple[str, int | None]:
+        """Which part a state-dict key belongs to: ``("stem", None)``, ``("block", i)`` or ``("head", None)``."""
+
+    # -- concrete helpers ----------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return int(self.arch().get("num_classes", 0))
+
+    def forward_taps(self, x: torch.Tensor, request: TapRequest = TapRequest()) -> Taps:
+        """One forward pass returning the logits and the requested taps.
+
+        The taps come from the same pass that makes the logits (forward hooks),
+        so a frozen teacher is run once per step.
+        """
+        taps = Taps(logits=torch.empty(0))
+        handles = []
+        stem = self.stem()
+        blocks = self.blocks
+        try:
+            for i in request.blocks:
+                handles.append(blocks[i].register_forward_hook(_store(taps.blocks, i)))
+            for i in request.attentions:
+                handles.append(self.attention(i).register_forward_hook(_store(taps.attentions, i)))
+            x = stem(x)
+            taps.stem = x
+            for blk in blocks:
+                x = blk(x)
+            taps.logits = self.head()(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return taps
+
+
+def _store(table: dict[int, torch.Tensor], key: int):
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        table[key] = output
+
+    return hook
+
+
+# --------------------------------------------------------------------------- auxiliary design
+class AuxiliaryDesign(ABC):
+    """Derives the auxiliary models (the pool's rows) from an ancestry.
+
+    ``rows`` returns row shapes sorted by width (narrow first). ``initialize``
+    sets a freshly built row's weights before distillation (random by default).
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def rows(self, ancestry: RowShape) -> list[RowShape]:
+        """Shapes of the auxiliary models, narrow to wide."""
+
+    def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
+        """Initialise ``row`` from ``ancestry``; the default keeps the random init."""
+
+
+# --------------------------------------------------------------------------- distillation loss
+class DistillationLoss(nn.Module, ABC):
+    """A loss between a student's and a teacher's taps.
+
+    It is an ``nn.Module`` because some losses own learnable parameters (the
+    block- and attention-based transformation matrices ``W`` and ``M``), which
+    the trainer optimises jointly with the student.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def teacher_taps(self) -> TapRequest:
+        """Taps this loss needs from the teacher."""
+
+    @abstractmethod
+    def student_taps(self) -> TapRequest:
+        """Taps this loss needs from the student."""
+
+    @abstractmethod
+    def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
+        """A scalar loss."""
+
+
+# --------------------------------------------------------------------------- stitch initializer
+@dataclass
+class InitContext:
+    """What a stitch initializer may use: a batch of training images and a seed."""
+
+    images: torch.Tensor | None = None
+    seed: int = 0
+
+
+class StitchInitializer(ABC):
+    """Sets the weights and biases of a pool's stitch layers."""
+
+    name: ClassVar[str]
+    needs_images: ClassVar[bool] = False
+
+    @abstractmethod
+    def initialize(self, pool: Pool, context: InitContext) -> None:
+        """Write every stitch layer of ``pool`` in place."""
+
+
+# --------------------------------------------------------------------------- path sampler
+class PathSampler(ABC):
+    """Chooses the path(s) trained in one optimisation step.
+
+    ``sample`` returns one path, or several whose gradients are accumulated
+    into one step (the sandwich rule). It must draw randomness only from the
+    generator it is given: the trainer seeds it identically on every rank, so
+    all ranks train the same path.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, paths: Sequence[Path], macs: Sequence[int] | None = None) -> None:
+        if not paths:
+            raise ValueError("a path sampler needs at least one path")
+        if macs is not None and len(macs) != len(paths):
+            raise ValueError(f"got {len(macs)} MAC counts for {len(paths)} paths")
+        self.paths = list(paths)
+        self.macs = list(macs) if macs is not None else None
+
+    @abstractmethod
+    def sample(self, generator: torch.Generator) -> list[Path]:
+        """The paths to train in this step."""
+
+
+# --------------------------------------------------------------------------- method
+class Method(ABC):
+    """A stitching method: which stitch layers a pool has and which paths it allows,
+    plus the default components used to build one.
+    """
+
+    name: ClassVar[str]
+    default_initializer: ClassVar[str] = "random"
+    default_sampler: ClassVar[str] = "uniform"
+
+    @abstractmethod
+    def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
+        """The stitch layers of a pool with these rows (sorted by width)."""
+
+    @abstractmethod
+    def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
+        """Every descendant the method allows, in a stable order."""
+
+    def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Registry) -> pathlib.Path:
+        """Run the method's whole pipeline from a resolved config; return the pool file.
+
+        Methods that only define a path set (like the core's ``sequential``)
+        do not build; ``stitchkit build`` then says so.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(f"method {self.name!r} defines paths only and cannot run 'stitchkit build'")

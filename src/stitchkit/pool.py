@@ -1,0 +1,139 @@
+"""The pool: rows of learngene instances plus the stitch layers between rows.
+
+A row is one trained network (an auxiliary model for Learngene Pool, an
+anchor for SN-Net) held through its :class:`~stitchkit.interfaces.AncestryAdapter`;
+its blocks are the learngene instances, and it keeps its own stem, final norm
+and head. Stitch layers are ``nn.Linear`` maps named by the method. Paths are
+enumerated by the method once and stored with the pool, so a pool file is
+self-describing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, PathError
+from .interfaces import AncestryAdapter, Method
+from .measure import count_macs, count_params
+from .spec import Path, RowShape, StitchSpec
+from .stitched import Descendant, build_descendant
+
+
+class Pool(nn.Module):
+    """Rows (sorted by width) + stitch layers + the paths the method allows."""
+
+    def __init__(
+        self,
+        rows: Sequence[AncestryAdapter],
+        stitches: Sequence[StitchSpec],
+        paths: Sequence[Path],
+        *,
+        method: str,
+        info: Mapping[str, Any] | None = None,
+        extras: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if not rows:
+            raise ConfigError("a pool needs at least one row")
+        widths = [a.shape.width for a in rows]
+        if widths != sorted(widths):
+            raise ConfigError(f"pool rows must be sorted by width (narrow first), got widths {widths}")
+        self.adapters = list(rows)
+        self.rows = nn.ModuleList(a.model for a in rows)
+        self.stitch_specs = {s.name: s for s in stitches}
+        if len(self.stitch_specs) != len(stitches):
+            raise ConfigError("stitch layer names must be unique")
+        for s in stitches:
+            for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
+                if not 0 <= end < len(rows) or rows[end].shape.width != width:
+                    raise ConfigError(
+                        f"stitch layer {s.name!r} expects width {width} at row {end}, "
+                        f"which {'does not exist' if not 0 <= end < len(rows) else f'has width {rows[end].shape.width}'}"
+                    )
+        self.stitches = nn.ModuleDict({s.name: nn.Linear(s.src_width, s.dst_width) for s in stitches})
+        depths = [a.shape.depth for a in rows]
+        for p in paths:
+            p.validate(depths, self.stitch_specs)
+        self.paths = list(paths)
+        self.method = method
+        self.info: dict[str, Any] = dict(info or {})
+        self.evaluation: dict[str, dict[str, Any]] = {}
+        self.extras: dict[str, torch.Tensor] = dict(extras or {})
+
+    @classmethod
+    def from_method(cls, method: Method, rows: Sequence[AncestryAdapter], **kwargs: Any) -> Pool:
+        """A pool whose stitch layers and paths are those ``method`` defines for ``rows``."""
+        shapes = [a.shape for a in rows]
+        stitches = method.stitches(shapes)
+        return cls(rows, stitches, method.paths(shapes, stitches), method=method.name, **kwargs)
+
+    # -- access ----------------------------------------------------------------
+    @property
+    def shapes(self) -> list[RowShape]:
+        return [a.shape for a in self.adapters]
+
+    def path(self, key: Path | int | str) -> Path:
+        """A path by object, index in :attr:`paths`, name (``r0[0:3]+...``) or label."""
+        if isinstance(key, Path):
+            key.validate([s.depth for s in self.shapes], self.stitch_specs)
+            return key
+        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            i = int(key)
+            if not 0 <= i < len(self.paths):
+                raise PathError(f"descendant index {i} out of range: the pool has {len(self.paths)} descendants (0..{len(self.paths) - 1})")
+            return self.paths[i]
+        for p in self.paths:
+            if key in (p.name, p.label):
+                return p
+        raise PathError(f"no descendant named {key!r}; run 'stitchkit info' on the pool to list them")
+
+    def descendant(self, key: Path | int | str, *, copy: bool = False) -> Descendant:
+        """The descendant for a path, sharing this pool's parameters (or a deep copy)."""
+        d = build_descendant(self.adapters, self.stitches, self.path(key))
+        if copy:
+            import copy as _copy
+
+            d = _copy.deepcopy(d)
+        return d
+
+    # -- size ------------------------------------------------------------------
+    def storage_params(self) -> int:
+        """Parameters stored: every row plus every stitch layer (not the ancestry)."""
+        return count_params(self)
+
+    def costs(self, *, convention: str = "true") -> list[dict[str, Any]]:
+        """Params and MACs of every descendant (works on the meta device)."""
+        out = []
+        for i, p in enumerate(self.paths):
+            d = self.descendant(p)
+            out.append(
+                {
+                    "index": i,
+                    "name": p.name,
+                    "label": p.label,
+                    "path": p.to_json(),
+                    "blocks": p.num_blocks,
+                    "params": count_params(d, convention=convention),  # type: ignore[arg-type]
+                    "macs": count_macs(d),
+                }
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON description stored in a pool file's metadata."""
+        return {
+            "method": self.method,
+            "rows": [
+                {"adapter": a.name, "arch": a.arch(), "depth": a.shape.depth, "width": a.shape.width, "heads": a.shape.heads}
+                for a in self.adapters
+            ],
+            "stitches": [s.to_json() for s in self.stitch_specs.values()],
+            "paths": [p.to_json() for p in self.paths],
+            "info": self.info,
+            "evaluation": self.evaluation,
+            "extras": sorted(self.extras),
+        }

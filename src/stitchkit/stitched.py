@@ -1,0 +1,140 @@
+"""Descendant models: a path through a pool, as an ``nn.Module``.
+
+A descendant runs the input stem of the row its path starts in, the path's
+blocks with a stitch layer between segments, then the final norm and head of
+the row it ends in. Built from a pool it *shares* the pool's parameters
+(training a descendant trains the pool); ``copy=True`` gives an independent
+module (for export). Its state-dict keys do not depend on the pool:
+``stem.*``, ``segments.<i>.<j>.*``, ``stitches.<i>.*``, ``head.*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .interfaces import AncestryAdapter
+from .spec import Path, StitchSpec
+
+
+class Descendant(nn.Module):
+    """stem -> segment 0 -> stitch 0 -> segment 1 -> ... -> head."""
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        segments: Sequence[Sequence[nn.Module]],
+        stitches: Sequence[nn.Module],
+        head: nn.Module,
+        path: Path,
+        input_size: tuple[int, int, int],
+    ) -> None:
+        super().__init__()
+        if len(stitches) != len(segments) - 1:
+            raise ValueError(f"{len(segments)} segments need {len(segments) - 1} stitch layers, got {len(stitches)}")
+        self.stem = stem
+        self.segments = nn.ModuleList(nn.ModuleList(seg) for seg in segments)
+        self.stitches = nn.ModuleList(stitches)
+        self.head = head
+        self.path = path
+        self.input_size = tuple(input_size)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block (before the final norm)."""
+        x = self.stem(x)
+        for i, segment in enumerate(self.segments):
+            if i:
+                x = self.stitches[i - 1](x)
+            for block in segment:
+                x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def build_descendant(
+    adapters: Sequence[AncestryAdapter],
+    stitch_layers: Mapping[str, nn.Module],
+    path: Path,
+) -> Descendant:
+    """A descendant sharing the modules of ``adapters`` (rows) and ``stitch_layers``."""
+    first, last = adapters[path.segments[0].row], adapters[path.segments[-1].row]
+    segments = [[adapters[s.row].blocks[b] for b in range(s.start, s.stop)] for s in path.segments]
+    stitches = [stitch_layers[name] for name in path.stitches]
+    return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
+
+
+def descendant_skeleton(
+    adapter_types: Mapping[int, type[AncestryAdapter]],
+    archs: Mapping[int, Mapping[str, Any]],
+    stitch_specs: Mapping[str, StitchSpec],
+    path: Path,
+) -> Descendant:
+    """An uninitialised descendant (on the meta device) with the right module tree.
+
+    Each row the path uses is rebuilt with only as many blocks as the path
+    takes from it; blocks are structurally identical, so their weights can be
+    loaded into any position. Load weights with ``load_state_dict(..., assign=True)``.
+    """
+    counts: dict[int, int] = {}
+    for seg in path.segments:
+        counts[seg.row] = counts.get(seg.row, 0) + len(seg)
+    counts.setdefault(path.segments[0].row, 0)
+    counts.setdefault(path.segments[-1].row, 0)
+    with torch.device("meta"):
+        rows = {r: adapter_types[r].from_arch({**archs[r], "depth": n}) for r, n in counts.items()}
+        taken = {r: 0 for r in rows}
+        segments = []
+        for seg in path.segments:
+            blocks = rows[seg.row].blocks
+            segments.append([blocks[taken[seg.row] + j] for j in range(len(seg))])
+            taken[seg.row] += len(seg)
+        stitches = [
+            nn.Linear(stitch_specs[n].src_width, stitch_specs[n].dst_width) for n in path.stitches
+        ]
+    first, last = rows[path.segments[0].row], rows[path.segments[-1].row]
+    return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
+
+
+def pool_key_map(
+    adapters_part_of: Mapping[int, Any],
+    row_keys: Mapping[int, Sequence[str]],
+    path: Path,
+) -> dict[str, str]:
+    """Map the pool's tensor names a descendant needs to the descendant's own names.
+
+    ``adapters_part_of[r]`` is row ``r``'s ``part_of`` function and
+    ``row_keys[r]`` its state-dict keys (without the ``rows.<r>.`` prefix).
+    """
+    mapping: dict[str, str] = {}
+    first, last = path.segments[0].row, path.segments[-1].row
+    for key in row_keys[first]:
+        if adapters_part_of[first](key)[0] == "stem":
+            mapping[f"rows.{first}.{key}"] = f"stem.{key}"
+    for key in row_keys[last]:
+        if adapters_part_of[last](key)[0] == "head":
+            mapping[f"rows.{last}.{key}"] = f"head.{key}"
+    for i, seg in enumerate(path.segments):
+        for key in row_keys[seg.row]:
+            part, index = adapters_part_of[seg.row](key)
+            if part == "block" and seg.start <= index < seg.stop:  # type: ignore[operator]
+                rest = key.split(".", 2)[2]
+                mapping[f"rows.{seg.row}.{key}"] = f"segments.{i}.{index - seg.start}.{rest}"
+    for i, name in enumerate(path.stitches):
+        for p in ("weight", "bias"):
+            mapping[f"stitches.{name}.{p}"] = f"stitches.{i}.{p}"
+    return mapping
+
+
+def _input_size(adapter: AncestryAdapter) -> tuple[int, int, int]:
+    size = getattr(adapter, "input_size", None)
+    if size is None:
+        arch = adapter.arch()
+        img = arch.get("img_size", 224)
+        img = (img, img) if isinstance(img, int) else tuple(img)
+        size = (int(arch.get("in_chans", 3)), *img)
+    return tuple(size)  # type: ignore[return-value]

@@ -1,0 +1,233 @@
+"""The core's ancestry adapter: timm's VisionTransformer (DeiT / ViT of any shape).
+
+``ViTStem`` and ``ViTHead`` hold the *same* parameter objects as the model
+and run timm's own ``_pos_embed`` and ``pool`` code, so a descendant built
+from them computes exactly what the row would.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from timm.layers import LayerScale
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .errors import ConfigError, StitchkitError
+from .interfaces import AncestryAdapter
+from .spec import RowShape
+
+
+class ViTStem(nn.Module):
+    """Patch embedding, class/register tokens, position embedding, pre-norm."""
+
+    def __init__(self, model: VisionTransformer) -> None:
+        super().__init__()
+        self.patch_embed = model.patch_embed
+        self.cls_token = model.cls_token
+        self.reg_token = model.reg_token
+        self.pos_embed = model.pos_embed
+        self.pos_drop = model.pos_drop
+        self.patch_drop = model.patch_drop
+        self.norm_pre = model.norm_pre
+        self.dynamic_img_size = model.dynamic_img_size
+        self.no_embed_class = model.no_embed_class
+        self.num_prefix_tokens = model.num_prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        x = VisionTransformer._pos_embed(self, x)  # type: ignore[arg-type]
+        x = self.patch_drop(x)
+        return self.norm_pre(x)
+
+
+class ViTHead(nn.Module):
+    """Final norm, token pooling, fc-norm and the classifier."""
+
+    def __init__(self, model: VisionTransformer) -> None:
+        super().__init__()
+        self.norm = model.norm
+        self.attn_pool = model.attn_pool
+        self.fc_norm = model.fc_norm
+        self.head_drop = model.head_drop
+        self.head = model.head
+        self.global_pool = model.global_pool
+        self.num_prefix_tokens = model.num_prefix_tokens
+        self.pool_include_prefix = getattr(model, "pool_include_prefix", False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        x = VisionTransformer.pool(self, x)  # type: ignore[arg-type]
+        x = self.fc_norm(x)
+        x = self.head_drop(x)
+        return self.head(x)
+
+
+_HEAD_PREFIXES = ("norm.", "fc_norm.", "head.", "attn_pool.")
+
+
+class TimmViT(AncestryAdapter):
+    """timm ``VisionTransformer``: DeiT and ViT of any width, depth, heads, patch and image size."""
+
+    name = "timm-vit"
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, VisionTransformer):
+            raise ConfigError(
+                f"the timm-vit adapter needs a timm VisionTransformer, got {type(model).__name__}"
+            )
+        if getattr(model, "dist_token", None) is not None or getattr(model, "attn_pool", None) is not None:
+            raise ConfigError(
+                "distilled (dist_token) and attention-pooled ViTs are not supported by timm-vit; "
+                "use the plain (non-distilled) model, e.g. deit_base_patch16_224"
+            )
+        super().__init__(model)
+        self._stem: ViTStem | None = None
+        self._head: ViTHead | None = None
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any]) -> TimmViT:
+        kwargs = {k: v for k, v in arch.items() if k not in ("timm_name",)}
+        for key in ("img_size", "patch_size"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        try:
+            model = VisionTransformer(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"cannot build a timm VisionTransformer from arch {dict(arch)}: {exc}") from exc
+        return cls(model)
+
+    @classmethod
+    def from_timm(
+        cls,
+        name: str,
+        *,
+        pretrained: bool = False,
+        checkpoint: str | pathlib.Path | None = None,
+        **kwargs: Any,
+    ) -> TimmViT:
+        """Create a registered timm model (``pretrained`` downloads timm's weights),
+        optionally loading a local checkpoint file (safetensors, or a ``.pth``
+        read with ``weights_only=True``)."""
+        import timm
+
+        try:
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except RuntimeError as exc:
+            raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
+        adapter = cls(model)
+        if checkpoint is not None:
+            adapter.load_checkpoint(checkpoint)
+        adapter.timm_name = name
+        return adapter
+
+    def load_checkpoint(self, path: str | pathlib.Path) -> None:
+        """Load weights from a local file into the model, with a clear error on mismatch."""
+        state = load_state_file(path)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise StitchkitError(
+                f"{path}: checkpoint does not fit {self.shape} "
+                f"(missing keys: {missing[:5]}, unexpected keys: {unexpected[:5]})"
+            )
+
+    def arch(self) -> dict[str, Any]:
+        m = self.model
+        blk = m.blocks[0] if len(m.blocks) else None
+        arch: dict[str, Any] = {
+            "img_size": list(m.patch_embed.img_size),
+            "patch_size": list(m.patch_embed.patch_size),
+            "in_chans": m.patch_embed.proj.in_channels,
+            "num_classes": m.num_classes,
+            "embed_dim": m.embed_dim,
+            "depth": len(m.blocks),
+            "num_heads": blk.attn.num_heads if blk is not None else 1,
+            "mlp_ratio": blk.mlp.fc1.out_features / m.embed_dim if blk is not None else 4.0,
+            "qkv_bias": bool(blk is not None and blk.attn.qkv.bias is not None),
+            "class_token": m.cls_token is not None,
+            "reg_tokens": int(m.num_reg_tokens),
+            "no_embed_class": bool(m.no_embed_class),
+            "global_pool": m.global_pool,
+            "pre_norm": not isinstance(m.norm_pre, nn.Identity),
+            "fc_norm": not isinstance(m.fc_norm, nn.Identity),
+        }
+        if blk is not None and isinstance(blk.ls1, LayerScale):
+            arch["init_values"] = float(blk.ls1.gamma.detach().flatten()[0]) if blk.ls1.gamma.device.type != "meta" else 1e-5
+        if blk is not None and not isinstance(blk.attn.q_norm, nn.Identity):
+            arch["qk_norm"] = True
+        name = getattr(self, "timm_name", None)
+        if name:
+            arch["timm_name"] = name
+        return arch
+
+    def resized(self, shape: RowShape) -> dict[str, Any]:
+        arch = self.arch()
+        arch.pop("timm_name", None)
+        arch.update(depth=shape.depth, embed_dim=shape.width, num_heads=shape.heads)
+        return arch
+
+    # -- structure ------------------------------------------------------------
+    @property
+    def shape(self) -> RowShape:
+        m = self.model
+        heads = m.blocks[0].attn.num_heads if len(m.blocks) else 1
+        return RowShape(len(m.blocks), m.embed_dim, heads)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        blocks = self.model.blocks
+        if isinstance(blocks, nn.Sequential):
+            # timm keeps blocks in an nn.Sequential; index access works the same.
+            return blocks  # type: ignore[return-value]
+        return blocks
+
+    def stem(self) -> nn.Module:
+        if self._stem is None:
+            self._stem = ViTStem(self.model)
+        return self._stem
+
+    def head(self) -> nn.Module:
+        if self._head is None:
+            self._head = ViTHead(self.model)
+        return self._head
+
+    def attention(self, index: int) -> nn.Module:
+        return self.model.blocks[index].attn
+
+    def part_of(self, param_name: str) -> tuple[str, int | None]:
+        if param_name.startswith("blocks."):
+            return "block", int(param_name.split(".")[1])
+        if param_name.startswith(_HEAD_PREFIXES):
+            return "head", None
+        return "stem", None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        pe = self.model.patch_embed
+        return (pe.proj.in_channels, *pe.img_size)
+
+
+def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a weights-only torch file; never unpickles objects."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise StitchkitError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise StitchkitError(f"{path}: not a weights-only torch checkpoint ({exc})") from exc
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise StitchkitError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
