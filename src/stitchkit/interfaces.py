@@ -91,6 +91,16 @@ class AncestryAdapter(ABC):
         touch data or download anything.
         """
 
+    @classmethod
+    def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | None = None, **kwargs: Any) -> AncestryAdapter:
+        """Create a network by its registered model name (e.g. a timm name).
+
+        Adapters without a model registry of their own keep this default.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(f"ancestry adapter {cls.name!r} cannot create models by name ({name!r})")
+
     @abstractmethod
     def arch(self) -> dict[str, Any]:
         """A JSON-serialisable description :meth:`from_arch` rebuilds the network from."""

@@ -125,6 +125,10 @@ class TimmViT(AncestryAdapter):
         adapter.timm_name = name
         return adapter
 
+    @classmethod
+    def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | None = None, **kwargs: Any) -> TimmViT:
+        return cls.from_timm(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+
     def load_checkpoint(self, path: str | pathlib.Path) -> None:
         """Load weights from a local file into the model, with a clear error on mismatch."""
         state = load_state_file(path)

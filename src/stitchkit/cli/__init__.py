@@ -1,0 +1,1 @@
+"""The ``stitchkit`` command line."""

@@ -1,0 +1,144 @@
+"""``stitchkit`` command line: one subcommand per user task.
+
+Every stitchkit error is printed as one line on stderr (``stitchkit: error:
+...``) with exit status 2; tracebacks are shown only with ``--traceback``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ..errors import StitchkitError
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from ..planner import format_plan, plan
+    from ..spec import parse_rows
+
+    kwargs = {}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if args.img_size is not None:
+        kwargs["img_size"] = args.img_size
+    result = plan(
+        args.method,
+        ancestry=args.ancestry,
+        rows=parse_rows(args.rows) if args.rows else None,
+        anchors=[a.strip() for a in args.anchors.split(",") if a.strip()] if args.anchors else None,
+        adapter=args.adapter,
+        model_kwargs=kwargs,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from ..registry import KINDS, default_registry
+
+    reg = default_registry()
+    if args.json:
+        out = {
+            "components": [
+                {"kind": e.kind, "name": e.name, "plugin": e.plugin, "class": f"{e.cls.__module__}.{e.cls.__qualname__}"}
+                for e in reg.entries()
+            ],
+            "broken": [vars(b) if not hasattr(b, "__dataclass_fields__") else b.__dict__ for b in reg.broken],
+            "conflicts": [{"kind": k, "name": n, "plugins": p} for (k, n), p in reg.conflicts().items()],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    for kind in KINDS:
+        entries = reg.entries(kind)
+        print(f"{kind}:")
+        if not entries:
+            print("  (none)")
+        for e in entries:
+            doc = (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else ""
+            print(f"  {e.name:<22} [{e.plugin}]  {doc}")
+    for (kind, name), plugins in reg.conflicts().items():
+        print(f"conflict: {kind} {name!r} registered by {', '.join(plugins)} (unusable until one is removed)")
+    for b in reg.broken:
+        print(f"broken plugin: {b.plugin} (package {b.package}): {b.error}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..report import format_pool_info, pool_info
+
+    info = pool_info(args.pool)
+    print(json.dumps(info, indent=2) if args.json else format_pool_info(info))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_command
+
+    out = build_command(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
+    print(f"pool written to {out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stitchkit",
+        description="Build many variable-sized networks from one trained model by stitching "
+        "(Learngene Pool, SN-Net).",
+    )
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"stitchkit {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    pl = sub.add_parser("plan", help="list a pool design's descendants with params and MACs, no weights")
+    pl.add_argument("--method", default="sequential", help="method (path set) name, see 'stitchkit plugins'")
+    pl.add_argument("--ancestry", help="ancestry model name, e.g. deit_base_patch16_224")
+    pl.add_argument("--rows", help="auxiliary rows DEPTHxWIDTH:HEADS,..., e.g. 6x192:3,6x768:12")
+    pl.add_argument("--anchors", help="comma-separated anchor model names (methods that stitch pretrained models)")
+    pl.add_argument("--adapter", default="timm-vit", help="ancestry adapter (default timm-vit)")
+    pl.add_argument("--num-classes", type=int, help="classifier size (default: the model's)")
+    pl.add_argument("--img-size", type=int, help="input image size (default: the model's)")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pl.set_defaults(func=_cmd_plan)
+
+    pg = sub.add_parser("plugins", help="list registered components and the plugin providing each")
+    pg.add_argument("--json", action="store_true")
+    pg.set_defaults(func=_cmd_plugins)
+
+    pi = sub.add_parser("info", help="show a pool file: rows, stitch layers, descendants table")
+    pi.add_argument("pool", help="pool file (.safetensors)")
+    pi.add_argument("--json", action="store_true")
+    pi.set_defaults(func=_cmd_info)
+
+    pb = sub.add_parser("build", help="run a method's whole pipeline from a TOML config (resumable)")
+    pb.add_argument("config", help="TOML config file")
+    pb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
+    pb.add_argument("--out", help="output folder (default: the config's out_dir)")
+    pb.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    pb.set_defaults(func=_cmd_build)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if not getattr(args, "func", None):
+        p.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except StitchkitError as exc:
+        if args.traceback:
+            raise
+        print(f"stitchkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stitchkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

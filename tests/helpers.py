@@ -1,0 +1,47 @@
+"""Independent formulas the tests check stitchkit against (timm ViT, qkv bias, mlp ratio 4)."""
+
+from __future__ import annotations
+
+import torch
+
+from stitchkit.spec import RowShape
+from stitchkit.vit import TimmViT
+
+
+def tiny_arch(shape: RowShape, img: int = 16, patch: int = 4, chans: int = 3, classes: int = 5) -> dict:
+    return {
+        "img_size": [img, img], "patch_size": [patch, patch], "in_chans": chans, "num_classes": classes,
+        "embed_dim": shape.width, "depth": shape.depth, "num_heads": shape.heads,
+        "mlp_ratio": 4.0, "qkv_bias": True, "class_token": True, "reg_tokens": 0,
+        "no_embed_class": False, "global_pool": "token", "pre_norm": False, "fc_norm": False,
+    }
+
+
+def tiny_row(shape: RowShape, seed: int = 0, **kw) -> TimmViT:
+    torch.manual_seed(seed)
+    row = TimmViT.from_arch(tiny_arch(shape, **kw))
+    row.model.eval()
+    return row
+
+
+def block_params(d: int) -> int:
+    # norm1 (2d) + qkv (3d*d + 3d) + proj (d*d + d) + norm2 (2d) + fc1 (4d*d + 4d) + fc2 (4d*d + d)
+    return 2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + 4 * d * d + 4 * d + 4 * d * d + d
+
+
+def stem_params(d: int, img: int, patch: int, chans: int) -> int:
+    tokens = (img // patch) ** 2 + 1
+    return chans * patch * patch * d + d + d + tokens * d  # conv weight + bias, cls token, pos embed
+
+
+def head_params(d: int, classes: int) -> int:
+    return 2 * d + d * classes + classes  # final norm + classifier
+
+
+def block_macs(d: int, n: int) -> int:
+    # qkv, proj, fc1, fc2 linear layers on n tokens + q@k^T and attn@v
+    return n * d * 3 * d + n * d * d + n * d * 4 * d + n * 4 * d * d + 2 * n * n * d
+
+
+def stem_macs(d: int, img: int, patch: int, chans: int) -> int:
+    return (img // patch) ** 2 * d * chans * patch * patch

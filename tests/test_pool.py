@@ -1,0 +1,139 @@
+"""Pools and descendants: every path builds and runs; counts match hand formulas;
+a descendant computes exactly the hand-written composition of its blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import block_params, head_params, stem_params, tiny_row
+from stitchkit.errors import ConfigError, PathError
+from stitchkit.measure import count_params
+from stitchkit.pool import Pool
+from stitchkit.sequential import SequentialMethod
+from stitchkit.spec import Path, RowShape, Segment, parse_rows
+
+
+@st.composite
+def designs(draw):
+    n_rows = draw(st.integers(1, 3))
+    depth = draw(st.integers(1, 4))
+    heads = sorted(draw(st.lists(st.integers(1, 3), min_size=n_rows, max_size=n_rows)))
+    head_dim = draw(st.sampled_from([4, 8]))
+    shapes = [RowShape(depth, h * head_dim, h) for h in heads]
+    patch = draw(st.sampled_from([4, 8]))
+    img = patch * draw(st.integers(1, 3))
+    chans = draw(st.sampled_from([1, 3]))
+    classes = draw(st.integers(2, 6))
+    return shapes, img, patch, chans, classes
+
+
+@settings(max_examples=15, deadline=None)
+@given(designs())
+def test_every_path_builds_runs_and_counts(design):
+    shapes, img, patch, chans, classes = design
+    rows = [tiny_row(s, seed=i, img=img, patch=patch, chans=chans, classes=classes) for i, s in enumerate(shapes)]
+    pool = Pool.from_method(SequentialMethod(), rows)
+    x = torch.randn(2, chans, img, img)
+    n_paths = 0
+    for path in pool.paths:
+        d = pool.descendant(path).eval()
+        assert d(x).shape == (2, classes)
+        first, last = shapes[path.segments[0].row], shapes[path.segments[-1].row]
+        expected = stem_params(first.width, img, patch, chans) + head_params(last.width, classes)
+        expected += sum(len(s) * block_params(shapes[s.row].width) for s in path.segments)
+        for a, b in zip(path.segments, path.segments[1:]):
+            expected += shapes[a.row].width * shapes[b.row].width + shapes[b.row].width
+        assert count_params(d) == expected
+        n_paths += 1
+    # brute force: a path picks a first and last row and cut points; every segment non-empty
+    from itertools import combinations
+
+    depth = shapes[0].depth
+    brute = sum(
+        len(list(combinations(range(1, depth), last - first)))
+        for first in range(len(shapes))
+        for last in range(first, len(shapes))
+    )
+    assert n_paths == brute
+    stitch_total = (len(shapes) - 1) * (depth - 1)
+    assert len(pool.stitches) == stitch_total
+
+
+def test_descendant_equals_hand_composition():
+    narrow, wide = tiny_row(RowShape(4, 16, 2), seed=1), tiny_row(RowShape(4, 32, 4), seed=2)
+    pool = Pool.from_method(SequentialMethod(), [narrow, wide]).eval()
+    path = pool.path("r0[0:3]+s0_1_3+r1[3:4]")
+    x = torch.randn(3, 3, 16, 16)
+    m0, m1 = narrow.model, wide.model
+    with torch.no_grad():
+        h = m0.patch_embed(x)
+        h = torch.cat([m0.cls_token.expand(3, -1, -1), h], dim=1) + m0.pos_embed
+        for b in range(3):
+            h = m0.blocks[b](h)
+        stitch = pool.stitches["s0_1_3"]
+        h = h @ stitch.weight.T + stitch.bias
+        h = m1.blocks[3](h)
+        expected = m1.head(m1.norm(h)[:, 0])
+        got = pool.descendant(path)(x)
+    assert torch.equal(got, expected)
+
+
+def test_single_row_descendant_equals_timm_model():
+    row = tiny_row(RowShape(3, 24, 3), seed=3)
+    pool = Pool.from_method(SequentialMethod(), [row]).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(pool.descendant(0)(x), row.model(x))
+
+
+def test_shared_descendant_trains_the_pool_and_copy_is_independent():
+    rows = [tiny_row(RowShape(2, 16, 2), seed=1), tiny_row(RowShape(2, 32, 4), seed=2)]
+    pool = Pool.from_method(SequentialMethod(), rows)
+    path = pool.path("r0[0:1]+s0_1_1+r1[1:2]")
+    shared, copied = pool.descendant(path), pool.descendant(path, copy=True)
+    assert shared.stitches[0].weight is pool.stitches["s0_1_1"].weight
+    assert copied.stitches[0].weight is not pool.stitches["s0_1_1"].weight
+    before = pool.stitches["s0_1_1"].weight.detach().clone()
+    with torch.no_grad():
+        copied.stitches[0].weight.add_(1.0)
+    assert torch.equal(pool.stitches["s0_1_1"].weight, before)
+    with torch.no_grad():
+        shared.stitches[0].weight.add_(1.0)
+    assert torch.equal(pool.stitches["s0_1_1"].weight, before + 1.0)
+
+
+def test_path_lookup_and_errors():
+    rows = [tiny_row(RowShape(2, 16, 2)), tiny_row(RowShape(2, 32, 4))]
+    pool = Pool.from_method(SequentialMethod(), rows)
+    assert pool.path(0) == pool.paths[0]
+    assert pool.path("2") == pool.paths[2]
+    with pytest.raises(PathError, match="out of range"):
+        pool.path(99)
+    with pytest.raises(PathError, match="no descendant named"):
+        pool.path("r9[0:1]")
+    bad = Path((Segment(1, 0, 1), Segment(0, 1, 2)), ("s0_1_1",))
+    with pytest.raises(PathError, match="joins row 0 to row 1"):
+        pool.descendant(bad)
+    with pytest.raises(PathError, match="must start at block 0"):
+        pool.descendant(Path((Segment(0, 1, 2),)))
+    with pytest.raises(PathError, match="needs 1 stitch"):
+        Path((Segment(0, 0, 1), Segment(1, 1, 2)))
+
+
+def test_pool_validation_errors():
+    narrow, wide = tiny_row(RowShape(2, 16, 2)), tiny_row(RowShape(2, 32, 4))
+    with pytest.raises(ConfigError, match="sorted by width"):
+        Pool.from_method(SequentialMethod(), [wide, narrow])
+    with pytest.raises(ConfigError, match="equal depth"):
+        Pool.from_method(SequentialMethod(), [narrow, tiny_row(RowShape(3, 32, 4))])
+
+
+def test_parse_rows():
+    assert parse_rows("6x192:3, 6x768:12") == [RowShape(6, 192, 3), RowShape(6, 768, 12)]
+    with pytest.raises(ConfigError, match="DEPTHxWIDTH:HEADS"):
+        parse_rows("6x192")
+    with pytest.raises(ConfigError, match="not divisible"):
+        parse_rows("6x190:3")

@@ -1,0 +1,174 @@
+"""The plugin contract: throwaway plugins, duplicate and unknown names, misspelled
+hooks, entry-point discovery, broken-plugin isolation, autoload switch."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import types
+
+import pytest
+
+import stitchkit
+from stitchkit.errors import DuplicateComponentError, PluginError, UnknownComponentError
+from stitchkit.interfaces import StitchInitializer
+from stitchkit.registry import AUTOLOAD_ENV, Registry
+
+
+class Zeros(StitchInitializer):
+    """Zero every stitch layer."""
+
+    name = "zeros"
+
+    def initialize(self, pool, context):
+        for layer in pool.stitches.values():
+            layer.weight.data.zero_()
+            layer.bias.data.zero_()
+
+
+def make_plugin(*classes, hook="register_initializers"):
+    mod = types.ModuleType("throwaway")
+
+    def impl(register):
+        for c in classes:
+            register(c)
+
+    impl.__name__ = hook
+    setattr(mod, hook, stitchkit.hookimpl(impl))
+    return mod
+
+
+def test_throwaway_plugin_is_listed_created_and_unregistered():
+    reg = Registry(load_entrypoints=False)
+    reg.register_plugin(make_plugin(Zeros), name="throwaway")
+    assert "zeros" in reg.list("initializer")
+    assert reg.list("initializer", "z*") == ["zeros"]
+    assert reg.provider("initializer", "zeros") == "throwaway"
+    assert isinstance(reg.create("initializer", "zeros"), Zeros)
+    reg.unregister_plugin("throwaway")
+    assert "zeros" not in reg.list("initializer")
+    with pytest.raises(UnknownComponentError):
+        reg.get("initializer", "zeros")
+
+
+def test_unknown_name_lists_close_matches():
+    reg = Registry(load_entrypoints=False)
+    with pytest.raises(UnknownComponentError) as info:
+        reg.get("sampler", "unifrom")
+    msg = str(info.value)
+    assert "did you mean 'uniform'" in msg and "flops-grouped" in msg
+
+
+def test_duplicate_names_name_both_plugins():
+    reg = Registry(load_entrypoints=False)
+    reg.register_plugin(make_plugin(Zeros), name="first-plugin")
+
+    class Zeros2(Zeros):
+        """Another zeros."""
+
+    reg.register_plugin(make_plugin(Zeros2), name="second-plugin")
+    with pytest.raises(DuplicateComponentError) as info:
+        reg.create("initializer", "zeros")
+    assert "first-plugin" in str(info.value) and "second-plugin" in str(info.value)
+    assert reg.conflicts() == {("initializer", "zeros"): ["first-plugin", "second-plugin"]}
+    # the rest of the registry still works, and removing one plugin resolves the conflict
+    assert reg.create("sampler", "uniform", [stitchkit.Path((stitchkit.Segment(0, 0, 1),))])
+    reg.unregister_plugin("second-plugin")
+    assert isinstance(reg.create("initializer", "zeros"), Zeros)
+
+
+def test_misspelled_hook_is_an_error():
+    reg = Registry(load_entrypoints=False)
+    bad = make_plugin(Zeros, hook="register_initialisers")
+    with pytest.raises(PluginError, match="unknown hook 'register_initialisers'"):
+        reg.register_plugin(bad, name="typo")
+    assert reg.pm.get_plugin("typo") is None
+
+
+def test_registering_a_wrong_class_is_an_error():
+    reg = Registry(load_entrypoints=False)
+    with pytest.raises(PluginError, match="not a subclass"):
+        reg.register_plugin(make_plugin(int), name="wrong")
+    assert "wrong" not in {e.plugin for e in reg.entries()}
+
+
+def _install_fake_distribution(tmp_path, dist, entry_points, modules):
+    info = tmp_path / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = ["[stitchkit]"] + [f"{k} = {v}" for k, v in entry_points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    for name, source in modules.items():
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+GOOD = """
+    import stitchkit
+    from stitchkit.interfaces import StitchInitializer
+
+    class Ones(StitchInitializer):
+        "Set every stitch weight to one."
+        name = "ones-from-entry-point"
+        def initialize(self, pool, context):
+            for layer in pool.stitches.values():
+                layer.weight.data.fill_(1.0)
+
+    @stitchkit.hookimpl
+    def register_initializers(register):
+        register(Ones)
+"""
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    yield tmp_path
+    for name in ("sk_good_plugin", "sk_broken_plugin", "sk_raising_plugin"):
+        sys.modules.pop(name, None)
+
+
+def test_entry_point_plugin_is_found_and_broken_ones_are_isolated(fake_site):
+    _install_fake_distribution(
+        fake_site,
+        "sk-fake-plugins",
+        {
+            "good": "sk_good_plugin",
+            "broken": "sk_broken_plugin",
+            "raising": "sk_raising_plugin",
+        },
+        {
+            "sk_good_plugin": GOOD,
+            "sk_broken_plugin": "import a_module_that_does_not_exist\n",
+            "sk_raising_plugin": """
+                import stitchkit
+                @stitchkit.hookimpl
+                def register_samplers(register):
+                    raise RuntimeError("boom while registering")
+            """,
+        },
+    )
+    reg = Registry()
+    assert reg.provider("initializer", "ones-from-entry-point") == "good"
+    broken = {b.plugin: b for b in reg.broken}
+    assert "ModuleNotFoundError" in broken["broken"].error
+    assert broken["broken"].package == "sk-fake-plugins"
+    assert "boom while registering" in broken["raising"].error
+    assert "uniform" in reg.list("sampler")  # the core still loaded
+
+
+def test_autoload_can_be_switched_off(fake_site, monkeypatch):
+    _install_fake_distribution(fake_site, "sk-fake-good", {"good": "sk_good_plugin"}, {"sk_good_plugin": GOOD})
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    assert "ones-from-entry-point" not in Registry().list("initializer")
+    assert "ones-from-entry-point" in Registry(load_entrypoints=True).list("initializer")
+
+
+def test_shipped_methods_come_through_entry_points():
+    reg = Registry(load_entrypoints=True)
+    assert reg.provider("method", "sequential") == "stitchkit"
+    for plugin, method in (("learngene-pool", "learngene-pool"), ("snnet", "snnet")):
+        if method in reg.list("method"):
+            assert reg.provider("method", method) == plugin
+        else:  # pragma: no cover - only while the plugin is absent
+            pytest.skip(f"{plugin} plugin not installed")
