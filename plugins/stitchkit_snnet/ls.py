@@ -1,0 +1,134 @@
+"""SN-Net's least-squares (LS) stitch initializer, generic over any pool.
+
+For every stitch layer it finds, from the pool's paths, each place the layer
+is used: the front row and the block whose *input* the stitch stands in for
+(segment ``i`` ends at ``stop``, so the front features are the front row's
+input of block ``stop``, i.e. the output of block ``stop - 1``), and the end
+row and block it feeds (segment ``i + 1`` starts at ``start``: the end row's
+input of block ``start``). It solves ``end ~= front @ W.T + b`` by least squares
+on all tokens of one batch of images, in float64, and gives the layer the
+mean of the solutions of its distinct places, as the official code does.
+Rows run in eval mode (no drop-path, no mixup), so the result is
+deterministic for a given batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from stitchkit.errors import ConfigError
+from stitchkit.interfaces import InitContext, StitchInitializer, TapRequest
+
+
+@dataclass(frozen=True, order=True)
+class StitchPlace:
+    """One use of a stitch layer: row ``front`` input of block ``front_block`` -> row ``end`` input of block ``end_block``."""
+
+    front: int
+    front_block: int
+    end: int
+    end_block: int
+
+
+def stitch_places(pool) -> dict[str, list[StitchPlace]]:  # noqa: ANN001 - a stitchkit Pool
+    """For each stitch layer of ``pool``, the sorted distinct places its paths use it."""
+    places: dict[str, set[StitchPlace]] = defaultdict(set)
+    for path in pool.paths:
+        for i, name in enumerate(path.stitches):
+            a, b = path.segments[i], path.segments[i + 1]
+            places[name].add(StitchPlace(a.row, a.stop, b.row, b.start))
+    return {name: sorted(places[name]) for name in pool.stitches if name in places}
+
+
+def solve_affine(front: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares ``(weight, bias)`` with ``end ~= front @ weight.T + bias``.
+
+    Tokens are flattened to rows (``(B * N, C)``); a column of ones is appended
+    so the bias is solved jointly. Solved in float64 on the CPU with the
+    SVD-based ``gelsd`` driver, which gives the minimum-norm solution (the
+    pseudo-inverse solution of the official code) even for rank-deficient
+    features.
+    """
+    x = front.detach().reshape(-1, front.shape[-1]).to("cpu", torch.float64)
+    y = end.detach().reshape(-1, end.shape[-1]).to("cpu", torch.float64)
+    if x.shape[0] != y.shape[0]:
+        raise ConfigError(
+            f"least squares needs as many front as end tokens, got {x.shape[0]} and {y.shape[0]} "
+            f"(front features {tuple(front.shape)}, end features {tuple(end.shape)})"
+        )
+    x1 = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+    sol = torch.linalg.lstsq(x1, y, driver="gelsd").solution  # (C_in + 1, C_out)
+    return sol[:-1].T.contiguous(), sol[-1].contiguous()
+
+
+def _row_inputs(adapter, images: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:  # noqa: ANN001
+    """The row's input tokens of each block in ``blocks`` (``0`` = the stem output), one forward pass."""
+    blocks = sorted(set(blocks))
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            taps = adapter.forward_taps(
+                images.to(param.device, param.dtype),
+                TapRequest(blocks=tuple(b - 1 for b in blocks if b > 0)),
+            )
+    finally:
+        model.train(was_training)
+    return {b: taps.block_input(b) for b in blocks}
+
+
+class LeastSquaresInitializer(StitchInitializer):
+    """SN-Net's LS init: each stitch layer solves front features -> end features on one batch.
+
+    ``max_images`` caps the batch taken from :attr:`InitContext.images`
+    (SN-Net uses 100 images).
+    """
+
+    name = "ls"
+    needs_images = True
+
+    def __init__(self, max_images: int | None = None) -> None:
+        if max_images is not None and max_images < 1:
+            raise ConfigError(f"ls initializer: max_images must be >= 1, got {max_images}")
+        self.max_images = max_images
+
+    def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
+        images = context.images
+        if images is None or images.ndim != 4 or images.shape[0] == 0:
+            raise ConfigError(
+                "the 'ls' stitch initializer needs a batch of training images (B, C, H, W) in "
+                f"InitContext.images, got {None if images is None else tuple(images.shape)}; "
+                "set [init] images in the config, or pick the 'random' initializer"
+            )
+        if self.max_images is not None:
+            images = images[: self.max_images]
+        places = stitch_places(pool)
+        # Group by row pair so at most two rows' features are alive at once.
+        by_pair: dict[tuple[int, int], list[str]] = defaultdict(list)
+        for name, ps in places.items():
+            for p in ps:
+                if name not in by_pair[(p.front, p.end)]:
+                    by_pair[(p.front, p.end)].append(name)
+        solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        for (front, end), names in sorted(by_pair.items()):
+            mine = [p for n in names for p in places[n] if (p.front, p.end) == (front, end)]
+            f_feats = _row_inputs(pool.adapters[front], images, (p.front_block for p in mine))
+            e_feats = _row_inputs(pool.adapters[end], images, (p.end_block for p in mine))
+            for name in names:
+                for p in places[name]:
+                    if (p.front, p.end) == (front, end):
+                        solutions[name].append(solve_affine(f_feats[p.front_block], e_feats[p.end_block]))
+            del f_feats, e_feats
+        for name, sols in solutions.items():
+            layer = pool.stitches[name]
+            weight = torch.stack([w for w, _ in sols]).mean(0)
+            bias = torch.stack([b for _, b in sols]).mean(0)
+            with torch.no_grad():
+                layer.weight.copy_(weight.to(layer.weight.device, layer.weight.dtype))
+                layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))

@@ -1,0 +1,48 @@
+"""The ``snnet`` method: SN-Net's stitch layers and configurations, and its build pipeline."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stitchkit.interfaces import Method
+from stitchkit.spec import Path, RowShape, StitchSpec
+
+from .configurations import snnet_paths, snnet_stitches
+
+
+class SNNetMethod(Method):
+    """Stitchable Neural Networks (Pan et al., CVPR 2023), as the official code enumerates them.
+
+    Rows are anchors ordered by size; stitching goes from each anchor to the
+    next larger one only; equal depths use paired stitching (sliding window of
+    2, 34 configurations on 11 layers for 12 blocks), unequal depths unpaired
+    (nearest-depth) stitching. Paths: the anchors, then each pair's
+    configurations.
+    """
+
+    name = "snnet"
+    default_initializer = "ls"
+    default_sampler = "uniform"
+
+    def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
+        return snnet_stitches(rows)
+
+    def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
+        paths = snnet_paths(rows)
+        names = {s.name for s in stitches}
+        expected = {s.name for s in snnet_stitches(rows)}
+        if names != expected:
+            from stitchkit.errors import ConfigError
+
+            raise ConfigError(
+                f"snnet paths need exactly the stitch layers snnet defines for rows "
+                f"{[str(r) for r in rows]}; missing {sorted(expected - names)}, extra {sorted(names - expected)}"
+            )
+        return paths
+
+    def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
+        from .build import build_snnet
+
+        return build_snnet(config, out_dir=pathlib.Path(out_dir), registry=registry)
