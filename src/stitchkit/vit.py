@@ -99,7 +99,10 @@ class TimmViT(AncestryAdapter):
             model = VisionTransformer(**kwargs)
         except TypeError as exc:
             raise ConfigError(f"cannot build a timm VisionTransformer from arch {dict(arch)}: {exc}") from exc
-        return cls(model)
+        adapter = cls(model)
+        if arch.get("timm_name"):  # keep the identity, so from_arch(arch()) round-trips
+            adapter.timm_name = arch["timm_name"]
+        return adapter
 
     @classmethod
     def from_timm(
