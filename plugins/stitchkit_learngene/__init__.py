@@ -1,0 +1,8 @@
+"""Learngene Pool (Shi et al., AAAI 2024) as a stitchkit plugin.
+
+Auxiliary models are distilled from a frozen ancestry (attention, block and
+prediction distillation with learnable transformation matrices), their
+blocks become the rows of a pool, stitch layers are initialised from the
+learned matrices (TM), and the pool is fine-tuned one sampled path per step.
+Loaded through the ``stitchkit`` entry point ``stitchkit_learngene.plugin``.
+"""

@@ -1,0 +1,138 @@
+"""Auxiliary designs: the rows of a learngene pool, derived from the ancestry.
+
+- :class:`DepthReduced` -- ``l < L`` blocks at the ancestry's width and heads;
+- :class:`WidthReduced` -- ``l`` blocks at a lower width, with its own heads;
+- :class:`PoolDesign` -- any number of such rows, e.g. ``"6x192:3,6x768:12"``,
+  sorted by width (narrow first), each row the depth- or width-reduced design
+  its width implies.
+
+Initialisation is not specified by the paper: ``"random"`` (the baseline) or,
+for a same-width auxiliary only, ``"ancestry"``: blocks copied from a uniform
+selection of ancestry blocks (the last block of each of ``l`` equal groups),
+stem and head copied from the ancestry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from stitchkit.errors import ConfigError
+from stitchkit.interfaces import AncestryAdapter, AuxiliaryDesign
+from stitchkit.spec import RowShape, parse_rows
+
+from .levels import level_ends
+
+INITS = ("random", "ancestry")
+
+
+def uniform_block_selection(ancestry_depth: int, depth: int) -> list[int]:
+    """0-based ancestry blocks copied into a ``depth``-block auxiliary: the last of each of ``depth`` groups."""
+    return [end - 1 for end in level_ends(ancestry_depth, depth)]
+
+
+def copy_from_ancestry(row: AncestryAdapter, ancestry: AncestryAdapter) -> list[int]:
+    """Copy stem, head and a uniform selection of blocks; return the selected ancestry blocks."""
+    if row.shape.width != ancestry.shape.width or row.shape.heads != ancestry.shape.heads:
+        raise ConfigError(
+            f"initialisation 'ancestry' copies blocks, so it needs the ancestry's width and heads "
+            f"({ancestry.shape.width}:{ancestry.shape.heads}); row {row.shape} differs; use init 'random'"
+        )
+    if row.shape.depth > ancestry.shape.depth:
+        raise ConfigError(f"row {row.shape} is deeper than the ancestry {ancestry.shape}; cannot copy its blocks")
+    chosen = uniform_block_selection(ancestry.shape.depth, row.shape.depth)
+    with torch.no_grad():
+        row.stem().load_state_dict(ancestry.stem().state_dict())
+        row.head().load_state_dict(ancestry.head().state_dict())
+        for i, j in enumerate(chosen):
+            row.blocks[i].load_state_dict(ancestry.blocks[j].state_dict())
+    return chosen
+
+
+class _SingleRow(AuxiliaryDesign):
+    def __init__(self, init: str = "random") -> None:
+        if init not in INITS:
+            raise ConfigError(f"unknown auxiliary initialisation {init!r}; use one of {', '.join(INITS)}")
+        self.init = init
+
+    def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
+        if self.init == "ancestry":
+            copy_from_ancestry(row, ancestry)
+
+
+class DepthReduced(_SingleRow):
+    """``depth`` blocks at the ancestry's width and heads."""
+
+    name = "depth-reduced"
+
+    def __init__(self, depth: int, init: str = "random") -> None:
+        super().__init__(init)
+        self.depth = int(depth)
+
+    def rows(self, ancestry: RowShape) -> list[RowShape]:
+        if not 1 <= self.depth < ancestry.depth:
+            raise ConfigError(
+                f"a depth-reduced auxiliary needs 1 <= depth < {ancestry.depth} (the ancestry's), got {self.depth}"
+            )
+        return [RowShape(self.depth, ancestry.width, ancestry.heads)]
+
+
+class WidthReduced(_SingleRow):
+    """``depth`` blocks at a lower ``width`` with ``heads`` heads."""
+
+    name = "width-reduced"
+
+    def __init__(self, depth: int, width: int, heads: int, init: str = "random") -> None:
+        super().__init__(init)
+        if init == "ancestry":
+            raise ConfigError("initialisation 'ancestry' copies blocks and needs the ancestry's width; use 'random'")
+        self.shape = RowShape(int(depth), int(width), int(heads))
+
+    def rows(self, ancestry: RowShape) -> list[RowShape]:
+        if self.shape.width >= ancestry.width:
+            raise ConfigError(
+                f"a width-reduced auxiliary needs width < {ancestry.width} (the ancestry's), got {self.shape.width}"
+            )
+        if self.shape.depth > ancestry.depth:
+            raise ConfigError(f"auxiliary {self.shape} is deeper than the ancestry {ancestry}")
+        return [self.shape]
+
+
+class PoolDesign(AuxiliaryDesign):
+    """A group of auxiliary models, one per row, sorted by width.
+
+    ``rows`` is a ``DEPTHxWIDTH:HEADS`` list or row shapes. A row at the
+    ancestry's width is depth-reduced, any other width-reduced. ``init``
+    applies to rows at the ancestry's width; narrower rows start random.
+    """
+
+    name = "pool"
+
+    def __init__(self, rows: str | Sequence[RowShape], init: str = "random") -> None:
+        if init not in INITS:
+            raise ConfigError(f"unknown auxiliary initialisation {init!r}; use one of {', '.join(INITS)}")
+        shapes = parse_rows(rows) if isinstance(rows, str) else list(rows)
+        self.shapes = sorted(shapes, key=lambda s: s.width)
+        self.init = init
+
+    def designs(self, ancestry: RowShape) -> list[AuxiliaryDesign]:
+        """One single-row design per row, in width order."""
+        out: list[AuxiliaryDesign] = []
+        for s in self.shapes:
+            if s.width == ancestry.width:
+                if s.heads != ancestry.heads:
+                    raise ConfigError(
+                        f"row {s} has the ancestry's width but {s.heads} heads instead of {ancestry.heads}"
+                    )
+                out.append(DepthReduced(s.depth, self.init))
+            else:
+                out.append(WidthReduced(s.depth, s.width, s.heads))
+        return out
+
+    def rows(self, ancestry: RowShape) -> list[RowShape]:
+        return [r for d in self.designs(ancestry) for r in d.rows(ancestry)]
+
+    def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
+        if self.init == "ancestry" and row.shape.width == ancestry.shape.width:
+            copy_from_ancestry(row, ancestry)

@@ -1,0 +1,69 @@
+"""The Learngene Pool method: its stitch layers, its paths and its pipeline.
+
+Stitch layers are the core's sequential ones (``s<r>_<r+1>_<k>``: narrow
+row ``r``'s block ``k`` output to wide row ``r+1``'s block ``k+1`` input).
+Paths are ``"sequential"`` by default ("k narrow blocks, then l - k wide
+blocks", narrow to wide, ``l + 1`` descendants for two rows), or the
+official code's ``"sliding-window"`` pairs (see :mod:`.paths`), registered
+also as the method ``learngene-pool-sliding-window`` so the planner and the
+config can name it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stitchkit.errors import ConfigError
+from stitchkit.interfaces import Method
+from stitchkit.sequential import sequential_paths, sequential_stitches
+from stitchkit.spec import Path, RowShape, StitchSpec
+
+from .paths import sliding_window_paths
+
+PATH_SETS = ("sequential", "sliding-window")
+
+
+class LearngenePoolMethod(Method):
+    """Learngene Pool (Shi et al., AAAI 2024): distil auxiliary models, stitch their blocks."""
+
+    name = "learngene-pool"
+    default_initializer = "tm"
+    default_sampler = "uniform"
+
+    def __init__(self, paths: str = "sequential") -> None:
+        if paths not in PATH_SETS:
+            raise ConfigError(f"unknown learngene-pool path set {paths!r}; use one of {', '.join(PATH_SETS)}")
+        self.path_set = paths
+
+    def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
+        _check_sorted(rows)
+        return sequential_stitches(rows)
+
+    def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
+        _check_sorted(rows)
+        if self.path_set == "sliding-window":
+            return sliding_window_paths(rows)
+        return sequential_paths(rows)
+
+    def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
+        """Distil, build, initialise, fine-tune, evaluate; resumable. See :mod:`.pipeline`."""
+        from .pipeline import run_pipeline
+
+        return run_pipeline(self, config, out_dir=pathlib.Path(out_dir), registry=registry)
+
+
+class SlidingWindowLearngenePoolMethod(LearngenePoolMethod):
+    """Learngene Pool with the official code's sliding-window paths (18 / 27 descendants for l = 6 / 9)."""
+
+    name = "learngene-pool-sliding-window"
+
+    def __init__(self, paths: str = "sliding-window") -> None:
+        super().__init__(paths)
+
+
+def _check_sorted(rows: Sequence[RowShape]) -> None:
+    widths = [r.width for r in rows]
+    if widths != sorted(widths):
+        raise ConfigError(f"learngene-pool rows must be sorted by width (narrow first), got widths {widths}")
