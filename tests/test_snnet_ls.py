@@ -1,0 +1,173 @@
+"""SN-Net's LS stitch initializer: exact recovery, shared-layer averaging, generic places."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stitchkit.errors import ConfigError
+from stitchkit.interfaces import InitContext, Taps
+from stitchkit.pool import Pool
+from stitchkit.sequential import SequentialMethod
+from stitchkit.vit import TimmViT
+from stitchkit_snnet.ls import LeastSquaresInitializer, StitchPlace, solve_affine, stitch_places
+from stitchkit_snnet.method import SNNetMethod
+
+
+def tiny(width: int, heads: int, depth: int = 3, seed: int = 0) -> TimmViT:
+    torch.manual_seed(seed)
+    return TimmViT.from_arch(
+        dict(img_size=8, patch_size=4, num_classes=5, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=2.0)
+    )
+
+
+def test_solve_affine_recovers_known_map_exactly():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 9, 5, generator=g, dtype=torch.float64)  # (B, N, C_in)
+    w = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(7, generator=g, dtype=torch.float64)
+    y = x @ w.T + b
+    w_hat, b_hat = solve_affine(x.float(), y.float())
+    assert w_hat.dtype == torch.float64 and w_hat.shape == (7, 5) and b_hat.shape == (7,)
+    torch.testing.assert_close(w_hat, w, atol=1e-4, rtol=1e-4)  # inputs were rounded to float32
+    w64, b64 = solve_affine(x, y)
+    torch.testing.assert_close(w64, w, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(b64, b, atol=1e-10, rtol=1e-10)
+
+
+def test_solve_affine_rank_deficient_gives_pinv_solution():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    x = torch.cat([x, x[:, :1]], 1)  # a duplicated feature: rank deficient
+    y = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    w, b = solve_affine(x, y)
+    x1 = torch.cat([x, torch.ones(30, 1, dtype=x.dtype)], 1)
+    ref = (torch.linalg.pinv(x1) @ y).T  # the official ps_inv
+    torch.testing.assert_close(w, ref[:, :-1], atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(b, ref[:, -1], atol=1e-8, rtol=1e-8)
+
+
+def test_solve_affine_rejects_token_mismatch():
+    with pytest.raises(ConfigError, match="as many front as end tokens"):
+        solve_affine(torch.zeros(2, 5, 4), torch.zeros(2, 6, 8))
+
+
+def test_places_of_snnet_pool_by_hand():
+    rows = [tiny(8, 2), tiny(16, 4)]
+    pool = Pool.from_method(SNNetMethod(), rows)
+    places = stitch_places(pool)
+    # depth 3: layer 0 has (0,0),(0,1),(1,0),(1,1); layer 1 has (1,2),(2,1),(2,2).
+    # place = (front, input of block j+1, end, input of block k)
+    assert places["s0_1_0"] == [StitchPlace(0, 1, 1, 0), StitchPlace(0, 1, 1, 1), StitchPlace(0, 2, 1, 0), StitchPlace(0, 2, 1, 1)]
+    assert places["s0_1_1"] == [StitchPlace(0, 2, 1, 2), StitchPlace(0, 3, 1, 1), StitchPlace(0, 3, 1, 2)]
+
+
+class CraftedTaps:
+    """Stands in for a row's forward_taps: block inputs are exactly designed tensors."""
+
+    def __init__(self, adapter: TimmViT, inputs: dict[int, torch.Tensor]) -> None:
+        self.adapter, self.inputs, self.modes = adapter, inputs, []
+
+    def __call__(self, x, request):
+        self.modes.append(self.adapter.model.training)
+        depth = len(self.inputs) - 1
+        return Taps(logits=torch.zeros(len(x), 5), stem=self.inputs[0], blocks={i: self.inputs[i + 1] for i in range(depth)})
+
+
+def test_ls_averages_shared_layers_by_hand(monkeypatch):
+    rows = [tiny(4, 2), tiny(6, 2)]
+    pool = Pool.from_method(SNNetMethod(), rows)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    scale = {p: 1.0 + p for p in range(4)}  # front input of block p is scale[p] * x
+    maps = {q: (torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)) for q in range(4)}
+    front = CraftedTaps(rows[0], {p: scale[p] * x for p in range(4)})
+    end = CraftedTaps(rows[1], {q: x @ maps[q][0].T + maps[q][1] for q in range(4)})
+    monkeypatch.setattr(rows[0], "forward_taps", front)
+    monkeypatch.setattr(rows[1], "forward_taps", end)
+    rows[0].model.train()
+    LeastSquaresInitializer().initialize(pool, InitContext(images=torch.zeros(2, 3, 8, 8)))
+    # place (p, q): end_q = (front_p / scale[p]) @ A_q.T + c_q  ->  weight A_q / scale[p], bias c_q
+    def mean_of(places):
+        w = sum(maps[q][0] / scale[p] for p, q in places) / len(places)
+        b = sum(maps[q][1] for _, q in places) / len(places)
+        return w, b
+
+    for name, places in {"s0_1_0": [(1, 0), (1, 1), (2, 0), (2, 1)], "s0_1_1": [(2, 2), (3, 1), (3, 2)]}.items():
+        w, b = mean_of(places)
+        torch.testing.assert_close(pool.stitches[name].weight.detach().double(), w, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pool.stitches[name].bias.detach().double(), b, atol=1e-5, rtol=1e-5)
+    assert front.modes == [False] and rows[0].model.training  # ran in eval mode, mode restored
+
+
+def make_identity_blocks(adapter: TimmViT) -> None:
+    """Zero each residual branch's output so every block returns its input."""
+    for blk in adapter.blocks:
+        for lin in (blk.attn.proj, blk.mlp.fc2):
+            torch.nn.init.zeros_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
+
+
+def test_ls_on_real_rows_recovers_affine_stem_and_stitched_output_matches():
+    torch.manual_seed(0)
+    front, end = tiny(8, 2, seed=1), tiny(12, 3, seed=2)
+    make_identity_blocks(front)
+    make_identity_blocks(end)
+    a = torch.randn(12, 8)
+    c = torch.randn(12)
+    fm, em = front.model, end.model
+    with torch.no_grad():  # end stem tokens = A @ front stem tokens + c, token by token
+        em.patch_embed.proj.weight.copy_(torch.einsum("oc,cikl->oikl", a, fm.patch_embed.proj.weight))
+        em.patch_embed.proj.bias.copy_(a @ fm.patch_embed.proj.bias)
+        em.pos_embed.copy_(fm.pos_embed @ a.T + c)
+        em.cls_token.copy_(fm.cls_token @ a.T)
+    pool = Pool.from_method(SNNetMethod(), [front, end])
+    images = torch.randn(6, 3, 8, 8)
+    LeastSquaresInitializer().initialize(pool, InitContext(images=images))
+    for layer in pool.stitches.values():
+        torch.testing.assert_close(layer.weight.detach(), a, atol=2e-4, rtol=2e-4)
+        torch.testing.assert_close(layer.bias.detach(), c, atol=2e-4, rtol=2e-4)
+    pool.eval()
+    with torch.no_grad():
+        want = end.model(images)
+        for p in pool.paths[2:]:
+            torch.testing.assert_close(pool.descendant(p)(images), want, atol=1e-3, rtol=1e-3)
+
+
+def test_ls_on_sequential_pool_matches_manual_features():
+    """Generic: on a Learngene-style pool, layer k maps narrow block-k output to wide block-k output."""
+    narrow, wide = tiny(8, 2, seed=4), tiny(16, 4, seed=5)
+    pool = Pool.from_method(SequentialMethod(), [narrow, wide])
+    assert stitch_places(pool)["s0_1_2"] == [StitchPlace(0, 2, 1, 2)]
+    images = torch.randn(5, 3, 8, 8)
+    LeastSquaresInitializer(max_images=4).initialize(pool, InitContext(images=images))
+
+    def manual(adapter, k):
+        adapter.model.eval()
+        with torch.no_grad():
+            t = adapter.stem()(images[:4])
+            for blk in list(adapter.blocks)[:k]:
+                t = blk(t)
+        return t
+
+    for k in (1, 2):
+        w, b = solve_affine(manual(narrow, k), manual(wide, k))
+        torch.testing.assert_close(pool.stitches[f"s0_1_{k}"].weight.detach(), w.float(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pool.stitches[f"s0_1_{k}"].bias.detach(), b.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_ls_is_deterministic_and_needs_images():
+    rows = [tiny(8, 2, seed=6), tiny(16, 4, seed=7)]
+    pool = Pool.from_method(SNNetMethod(), rows)
+    images = torch.randn(3, 3, 8, 8)
+    LeastSquaresInitializer().initialize(pool, InitContext(images=images))
+    first = {k: v.clone() for k, v in pool.stitches.state_dict().items()}
+    for layer in pool.stitches.values():
+        layer.reset_parameters()
+    LeastSquaresInitializer().initialize(pool, InitContext(images=images))
+    for k, v in pool.stitches.state_dict().items():
+        assert torch.equal(v, first[k])
+    with pytest.raises(ConfigError, match="needs a batch of training images"):
+        LeastSquaresInitializer().initialize(pool, InitContext(images=None))
+    with pytest.raises(ConfigError, match="max_images"):
+        LeastSquaresInitializer(max_images=0)
