@@ -81,6 +81,45 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from ..budget import select_descendant
+
+    row = select_descendant(
+        args.pool,
+        max_params=args.max_params,
+        max_macs=args.max_macs,
+        max_latency_ms=args.max_latency_ms,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        extra = f", {row['latency_ms']:.2f} ms at batch {row['batch_size']} on {row['device']}" if "latency_ms" in row else ""
+        print(
+            f"#{row['index']} {row['name']}: top1 {row['top1']:.2f}, {row['params']:,} params, "
+            f"{row['macs']:,} MACs{extra}"
+        )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .. import storage
+
+    if args.timm:
+        arch = storage.export_timm_state_dict(args.pool, args.descendant, args.output)
+        print(f"wrote {args.output}: plain timm VisionTransformer state dict (arch {json.dumps(arch)})")
+    else:
+        storage.export_descendant(args.pool, args.descendant, args.output)
+        print(f"wrote {args.output}: load it with stitchkit.storage.load_exported({str(args.output)!r})")
+    if args.onnx:
+        from ..onnx_export import export_onnx
+
+        diff = export_onnx(args.output, args.onnx, timm_state_dict=args.timm)
+        print(f"wrote {args.onnx}" + (f" (max |onnx - torch| = {diff:.2e})" if diff is not None else ""))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stitchkit",
@@ -119,6 +158,24 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--out", help="output folder (default: the config's out_dir)")
     pb.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
     pb.set_defaults(func=_cmd_build)
+
+    ps = sub.add_parser("select", help="the most accurate descendant within a budget")
+    ps.add_argument("pool", help="pool file (.safetensors) with evaluation results")
+    ps.add_argument("--max-params", type=int, help="parameter budget")
+    ps.add_argument("--max-macs", type=int, help="MACs budget (per image)")
+    ps.add_argument("--max-latency-ms", type=float, help="latency budget, measured on this device")
+    ps.add_argument("--batch-size", type=int, default=1, help="batch size for the latency budget (default 1)")
+    ps.add_argument("--device", help="device for latency (default: cuda if available, else cpu)")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=_cmd_select)
+
+    pe = sub.add_parser("export", help="write one descendant as a standalone model file")
+    pe.add_argument("pool", help="pool file (.safetensors)")
+    pe.add_argument("descendant", help="descendant index, name (r0[0:3]+s0_1_3+r1[3:6]) or label")
+    pe.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    pe.add_argument("--timm", action="store_true", help="single-row descendants: write a plain timm state dict")
+    pe.add_argument("--onnx", help="also write an ONNX model here (needs the onnx package)")
+    pe.set_defaults(func=_cmd_export)
     return p
 
 
