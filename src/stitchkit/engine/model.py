@@ -1,0 +1,186 @@
+"""Plain ViT classifiers trained on the configured data: ancestries and anchors.
+
+``train_model`` is what ``stitchkit train-ancestry`` runs: it builds a timm
+VisionTransformer shaped for the data (channels, image size, classes), trains
+it with :class:`~stitchkit.engine.tasks.ClassificationTask`, evaluates it on
+the test split and saves it as one safetensors file whose metadata says how to
+rebuild it (``load_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from ..errors import ConfigError, PoolFormatError, StitchkitError
+from ..interfaces import AncestryAdapter
+from ..vit import TimmViT
+from .config import resolve, save_resolved, write_bytes_atomic
+from .data import DataConfig, DataSpec, build_data
+from .distributed import dist_context
+from .evaluate import evaluate
+from .tasks import ClassificationTask
+from .trainer import TrainConfig, fit
+
+MODEL_FORMAT = "stitchkit-model"
+
+
+@dataclass
+class ModelConfig:
+    """The ``[model]`` section: a timm ViT by name, or one shaped by the fields below."""
+
+    #: A registered timm ViT, e.g. "deit_base_patch16_224" ("" builds from depth/embed_dim/...).
+    timm_name: str = ""
+    #: Download timm's pretrained weights (needs network access; timm_name only).
+    pretrained: bool = False
+    #: Local weights to start from (safetensors, or a weights-only .pth).
+    checkpoint: str = ""
+    depth: int = 12
+    embed_dim: int = 64
+    num_heads: int = 4
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+
+    def validate(self, where: str = "model") -> None:
+        for key in ("depth", "embed_dim", "num_heads", "patch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"{where}: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.pretrained and not self.timm_name:
+            raise ConfigError(f"{where}.pretrained needs {where}.timm_name (which timm model's weights to download)")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"{where}.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelConfig:
+        from .config import section
+
+        return section(config, "model", cls)
+
+
+def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0) -> TimmViT:
+    """A randomly initialised (seeded) or loaded ViT for data of shape ``spec``."""
+    cfg.validate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.timm_name:
+            adapter = TimmViT.from_timm(
+                cfg.timm_name,
+                pretrained=cfg.pretrained,
+                checkpoint=cfg.checkpoint or None,
+                num_classes=spec.num_classes,
+                img_size=spec.img_size,
+                in_chans=spec.in_chans,
+                drop_path_rate=cfg.drop_path_rate,
+            )
+        else:
+            if spec.img_size % cfg.patch_size:
+                raise ConfigError(f"model.patch_size {cfg.patch_size} does not divide data.img_size {spec.img_size}")
+            adapter = TimmViT.from_arch(
+                {
+                    "img_size": spec.img_size,
+                    "patch_size": cfg.patch_size,
+                    "in_chans": spec.in_chans,
+                    "num_classes": spec.num_classes,
+                    "embed_dim": cfg.embed_dim,
+                    "depth": cfg.depth,
+                    "num_heads": cfg.num_heads,
+                    "mlp_ratio": cfg.mlp_ratio,
+                    "drop_path_rate": cfg.drop_path_rate,
+                }
+            )
+            if cfg.checkpoint:
+                adapter.load_checkpoint(cfg.checkpoint)
+    return adapter
+
+
+def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Mapping[str, Any] | None = None) -> pathlib.Path:
+    """One network as safetensors, with the adapter name and arch in the metadata (atomic)."""
+    path = pathlib.Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.model.state_dict().items()}
+    meta = {
+        "format": MODEL_FORMAT,
+        "version": "1",
+        "adapter": adapter.name,
+        "arch": json.dumps(adapter.arch(), sort_keys=True),
+        "info": json.dumps(dict(info or {}), sort_keys=True),
+    }
+    write_bytes_atomic(path, save(tensors, metadata=meta))
+    return path
+
+
+def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAdapter:
+    """A network saved by :func:`save_model` (e.g. by ``train_model``), rebuilt through its adapter."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise PoolFormatError(path, "model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != MODEL_FORMAT:
+                raise PoolFormatError(path, f"not a stitchkit model file (metadata format {meta.get('format')!r}); train one with train_model")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        arch = json.loads(meta["arch"])
+        name = meta["adapter"]
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise PoolFormatError(path, f"unreadable model file ({exc})") from exc
+    if registry is None:
+        from ..registry import default_registry
+
+        registry = default_registry()
+    adapter = registry.ancestry(name).from_arch(arch)
+    try:
+        adapter.model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise PoolFormatError(path, f"weights do not fit the stored arch: {exc}") from exc
+    return adapter
+
+
+def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``info`` stored with a model file (data spec, evaluation, config)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return json.loads((fh.metadata() or {}).get("info", "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+        raise PoolFormatError(path, f"unreadable model file ({exc})") from exc
+
+
+def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry") -> pathlib.Path:
+    """Train the ``[model]`` ViT on the ``[data]`` with the ``[train]`` settings; return ``out_dir/<name>.safetensors``.
+
+    Resumes (or skips) like any phase; safe to run under torchrun.
+    """
+    resolved = resolve(config)
+    out = pathlib.Path(out_dir)
+    data = build_data(DataConfig.from_config(resolved))
+    train = TrainConfig.from_config(resolved)
+    adapter = build_model(data.spec, ModelConfig.from_config(resolved), seed=train.seed)
+    relevant = {k: resolved[k] for k in ("data", "model", "train")}
+    result = fit(ClassificationTask(adapter.model), data, train, out_dir=out, phase=name, config=relevant)
+    ctx = dist_context(train.device)
+    test = evaluate(adapter.model, data.test_loader(rank=ctx.rank, world_size=ctx.world_size), device=ctx.device) if len(data.test) else {}  # type: ignore[arg-type]
+    path = out / f"{name}.safetensors"
+    if ctx.is_main:
+        save_resolved(resolved, out)
+        info = {
+            "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source},
+            "evaluation": {"test": test, "last": result.last_metrics},
+            "steps": result.steps,
+        }
+        save_model(adapter, path, info)
+    from .distributed import barrier
+
+    barrier()
+    if not path.is_file():  # pragma: no cover - a shared output directory is required under torchrun
+        raise StitchkitError(f"{path}: rank {ctx.rank} cannot see the model file rank 0 wrote; use a shared output directory")
+    return path
