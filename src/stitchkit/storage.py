@@ -45,6 +45,11 @@ MAX_HEADER_BYTES = 100_000_000
 PathLike = str | os.PathLike
 OnRead = Callable[[str], None]
 
+#: Every dtype the format allows: safetensors name -> bytes per element.
+DTYPE_SIZES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}
 # safetensors dtype name -> torch dtype (those this torch build has)
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, attr)
@@ -71,7 +76,7 @@ def _writer() -> str:
 # A small JSON-Schema subset (type, properties, required, additionalProperties,
 # items, minItems, maxItems, minimum, minLength, pattern, enum), checked by
 # _check_schema. Unknown keys are allowed everywhere: see "Versioning" in docs/format.md.
-_NAME = {"type": "string", "pattern": "[A-Za-z0-9_\\-]+"}
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
 _COUNT = {"type": "integer", "minimum": 0}
 _POSITIVE = {"type": "integer", "minimum": 1}
 STITCH_SCHEMA: dict[str, Any] = {
@@ -138,7 +143,7 @@ TENSORS_SCHEMA: dict[str, Any] = {
     "additionalProperties": {
         "type": "object",
         "required": ["dtype", "shape"],
-        "properties": {"dtype": {"type": "string", "enum": sorted(DTYPES)}, "shape": {"type": "array", "items": _COUNT}},
+        "properties": {"dtype": {"type": "string", "enum": sorted(DTYPE_SIZES)}, "shape": {"type": "array", "items": _COUNT}},
     },
 }
 
@@ -177,7 +182,7 @@ def _check_schema(value: Any, schema: Mapping[str, Any], where: str = "") -> Non
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0):
             raise _SchemaError(where, "empty string")
-        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
+        if "pattern" in schema and not re.search(schema["pattern"], value):  # JSON Schema: search
             raise _SchemaError(where, f"{value!r} does not match {schema['pattern']}")
     if _JSON_TYPES["number"](value) and "minimum" in schema and value < schema["minimum"]:
         raise _SchemaError(where, f"{value} is below the minimum {schema['minimum']}")
@@ -308,8 +313,8 @@ def _check_entry(p: pathlib.Path, name: str, entry: Any) -> dict[str, Any]:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         raise PoolFormatError(p, f"header entry {name!r} needs dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise PoolFormatError(p, f"tensor {name!r} has unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise PoolFormatError(p, f"tensor {name!r} has unsupported dtype {dtype!r} (supported: {', '.join(DTYPE_SIZES)})")
     if not isinstance(shape, list) or not all(_JSON_TYPES["integer"](d) and d >= 0 for d in shape):
         raise PoolFormatError(p, f"tensor {name!r} has an invalid shape {shape!r} (a list of non-negative integers)")
     if not (
@@ -317,7 +322,7 @@ def _check_entry(p: pathlib.Path, name: str, entry: Any) -> dict[str, Any]:
         and 0 <= offsets[0] <= offsets[1]
     ):
         raise PoolFormatError(p, f"tensor {name!r} has invalid data_offsets {offsets!r} (two integers, begin <= end)")
-    need = math.prod(shape) * DTYPES[dtype].itemsize
+    need = math.prod(shape) * DTYPE_SIZES[dtype]
     if offsets[1] - offsets[0] != need:
         raise PoolFormatError(
             p, f"tensor {name!r}: data_offsets span {offsets[1] - offsets[0]} bytes but "
