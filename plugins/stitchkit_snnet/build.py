@@ -1,0 +1,123 @@
+"""``stitchkit build`` for SN-Net: anchors -> pool -> stitch init -> fine-tune -> evaluate -> pool file.
+
+Every training step goes through the engine (``stitchkit.engine.fit``), so
+the build runs under torchrun, resumes per phase, and a re-run of a finished
+build only re-evaluates and rewrites the pool file.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from stitchkit.interfaces import InitContext
+from stitchkit.measure import count_macs, count_params
+from stitchkit.pool import Pool
+
+from .anchors import obtain_anchors, obtain_teacher
+from .config import SNNetConfig
+from .method import SNNetMethod
+
+
+def init_images(data: Any, n: int, seed: int) -> torch.Tensor:
+    """``n`` training images in a seeded order (the same on every rank, on every re-run)."""
+    from stitchkit.engine.data import EpochSeeded, derive_seed
+
+    train = data.train
+    if isinstance(train, EpochSeeded):
+        train.set_epoch(0, seed)
+    g = torch.Generator().manual_seed(derive_seed("snnet-init-images", seed) % 2**63)
+    order = torch.randperm(len(train), generator=g)[:n]
+    return torch.stack([train[int(i)][0] for i in order])
+
+
+def _accuracies(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    return {name: float(r["top1"]) for name, r in results.items()}
+
+
+def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Any) -> pathlib.Path:
+    """Run the SN-Net pipeline of a resolved config; return the pool file written to ``out_dir``."""
+    from stitchkit.engine import DataConfig, PoolTask, TrainConfig, build_data, dist_context, evaluate_pool, fit, format_table, section
+    from stitchkit.engine.config import write_bytes_atomic, write_json_atomic
+    from stitchkit.engine.distributed import barrier
+    from stitchkit.storage import save_pool
+
+    start = time.perf_counter()
+    cfg = section(config, "snnet", SNNetConfig)
+    out_dir = pathlib.Path(out_dir)
+    data = build_data(DataConfig.from_config(config))
+    base = TrainConfig.from_config(config)
+    finetune = cfg.train_config(base, "finetune")
+    ctx = dist_context(base.device)
+    timings: dict[str, float] = {}
+
+    # 1. anchors (and the teacher, copied before anything is fine-tuned)
+    t = time.perf_counter()
+    anchors = obtain_anchors(cfg, config, data, base, out_dir)
+    teacher = obtain_teacher(cfg, anchors, data.spec, registry)
+    timings["anchors_s"] = time.perf_counter() - t
+
+    # 2. the pool: anchors as rows, SN-Net's stitch layers and configurations
+    info: dict[str, Any] = {
+        "snnet": {
+            "anchors": [
+                {"source": a.timm_name or a.shape or f"{a.depth}x{a.embed_dim}:{a.num_heads}",
+                 "weights": "pretrained" if a.pretrained else ("checkpoint" if a.checkpoint else "random"),
+                 "trained_here": a.train, "shape": str(r.shape), "params": count_params(r.model)}
+                for a, r in zip(cfg.anchor_configs(), anchors)
+            ],
+            "initializer": cfg.initializer, "init_images": cfg.init_images, "sampler": cfg.sampler,
+            "trainable": cfg.trainable, "distillation": cfg.distillation, "tau": cfg.tau,
+            "teacher": cfg.teacher if teacher is not None else "none",
+        }
+    }
+    pool = Pool.from_method(SNNetMethod(), anchors, info=info)
+
+    # 3. stitch-layer initialisation
+    t = time.perf_counter()
+    initializer = registry.create("initializer", cfg.initializer)
+    images = init_images(data, cfg.init_images, base.seed) if initializer.needs_images else None
+    initializer.initialize(pool, InitContext(images=images, seed=base.seed))
+    timings["init_s"] = time.perf_counter() - t
+    split = lambda: data.eval_loader(cfg.eval_split, rank=ctx.rank, world_size=ctx.world_size)  # noqa: E731
+    if cfg.evaluate_after_init:
+        info["snnet"]["after_init"] = _accuracies(evaluate_pool(pool, split(), device=ctx.device))
+        pool.cpu()
+
+    # 4. fine-tuning: one uniformly sampled configuration per step, the same on every rank
+    t = time.perf_counter()
+    # Anchors alone have nothing to train when only the stitch layers are trainable.
+    paths = [p for p in pool.paths if cfg.trainable == "all" or not p.is_single_row]
+    macs = [count_macs(pool.descendant(p)) for p in paths]
+    sampler = registry.create("sampler", cfg.sampler, paths, macs)
+    task = PoolTask(pool, sampler, teacher=teacher, distillation=cfg.distillation, tau=cfg.tau)
+    frozen = [p for p in pool.rows.parameters() if p.requires_grad] if cfg.trainable == "stitches" else []
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        result = fit(task, data, finetune, out_dir=out_dir, phase="finetune", config=config)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    timings["finetune_s"] = time.perf_counter() - t
+    info["snnet"]["finetune_steps"] = result.steps
+
+    # 5. evaluate every configuration, then write the pool file
+    t = time.perf_counter()
+    results = evaluate_pool(pool, split(), store=True, device=ctx.device)
+    timings["evaluate_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - start
+    info["snnet"]["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    pool.info.update(info)
+    path = out_dir / cfg.pool_file
+    if ctx.is_main:
+        pool.cpu()
+        save_pool(pool, path, provenance={"method": "snnet", "data": dict(config.get("data", {})), "eval_split": cfg.eval_split})
+        write_json_atomic(out_dir / "evaluation.json", {"split": cfg.eval_split, "results": results, "timings": info["snnet"]["timings"]})
+        write_bytes_atomic(out_dir / "evaluation.md", (format_table(results) + "\n").encode())
+    barrier()
+    return path

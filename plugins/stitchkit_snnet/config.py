@@ -1,0 +1,144 @@
+"""The ``[snnet]`` section of a build config.
+
+Data and the base hyper-parameters come from the engine's ``[data]`` and
+``[train]`` sections; ``[snnet.anchor_training]`` and ``[snnet.finetune]``
+override any ``[train]`` key for training anchors here and for fine-tuning
+the stitched network (SN-Net: 50 epochs, lr 5e-5, AdamW).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stitchkit.errors import ConfigError
+from stitchkit.spec import parse_rows
+
+TRAINABLE = ("all", "stitches")
+DISTILLATION = ("hard", "soft", "none")
+
+
+@dataclass
+class AnchorConfig:
+    """One ``[[snnet.anchors]]`` entry: which network, and how to get its weights.
+
+    A timm model by ``timm_name`` (``pretrained = true`` downloads timm's
+    weights), any ViT shape by ``shape = "DEPTHxWIDTH:HEADS"`` (or ``depth``,
+    ``embed_dim``, ``num_heads``) with ``patch_size`` and ``mlp_ratio``; a local
+    ``checkpoint`` file loads weights; ``train = true`` trains it on ``[data]``
+    first (from its loaded weights if any, else from scratch).
+    """
+
+    timm_name: str = ""
+    pretrained: bool = False
+    checkpoint: str = ""
+    shape: str = ""
+    depth: int = 12
+    embed_dim: int = 64
+    num_heads: int = 4
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+    train: bool = False
+
+    def validate(self, where: str) -> None:
+        if self.shape:
+            if self.timm_name:
+                raise ConfigError(f"{where}: give timm_name or shape, not both")
+            try:
+                (row,) = parse_rows(self.shape)
+            except ValueError:
+                raise ConfigError(f"{where}.shape: expected one DEPTHxWIDTH:HEADS, got {self.shape!r}") from None
+            self.depth, self.embed_dim, self.num_heads = row.depth, row.width, row.heads
+        if self.pretrained and not self.timm_name:
+            raise ConfigError(f"{where}.pretrained needs {where}.timm_name (whose timm weights to download)")
+        if not (self.pretrained or self.checkpoint or self.train):
+            raise ConfigError(
+                f"{where}: say how to get the anchor's weights: pretrained = true (timm), "
+                f"checkpoint = \"FILE\", or train = true (train it on [data] here)"
+            )
+
+    def model_section(self) -> dict[str, Any]:
+        """The engine's ``[model]`` table for this anchor."""
+        return {
+            "timm_name": self.timm_name, "pretrained": self.pretrained, "checkpoint": self.checkpoint,
+            "depth": self.depth, "embed_dim": self.embed_dim, "num_heads": self.num_heads,
+            "patch_size": self.patch_size, "mlp_ratio": self.mlp_ratio, "drop_path_rate": self.drop_path_rate,
+        }
+
+
+@dataclass
+class SNNetConfig:
+    """Everything SN-Net adds to the engine's sections."""
+
+    #: The anchors, smallest first (``[[snnet.anchors]]`` tables, see :class:`AnchorConfig`).
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+    #: Stitch initializer by registered name (``ls`` as SN-Net, ``random``, ...).
+    initializer: str = "ls"
+    #: Training images handed to an initializer that needs them (SN-Net: 100).
+    init_images: int = 100
+    #: Also evaluate every configuration right after initialisation (stored in ``info.snnet.after_init``).
+    evaluate_after_init: bool = False
+    #: Path sampler for fine-tuning, by registered name (SN-Net: uniform, one configuration per step).
+    sampler: str = "uniform"
+    #: ``"all"`` (full fine-tuning, as SN-Net) or ``"stitches"`` (anchors frozen, stitch layers only).
+    trainable: str = "all"
+    #: Distillation while fine-tuning: ``"hard"`` (SN-Net / DeiT), ``"soft"`` (KL at ``tau``) or ``"none"``.
+    distillation: str = "hard"
+    tau: float = 1.0
+    #: The teacher: ``"largest-anchor"`` (a frozen copy taken before fine-tuning),
+    #: ``"timm:NAME"`` (timm pretrained weights) or the path of a model file (``stitchkit train-ancestry``).
+    teacher: str = "largest-anchor"
+    #: Evaluation split for the stored accuracy: ``"test"`` or ``"val"``.
+    eval_split: str = "test"
+    #: Pool file name inside the output directory.
+    pool_file: str = "pool.safetensors"
+    #: ``[train]`` keys overridden while training anchors (``train = true``).
+    anchor_training: dict[str, Any] = field(default_factory=dict)
+    #: ``[train]`` keys overridden while fine-tuning the stitched network.
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, where: str = "snnet") -> None:
+        if not self.anchors:
+            raise ConfigError(f"{where}.anchors: list the anchors smallest first, e.g. [[snnet.anchors]] timm_name = ...")
+        checks = [
+            (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),
+            (self.trainable in TRAINABLE, f"trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}"),
+            (self.distillation in DISTILLATION, f"distillation must be one of {', '.join(DISTILLATION)}, got {self.distillation!r}"),
+            (self.tau > 0, f"tau must be > 0, got {self.tau}"),
+            (bool(self.teacher), "teacher must be 'largest-anchor', 'timm:NAME' or a model file"),
+            (self.eval_split in ("test", "val"), f"eval_split must be 'test' or 'val', got {self.eval_split!r}"),
+            (bool(self.pool_file) and "/" not in self.pool_file, f"pool_file must be a file name, got {self.pool_file!r}"),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"{where}.{problem}")
+        if self.teacher != "largest-anchor" and not self.teacher.startswith("timm:"):
+            if not pathlib.Path(self.teacher).expanduser().is_file():
+                raise ConfigError(
+                    f"{where}.teacher: {self.teacher!r} is neither 'largest-anchor', 'timm:NAME' nor an existing model file"
+                )
+        self.anchor_configs(where)
+
+    def anchor_configs(self, where: str = "snnet") -> list[AnchorConfig]:
+        from stitchkit.engine.config import from_mapping
+
+        out = []
+        for i, table in enumerate(self.anchors):
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{where}.anchors[{i}]: expected a table, got {table!r}")
+            out.append(from_mapping(AnchorConfig, table, f"{where}.anchors[{i}]"))
+        return out
+
+    def train_config(self, base: Any, phase: str) -> Any:
+        """The engine's ``TrainConfig`` for ``"anchor_training"`` or ``"finetune"``."""
+        from stitchkit.engine.config import check_keys, from_mapping
+
+        overrides = getattr(self, phase)
+        fields = [f.name for f in dataclasses.fields(base) if f.init]
+        check_keys(overrides, fields, f"snnet.{phase}")
+        current = {name: getattr(base, name) for name in fields}
+        return from_mapping(type(base), {**current, **overrides}, f"train (with snnet.{phase})")

@@ -1,0 +1,139 @@
+"""End-to-end SN-Net builds on digits: tiny anchors trained here, LS init, fine-tuning, pool file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stitchkit.engine import build_data, load_config
+from stitchkit.engine.data import DataConfig
+from stitchkit.errors import ConfigError
+from stitchkit.registry import Registry
+from stitchkit.storage import load_pool, read_pool_metadata
+from stitchkit_snnet import plugin
+
+TINY = """
+method = "snnet"
+[data]
+source = "digits"
+img_size = 8
+in_chans = 1
+[train]
+seed = 0
+epochs = 1
+max_steps = 4
+batch_size = 32
+lr = 1e-3
+progress = false
+device = "cpu"
+[snnet]
+init_images = 40
+trainable = "{trainable}"
+distillation = "{distillation}"
+[snnet.finetune]
+max_steps = 6
+[[snnet.anchors]]
+shape = "2x16:2"
+patch_size = 4
+train = true
+[[snnet.anchors]]
+shape = "2x32:4"
+patch_size = 4
+train = true
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train several times faster on one thread than on contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    reg = Registry(load_entrypoints=False)
+    reg.register_plugin(plugin, name="snnet")
+    return reg
+
+
+def write_config(tmp_path, **kw):
+    path = tmp_path / "snnet.toml"
+    path.write_text(TINY.format(**{"trainable": "all", "distillation": "hard", **kw}))
+    return path
+
+
+def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
+    config = load_config(write_config(tmp_path))
+    out = tmp_path / "run"
+    path = registry.method("snnet").build(config, out_dir=out, registry=registry)
+    meta = read_pool_metadata(path)
+    pool = load_pool(path, registry)
+    # depth 2 paired stitching: (0,0), (0,1), (1,0), (1,1) on one layer, after the two anchors
+    assert [p.label for p in pool.paths] == ["anchor 0", "anchor 1", "0->1 (0,0)", "0->1 (0,1)", "0->1 (1,0)", "0->1 (1,1)"]
+    assert list(pool.stitches) == ["s0_1_0"]
+    assert pool.method == "snnet"
+    data = build_data(DataConfig.from_config(config))
+    x = torch.stack([data.test[i][0] for i in range(8)])
+    pool.eval()
+    for p in pool.paths:
+        logits = pool.descendant(p)(x)
+        assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+    assert set(pool.evaluation) == {p.name for p in pool.paths}
+    for r in pool.evaluation.values():
+        assert 0.0 <= r["top1"] <= 100.0
+    info = pool.info["snnet"]
+    assert info["finetune_steps"] == 6 and info["teacher"] == "largest-anchor"
+    assert [a["shape"] for a in info["anchors"]] == ["2x16:2", "2x32:4"]
+    assert (out / "anchors" / "anchor1.safetensors").is_file()
+    assert json.loads((out / "evaluation.json").read_text())["split"] == "test"
+    # a re-run resumes every finished phase and rewrites the same weights
+    first = {k: v.clone() for k, v in pool.state_dict().items()}
+    again = load_pool(registry.method("snnet").build(config, out_dir=out, registry=registry), registry)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, first[k]), k
+    assert meta["pool"]["paths"] == read_pool_metadata(path)["pool"]["paths"]
+
+
+def test_stitches_only_with_teacher_file_keeps_anchors_bit_identical(tmp_path, registry):
+    from stitchkit.engine import save_model
+    from stitchkit.vit import TimmViT, load_state_file
+
+    torch.manual_seed(0)
+    teacher = TimmViT.from_arch(dict(img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=1, num_heads=2))
+    teacher_file = save_model(teacher, tmp_path / "teacher.safetensors")
+    config = load_config(write_config(tmp_path, trainable="stitches", distillation="soft"), [f'snnet.teacher="{teacher_file}"'])
+    out = tmp_path / "run"
+    pool = load_pool(registry.method("snnet").build(config, out_dir=out, registry=registry), registry)
+    for i in range(2):
+        anchor = load_state_file(out / "anchors" / f"anchor{i}.safetensors")
+        row = pool.rows[i].state_dict()
+        assert all(torch.equal(row[k], v) for k, v in anchor.items())
+    assert pool.info["snnet"]["teacher"] == str(teacher_file)
+    assert pool.info["snnet"]["finetune_steps"] == 6
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        ({"snnet": {"anchors": []}}, "list the anchors"),
+        ({"snnet": {"anchors": [{"shape": "2x16:2"}]}}, "say how to get the anchor's weights"),
+        ({"snnet": {"anchors": [{"shape": "2x16:2", "pretrained": True}]}}, "needs snnet.anchors\\[0\\].timm_name"),
+        ({"snnet": {"trainable": "heads"}}, "trainable must be one of"),
+        ({"snnet": {"finetune": {"lrr": 1.0}}}, "did you mean 'lr'"),
+        ({"snnet": {"teacher": "missing.safetensors"}}, "neither 'largest-anchor'"),
+        ({"snnet": {"anchors": [{"shape": "2x32:4", "train": True}, {"shape": "2x16:2", "train": True}]}}, "ordered by size"),
+    ],
+)
+def test_bad_configs_are_refused(tmp_path, registry, edit, match):
+    config = load_config(write_config(tmp_path))
+    for key, value in edit["snnet"].items():
+        config["snnet"][key] = value
+    config["train"]["max_steps"] = 1
+    config["snnet"].setdefault("finetune", {})["max_steps"] = 1
+    with pytest.raises(ConfigError, match=match):
+        registry.method("snnet").build(config, out_dir=tmp_path / "bad", registry=registry)
