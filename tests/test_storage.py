@@ -12,6 +12,7 @@ import math
 import pathlib
 import re
 import struct
+import types
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 import stitchkit.storage as storage
 from helpers import tiny_row
-from stitchkit.errors import PathError, PoolFormatError
+from stitchkit import hookimpl
+from stitchkit.errors import PathError, PoolFormatError, StitchkitError
 from stitchkit.pool import Pool
 from stitchkit.registry import Registry
 from stitchkit.sequential import SequentialMethod
@@ -199,6 +201,34 @@ def test_read_pool_metadata_needs_no_plugin(pool_file, tmp_path, registry):
     with pytest.raises(PoolFormatError, match=r"adapter 'my-adapter'.*install the plugin") as err:
         load_pool(bad, registry)
     assert err.value.path == str(bad)
+
+
+class BufferedViT(TimmViT):
+    """A throwaway adapter whose blocks keep a non-persistent buffer (as RoPE tables are kept)."""
+
+    name = "buffered-vit"
+
+    @classmethod
+    def from_arch(cls, arch):
+        adapter = super().from_arch(arch)
+        for block in adapter.model.blocks:
+            block.register_buffer("table", torch.arange(4.0), persistent=False)
+        return adapter
+
+
+def test_non_persistent_buffers_are_refused_clearly(tmp_path):
+    reg = Registry(load_entrypoints=False)
+    plugin = types.ModuleType("buffered_plugin")
+    plugin.register_ancestries = hookimpl(lambda register: register(BufferedViT))
+    reg.register_plugin(plugin, name="buffered")
+    rows = [BufferedViT.from_arch(tiny_row(RowShape(2, 16, 2)).arch())]
+    pool = Pool.from_method(SequentialMethod(), rows)
+    path = save_pool(pool, tmp_path / "buffered.safetensors")
+    with pytest.raises(StitchkitError, match=r"rows.0.blocks.0.table.*persistent") as err:
+        load_pool(path, reg)
+    assert not isinstance(err.value, PoolFormatError)  # the file is fine; the adapter is not
+    with pytest.raises(StitchkitError, match=r"segments.0.0.table.*persistent"):
+        load_descendant(path, 0, reg)
 
 
 # --------------------------------------------------------------------------- lazy descendants

@@ -535,6 +535,15 @@ def _load_into(p: pathlib.Path, module: torch.nn.Module, state: Mapping[str, tor
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:  # only reachable if an adapter's modules disagree with its own state dict
         raise PoolFormatError(p, f"tensors do not fit the rebuilt modules: {exc}") from exc
+    # A tensor outside the state dict (a non-persistent buffer) would stay on the meta device and
+    # fail later, far from here: say now which adapter needs to change.
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise StitchkitError(
+            f"{p}: {_few(left)} are not in the state dict, so they cannot be restored from the file; "
+            "the ancestry adapter must keep such tensors persistent (register_buffer(..., persistent=True)) "
+            "or compute them in forward"
+        )
 
 
 def read_pool_metadata(path: PathLike) -> dict[str, Any]:
