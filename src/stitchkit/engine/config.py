@@ -32,7 +32,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 T = TypeVar("T")
 
 #: Top-level keys that are not sections.
-TOP_LEVEL_KEYS = ("method", "description")
+TOP_LEVEL_KEYS = ("method", "description", "out_dir")
 
 
 def check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
@@ -207,8 +207,9 @@ def resolve(config: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
                 f"{where}: unknown top-level key {key!r}{hint} (top-level keys: "
                 f"{', '.join(TOP_LEVEL_KEYS)}; everything else goes in a [section])"
             )
-    if "method" in resolved and not isinstance(resolved["method"], str):
-        raise ConfigError(f"{where}: 'method' must be a string naming a registered method")
+    for key in TOP_LEVEL_KEYS:
+        if key in resolved and not isinstance(resolved[key], str):
+            raise ConfigError(f"{where}: top-level {key!r} must be a string, got {resolved[key]!r}")
     for name, cls in engine_sections().items():
         try:
             resolved[name] = to_mapping(section(resolved, name, cls))

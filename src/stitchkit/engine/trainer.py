@@ -49,7 +49,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 OPERATIONAL_KEYS = {
     "train": ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "progress", "tensorboard"),
     "data": ("num_workers", "eval_batch_size"),
-    "": ("description",),
+    "": ("description", "out_dir"),
 }
 
 
@@ -344,7 +344,7 @@ def fit(
                 loss.backward()
                 names = [p.name for p in paths if p is not None]
                 if callbacks:
-                    st = StepState(state.step, epoch, state.batch, float(loss), names, ctx.rank, ctx.world_size, model)
+                    st = StepState(state.step, epoch, state.batch, float(loss.detach()), names, ctx.rank, ctx.world_size, model)
                     for cb in callbacks:
                         cb("after_backward", st)
                 if train.clip_grad > 0:

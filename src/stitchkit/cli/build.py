@@ -1,0 +1,70 @@
+"""``stitchkit build CONFIG [--set k=v] [--out DIR]``: run a method's whole pipeline.
+
+The config names its method (``method = "learngene-pool"``); the method's
+``build`` does the rest through the engine, which makes every phase
+resumable: rerunning the same command after a crash continues where it
+stopped. Works unchanged under ``torchrun --nproc_per_node N``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+from ..engine.config import load_config, save_resolved
+from ..engine.distributed import barrier, dist_context
+from ..errors import ConfigError
+from ..registry import Registry, default_registry
+
+
+def resolve_out_dir(config: dict, config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None) -> pathlib.Path:
+    """``--out``, else the config's top-level ``out_dir``, else ``runs/<config name>``."""
+    if out_dir is not None:
+        return pathlib.Path(out_dir)
+    if config.get("out_dir"):
+        return pathlib.Path(config["out_dir"])
+    return pathlib.Path("runs") / pathlib.Path(config_path).stem
+
+
+def clear_checkpoints(out_dir: pathlib.Path) -> int:
+    """Delete the training checkpoints and metrics of every phase under ``out_dir`` (``--restart``)."""
+    removed = 0
+    for ckpt in out_dir.glob("*/checkpoints/step-*"):
+        if ckpt.suffix in (".json", ".safetensors"):
+            ckpt.unlink()
+            removed += 1
+    for metrics in out_dir.glob("*/metrics.jsonl"):
+        metrics.unlink()
+    return removed
+
+
+def build_command(
+    config_path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    *,
+    registry: Registry | None = None,
+) -> pathlib.Path:
+    """Load the config, find its method and run ``method.build``; return the pool file.
+
+    ``resume=False`` deletes the checkpoints of a previous run in the output
+    directory first, so every phase starts over.
+    """
+    config = load_config(config_path, overrides)
+    name = config.get("method")
+    if not name:
+        raise ConfigError(f"{config_path}: no method given; add e.g. method = \"learngene-pool\" at the top of the file")
+    registry = registry or default_registry()
+    method = registry.method(name)
+    out = resolve_out_dir(config, config_path, out_dir)
+    config["out_dir"] = str(out)
+    ctx = dist_context(config["train"]["device"])
+    if ctx.is_main:
+        if not resume:
+            clear_checkpoints(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved(config, out)
+    barrier()
+    return method.build(config, out_dir=out, registry=registry)
