@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from stitchkit.engine import build_data, load_config
+from stitchkit.engine import TrainConfig, build_data, load_config
 from stitchkit.engine.data import DataConfig
 from stitchkit.errors import ConfigError
 from stitchkit.registry import Registry
@@ -137,3 +137,26 @@ def test_bad_configs_are_refused(tmp_path, registry, edit, match):
     config["snnet"].setdefault("finetune", {})["max_steps"] = 1
     with pytest.raises(ConfigError, match=match):
         registry.method("snnet").build(config, out_dir=tmp_path / "bad", registry=registry)
+
+
+def test_shipped_configs_resolve_and_validate(registry):
+    from stitchkit.engine import section
+    from stitchkit.spec import RowShape
+    from stitchkit_snnet import CONFIGS
+    from stitchkit_snnet.config import SNNetConfig
+    from stitchkit_snnet.method import SNNetMethod
+
+    names = sorted(p.name for p in CONFIGS.glob("*.toml"))
+    assert names == ["deit-imagenet.toml", "digits.toml", "equal-storage-digits.toml"]
+    for name in names:
+        config = load_config(CONFIGS / name)
+        assert config["method"] == "snnet"
+        cfg = section(config, "snnet", SNNetConfig)
+        cfg.train_config(TrainConfig.from_config(config), "finetune")
+    deit = section(load_config(CONFIGS / "deit-imagenet.toml"), "snnet", SNNetConfig).anchor_configs()
+    assert [a.timm_name for a in deit] == ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
+    # the equal-storage baseline has the Learngene digits rows and as many stitch layers (l - 1 = 2)
+    equal = section(load_config(CONFIGS / "equal-storage-digits.toml"), "snnet", SNNetConfig).anchor_configs()
+    rows = [RowShape(a.depth, a.embed_dim, a.num_heads) for a in equal]
+    assert rows == [RowShape(3, 32, 2), RowShape(3, 64, 4)]
+    assert len(SNNetMethod().stitches(rows)) == 2
