@@ -30,7 +30,7 @@ def init_images(data: Any, n: int, seed: int) -> torch.Tensor:
     train = data.train
     if isinstance(train, EpochSeeded):
         train.set_epoch(0, seed)
-    g = torch.Generator().manual_seed(derive_seed("snnet-init-images", seed) % 2**63)
+    g = torch.Generator().manual_seed(derive_seed("snnet-init-images", seed))
     order = torch.randperm(len(train), generator=g)[:n]
     return torch.stack([train[int(i)][0] for i in order])
 
@@ -83,7 +83,10 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
     images = init_images(data, cfg.init_images, base.seed) if initializer.needs_images else None
     initializer.initialize(pool, InitContext(images=images, seed=base.seed))
     timings["init_s"] = time.perf_counter() - t
-    split = lambda: data.eval_loader(cfg.eval_split, rank=ctx.rank, world_size=ctx.world_size)  # noqa: E731
+
+    def split() -> Any:
+        return data.eval_loader(cfg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
+
     if cfg.evaluate_after_init:
         info["snnet"]["after_init"] = _accuracies(evaluate_pool(pool, split(), device=ctx.device))
         pool.cpu()

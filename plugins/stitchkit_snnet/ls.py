@@ -104,26 +104,21 @@ class LeastSquaresInitializer(StitchInitializer):
             raise ConfigError(
                 "the 'ls' stitch initializer needs a batch of training images (B, C, H, W) in "
                 f"InitContext.images, got {None if images is None else tuple(images.shape)}; "
-                "set [init] images in the config, or pick the 'random' initializer"
+                "in a build config set snnet.init_images (or learngene.init_images), or pick the 'random' initializer"
             )
         if self.max_images is not None:
             images = images[: self.max_images]
-        places = stitch_places(pool)
-        # Group by row pair so at most two rows' features are alive at once.
-        by_pair: dict[tuple[int, int], list[str]] = defaultdict(list)
-        for name, ps in places.items():
-            for p in ps:
-                if name not in by_pair[(p.front, p.end)]:
-                    by_pair[(p.front, p.end)].append(name)
+        # Group the places by row pair so at most two rows' features are alive at once.
+        by_pair: dict[tuple[int, int], list[tuple[str, StitchPlace]]] = defaultdict(list)
+        for name, places in stitch_places(pool).items():
+            for p in places:
+                by_pair[(p.front, p.end)].append((name, p))
         solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        for (front, end), names in sorted(by_pair.items()):
-            mine = [p for n in names for p in places[n] if (p.front, p.end) == (front, end)]
-            f_feats = _row_inputs(pool.adapters[front], images, (p.front_block for p in mine))
-            e_feats = _row_inputs(pool.adapters[end], images, (p.end_block for p in mine))
-            for name in names:
-                for p in places[name]:
-                    if (p.front, p.end) == (front, end):
-                        solutions[name].append(solve_affine(f_feats[p.front_block], e_feats[p.end_block]))
+        for (front, end), uses in sorted(by_pair.items()):
+            f_feats = _row_inputs(pool.adapters[front], images, (p.front_block for _, p in uses))
+            e_feats = _row_inputs(pool.adapters[end], images, (p.end_block for _, p in uses))
+            for name, p in uses:
+                solutions[name].append(solve_affine(f_feats[p.front_block], e_feats[p.end_block]))
             del f_feats, e_feats
         for name, sols in solutions.items():
             layer = pool.stitches[name]
