@@ -200,6 +200,8 @@ def resolve(config: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
     """
     resolved = json.loads(json.dumps(config))  # deep copy; also proves it is JSON-able
     for key, value in resolved.items():
+        if not isinstance(value, dict) and key in engine_sections():
+            raise ConfigError(f"{where}: {key!r} must be a table ([{key}]), got {value!r}")
         if not isinstance(value, dict) and key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(key, [*TOP_LEVEL_KEYS, *engine_sections()], n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -1,0 +1,176 @@
+"""Engine data: the digits loader, synthetic and ImageFolder sources, data order and sharding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from stitchkit.engine.data import DataConfig, DataSpec, EpochSeeded, build_data, split_indices
+from stitchkit.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _base(ds):
+    return ds.base if isinstance(ds, EpochSeeded) else ds
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return build_data(DataConfig(img_size=8, augment=False))
+
+
+def test_digits_shapes_classes_and_split_sizes(digits):
+    n = 1797  # load_digits has 1797 images
+    n_test, n_val = round(0.2 * n), round(0.1 * n)  # 359, 180
+    assert (len(digits.train), len(digits.val), len(digits.test)) == (n - n_test - n_val, n_val, n_test)
+    assert digits.spec == DataSpec(in_chans=1, img_size=8, num_classes=10)
+    x, y = digits.train[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and isinstance(y, int)
+    assert {int(v) for v in _base(digits.test).labels} == set(range(10))
+
+
+def test_digits_images_are_the_real_digits_in_disjoint_splits(digits):
+    raw = load_digits()
+    index = {}
+    for i, img in enumerate(raw.images):
+        index.setdefault((img / 16.0).astype(np.float32).tobytes(), []).append(i)
+    owners = []
+    for ds in (digits.train, digits.val, digits.test):
+        ds = _base(ds)
+        found = set()
+        for img, label in zip(ds.images, ds.labels):
+            candidates = index[img[0].numpy().tobytes()]  # KeyError: not a load_digits image
+            assert int(label) in {int(raw.target[i]) for i in candidates}
+            found.update(candidates)
+        owners.append(found)
+    # no load_digits image appears in two splits
+    assert not (owners[0] & owners[1]) and not (owners[0] & owners[2]) and not (owners[1] & owners[2])
+
+
+def test_split_indices_disjoint_stratified_and_seeded():
+    labels = [i % 10 for i in range(1797)]
+    tr, va, te = split_indices(labels, 0.1, 0.2, seed=3)
+    assert len(set(tr) | set(va) | set(te)) == 1797 and len(tr) + len(va) + len(te) == 1797
+    assert np.bincount(np.asarray(labels)[te]).min() >= 35  # stratified: ~36 of each class in 359
+    again = split_indices(labels, 0.1, 0.2, seed=3)
+    other = split_indices(labels, 0.1, 0.2, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again))
+    assert not np.array_equal(te, other[2])
+
+
+def test_digits_resize_and_three_channels():
+    d = build_data(DataConfig(img_size=16, in_chans=3, augment=False))
+    x, _ = d.val[0]
+    assert x.shape == (3, 16, 16) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    assert d.spec == DataSpec(3, 16, 10)
+    assert -1.0 <= x.min() and x.max() <= 1.0  # [0, 1] normalised with mean 0.5, std 0.5
+
+
+def test_augmentation_is_a_shift_seeded_by_seed_epoch_index():
+    d = build_data(DataConfig(img_size=16, max_shift=0.125))  # up to 2 pixels
+    base = _base(d.train)
+    clean = (base.images[5] - 0.5) / 0.5
+    d.train.set_epoch(0, seed=1)
+    a, b = d.train[5][0], d.train[5][0]
+    assert torch.equal(a, b)  # same (seed, epoch, index): same image
+    outs = []
+    for epoch in range(6):
+        d.train.set_epoch(epoch, seed=1)
+        outs.append(d.train[5][0])
+    assert len({o.numpy().tobytes() for o in outs}) > 1  # epochs differ
+    # brute force: each augmented image is the clean one shifted by at most 2 pixels, zero filled
+    bg = torch.full_like(clean, -1.0)
+    for out in outs:
+        matches = 0
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                shifted = bg.clone()
+                src = clean[:, max(0, -dy): 16 - max(0, dy), max(0, -dx): 16 - max(0, dx)]
+                shifted[:, max(0, dy): max(0, dy) + src.shape[1], max(0, dx): max(0, dx) + src.shape[2]] = src
+                matches += torch.equal(shifted, out)
+        assert matches >= 1
+    # the global RNG is untouched by augmentation
+    state = torch.get_rng_state()
+    d.train[7]
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_data_order_is_a_function_of_seed_and_epoch_and_shards_the_global_batch():
+    d = build_data(DataConfig(source="synthetic", img_size=8, synthetic_samples=100, val_fraction=0.0, test_fraction=0.0, augment=False))
+    one = [list(b[1]) for b in d.train_loader(8, epoch=2, seed=5)]
+    again = [list(b[1]) for b in d.train_loader(8, epoch=2, seed=5)]
+    assert one == again and len(one) == 100 // 8
+    assert one != [list(b[1]) for b in d.train_loader(8, epoch=3, seed=5)]
+    # two ranks with batch 4 each see exactly the images of the one-process batch of 8
+    idx_one = list(d.train_sampler(2, 5, 0, 1))
+    r0, r1 = list(d.train_sampler(2, 5, 0, 2)), list(d.train_sampler(2, 5, 1, 2))
+    for k in range(100 // 8):
+        assert sorted(idx_one[8 * k: 8 * k + 8]) == sorted(r0[4 * k: 4 * k + 4] + r1[4 * k: 4 * k + 4])
+    assert d.steps_per_epoch(8, 1) == d.steps_per_epoch(8, 2) == 12
+    # resuming mid-epoch skips whole batches without loading them
+    skipped = [list(b[1]) for b in d.train_loader(8, epoch=2, seed=5, skip_batches=5)]
+    assert skipped == one[5:]
+
+
+def test_eval_loader_shards_cover_each_image_once():
+    d = build_data(DataConfig(source="synthetic", img_size=8, synthetic_samples=50, val_fraction=0.2, test_fraction=0.2))
+    n = len(d.val)
+    got = sorted(i for r in range(3) for i in d.eval_loader("val", rank=r, world_size=3).sampler)
+    assert got == list(range(n))
+
+
+def test_synthetic_source_is_deterministic():
+    cfg = DataConfig(source="synthetic", img_size=8, synthetic_samples=40, synthetic_classes=4)
+    a, b = build_data(cfg), build_data(cfg)
+    assert torch.equal(_base(a.train).images, _base(b.train).images)
+    assert a.spec == DataSpec(1, 8, 4)
+
+
+def test_imagefolder_source(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    d = build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=16))
+    assert d.spec == DataSpec(3, 16, 2)
+    assert (len(d.train), len(d.val), len(d.test)) == (6, 4, 4)
+    x, y = d.train[0]
+    assert x.shape == (3, 16, 16) and y == 0
+    d.train.set_epoch(1, seed=0)
+    assert torch.equal(d.train[3][0], d.train[3][0])  # timm's random crop/flip, seeded per image
+    xv, _ = d.val[0]
+    assert xv.shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"source": "mnist"}, ["data.source", "digits"]),
+        ({"in_chans": 2}, ["in_chans", "1 or 3"]),
+        ({"source": "imagefolder", "in_chans": 3}, ["root"]),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, ["val_fraction + test_fraction"]),
+    ],
+)
+def test_bad_data_config(kwargs, words):
+    with pytest.raises(ConfigError) as info:
+        build_data(DataConfig(**kwargs))
+    assert all(w in str(info.value) for w in words)
+
+
+def test_imagefolder_missing_dirs(tmp_path):
+    with pytest.raises(ConfigError, match="train"):
+        build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3))
