@@ -99,22 +99,30 @@ def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
     assert meta["pool"]["paths"] == read_pool_metadata(path)["pool"]["paths"]
 
 
-def test_stitches_only_with_teacher_file_keeps_anchors_bit_identical(tmp_path, registry):
+def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
+    """Anchors from local files, only stitch layers trained: the rows stay bit-identical to the files."""
     from stitchkit.engine import save_model
     from stitchkit.vit import TimmViT, load_state_file
 
-    torch.manual_seed(0)
-    teacher = TimmViT.from_arch(dict(img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=1, num_heads=2))
-    teacher_file = save_model(teacher, tmp_path / "teacher.safetensors")
-    config = load_config(write_config(tmp_path, trainable="stitches", distillation="soft"), [f'snnet.teacher="{teacher_file}"'])
+    files = []
+    for i, (width, heads, depth) in enumerate([(16, 2, 2), (32, 4, 2), (16, 2, 1)]):
+        torch.manual_seed(i)
+        net = TimmViT.from_arch(dict(img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=width, depth=depth, num_heads=heads))
+        files.append(save_model(net, tmp_path / f"net{i}.safetensors"))
+    anchors = ", ".join(f'{{shape = "2x{w}:{h}", patch_size = 4, checkpoint = "{f}"}}' for (w, h), f in zip([(16, 2), (32, 4)], files))
+    config = load_config(
+        write_config(tmp_path, trainable="stitches", distillation="soft"),
+        [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"'],
+    )
     out = tmp_path / "run"
     pool = load_pool(registry.method("snnet").build(config, out_dir=out, registry=registry), registry)
     for i in range(2):
-        anchor = load_state_file(out / "anchors" / f"anchor{i}.safetensors")
         row = pool.rows[i].state_dict()
-        assert all(torch.equal(row[k], v) for k, v in anchor.items())
-    assert pool.info["snnet"]["teacher"] == str(teacher_file)
-    assert pool.info["snnet"]["finetune_steps"] == 6
+        assert all(torch.equal(row[k], v) for k, v in load_state_file(files[i]).items())
+    assert not (out / "anchors").exists()  # nothing trained here
+    info = pool.info["snnet"]
+    assert info["teacher"] == str(files[2]) and info["finetune_steps"] == 6
+    assert [a["weights"] for a in info["anchors"]] == ["checkpoint", "checkpoint"]
 
 
 @pytest.mark.parametrize(
