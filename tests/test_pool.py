@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from helpers import block_params, head_params, stem_params, tiny_row
 from stitchkit.errors import ConfigError, PathError
-from stitchkit.measure import count_params
+from stitchkit.measure import count_macs, count_params
 from stitchkit.pool import Pool
 from stitchkit.sequential import SequentialMethod
 from stitchkit.spec import Path, RowShape, Segment, parse_rows
@@ -47,6 +47,7 @@ def test_every_path_builds_runs_and_counts(design):
         for a, b in zip(path.segments, path.segments[1:]):
             expected += shapes[a.row].width * shapes[b.row].width + shapes[b.row].width
         assert count_params(d) == expected
+        assert pool.path_macs(path) == count_macs(d)  # sum of parts == whole-module count
         n_paths += 1
     # brute force: a path picks a first and last row and cut points; every segment non-empty
     from itertools import combinations

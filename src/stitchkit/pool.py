@@ -20,7 +20,7 @@ from .errors import ConfigError, PathError
 from .interfaces import AncestryAdapter, Method
 from .measure import count_macs, count_params
 from .spec import Path, RowShape, StitchSpec
-from .stitched import Descendant, build_descendant
+from .stitched import Descendant, _input_size, build_descendant
 
 
 class Pool(nn.Module):
@@ -105,8 +105,44 @@ class Pool(nn.Module):
         """Parameters stored: every row plus every stitch layer (not the ancestry)."""
         return count_params(self)
 
+    def part_macs(self) -> dict[str, Any]:
+        """MACs of every stem, block, stitch layer and head, each counted once.
+
+        MACs add up along a path, so a descendant's count is the sum of its
+        parts; counting parts once instead of whole descendants makes planning
+        pools with many paths (SN-Net's 71) fast. Works on the meta device.
+        """
+        param = next(self.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        stems, blocks, heads, tokens = [], [], [], []
+        for a in self.adapters:
+            size = _input_size(a)
+            stem = a.stem()
+            stems.append(count_macs(stem, size))
+            with torch.no_grad():
+                was = stem.training
+                stem.eval()
+                shape = tuple(stem(torch.zeros((1, *size), device=device)).shape[1:])
+                stem.train(was)
+            tokens.append(shape)
+            blocks.append([count_macs(b, shape) for b in a.blocks])
+            heads.append(count_macs(a.head(), shape))
+        stitches = {
+            name: count_macs(layer, (tokens[self.stitch_specs[name].src][0], layer.in_features))
+            for name, layer in self.stitches.items()
+        }
+        return {"stems": stems, "blocks": blocks, "heads": heads, "stitches": stitches}
+
+    def path_macs(self, path: Path, parts: Mapping[str, Any] | None = None) -> int:
+        """MACs of one descendant per image, as the sum of its parts."""
+        parts = parts or self.part_macs()
+        total = parts["stems"][path.segments[0].row] + parts["heads"][path.segments[-1].row]
+        total += sum(parts["blocks"][s.row][b] for s in path.segments for b in range(s.start, s.stop))
+        return total + sum(parts["stitches"][n] for n in path.stitches)
+
     def costs(self, *, convention: str = "true") -> list[dict[str, Any]]:
         """Params and MACs of every descendant (works on the meta device)."""
+        parts = self.part_macs()
         out = []
         for i, p in enumerate(self.paths):
             d = self.descendant(p)
@@ -118,7 +154,7 @@ class Pool(nn.Module):
                     "path": p.to_json(),
                     "blocks": p.num_blocks,
                     "params": count_params(d, convention=convention),  # type: ignore[arg-type]
-                    "macs": count_macs(d),
+                    "macs": self.path_macs(p, parts),
                 }
             )
         return out
