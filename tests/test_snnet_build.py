@@ -11,7 +11,7 @@ from stitchkit.engine import TrainConfig, build_data, load_config
 from stitchkit.engine.data import DataConfig
 from stitchkit.errors import ConfigError
 from stitchkit.registry import Registry
-from stitchkit.storage import load_pool, read_pool_metadata
+from stitchkit.storage import load_descendant, load_pool, read_pool_metadata
 from stitchkit_snnet import plugin
 
 TINY = """
@@ -83,6 +83,8 @@ def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
     for p in pool.paths:
         logits = pool.descendant(p)(x)
         assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+        alone = load_descendant(path, p.label, registry).eval()  # reads only this configuration's tensors
+        torch.testing.assert_close(alone(x), logits)
     assert set(pool.evaluation) == {p.name for p in pool.paths}
     for r in pool.evaluation.values():
         assert 0.0 <= r["top1"] <= 100.0
