@@ -174,3 +174,11 @@ def test_bad_data_config(kwargs, words):
 def test_imagefolder_missing_dirs(tmp_path):
     with pytest.raises(ConfigError, match="train"):
         build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3))
+
+
+def test_batches_do_not_depend_on_worker_processes():
+    cfg = dict(source="synthetic", img_size=8, synthetic_samples=48, val_fraction=0.0, test_fraction=0.0, max_shift=0.25)
+    a = build_data(DataConfig(**cfg, num_workers=0))
+    b = build_data(DataConfig(**cfg, num_workers=2))
+    for x, y in zip(a.train_loader(8, epoch=1, seed=2), b.train_loader(8, epoch=1, seed=2)):
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])

@@ -374,3 +374,23 @@ def test_train_model_roundtrip(tmp_path):
     save_file({"x": torch.zeros(1)}, str(other))
     with pytest.raises(PoolFormatError, match="not a stitchkit model file"):
         load_model(other, REG)
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    import sys
+
+    from stitchkit.engine.runlog import RunLog
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    quiet = RunLog(tmp_path, phase="p", total_steps=4, initial_step=0, active=True)
+    assert quiet._bar is not None and quiet._bar.disable
+    quiet.close()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    shown = RunLog(tmp_path, phase="p", total_steps=4, initial_step=0, active=True)
+    assert not shown._bar.disable
+    shown.record({"step": 1, "loss": 0.5})
+    shown.close()
+    other_rank = RunLog(tmp_path / "r1", phase="p", total_steps=4, initial_step=0, active=False)
+    other_rank.record({"step": 1})
+    assert not (tmp_path / "r1").exists()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"phase": "p", "step": 1, "loss": 0.5}
