@@ -15,33 +15,14 @@ deterministic for a given batch.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
 from stitchkit.errors import ConfigError
-from stitchkit.interfaces import InitContext, StitchInitializer, TapRequest
+from stitchkit.features import StitchPlace, collect_stitch_features, stitch_places
+from stitchkit.interfaces import InitContext, StitchInitializer
 
-
-@dataclass(frozen=True, order=True)
-class StitchPlace:
-    """One use of a stitch layer: row ``front`` input of block ``front_block`` -> row ``end`` input of block ``end_block``."""
-
-    front: int
-    front_block: int
-    end: int
-    end_block: int
-
-
-def stitch_places(pool) -> dict[str, list[StitchPlace]]:  # noqa: ANN001 - a stitchkit Pool
-    """For each stitch layer of ``pool``, the sorted distinct places its paths use it."""
-    places: dict[str, set[StitchPlace]] = defaultdict(set)
-    for path in pool.paths:
-        for i, name in enumerate(path.stitches):
-            a, b = path.segments[i], path.segments[i + 1]
-            places[name].add(StitchPlace(a.row, a.stop, b.row, b.start))
-    return {name: sorted(places[name]) for name in pool.stitches if name in places}
+__all__ = ["LeastSquaresInitializer", "StitchPlace", "solve_affine", "stitch_places"]
 
 
 def solve_affine(front: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,24 +44,6 @@ def solve_affine(front: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, 
     x1 = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
     sol = torch.linalg.lstsq(x1, y, driver="gelsd").solution  # (C_in + 1, C_out)
     return sol[:-1].T.contiguous(), sol[-1].contiguous()
-
-
-def _row_inputs(adapter, images: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:  # noqa: ANN001
-    """The row's input tokens of each block in ``blocks`` (``0`` = the stem output), one forward pass."""
-    blocks = sorted(set(blocks))
-    model = adapter.model
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            taps = adapter.forward_taps(
-                images.to(param.device, param.dtype),
-                TapRequest(blocks=tuple(b - 1 for b in blocks if b > 0)),
-            )
-    finally:
-        model.train(was_training)
-    return {b: taps.block_input(b) for b in blocks}
 
 
 class LeastSquaresInitializer(StitchInitializer):
@@ -108,18 +71,10 @@ class LeastSquaresInitializer(StitchInitializer):
             )
         if self.max_images is not None:
             images = images[: self.max_images]
-        # Group the places by row pair so at most two rows' features are alive at once.
-        by_pair: dict[tuple[int, int], list[tuple[str, StitchPlace]]] = defaultdict(list)
-        for name, places in stitch_places(pool).items():
-            for p in places:
-                by_pair[(p.front, p.end)].append((name, p))
+        # Places come grouped by row pair, so at most two rows' features are alive at once.
         solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        for (front, end), uses in sorted(by_pair.items()):
-            f_feats = _row_inputs(pool.adapters[front], images, (p.front_block for _, p in uses))
-            e_feats = _row_inputs(pool.adapters[end], images, (p.end_block for _, p in uses))
-            for name, p in uses:
-                solutions[name].append(solve_affine(f_feats[p.front_block], e_feats[p.end_block]))
-            del f_feats, e_feats
+        for feats in collect_stitch_features(pool, images):
+            solutions[feats.name].append(solve_affine(feats.front, feats.end))
         for name, sols in solutions.items():
             layer = pool.stitches[name]
             weight = torch.stack([w for w, _ in sols]).mean(0)
