@@ -95,6 +95,8 @@ class TimmViT(AncestryAdapter):
         for key in ("img_size", "patch_size"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
+        if _on_meta():
+            kwargs.setdefault("weight_init", "skip")  # no values to initialise; timm's init is slow on meta
         try:
             model = VisionTransformer(**kwargs)
         except TypeError as exc:
@@ -103,6 +105,13 @@ class TimmViT(AncestryAdapter):
         if arch.get("timm_name"):  # keep the identity, so from_arch(arch()) round-trips
             adapter.timm_name = arch["timm_name"]
         return adapter
+
+    @classmethod
+    def example(cls, **context: Any) -> TimmViT:
+        """A 3-block, width-32, 4-head ViT on 16x16 RGB images (patch 4, 5 classes), for :mod:`stitchkit.testing`."""
+        return cls.from_arch(
+            dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=3, num_heads=4)
+        )
 
     @classmethod
     def from_timm(
@@ -118,6 +127,8 @@ class TimmViT(AncestryAdapter):
         read with ``weights_only=True``)."""
         import timm
 
+        if _on_meta() and not pretrained:
+            kwargs.setdefault("weight_init", "skip")
         try:
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
         except RuntimeError as exc:
@@ -216,6 +227,12 @@ class TimmViT(AncestryAdapter):
     def input_size(self) -> tuple[int, int, int]:
         pe = self.model.patch_embed
         return (pe.proj.in_channels, *pe.img_size)
+
+
+def _on_meta() -> bool:
+    """True inside ``with torch.device("meta")`` (structure only: planning, lazy loading)."""
+    get = getattr(torch, "get_default_device", None)
+    return get is not None and get().type == "meta"
 
 
 def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
