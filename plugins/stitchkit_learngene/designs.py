@@ -50,6 +50,13 @@ def copy_from_ancestry(row: AncestryAdapter, ancestry: AncestryAdapter) -> list[
     return chosen
 
 
+def _half(ancestry: RowShape) -> tuple[int, int, int]:
+    """``(depth, width, heads)`` of a row with half the ancestry's depth and width (heads halved when they divide)."""
+    width = max(1, ancestry.width // 2)
+    heads = ancestry.heads // 2 if ancestry.heads % 2 == 0 and width % (ancestry.heads // 2) == 0 else 1
+    return max(1, ancestry.depth // 2), width, heads
+
+
 class _SingleRow(AuxiliaryDesign):
     def __init__(self, init: str = "random") -> None:
         if init not in INITS:
@@ -70,6 +77,11 @@ class DepthReduced(_SingleRow):
         super().__init__(init)
         self.depth = int(depth)
 
+    @classmethod
+    def example(cls, *, ancestry: RowShape, **context) -> DepthReduced:  # noqa: ANN003
+        """Half the ancestry's blocks, copied from it (``init="ancestry"``)."""
+        return cls(max(1, ancestry.depth // 2), init="ancestry")
+
     def rows(self, ancestry: RowShape) -> list[RowShape]:
         if not 1 <= self.depth < ancestry.depth:
             raise ConfigError(
@@ -88,6 +100,11 @@ class WidthReduced(_SingleRow):
         if init == "ancestry":
             raise ConfigError("initialisation 'ancestry' copies blocks and needs the ancestry's width; use 'random'")
         self.shape = RowShape(int(depth), int(width), int(heads))
+
+    @classmethod
+    def example(cls, *, ancestry: RowShape, **context) -> WidthReduced:  # noqa: ANN003
+        """Half the ancestry's depth and width."""
+        return cls(*_half(ancestry))
 
     def rows(self, ancestry: RowShape) -> list[RowShape]:
         if self.shape.width >= ancestry.width:
@@ -115,6 +132,12 @@ class PoolDesign(AuxiliaryDesign):
         shapes = parse_rows(rows) if isinstance(rows, str) else list(rows)
         self.shapes = sorted(shapes, key=lambda s: s.width)
         self.init = init
+
+    @classmethod
+    def example(cls, *, ancestry: RowShape, **context) -> PoolDesign:  # noqa: ANN003
+        """The paper's two rows at half the ancestry's depth: half width, and full width copied from the ancestry."""
+        depth, width, heads = _half(ancestry)
+        return cls([RowShape(depth, width, heads), RowShape(depth, ancestry.width, ancestry.heads)], init="ancestry")
 
     def designs(self, ancestry: RowShape) -> list[AuxiliaryDesign]:
         """One single-row design per row, in width order."""

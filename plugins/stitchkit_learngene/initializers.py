@@ -33,6 +33,20 @@ class TMInitializer(StitchInitializer):
 
     name = "tm"
 
+    @classmethod
+    def example(cls, *, pool, **context) -> TMInitializer:  # noqa: ANN001, ANN003
+        """An initializer for ``pool``, to which it adds what distillation would have left: the
+        ancestry's width (the widest row's) and seeded ``W`` for every narrower row, two levels each."""
+        from .extras import store_matrices
+
+        widest = max(s.width for s in pool.shapes)
+        pool.info.setdefault("learngene", {}).setdefault("ancestry", {"width": widest})
+        g = torch.Generator().manual_seed(0)
+        for r, shape in enumerate(pool.shapes):
+            if shape.width != widest:
+                store_matrices(pool.extras, r, "W", [torch.randn(widest, shape.width, generator=g) / widest**0.5 for _ in range(2)])
+        return cls()
+
     def transfer(self, src: torch.Tensor | None, dst: torch.Tensor | None, src_width: int, dst_width: int) -> torch.Tensor:
         """``T`` (``src_width x dst_width``) with ``x_dst ~ x_src @ T``."""
         back = torch.eye(src_width) if src is None else self.to_ancestry(src)

@@ -77,6 +77,11 @@ class _TransformedMSE(DistillationLoss):
         )
 
     @classmethod
+    def example(cls, *, teacher: RowShape, student: RowShape, **context) -> _TransformedMSE:  # noqa: ANN003
+        """The loss between networks of these shapes, on the paper's default levels."""
+        return cls.for_models(teacher, student)
+
+    @classmethod
     def for_models(cls, ancestry: RowShape, auxiliary: RowShape, levels: int | str | None = None) -> _TransformedMSE:
         """The loss between two networks of these shapes, on ``levels`` (default: the paper's ablation)."""
         levels = levels if levels is not None else default_levels(ancestry, auxiliary)
@@ -160,6 +165,11 @@ class LearngeneDistillation(DistillationLoss):
         if "prediction" in terms:
             parts["prediction"] = PredictionLoss(tau)
         self.parts_ = nn.ModuleDict(parts)
+
+    @classmethod
+    def example(cls, *, teacher: RowShape, student: RowShape, **context) -> LearngeneDistillation:  # noqa: ANN003
+        """All three terms between networks of these shapes."""
+        return cls(teacher, student)
 
     @property
     def pairs(self) -> list[tuple[int, int]]:

@@ -31,6 +31,8 @@ class LearngenePoolMethod(Method):
     name = "learngene-pool"
     default_initializer = "tm"
     default_sampler = "uniform"
+    #: True when the method name fixes the path set (``learngene.paths`` is then ignored).
+    fixed_paths = False
 
     def __init__(self, paths: str = "sequential") -> None:
         if paths not in PATH_SETS:
@@ -58,6 +60,7 @@ class SlidingWindowLearngenePoolMethod(LearngenePoolMethod):
     """Learngene Pool with the official code's sliding-window paths (18 / 27 descendants for l = 6 / 9)."""
 
     name = "learngene-pool-sliding-window"
+    fixed_paths = True
 
     def __init__(self, paths: str = "sliding-window") -> None:
         super().__init__(paths)

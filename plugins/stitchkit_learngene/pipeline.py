@@ -1,0 +1,204 @@
+"""``learngene-pool``'s whole pipeline, resumable phase by phase.
+
+1. the ancestry: loaded (a model file, or ``[model]`` weights) or trained on the data (phase ``ancestry``);
+2. every auxiliary model distilled from the frozen ancestry (phase ``distill-row<r>``), its learned
+   ``W`` / ``M`` kept in ``pool.extras``;
+3. the pool built from the rows, stitch layers initialised (``tm`` by default), and, on request, every
+   descendant evaluated right after each initializer in ``compare_initializers``;
+4. the pool fine-tuned one sampled path per step (phase ``finetune-<initializer>``);
+5. every descendant evaluated; the pool file written.
+
+Each phase checkpoints through the engine and is skipped when finished, so a
+killed build re-run with the same config picks up where it stopped. A phase's
+identity holds only the settings it depends on: a second build in the same
+directory with another initializer reuses the distilled rows and only
+fine-tunes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from stitchkit.engine import (
+    DataConfig,
+    ModelConfig,
+    PoolTask,
+    TrainConfig,
+    build_data,
+    build_model,
+    dist_context,
+    evaluate,
+    evaluate_pool,
+    fit,
+    load_model,
+    section,
+    train_model,
+)
+from stitchkit.engine.config import resolve
+from stitchkit.engine.data import Data, derive_seed, seeded
+from stitchkit.errors import ConfigError
+from stitchkit.interfaces import AncestryAdapter, InitContext
+from stitchkit.measure import count_macs
+from stitchkit.pool import Pool
+from stitchkit.storage import save_pool
+
+from .config import LearngeneConfig
+from .designs import PoolDesign
+from .distill import AuxiliaryDistillationTask
+from .extras import store_matrices
+from .losses import LearngeneDistillation
+from .method import LearngenePoolMethod
+
+
+def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
+    """Build a learngene pool from a resolved config; return the pool file."""
+    config = resolve(config)
+    lg = section(config, "learngene", LearngeneConfig)
+    if method.fixed_paths:  # learngene-pool-sliding-window: the method name decides
+        lg = dataclasses.replace(lg, paths=method.path_set)
+    method = LearngenePoolMethod(paths=lg.paths)
+    out_dir = pathlib.Path(out_dir)
+    data = build_data(DataConfig.from_config(config))
+    base = TrainConfig.from_config(config)
+    ctx = dist_context(base.device)
+    ancestry = obtain_ancestry(config, lg, data, base, out_dir, registry)
+    rows = distil_rows(config, lg, data, base, ancestry, out_dir, registry)
+    pool = build_pool(method, lg, ancestry, rows["adapters"], rows["extras"], rows["info"])
+    loader = data.eval_loader(lg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
+    after_init = {}
+    for name in lg.compare_initializers:
+        initialize_stitches(pool, name, lg, data, base, registry)
+        after_init[name] = _top1(evaluate_pool(pool, loader))
+    initialize_stitches(pool, lg.initializer, lg, data, base, registry)
+    if after_init:
+        pool.info["learngene"]["after_init"] = after_init
+    finetune(pool, config, lg, data, base, ancestry, out_dir, registry)
+    evaluate_pool(pool, loader, store=True)
+    path = out_dir / lg.pool_file
+    if ctx.is_main:
+        pool.to("cpu")
+        save_pool(pool, path, provenance={"config": dict(config), "eval_split": lg.eval_split})
+    from stitchkit.engine.distributed import barrier
+
+    barrier()
+    return path
+
+
+# --------------------------------------------------------------------------- phases
+def obtain_ancestry(config, lg: LearngeneConfig, data: Data, base: TrainConfig, out_dir: pathlib.Path, registry) -> AncestryAdapter:  # noqa: ANN001
+    """The ancestry: a model file, the ``[model]`` weights, or trained here (phase ``ancestry``)."""
+    if lg.ancestry:
+        adapter = load_model(lg.ancestry, registry)
+    else:
+        model_cfg = ModelConfig.from_config(config)
+        if model_cfg.pretrained or model_cfg.checkpoint:
+            adapter = build_model(data.spec, model_cfg, seed=base.seed)
+        else:
+            train = lg.train_config(base, "ancestry")
+            sub = {"data": config["data"], "model": config["model"], "train": dataclasses.asdict(train)}
+            adapter = load_model(train_model(sub, out_dir, name="ancestry"), registry)
+    spec = data.spec
+    if adapter.num_classes != spec.num_classes or tuple(getattr(adapter, "input_size", spec.input_size)) != spec.input_size:
+        raise ConfigError(
+            f"the ancestry ({adapter.num_classes} classes, input {getattr(adapter, 'input_size', '?')}) does not fit the data "
+            f"({spec.num_classes} classes, input {spec.input_size}); set [data] img_size / in_chans or use another ancestry"
+        )
+    adapter.model.eval()
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)
+    return adapter
+
+
+def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ancestry: AncestryAdapter, out_dir: pathlib.Path, registry) -> dict[str, Any]:  # noqa: ANN001
+    """Build, initialise and distil every auxiliary model (phase ``distill-row<r>``)."""
+    design = PoolDesign(lg.rows, init=lg.init)
+    shapes = design.rows(ancestry.shape)
+    train = lg.train_config(base, "distill")
+    adapters, extras, levels, accuracy = [], {}, {}, {}
+    ctx = dist_context(base.device)
+    for r, shape in enumerate(shapes):
+        with seeded(derive_seed("learngene-row", train.seed, r)):
+            row = type(ancestry).from_arch(ancestry.resized(shape))
+            design.initialize(row, ancestry)
+            loss = registry.create(
+                "loss", "learngene", ancestry.shape, shape,
+                levels=None if lg.levels == "auto" else lg.levels, tau=lg.tau, terms=tuple(lg.terms),
+            )
+        task = AuxiliaryDistillationTask(row, ancestry, loss, alpha=lg.alpha)
+        fit(task, data, train, out_dir=out_dir, phase=f"distill-row{r}", config=_phase_config(config, lg, r))
+        assert isinstance(loss, LearngeneDistillation)
+        store_matrices(extras, r, "W", loss.block_matrices())
+        store_matrices(extras, r, "M", loss.attention_matrices())
+        levels[str(r)] = [list(p) for p in loss.pairs]
+        if len(data.val):  # type: ignore[arg-type]
+            accuracy[str(r)] = evaluate(row.model, data.val_loader(rank=ctx.rank, world_size=ctx.world_size))["top1"]
+        row.model.to("cpu")
+        adapters.append(row)
+    info = {
+        "learngene": {
+            "ancestry": {"depth": ancestry.shape.depth, "width": ancestry.shape.width, "heads": ancestry.shape.heads, "arch": ancestry.arch()},
+            "levels": levels,
+            "alpha": lg.alpha,
+            "terms": list(lg.terms),
+            "auxiliary_val_top1": accuracy,
+        }
+    }
+    return {"adapters": adapters, "extras": extras, "info": info}
+
+
+def build_pool(method, lg: LearngeneConfig, ancestry: AncestryAdapter, rows, extras, info) -> Pool:  # noqa: ANN001
+    return Pool.from_method(method, rows, info=info, extras=extras)
+
+
+def initialize_stitches(pool: Pool, name: str, lg: LearngeneConfig, data: Data, base: TrainConfig, registry) -> None:  # noqa: ANN001
+    """Run the stitch initializer ``name`` on ``pool`` (with ``init_images`` training images if it needs them)."""
+    init = registry.create("initializer", name)
+    images = None
+    if getattr(init, "needs_images", False):
+        images, _ = next(iter(data.eval_loader("train", batch_size=lg.init_images)))
+    pool.to("cpu")
+    init.initialize(pool, InitContext(images=images, seed=derive_seed("stitch-init", base.seed)))
+    pool.info.setdefault("learngene", {})["initializer"] = name
+
+
+def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainConfig, ancestry: AncestryAdapter, out_dir: pathlib.Path, registry) -> None:  # noqa: ANN001
+    """Fine-tune the pool, one path per step from the sampler (phase ``finetune-<initializer>``)."""
+    train = lg.train_config(base, "finetune")
+    macs = [count_macs(pool.descendant(p)) for p in pool.paths]
+    sampler = registry.create("sampler", lg.sampler, pool.paths, macs)
+    task = PoolTask(
+        pool, sampler,
+        teacher=ancestry if lg.finetune_distillation else None,
+        distillation="soft" if lg.finetune_distillation else "none",
+        tau=lg.tau,
+    )
+    fit(task, data, train, out_dir=out_dir, phase=f"finetune-{lg.initializer}", config=_phase_config(config, lg, None))
+
+
+# --------------------------------------------------------------------------- helpers
+_REPORT_ONLY = ("compare_initializers", "eval_split", "pool_file")
+_FINETUNE_ONLY = ("paths", "initializer", "init_images", "sampler", "finetune_distillation", "finetune")
+
+
+def _phase_config(config: Mapping[str, Any], lg: LearngeneConfig, row: int | None) -> dict[str, Any]:
+    """What a phase's checkpoint identity holds: the data, the ancestry and the settings the phase depends on.
+
+    ``[train]`` is left out (the engine adds the phase's effective TrainConfig);
+    a distillation phase ignores the fine-tuning settings, so changing the
+    initializer or sampler reuses the distilled rows.
+    """
+    learngene = {k: v for k, v in dataclasses.asdict(lg).items() if k not in _REPORT_ONLY}
+    if row is not None:
+        learngene = {k: v for k, v in learngene.items() if k not in _FINETUNE_ONLY}
+        learngene["row"] = row
+    return json.loads(json.dumps({"data": config.get("data"), "model": config.get("model"), "learngene": learngene}))
+
+
+def _top1(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    return {name: float(r["top1"]) for name, r in results.items()}
