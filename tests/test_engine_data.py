@@ -163,6 +163,7 @@ def test_imagefolder_source(tmp_path):
         ({"in_chans": 2}, ["in_chans", "1 or 3"]),
         ({"source": "imagefolder", "in_chans": 3}, ["root"]),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, ["val_fraction + test_fraction"]),
+        ({"source": "synthetic", "synthetic_samples": 40, "synthetic_classes": 10}, ["8 test images", "test_fraction"]),
     ],
 )
 def test_bad_data_config(kwargs, words):
@@ -182,3 +183,13 @@ def test_batches_do_not_depend_on_worker_processes():
     b = build_data(DataConfig(**cfg, num_workers=2))
     for x, y in zip(a.train_loader(8, epoch=1, seed=2), b.train_loader(8, epoch=1, seed=2)):
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+
+
+def test_train_split_for_evaluation_is_not_augmented():
+    d = build_data(DataConfig(source="synthetic", img_size=8, synthetic_samples=40, synthetic_classes=4, max_shift=0.25))
+    clean = (_base(d.train).images - 0.5) / 0.5
+    state = torch.get_rng_state()
+    got = torch.cat([x for x, _ in d.eval_loader("train", batch_size=7)])
+    assert torch.equal(got, clean) and torch.equal(state, torch.get_rng_state())
+    with pytest.raises(ConfigError, match="unknown data split 'dev'"):
+        d.eval_loader("dev")

@@ -189,8 +189,14 @@ def split_indices(labels: Sequence[int], val_fraction: float, test_fraction: flo
     n = len(labels)
     n_test, n_val = round(test_fraction * n), round(val_fraction * n)
     idx = np.arange(n)
-    rest, test = (idx, idx[:0]) if n_test == 0 else train_test_split(idx, test_size=n_test, random_state=seed, stratify=labels)
-    train, val = (rest, rest[:0]) if n_val == 0 else train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=labels[rest])
+    try:
+        rest, test = (idx, idx[:0]) if n_test == 0 else train_test_split(idx, test_size=n_test, random_state=seed, stratify=labels)
+        train, val = (rest, rest[:0]) if n_val == 0 else train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=labels[rest])
+    except ValueError as exc:  # a split too small to hold every class once
+        raise ConfigError(
+            f"data: cannot split {n} images of {len(set(labels.tolist()))} classes into {n_val} val and {n_test} test "
+            f"images with every class in each ({exc}); raise data.val_fraction / data.test_fraction or set them to 0"
+        ) from None
     return np.sort(train), np.sort(val), np.sort(test)
 
 
@@ -223,13 +229,18 @@ class SkipSampler(Sampler[int]):
 
 @dataclass
 class Data:
-    """Train / val / test datasets and their :class:`DataSpec`."""
+    """Train / val / test datasets and their :class:`DataSpec`.
+
+    ``train_eval`` is the training split without augmentation: what
+    ``eval_loader("train")`` serves (e.g. the images an LS stitch init solves on).
+    """
 
     train: Dataset
     val: Dataset
     test: Dataset
     spec: DataSpec
     config: DataConfig
+    train_eval: Dataset | None = None
 
     def train_sampler(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> DistributedSampler:
         """This rank's share of epoch ``epoch``'s order: a function of ``(seed, epoch)``."""
@@ -261,7 +272,10 @@ class Data:
         )
 
     def eval_loader(self, split: str = "val", *, rank: int = 0, world_size: int = 1, batch_size: int | None = None) -> DataLoader:
-        ds = {"val": self.val, "test": self.test, "train": self.train}[split]
+        """Each image of ``split`` ("val", "test", or "train" without augmentation) once over all ranks."""
+        if split not in ("val", "test", "train"):
+            raise ConfigError(f"unknown data split {split!r}; use 'train', 'val' or 'test'")
+        ds = {"val": self.val, "test": self.test, "train": self.train if self.train_eval is None else self.train_eval}[split]
         if isinstance(ds, EpochSeeded):
             ds = ds.base
         return DataLoader(
@@ -322,6 +336,7 @@ def _tensor_data(images: torch.Tensor, labels: torch.Tensor, num_classes: int, c
         test=part(test_i, 0),
         spec=DataSpec(cfg.in_chans, cfg.img_size, num_classes),
         config=cfg,
+        train_eval=part(train_i, 0),
     )
 
 
@@ -357,4 +372,5 @@ def _imagefolder_data(cfg: DataConfig) -> Data:
         test=test,
         spec=DataSpec(3, cfg.img_size, len(train.classes)),
         config=cfg,
+        train_eval=ImageFolder(str(dirs["train"]), transform=eval_tf),
     )
