@@ -59,6 +59,13 @@ class PluginError(StitchkitError):
     """A plugin is malformed: a misspelled hook, or a bad registration."""
 
 
+class MissingTapError(StitchkitError, KeyError):
+    """A consumer read a tap (block or attention output) that its :class:`~stitchkit.interfaces.TapRequest` did not ask for."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class PathError(StitchkitError, ValueError):
     """A path does not fit the pool it is applied to."""
 

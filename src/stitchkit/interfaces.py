@@ -4,6 +4,12 @@ Six kinds of component, each a small abstract class with a ``name`` and a
 docstring: ancestry adapters, auxiliary designs, distillation losses, stitch
 initializers, path samplers and methods. Plugins register subclasses through
 the hooks in :mod:`stitchkit.hookspecs`; the host creates them by name.
+
+Each kind also has a classmethod ``example(**context)`` that returns a small
+working instance; :mod:`stitchkit.testing` (the conformance suite) builds
+components through it. The defaults call the constructor without arguments
+(samplers: with the paths and MACs); a component whose constructor needs
+arguments overrides it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from .errors import MissingTapError
 from .spec import Path, RowShape, StitchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +39,8 @@ class Taps:
     ``stem`` is the output of the input stem (the input of block 0);
     ``blocks[i]`` the output tokens of block ``i``; ``attentions[i]`` the output of
     block ``i``'s self-attention sublayer (after its output projection, before
-    the residual add). Only requested entries are filled.
+    the residual add). Only requested entries are filled; reading one that
+    was not requested raises :class:`~stitchkit.errors.MissingTapError`.
     """
 
     logits: torch.Tensor
@@ -40,13 +48,32 @@ class Taps:
     blocks: dict[int, torch.Tensor] = field(default_factory=dict)
     attentions: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.blocks = TapTable(self.blocks, what="block output")
+        self.attentions = TapTable(self.attentions, what="attention output")
+
     def block_input(self, index: int) -> torch.Tensor:
         """Input tokens of block ``index`` (the stem output for block 0)."""
         if index == 0:
             if self.stem is None:
-                raise KeyError("stem output was not tapped")
+                raise MissingTapError("stem output was not tapped")
             return self.stem
         return self.blocks[index - 1]
+
+
+class TapTable(dict):
+    """Block index -> tapped tensor; a missing index is a :class:`~stitchkit.errors.MissingTapError`
+    naming what was tapped, so a loss that forgot to request a tap gets a clear message."""
+
+    def __init__(self, items: Mapping[int, torch.Tensor] = (), what: str = "tap") -> None:  # type: ignore[assignment]
+        super().__init__(items)
+        self.what = what
+
+    def __missing__(self, key: int) -> torch.Tensor:
+        raise MissingTapError(
+            f"{self.what} {key} was not tapped (tapped: {sorted(self)}); request it in the consumer's "
+            f"TapRequest (a loss's teacher_taps() / student_taps())"
+        )
 
 
 @dataclass(frozen=True)
@@ -88,8 +115,24 @@ class AncestryAdapter(ABC):
         """Build a randomly initialised network from :meth:`arch` output.
 
         Called under ``torch.device('meta')`` by the planner, so it must not
-        touch data or download anything.
+        touch data or download anything. An arch it cannot build (e.g. an
+        unknown key) raises :class:`~stitchkit.errors.ConfigError`.
         """
+
+    @classmethod
+    def example(cls, **context: Any) -> AncestryAdapter:
+        """A small randomly initialised network of this family, for :mod:`stitchkit.testing`.
+
+        Keep it tiny (a few blocks, narrow, small images); use the global torch
+        RNG only, so that it is reproducible under ``torch.manual_seed``.
+        There is no generic default: the base raises :class:`~stitchkit.errors.PluginError`.
+        """
+        from .errors import PluginError
+
+        raise PluginError(
+            f"ancestry adapter {getattr(cls, 'name', cls.__name__)!r} has no example(): override the classmethod "
+            f"example() to return a small network of the family (stitchkit.testing needs it)"
+        )
 
     @classmethod
     def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | None = None, **kwargs: Any) -> AncestryAdapter:
@@ -184,9 +227,19 @@ class AuxiliaryDesign(ABC):
 
     name: ClassVar[str]
 
+    @classmethod
+    def example(cls, **context: Any) -> AuxiliaryDesign:
+        """An instance for :mod:`stitchkit.testing`; ``context["ancestry"]`` is the ancestry's
+        :class:`~stitchkit.spec.RowShape`. The default calls ``cls()``."""
+        return cls()
+
     @abstractmethod
     def rows(self, ancestry: RowShape) -> list[RowShape]:
-        """Shapes of the auxiliary models, narrow to wide."""
+        """Shapes of the auxiliary models, narrow to wide.
+
+        Raises :class:`~stitchkit.errors.ConfigError` when the ancestry admits
+        no such rows (e.g. a one-block, width-1 ancestry cannot be reduced).
+        """
 
     def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
         """Initialise ``row`` from ``ancestry``; the default keeps the random init."""
@@ -203,6 +256,12 @@ class DistillationLoss(nn.Module, ABC):
 
     name: ClassVar[str]
 
+    @classmethod
+    def example(cls, **context: Any) -> DistillationLoss:
+        """An instance for :mod:`stitchkit.testing`; ``context["teacher"]`` and ``context["student"]``
+        are the two networks' :class:`~stitchkit.spec.RowShape`. The default calls ``cls()``."""
+        return cls()
+
     @abstractmethod
     def teacher_taps(self) -> TapRequest:
         """Taps this loss needs from the teacher."""
@@ -213,7 +272,7 @@ class DistillationLoss(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
-        """A scalar loss."""
+        """A scalar loss. Reading a tap that was not requested raises :class:`~stitchkit.errors.MissingTapError`."""
 
 
 # --------------------------------------------------------------------------- stitch initializer
@@ -231,9 +290,24 @@ class StitchInitializer(ABC):
     name: ClassVar[str]
     needs_images: ClassVar[bool] = False
 
+    @classmethod
+    def example(cls, **context: Any) -> StitchInitializer:
+        """An instance for :mod:`stitchkit.testing`; ``context["pool"]`` is the pool it will initialise.
+
+        An initializer that reads method-specific data from a pool (e.g.
+        learned matrices in ``pool.extras``) may add it to that pool here.
+        The default calls ``cls()``.
+        """
+        return cls()
+
     @abstractmethod
     def initialize(self, pool: Pool, context: InitContext) -> None:
-        """Write every stitch layer of ``pool`` in place."""
+        """Write every stitch layer of ``pool`` in place (keeping its parameter objects and dtype).
+
+        An initializer with ``needs_images = True`` raises
+        :class:`~stitchkit.errors.ConfigError` when ``context.images`` is not a
+        ``(B, C, H, W)`` batch.
+        """
 
 
 # --------------------------------------------------------------------------- path sampler
@@ -249,12 +323,19 @@ class PathSampler(ABC):
     name: ClassVar[str]
 
     def __init__(self, paths: Sequence[Path], macs: Sequence[int] | None = None) -> None:
+        from .errors import ConfigError  # a ValueError too
+
         if not paths:
-            raise ValueError("a path sampler needs at least one path")
+            raise ConfigError(f"the {getattr(self, 'name', type(self).__name__)!r} path sampler needs at least one path")
         if macs is not None and len(macs) != len(paths):
-            raise ValueError(f"got {len(macs)} MAC counts for {len(paths)} paths")
+            raise ConfigError(f"got {len(macs)} MAC counts for {len(paths)} paths")
         self.paths = list(paths)
         self.macs = list(macs) if macs is not None else None
+
+    @classmethod
+    def example(cls, paths: Sequence[Path], macs: Sequence[int] | None = None, **context: Any) -> PathSampler:
+        """An instance over ``paths`` for :mod:`stitchkit.testing`. The default calls ``cls(paths, macs)``."""
+        return cls(paths, macs)
 
     @abstractmethod
     def sample(self, generator: torch.Generator) -> list[Path]:
@@ -271,9 +352,17 @@ class Method(ABC):
     default_initializer: ClassVar[str] = "random"
     default_sampler: ClassVar[str] = "uniform"
 
+    @classmethod
+    def example(cls, **context: Any) -> Method:
+        """An instance for :mod:`stitchkit.testing`. The default calls ``cls()``."""
+        return cls()
+
     @abstractmethod
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
-        """The stitch layers of a pool with these rows (sorted by width)."""
+        """The stitch layers of a pool with these rows (sorted by width).
+
+        Rows it cannot stitch (at least: no rows) raise :class:`~stitchkit.errors.ConfigError`.
+        """
 
     @abstractmethod
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:

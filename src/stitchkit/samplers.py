@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import ConfigError
 from .interfaces import PathSampler
 from .spec import Path
 
@@ -38,9 +39,9 @@ class FlopsGroupedSampler(PathSampler):
     def __init__(self, paths: Sequence[Path], macs: Sequence[int] | None = None, groups: int = 4) -> None:
         super().__init__(paths, macs)
         if self.macs is None:
-            raise ValueError("the flops-grouped sampler needs the MACs of every path")
+            raise ConfigError("the flops-grouped sampler needs the MACs of every path")
         if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
+            raise ConfigError(f"the flops-grouped sampler needs groups >= 1, got {groups}")
         order = sorted(range(len(self.paths)), key=lambda i: (self.macs[i], i))  # type: ignore[index]
         groups = min(groups, len(order))
         bounds = [round(g * len(order) / groups) for g in range(groups + 1)]
@@ -61,7 +62,7 @@ class SandwichSampler(PathSampler):
     def __init__(self, paths: Sequence[Path], macs: Sequence[int] | None = None) -> None:
         super().__init__(paths, macs)
         if self.macs is None:
-            raise ValueError("the sandwich sampler needs the MACs of every path")
+            raise ConfigError("the sandwich sampler needs the MACs of every path")
         order = sorted(range(len(self.paths)), key=lambda i: (self.macs[i], i))  # type: ignore[index]
         self.smallest, self.largest = self.paths[order[0]], self.paths[order[-1]]
 

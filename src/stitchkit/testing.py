@@ -1,0 +1,651 @@
+"""The conformance suite: the checks every stitchkit component must pass, for plugin authors.
+
+Run it against your component by name, or against a whole plugin::
+
+    from stitchkit.testing import check_component, check_plugin
+    check_component("initializer", "procrustes")     # in the default registry (installed plugins)
+    check_plugin(my_package.plugin)                  # every component the plugin registers
+
+or generate one pytest test per registered component::
+
+    @pytest.mark.parametrize("case", conformance_cases(), ids=str)
+    def test_conformance(case):
+        check_component(case.kind, case.name)
+
+A failed check raises ``AssertionError("<kind> '<name>' [<check>]: <what is wrong>")``;
+a passing run returns the names of the checks it made. Every kind is checked
+for: being registered under its own ``name`` (defined on the class, not
+inherited), a docstring of its own, an ``example()`` that builds it, float32
+and float64, determinism under a seed (independent of the global RNGs where
+the contract gives a generator or seed), and the documented
+:class:`~stitchkit.errors.StitchkitError` on bad input. Each kind's specific
+checks are listed in the docstring of its ``_check_<kind>`` function.
+
+Components are built through their ``example(**context)`` classmethod with the
+context below (tiny timm ViTs on 16x16 RGB images, patch 4, 5 classes):
+
+=============  ===============================================================
+kind           context passed to ``example``
+=============  ===============================================================
+ancestry       none
+design         ``ancestry``: :data:`ANCESTRY` (``4x32:4``)
+loss           ``teacher``: :data:`TEACHER` (``4x32:4``), ``student``: :data:`STUDENT` (``2x16:2``)
+initializer    ``pool``: a ``sequential`` pool of rows :data:`ROWS` (``3x16:2``, ``3x32:4``)
+sampler        ``paths`` and ``macs`` of that pool (positional)
+method         none; its pool is built from rows :data:`ROWS`
+=============  ===============================================================
+
+The suite uses its own RNG state (``torch.random.fork_rng``): running it does
+not change the caller's random streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import StitchkitError
+from .interfaces import AncestryAdapter, DistillationLoss, InitContext, PathSampler, TapRequest, Taps
+from .registry import KINDS, Registry, default_registry
+from .spec import Path, RowShape, StitchSpec
+
+__all__ = [
+    "ANCESTRY", "ROWS", "STUDENT", "TEACHER", "ConformanceCase", "check_component", "check_plugin",
+    "conformance_cases",
+]
+
+#: The ancestry shape handed to designs.
+ANCESTRY = RowShape(4, 32, 4)
+#: Teacher and student shapes handed to losses.
+TEACHER, STUDENT = RowShape(4, 32, 4), RowShape(2, 16, 2)
+#: Rows of the pools that initializers, samplers and methods are checked on (narrow first, equal depth).
+ROWS = (RowShape(3, 16, 2), RowShape(3, 32, 4))
+IMG, PATCH, CHANS, CLASSES, BATCH = 16, 4, 3, 5, 4
+
+
+# --------------------------------------------------------------------------- public API
+@dataclass(frozen=True)
+class ConformanceCase:
+    """One registered component to check; ``str(case)`` is ``kind:name`` (a readable pytest id)."""
+
+    kind: str
+    name: str
+    plugin: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def conformance_cases(registry: Registry | None = None) -> list[ConformanceCase]:
+    """Every registered component of every kind (default: the process-wide registry with installed plugins)."""
+    registry = registry or default_registry()
+    return [ConformanceCase(e.kind, e.name, e.plugin) for e in registry.entries()]
+
+
+def check_component(kind: str, name: str, registry: Registry | None = None) -> list[str]:
+    """Run every check of ``kind`` on the component registered as ``name``; return the checks made.
+
+    Raises ``AssertionError`` naming the component, the check and the problem.
+    """
+    registry = registry or default_registry()
+    if kind not in KINDS:
+        raise AssertionError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
+    checker = _Checker(kind, name)
+    with checker.check("registered"):
+        try:
+            cls = registry.get(kind, name)
+        except StitchkitError as exc:
+            raise AssertionError(str(exc)) from None
+    checker.cls = cls
+    with _quiet_rng():
+        _check_common(checker, registry)
+        _CHECKS[kind](checker, registry)
+    return checker.passed
+
+
+def check_plugin(plugin: object, *, name: str | None = None, registry: Registry | None = None) -> dict[str, list[str]]:
+    """Register ``plugin`` (a module or object with ``stitchkit.hookimpl`` functions) and check every
+    component it registers; return ``{"kind:name": [checks]}``.
+
+    ``registry`` defaults to a fresh one holding only the core's components;
+    pass one that holds other plugins when a component depends on them (e.g.
+    a method whose default initializer another plugin provides).
+    """
+    registry = registry or Registry(load_entrypoints=False)
+    if registry.pm.is_registered(plugin):
+        name = registry.pm.get_name(plugin)
+    else:
+        name = registry.register_plugin(plugin, name=name)
+    entries = [e for e in registry.entries() if e.plugin == name]
+    if not entries:
+        raise AssertionError(f"plugin {name!r} registered no component; does it implement a register_* hook?")
+    return {f"{e.kind}:{e.name}": check_component(e.kind, e.name, registry) for e in entries}
+
+
+# --------------------------------------------------------------------------- machinery
+class _Checker:
+    """Runs named checks on one component and turns their failures into precise assertions."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+        self.cls: type = type(None)
+        self.passed: list[str] = []
+
+    @contextlib.contextmanager
+    def check(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except _CheckFailed as exc:
+            raise AssertionError(f"{self.kind} {self.name!r} [{what}]: {exc}") from None
+        except AssertionError as exc:
+            raise AssertionError(f"{self.kind} {self.name!r} [{what}]: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any crash is a failed check, reported as such
+            raise AssertionError(f"{self.kind} {self.name!r} [{what}]: raised {type(exc).__name__}: {exc}") from exc
+        self.passed.append(what)
+
+    def example(self, *args: Any, **context: Any) -> Any:
+        obj = self.cls.example(*args, **context)  # type: ignore[attr-defined]
+        if not isinstance(obj, self.cls):
+            raise _CheckFailed(f"{self.cls.__name__}.example() returned {type(obj).__name__}, not an instance of it")
+        return obj
+
+
+class _CheckFailed(Exception):
+    pass
+
+
+def _require(ok: bool, problem: str) -> None:
+    if not ok:
+        raise _CheckFailed(problem)
+
+
+def _raises_stitchkit_error(call: Callable[[], Any], what: str) -> None:
+    """``call()`` must raise a StitchkitError (the documented errors); anything else fails the check."""
+    try:
+        call()
+    except StitchkitError:
+        return
+    except Exception as exc:  # noqa: BLE001
+        raise _CheckFailed(
+            f"{what} raised {type(exc).__name__}: {exc}; raise a stitchkit.errors.StitchkitError subclass "
+            f"(e.g. ConfigError) with a message saying what to do"
+        ) from None
+    raise _CheckFailed(f"{what} raised nothing; it must raise a stitchkit.errors.StitchkitError subclass")
+
+
+@contextlib.contextmanager
+def _quiet_rng() -> Iterator[None]:
+    """Leave the caller's torch, python and numpy random states as they were."""
+    py_state = random.getstate()
+    np_state = _numpy_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            if np_state is not None:
+                import numpy as np
+
+                np.random.set_state(np_state)
+
+
+def _numpy_state() -> Any:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return None
+    return np.random.get_state()
+
+
+def _reseed_globals(seed: int) -> None:
+    """Set every global RNG to ``seed``: runs under different global seeds must agree when the
+    contract gives the component its own generator or seed."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _seeded(seed: int, make: Callable[[], Any]) -> Any:
+    torch.manual_seed(seed)
+    return make()
+
+
+def _vit(shape: RowShape, seed: int) -> AncestryAdapter:
+    from .vit import TimmViT
+
+    torch.manual_seed(seed)
+    adapter = TimmViT.from_arch(
+        dict(img_size=IMG, patch_size=PATCH, in_chans=CHANS, num_classes=CLASSES, embed_dim=shape.width,
+             depth=shape.depth, num_heads=shape.heads)
+    )
+    adapter.model.eval()
+    return adapter
+
+
+def _images(n: int = BATCH, size: tuple[int, int, int] = (CHANS, IMG, IMG), seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str | None:
+    """``None`` when equal bit for bit, else the first differing key."""
+    if a.keys() != b.keys():
+        return f"keys differ: {sorted(set(a) ^ set(b))[:5]}"
+    for k in a:
+        if a[k].shape != b[k].shape or a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k]):
+            return k
+    return None
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _pool(dtype: torch.dtype = torch.float32) -> Any:
+    from .pool import Pool
+    from .sequential import SequentialMethod
+
+    pool = Pool.from_method(SequentialMethod(), [_vit(s, seed=10 + i) for i, s in enumerate(ROWS)])
+    return pool.to(dtype)
+
+
+# --------------------------------------------------------------------------- common checks
+def _check_common(c: _Checker, registry: Registry) -> None:
+    base = KINDS[c.kind][1]
+    with c.check("subclass"):
+        _require(issubclass(c.cls, base), f"{c.cls.__name__} is not a subclass of stitchkit.interfaces.{base.__name__}")
+    with c.check("name"):
+        own = c.cls.__dict__.get("name")
+        _require(
+            own == c.name,
+            f"{c.cls.__qualname__} is registered as {c.name!r} but defines name = {own!r} on the class itself"
+            + ("" if own is not None else f" (it inherits {getattr(c.cls, 'name', None)!r}); give it a name of its own"),
+        )
+    with c.check("docstring"):
+        doc = c.cls.__dict__.get("__doc__")
+        _require(
+            isinstance(doc, str) and bool(doc.strip()),
+            f"{c.cls.__qualname__} has no docstring of its own; 'stitchkit plugins' shows its first line to users",
+        )
+
+
+# --------------------------------------------------------------------------- ancestry
+def _check_ancestry(c: _Checker, registry: Registry) -> None:
+    """``example()`` builds the family reproducibly; ``arch()`` is JSON and ``from_arch(arch())``
+    rebuilds the same network (also on the meta device); ``part_of`` maps every state-dict key to
+    the stem, a block in range or the head; ``stem()`` / ``head()`` share the network's parameters
+    under the network's keys; stem -> blocks -> head computes the model's output; ``forward_taps``
+    gives every block and attention tap as ``(B, N, width)`` and leaves no hooks behind; ``resized``
+    gives the asked shape; float64 works; an unknown arch key raises a StitchkitError."""
+    with c.check("example"):
+        a = _seeded(0, c.example)
+        a.model.eval()
+        shape = a.shape
+        _require(isinstance(shape, RowShape), f"shape is {shape!r}, not a RowShape")
+        _require(len(a.blocks) == shape.depth, f"{len(a.blocks)} blocks but shape.depth = {shape.depth}")
+    with c.check("deterministic"):
+        diff = _same_state(_state(a.model), _state(_seeded(0, c.example).model))
+        _require(diff is None, f"example() under torch.manual_seed(0) twice gives different weights ({diff})")
+    arch = a.arch()
+    with c.check("arch round trip"):
+        _require(json.loads(json.dumps(arch)) == arch, "arch() is not plain JSON (a dict of str, numbers, lists)")
+        b = _seeded(0, lambda: c.cls.from_arch(arch))
+        _require(type(b) is c.cls, f"from_arch returned {type(b).__name__}, not {c.cls.__name__}")
+        _require(b.arch() == arch, f"from_arch(arch()).arch() differs: {b.arch()} != {arch}")
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        _require(
+            {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in sb.items()},
+            "from_arch(arch()) has other state-dict keys or shapes than the network",
+        )
+        with torch.device("meta"):
+            m = c.cls.from_arch(arch)
+        _require(all(p.device.type == "meta" for p in m.model.parameters()),
+                 "from_arch under torch.device('meta') allocated real tensors (the planner builds on meta)")
+    with c.check("part_of"):
+        keys = list(a.model.state_dict())
+        seen_blocks: dict[int, int] = {}
+        for k in keys:
+            part = a.part_of(k)
+            ok = part in (("stem", None), ("head", None)) or (
+                isinstance(part, tuple) and len(part) == 2 and part[0] == "block"
+                and isinstance(part[1], int) and 0 <= part[1] < shape.depth
+            )
+            _require(ok, f"part_of({k!r}) = {part!r}; expected ('stem', None), ('head', None) or ('block', i) with 0 <= i < {shape.depth}")
+            if part[0] == "block":
+                seen_blocks[part[1]] = seen_blocks.get(part[1], 0) + 1
+        for i, blk in enumerate(a.blocks):
+            _require(seen_blocks.get(i, 0) == len(blk.state_dict()),
+                     f"part_of assigns {seen_blocks.get(i, 0)} keys to block {i}, which has {len(blk.state_dict())}")
+    with c.check("stem and head share parameters"):
+        full = a.model.state_dict(keep_vars=True)
+        for part, module in (("stem", a.stem()), ("head", a.head())):
+            own = module.state_dict(keep_vars=True)
+            want = {k for k in full if a.part_of(k)[0] == part}
+            _require(set(own) == want, f"{part}() state-dict keys {sorted(set(own) ^ want)[:5]} differ from the network's {part} keys")
+            for k, v in own.items():
+                _require(v is full[k], f"{part}() holds a copy of {k!r} instead of the network's own tensor")
+    size = tuple(getattr(a, "input_size", None) or _arch_input_size(arch))
+    x = _images(2, size)
+    depth = shape.depth
+    request = TapRequest(blocks=tuple(range(depth)), attentions=tuple(range(depth)))
+    with c.check("stem -> blocks -> head"):
+        with torch.no_grad():
+            want = a.model(x)
+            t = a.stem()(x)
+            for blk in a.blocks:
+                t = blk(t)
+            got = a.head()(t)
+        _require(got.shape == want.shape, f"head output {tuple(got.shape)} != model output {tuple(want.shape)}")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if a.num_classes:
+            _require(tuple(want.shape) == (2, a.num_classes), f"logits {tuple(want.shape)}, expected (2, {a.num_classes})")
+    with c.check("taps"):
+        with torch.no_grad():
+            taps = a.forward_taps(x, request)
+        _require(isinstance(taps, Taps), f"forward_taps returned {type(taps).__name__}, not Taps")
+        torch.testing.assert_close(taps.logits, want, rtol=1e-5, atol=1e-5)
+        _require(taps.stem is not None and taps.stem.ndim == 3 and taps.stem.shape[0] == 2 and taps.stem.shape[-1] == shape.width,
+                 f"stem tap {None if taps.stem is None else tuple(taps.stem.shape)}, expected (2, N, {shape.width})")
+        tokens = tuple(taps.stem.shape)
+        for table, what in ((taps.blocks, "block"), (taps.attentions, "attention")):
+            _require(sorted(table) == list(range(depth)), f"{what} taps {sorted(table)}, requested {list(range(depth))}")
+            for i, v in table.items():
+                _require(tuple(v.shape) == tokens, f"{what} tap {i} has shape {tuple(v.shape)}, expected {tokens}")
+        leftover = [i for i, blk in enumerate(a.blocks) if any(m._forward_hooks for m in blk.modules())]
+        _require(not leftover, f"forward_taps left forward hooks on blocks {leftover}")
+    with c.check("resized"):
+        new = RowShape(depth + 1, shape.width * 2, shape.heads)
+        arch2 = a.resized(new)
+        _require(json.loads(json.dumps(arch2)) == arch2, "resized() is not plain JSON")
+        with torch.device("meta"):
+            r = c.cls.from_arch(arch2)
+        _require(r.shape == new, f"from_arch(resized({new})) has shape {r.shape}")
+        _require(r.num_classes == a.num_classes, f"resized() changed num_classes {a.num_classes} -> {r.num_classes}")
+    with c.check("float64"):
+        a64 = copy.deepcopy(a)
+        a64.model.double()
+        with torch.no_grad():
+            t64 = a64.forward_taps(x.double(), request)
+        _require(t64.logits.dtype == torch.float64 and _finite(t64.logits), f"float64 network gave {t64.logits.dtype} logits or non-finite values")
+        _require(all(v.dtype == torch.float64 for v in t64.blocks.values()), "float64 network gave block taps of another dtype")
+    with c.check("bad input"):
+        _raises_stitchkit_error(lambda: c.cls.from_arch({**arch, "stitchkit_conformance_unknown_key": 1}),
+                                "from_arch with an unknown arch key")
+
+
+def _arch_input_size(arch: dict[str, Any]) -> tuple[int, int, int]:
+    img = arch.get("img_size", 224)
+    img = (img, img) if isinstance(img, int) else tuple(img)
+    return (int(arch.get("in_chans", 3)), *img)
+
+
+# --------------------------------------------------------------------------- design
+def _check_design(c: _Checker, registry: Registry) -> None:
+    """``rows(ancestry)`` is a non-empty list of RowShape, narrow first, the same every call; each
+    row built with ``ancestry.resized(row)`` and ``initialize``d keeps its shape and finite weights,
+    reproducibly, and leaves the ancestry untouched; float64 stays float64; an ancestry too small
+    to derive rows from (``1x1:1``) raises a StitchkitError."""
+    ancestry = _vit(ANCESTRY, seed=1)
+    with c.check("example"):
+        design = _seeded(0, lambda: c.example(ancestry=ANCESTRY))
+    with c.check("rows"):
+        rows = design.rows(ANCESTRY)
+        _require(isinstance(rows, list) and rows and all(isinstance(r, RowShape) for r in rows),
+                 f"rows({ANCESTRY}) returned {rows!r}; expected a non-empty list of RowShape")
+        _require([r.width for r in rows] == sorted(r.width for r in rows), f"rows are not sorted narrow first: {[str(r) for r in rows]}")
+    with c.check("deterministic"):
+        again = _seeded(0, lambda: c.example(ancestry=ANCESTRY))
+        _require(design.rows(ANCESTRY) == rows and again.rows(ANCESTRY) == rows, "rows() differ between calls")
+
+    def built(r: RowShape, anc: AncestryAdapter, dtype: torch.dtype) -> AncestryAdapter:
+        torch.manual_seed(100)
+        row = type(anc).from_arch(anc.resized(r))
+        row.model.to(dtype)
+        design.initialize(row, anc)
+        return row
+
+    with c.check("initialize"):
+        before = _state(ancestry.model)
+        for r in rows:
+            row = built(r, ancestry, torch.float32)
+            _require(row.shape == r, f"initialize changed row {r} into {row.shape}")
+            bad = [k for k, v in row.model.state_dict().items() if v.is_floating_point() and not _finite(v)]
+            _require(not bad, f"initialize left non-finite weights in row {r}: {bad[:3]}")
+            diff = _same_state(_state(row.model), _state(built(r, ancestry, torch.float32).model))
+            _require(diff is None, f"initialize of row {r} is not deterministic under a seed ({diff})")
+        _require(_same_state(before, _state(ancestry.model)) is None, "initialize modified the ancestry")
+    with c.check("float64"):
+        anc64 = copy.deepcopy(ancestry)
+        anc64.model.double()
+        for r in rows:
+            row = built(r, anc64, torch.float64)
+            bad = [k for k, v in row.model.state_dict().items() if v.is_floating_point() and (v.dtype != torch.float64 or not _finite(v))]
+            _require(not bad, f"a float64 row {r} has non-float64 or non-finite tensors after initialize: {bad[:3]}")
+    with c.check("bad input"):
+        _raises_stitchkit_error(lambda: design.rows(RowShape(1, 1, 1)), "rows() for a 1x1:1 ancestry (nothing to reduce)")
+
+
+# --------------------------------------------------------------------------- loss
+def _check_loss(c: _Checker, registry: Registry) -> None:
+    """``teacher_taps`` / ``student_taps`` are TapRequests within each network's depth; the loss of
+    one forward pass is a finite 0-dim tensor whose gradient reaches the student and every
+    parameter of the loss; the same seed gives the same loss module and value; float64 gives a
+    float64 value; taps missing what it requested raise a StitchkitError (MissingTapError)."""
+    teacher, student = _vit(TEACHER, seed=1), _vit(STUDENT, seed=2)
+    with c.check("example"):
+        loss = _seeded(0, lambda: c.example(teacher=TEACHER, student=STUDENT))
+    with c.check("taps"):
+        treq, sreq = loss.teacher_taps(), loss.student_taps()
+        for req, net, who in ((treq, TEACHER, "teacher"), (sreq, STUDENT, "student")):
+            _require(isinstance(req, TapRequest), f"{who}_taps() returned {type(req).__name__}, not TapRequest")
+            out = [i for i in (*req.blocks, *req.attentions) if not 0 <= i < net.depth]
+            _require(not out, f"{who}_taps() asks for blocks {out} of a {net.depth}-block {who}")
+    x = _images()
+
+    def value(lo: DistillationLoss, t_net: AncestryAdapter, s_net: AncestryAdapter, dtype: torch.dtype) -> tuple[torch.Tensor, Taps, Taps]:
+        with torch.no_grad():
+            t = t_net.forward_taps(x.to(dtype), treq)
+        s = s_net.forward_taps(x.to(dtype), sreq)
+        return lo(s, t), s, t
+
+    with c.check("scalar"):
+        v, s_taps, t_taps = value(loss, teacher, student, torch.float32)
+        _require(isinstance(v, torch.Tensor) and v.dim() == 0, f"forward returned {getattr(v, 'shape', v)!r}, not a 0-dim tensor")
+        _require(v.dtype == torch.float32 and _finite(v), f"loss is {v.item() if v.numel() == 1 else v} ({v.dtype}); expected a finite float32")
+    with c.check("gradients"):
+        v.backward()
+        _require(any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in student.model.parameters()),
+                 "no gradient reaches the student's parameters")
+        none = [n for n, p in loss.named_parameters() if p.requires_grad and (p.grad is None or not _finite(p.grad))]
+        _require(not none, f"the loss's own parameters {none[:5]} get no (finite) gradient; parameters that never receive one cannot learn")
+    with c.check("deterministic"):
+        again = _seeded(0, lambda: c.example(teacher=TEACHER, student=STUDENT))
+        diff = _same_state(_state(loss), _state(again))
+        _require(diff is None, f"example() under the same seed gives different loss parameters ({diff})")
+        with torch.no_grad():
+            v1, v2 = loss(s_taps, t_taps), again(s_taps, t_taps)
+        _require(torch.equal(v1, v2), f"the same taps give different values: {v1.item()} and {v2.item()}")
+    with c.check("float64"):
+        l64, t64, s64 = copy.deepcopy(loss).double(), copy.deepcopy(teacher), copy.deepcopy(student)
+        t64.model.double()
+        s64.model.double()
+        v64, _, _ = value(l64, t64, s64, torch.float64)
+        _require(v64.dtype == torch.float64 and _finite(v64), f"float64 inputs give a {v64.dtype} loss {v64.item()}")
+        v64.backward()
+    if treq.blocks or treq.attentions or sreq.blocks or sreq.attentions:
+        with c.check("bad input"):
+            _raises_stitchkit_error(lambda: loss(Taps(logits=s_taps.logits), Taps(logits=t_taps.logits)),
+                                    "forward on taps that lack the requested blocks/attentions")
+
+
+# --------------------------------------------------------------------------- initializer
+def _check_initializer(c: _Checker, registry: Registry) -> None:
+    """``initialize`` writes every stitch layer of a ``sequential`` pool in place (same module and
+    parameter objects, same dtype, finite values: layers are pre-filled with NaN), leaves the rows
+    and their train/eval mode alone, gives the same weights on a fresh pool under different global
+    seeds (randomness only from ``context.seed``), keeps a float64 pool float64; an initializer with
+    ``needs_images`` raises a StitchkitError without a (B, C, H, W) batch."""
+    with c.check("needs_images"):
+        _require(isinstance(c.cls.needs_images, bool), f"needs_images is {c.cls.needs_images!r}, not a bool")
+    context = InitContext(images=_images(), seed=0)
+
+    def run(dtype: torch.dtype, global_seed: int) -> dict[str, torch.Tensor]:
+        pool = _pool(dtype)
+        init = c.example(pool=pool)
+        objects = {n: (layer, layer.weight, layer.bias) for n, layer in pool.stitches.items()}
+        with torch.no_grad():
+            for layer in pool.stitches.values():
+                layer.weight.fill_(math.nan)
+                layer.bias.fill_(math.nan)
+        rows = _state(pool.rows)
+        pool.rows.train()
+        _reseed_globals(global_seed)
+        init.initialize(pool, context)
+        for n, (layer, w, b) in objects.items():
+            _require(pool.stitches[n] is layer and layer.weight is w and layer.bias is b,
+                     f"stitch layer {n!r} was replaced; write the existing parameters in place (with torch.no_grad(): .copy_())")
+            for t in (layer.weight, layer.bias):
+                _require(t.dtype == dtype, f"stitch layer {n!r} became {t.dtype} on a {dtype} pool")
+                _require(_finite(t), f"stitch layer {n!r} holds NaN or inf after initialize (not written, or a degenerate solve)")
+        _require(_same_state(rows, _state(pool.rows)) is None, "initialize changed the rows' weights; it may only write stitch layers")
+        _require(all(m.training for m in pool.rows.modules()), "initialize left the rows in eval mode; restore their mode")
+        return _state(pool.stitches)
+
+    with c.check("writes every stitch layer"):
+        first = run(torch.float32, 1)
+    with c.check("deterministic"):
+        diff = _same_state(first, run(torch.float32, 2))
+        _require(diff is None, f"two runs with the same InitContext differ at {diff}; draw randomness only from context.seed")
+    with c.check("float64"):
+        run(torch.float64, 3)
+    if c.cls.needs_images:
+        with c.check("bad input"):
+            pool = _pool()
+            init = c.example(pool=pool)
+            _raises_stitchkit_error(lambda: init.initialize(pool, InitContext(images=None, seed=0)),
+                                    "initialize without images (needs_images = True)")
+            _raises_stitchkit_error(lambda: init.initialize(pool, InitContext(images=_images()[0], seed=0)),
+                                    "initialize with a (C, H, W) tensor instead of a batch")
+
+
+# --------------------------------------------------------------------------- sampler
+def _check_sampler(c: _Checker, registry: Registry) -> None:
+    """``sample(generator)`` returns a non-empty list of paths from the given list; equal generator
+    seeds give equal draws under different global seeds (randomness only from the generator, so
+    every rank trains the same path); no paths, or MACs of the wrong length, raise a StitchkitError."""
+    pool = _pool()
+    parts = pool.part_macs()
+    paths = list(pool.paths)
+    macs = [pool.path_macs(p, parts) for p in paths]
+    with c.check("example"):
+        sampler = c.example(list(paths), list(macs))
+
+    def draws(s: PathSampler, seed: int, global_seed: int) -> list[list[str]]:
+        _reseed_globals(global_seed)
+        g = torch.Generator().manual_seed(seed)
+        return [[p.name for p in s.sample(g)] for _ in range(16)]
+
+    with c.check("returns given paths"):
+        names = {p.name for p in paths}
+        g = torch.Generator().manual_seed(0)
+        for _ in range(16):
+            got = sampler.sample(g)
+            _require(isinstance(got, list) and got, f"sample() returned {got!r}; expected a non-empty list of Path")
+            for p in got:
+                _require(isinstance(p, Path) and p in paths and p.name in names, f"sample() returned {p!r}, not one of the given paths")
+    with c.check("deterministic"):
+        for seed in (0, 1):
+            a = draws(sampler, seed, 10)
+            b = draws(c.example(list(paths), list(macs)), seed, 20)
+            _require(a == b, f"two samplers with generators seeded {seed} drew {a[:4]}... and {b[:4]}...; "
+                             "draw randomness only from the generator passed to sample()")
+    with c.check("bad input"):
+        _raises_stitchkit_error(lambda: c.example([], []), "a sampler over no paths")
+        _raises_stitchkit_error(lambda: c.example(list(paths), list(macs)[:-1]), "MACs for one path fewer than given")
+
+
+# --------------------------------------------------------------------------- method
+def _check_method(c: _Checker, registry: Registry) -> None:
+    """``stitches(rows)`` gives uniquely named layers whose widths fit the rows; ``paths`` is a
+    non-empty list of uniquely named paths that all validate and build descendants with finite
+    ``(B, classes)`` logits, in float32 and float64; both are the same on every call; the default
+    initializer and sampler are registered; no rows raise a StitchkitError."""
+    shapes = list(ROWS)
+    with c.check("example"):
+        method = c.example()
+    with c.check("stitches"):
+        specs = method.stitches(shapes)
+        _require(isinstance(specs, list) and all(isinstance(s, StitchSpec) for s in specs), f"stitches() returned {specs!r}")
+        names = [s.name for s in specs]
+        _require(len(set(names)) == len(names), f"stitch layer names repeat: {names}")
+        for s in specs:
+            _require(0 <= s.src < len(shapes) and 0 <= s.dst < len(shapes)
+                     and (s.src_width, s.dst_width) == (shapes[s.src].width, shapes[s.dst].width),
+                     f"stitch layer {s} does not fit rows {[str(r) for r in shapes]}")
+    with c.check("paths validate"):
+        paths = method.paths(shapes, specs)
+        _require(isinstance(paths, list) and paths and all(isinstance(p, Path) for p in paths), f"paths() returned {paths!r}")
+        table = {s.name: s for s in specs}
+        for p in paths:
+            try:
+                p.validate([r.depth for r in shapes], table)
+            except StitchkitError as exc:
+                raise _CheckFailed(f"path {p.name} does not validate: {exc}") from None
+        names = [p.name for p in paths]
+        _require(len(set(names)) == len(names), "path names repeat (two paths run the same blocks)")
+    with c.check("deterministic"):
+        again = c.example()
+        for m in (method, again):
+            s2 = m.stitches(shapes)
+            p2 = m.paths(shapes, s2)
+            _require(s2 == specs and [(p.name, p.label) for p in p2] == [(p.name, p.label) for p in paths],
+                     "stitches()/paths() differ between calls; enumerate them in a stable order")
+    with c.check("descendants build"):
+        from .pool import Pool
+
+        pool = Pool.from_method(method, [_vit(s, seed=10 + i) for i, s in enumerate(shapes)])
+        pool.eval()
+        x = _images()
+        for dtype in (torch.float32, torch.float64):
+            pool.to(dtype)
+            with torch.no_grad():
+                for p in pool.paths:
+                    y = pool.descendant(p)(x.to(dtype))
+                    _require(tuple(y.shape) == (BATCH, CLASSES) and y.dtype == dtype and _finite(y),
+                             f"descendant {p.name} gives {tuple(y.shape)} {y.dtype} logits (finite: {_finite(y)}); "
+                             f"expected finite ({BATCH}, {CLASSES}) {dtype}")
+    with c.check("defaults registered"):
+        for kind, default in (("initializer", method.default_initializer), ("sampler", method.default_sampler)):
+            try:
+                registry.get(kind, default)
+            except StitchkitError as exc:
+                raise _CheckFailed(f"default_{kind} {default!r}: {exc}") from None
+    with c.check("bad input"):
+        _raises_stitchkit_error(lambda: method.stitches([]), "stitches([]) (no rows)")
+
+
+_CHECKS: dict[str, Callable[[_Checker, Registry], None]] = {
+    "ancestry": _check_ancestry,
+    "design": _check_design,
+    "loss": _check_loss,
+    "initializer": _check_initializer,
+    "sampler": _check_sampler,
+    "method": _check_method,
+}
