@@ -195,12 +195,18 @@ def test_distillation_trains_student_and_W_with_one_frozen_teacher_pass(data, tm
     s_before = {k: v.clone() for k, v in student.model.state_dict().items()}
     loss = LastBlockMSE(32, 16, teacher_last=2)
     w_before = loss.W.detach().clone()
-    calls = []
+    calls, frozen = [], []
     teacher.model.patch_embed.register_forward_hook(lambda *a: calls.append(1))
-    res = fit(DistillationTask(student, teacher, loss, alpha=0.5), data, cfg(max_steps=3, eval_every=0), out_dir=tmp_path, phase="d")
+
+    def cb(event, st):
+        if event == "fit_end":
+            frozen.append(not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters()))
+
+    res = fit(DistillationTask(student, teacher, loss, alpha=0.5), data, cfg(max_steps=3, eval_every=0), out_dir=tmp_path, phase="d", callbacks=[cb])
     assert res.steps == 3 and len(calls) == 3  # the teacher ran once per step, taps and logits from one pass
     assert all(torch.equal(v, t_before[k]) for k, v in teacher.model.state_dict().items())
-    assert not any(p.requires_grad for p in teacher.model.parameters())
+    assert frozen == [True]  # frozen while training ...
+    assert all(p.requires_grad for p in teacher.model.parameters())  # ... and given back as it was
     assert not torch.equal(loss.W.detach(), w_before)
     assert any(not torch.equal(v, s_before[k]) for k, v in student.model.state_dict().items())
     rec = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()][-1]

@@ -9,12 +9,13 @@ and checkpoints from which a killed run resumes bit-exactly on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,10 +230,20 @@ def _restore_rng(rng: Mapping[str, Any], ctx: DistContext, fallback_seed: int) -
     return True
 
 
-def _freeze(teacher_model: nn.Module) -> None:
-    teacher_model.eval()
-    for p in teacher_model.parameters():
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for the teacher during a phase; its flags come back after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p, _ in flags:
         p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
 
 
 def fit(
@@ -246,6 +257,22 @@ def fit(
     callbacks: Iterable[Callback] = (),
 ) -> FitResult:
     """Train ``task`` on ``data.train`` for one phase; resume or skip from ``out_dir/<phase>``."""
+    with contextlib.ExitStack() as stack:
+        if task.teacher is not None:
+            stack.enter_context(_frozen(task.teacher.model))
+        return _fit(task, data, train, out_dir=out_dir, phase=phase, config=config, callbacks=callbacks)
+
+
+def _fit(
+    task: TrainTask,
+    data: Data,
+    train: TrainConfig,
+    *,
+    out_dir: str | pathlib.Path,
+    phase: str,
+    config: Mapping[str, Any] | None,
+    callbacks: Iterable[Callback],
+) -> FitResult:
     train.validate()
     callbacks = list(callbacks)
     ctx = dist_context(train.device)
@@ -270,7 +297,6 @@ def fit(
     teacher = task.teacher
     if teacher is not None:
         teacher.model.to(device)
-        _freeze(teacher.model)
     optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas))  # type: ignore[arg-type]
 
     state = TrainState()
