@@ -196,6 +196,8 @@ def read_checkpoint(path: pathlib.Path, identity: Mapping[str, Any] | None = Non
         for key in ("step", "epoch", "batch", "weights", "weights_sha256", "config_hash", "identity", "rng", "optimizer"):
             if key not in meta:
                 raise ValueError(f"missing field {key!r}")
+        if not isinstance(meta["weights"], str) or pathlib.Path(meta["weights"]).name != meta["weights"]:
+            raise ValueError(f"tensor file name {meta['weights']!r} is not a plain file name")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint ({exc}); {hint}") from exc
     if identity is not None and meta["config_hash"] != config_hash(identity):
