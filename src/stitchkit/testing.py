@@ -569,7 +569,8 @@ def _check_sampler(c: _Checker, registry: Registry) -> None:
             got = sampler.sample(g)
             _require(isinstance(got, list) and got, f"sample() returned {got!r}; expected a non-empty list of Path")
             for p in got:
-                _require(isinstance(p, Path) and p in paths and p.name in names, f"sample() returned {p!r}, not one of the given paths")
+                _require(isinstance(p, Path) and p in paths and p.name in names,
+                         f"sample() returned {p.name if isinstance(p, Path) else repr(p)}, not one of the given paths")
     with c.check("deterministic"):
         for seed in (0, 1):
             a = draws(sampler, seed, 10)

@@ -1,0 +1,510 @@
+"""The conformance suite (stitchkit.testing): every registered component passes it, one test each,
+generated from the registry; deliberately broken components fail it with a precise message."""
+
+from __future__ import annotations
+
+import random
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import stitchkit
+from stitchkit.errors import ConfigError
+from stitchkit.initializers import RandomInitializer
+from stitchkit.interfaces import (
+    AuxiliaryDesign,
+    DistillationLoss,
+    InitContext,
+    Method,
+    PathSampler,
+    StitchInitializer,
+    TapRequest,
+)
+from stitchkit.registry import Registry
+from stitchkit.samplers import UniformSampler
+from stitchkit.sequential import SequentialMethod
+from stitchkit.spec import Path, RowShape, Segment
+from stitchkit.testing import check_component, check_plugin, conformance_cases
+from stitchkit.vit import TimmViT
+
+#: The installed registry (core + entry points), whatever the environment says about autoloading.
+INSTALLED = Registry(load_entrypoints=True)
+SHIPPED = {
+    "stitchkit": {"ancestry:timm-vit", "method:sequential", "initializer:random", "sampler:uniform",
+                  "sampler:flops-grouped", "sampler:sandwich"},
+    "learngene-pool": {"design:depth-reduced", "design:width-reduced", "design:pool", "loss:prediction",
+                       "loss:block", "loss:attention", "loss:learngene", "initializer:tm", "initializer:tm-pinv",
+                       "method:learngene-pool", "method:learngene-pool-sliding-window"},
+    "snnet": {"method:snnet", "initializer:ls"},
+    "procrustes": {"initializer:procrustes"},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run several times faster on one thread than on contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", conformance_cases(INSTALLED), ids=str)
+def test_registered_component_conforms(case):
+    passed = check_component(case.kind, case.name, INSTALLED)
+    assert {"registered", "name", "docstring"} <= set(passed)
+    assert "bad input" in passed or (case.kind, case.name) in NO_BAD_INPUT
+
+
+#: Components for which the contract defines no generic bad input: initializers that need no
+#: images (any pool and context are valid) and losses that request no taps.
+NO_BAD_INPUT = {("initializer", "random"), ("initializer", "tm"), ("initializer", "tm-pinv"), ("loss", "prediction")}
+
+
+def test_cases_cover_every_shipped_component():
+    cases = {str(c): c.plugin for c in conformance_cases(INSTALLED)}
+    for plugin, names in SHIPPED.items():
+        if plugin == "procrustes" and "initializer:procrustes" not in cases:  # pragma: no cover
+            continue  # the example plugin is installed by CI; tests/test_example_plugin.py skips without it
+        for name in names:
+            assert cases.get(name) == plugin, (name, cases.get(name))
+
+
+def test_suite_leaves_the_callers_random_streams_alone():
+    torch.manual_seed(5)
+    random.seed(5)
+    want = (torch.rand(3), random.random())
+    torch.manual_seed(5)
+    random.seed(5)
+    check_component("sampler", "uniform", Registry(load_entrypoints=False))
+    assert torch.equal(torch.rand(3), want[0]) and random.random() == want[1]
+
+
+# --------------------------------------------------------------------------- broken components
+def plugin_of(*classes):
+    """A throwaway plugin module registering each class with the hook of its kind."""
+    hooks = {AuxiliaryDesign: "register_designs", DistillationLoss: "register_losses",
+             StitchInitializer: "register_initializers", PathSampler: "register_samplers",
+             Method: "register_methods", stitchkit.AncestryAdapter: "register_ancestries"}
+    mod = types.ModuleType("broken_components")
+    for base, hook in hooks.items():
+        mine = [c for c in classes if issubclass(c, base)]
+        if mine:
+            def impl(register, mine=mine):
+                for c in mine:
+                    register(c)
+
+            impl.__name__ = hook
+            setattr(mod, hook, stitchkit.hookimpl(impl))
+    return mod
+
+
+def fails(kind, cls, check, match):
+    """Register ``cls`` alone in a fresh registry; the suite must fail it at ``check`` saying ``match``."""
+    reg = Registry(load_entrypoints=False)
+    reg.register_plugin(plugin_of(cls), name="broken")
+    with pytest.raises(AssertionError, match=match) as info:
+        check_component(kind, cls.name, reg)
+    assert f"{kind} {cls.name!r} [{check}]" in str(info.value), str(info.value)
+    return str(info.value)
+
+
+class Zeros(StitchInitializer):
+    """Zero weights and biases: a valid (if useless) initializer."""
+
+    name = "zeros-test"
+
+    def initialize(self, pool, context):
+        with torch.no_grad():
+            for layer in pool.stitches.values():
+                layer.weight.zero_()
+                layer.bias.zero_()
+
+
+def test_a_valid_throwaway_plugin_passes():
+    result = check_plugin(plugin_of(Zeros))
+    assert list(result) == ["initializer:zeros-test"]
+    assert "writes every stitch layer" in result["initializer:zeros-test"]
+
+
+def test_no_docstring_fails():
+    class NoDoc(Zeros):
+        name = "no-doc"
+
+    fails("initializer", NoDoc, "docstring", "no docstring of its own")
+
+
+def test_inherited_name_fails():
+    class Inherits(Zeros):
+        """Zeros under the parent's name."""
+
+    fails("initializer", Inherits, "name", "defines name = None.*inherits 'zeros-test'")
+
+
+def test_nan_initializer_fails():
+    class NaNs(StitchInitializer):
+        """Divides by zero."""
+
+        name = "nans"
+
+        def initialize(self, pool, context):
+            with torch.no_grad():
+                for layer in pool.stitches.values():
+                    layer.weight.copy_(torch.zeros_like(layer.weight) / 0.0)
+                    layer.bias.zero_()
+
+    fails("initializer", NaNs, "writes every stitch layer", "holds NaN or inf")
+
+
+def test_initializer_skipping_a_layer_fails():
+    class FirstOnly(Zeros):
+        """Writes the first stitch layer only."""
+
+        name = "first-only"
+
+        def initialize(self, pool, context):
+            first = sorted(pool.stitches)[0]
+            with torch.no_grad():
+                pool.stitches[first].weight.zero_()
+                pool.stitches[first].bias.zero_()
+
+    fails("initializer", FirstOnly, "writes every stitch layer", "'s0_1_2' holds NaN or inf")
+
+
+def test_initializer_on_the_global_rng_fails():
+    class GlobalRandom(StitchInitializer):
+        """Ignores context.seed."""
+
+        name = "global-random"
+
+        def initialize(self, pool, context):
+            for layer in pool.stitches.values():
+                layer.reset_parameters()
+
+    fails("initializer", GlobalRandom, "deterministic", "draw randomness only from context.seed")
+
+
+def test_initializer_replacing_parameters_fails():
+    class Replaces(StitchInitializer):
+        """Assigns new Parameter objects (an optimizer holding the old ones would train stale tensors)."""
+
+        name = "replaces"
+
+        def initialize(self, pool, context):
+            for layer in pool.stitches.values():
+                layer.weight = nn.Parameter(torch.zeros_like(layer.weight))
+                layer.bias = nn.Parameter(torch.zeros_like(layer.bias))
+
+    fails("initializer", Replaces, "writes every stitch layer", "was replaced; write the existing parameters in place")
+
+
+def test_initializer_dropping_float64_fails():
+    class Float32(StitchInitializer):
+        """Always writes float32 data."""
+
+        name = "float32-only"
+
+        def initialize(self, pool, context):
+            for layer in pool.stitches.values():
+                layer.weight.data = torch.zeros(layer.weight.shape, dtype=torch.float32)
+                layer.bias.data = torch.zeros(layer.bias.shape, dtype=torch.float32)
+
+    fails("initializer", Float32, "float64", "became torch.float32 on a torch.float64 pool")
+
+
+def test_initializer_changing_rows_or_mode_fails():
+    class Evals(Zeros):
+        """Puts the rows in eval mode and leaves them there."""
+
+        name = "leaves-eval"
+
+        def initialize(self, pool, context):
+            pool.rows.eval()
+            super().initialize(pool, context)
+
+    fails("initializer", Evals, "writes every stitch layer", "left the rows in eval mode")
+
+
+def test_image_initializer_with_a_plain_error_fails():
+    class NeedsImages(Zeros):
+        """Needs images but checks them with a bare ValueError."""
+
+        name = "needs-images"
+        needs_images = True
+
+        def initialize(self, pool, context):
+            if context.images is None:
+                raise ValueError("no images")
+            super().initialize(pool, context)
+
+    msg = fails("initializer", NeedsImages, "bad input", "raised ValueError: no images; raise a stitchkit.errors.StitchkitError")
+    assert "initialize without images" in msg
+
+
+def test_nondeterministic_sampler_fails():
+    class PythonRandom(PathSampler):
+        """Draws from python's global random module instead of the generator."""
+
+        name = "python-random"
+
+        def sample(self, generator):
+            return [random.choice(self.paths)]
+
+    fails("sampler", PythonRandom, "deterministic", "draw randomness only from the generator")
+
+
+def test_sampler_inventing_paths_fails():
+    class Invents(UniformSampler):
+        """Returns a path that is not in its list."""
+
+        name = "invents"
+
+        def sample(self, generator):
+            return [Path((Segment(0, 0, 1),))]
+
+    fails("sampler", Invents, "returns given paths", r"r0\[0:1\].*not one of the given paths")
+
+
+def test_sampler_accepting_no_paths_fails():
+    class Lenient(PathSampler):
+        """Accepts an empty path list (and fails only when sampling)."""
+
+        name = "lenient"
+
+        def __init__(self, paths, macs=None):
+            self.paths, self.macs = list(paths), macs
+
+        def sample(self, generator):
+            return [self.paths[int(torch.randint(len(self.paths), (1,), generator=generator))]]
+
+    fails("sampler", Lenient, "bad input", r"a sampler over no paths raised nothing")
+
+
+def test_loss_not_a_scalar_fails():
+    class PerSample(DistillationLoss):
+        """Per-sample losses instead of their mean."""
+
+        name = "per-sample"
+
+        def teacher_taps(self):
+            return TapRequest()
+
+        def student_taps(self):
+            return TapRequest()
+
+        def forward(self, student, teacher):
+            return (student.logits - teacher.logits).pow(2).mean(-1)
+
+    fails("loss", PerSample, "scalar", r"not a 0-dim tensor")
+
+
+def test_loss_with_an_unused_parameter_fails():
+    class Unused(DistillationLoss):
+        """Owns a matrix that never enters the loss."""
+
+        name = "unused-parameter"
+
+        def __init__(self):
+            super().__init__()
+            self.matrix = nn.Parameter(torch.eye(3))
+
+        def teacher_taps(self):
+            return TapRequest()
+
+        def student_taps(self):
+            return TapRequest()
+
+        def forward(self, student, teacher):
+            return (student.logits - teacher.logits).pow(2).mean()
+
+    fails("loss", Unused, "gradients", r"parameters \['matrix'\] get no \(finite\) gradient")
+
+
+def test_loss_asking_for_a_block_the_student_lacks_fails():
+    class TooDeep(DistillationLoss):
+        """Asks for block 7 of a two-block student."""
+
+        name = "too-deep"
+
+        def teacher_taps(self):
+            return TapRequest(blocks=(0,))
+
+        def student_taps(self):
+            return TapRequest(blocks=(7,))
+
+        def forward(self, student, teacher):
+            return student.logits.sum()
+
+    fails("loss", TooDeep, "taps", r"student_taps\(\) asks for blocks \[7\] of a 2-block student")
+
+
+def test_loss_needing_constructor_arguments_without_example_fails():
+    class NeedsWidth(DistillationLoss):
+        """Needs the widths but does not override example()."""
+
+        name = "needs-width"
+
+        def __init__(self, width):
+            super().__init__()
+
+        def teacher_taps(self):
+            return TapRequest()
+
+        def student_taps(self):
+            return TapRequest()
+
+        def forward(self, student, teacher):
+            return student.logits.sum()
+
+    fails("loss", NeedsWidth, "example", r"missing 1 required positional argument: 'width'")
+
+
+def test_method_with_an_invalid_path_fails():
+    class Skips(SequentialMethod):
+        """Adds a path that starts in the middle of a row."""
+
+        name = "skips"
+
+        def paths(self, rows, stitches):
+            return super().paths(rows, stitches) + [Path((Segment(1, 1, rows[1].depth),))]
+
+    fails("method", Skips, "paths validate", r"path r1\[1:3\] does not validate: .*first segment must start at block 0")
+
+
+def test_method_with_an_unregistered_default_fails():
+    class Typo(SequentialMethod):
+        """Names an initializer that does not exist."""
+
+        name = "typo-default"
+        default_initializer = "radnom"
+
+    fails("method", Typo, "defaults registered", r"default_initializer 'radnom'.*did you mean 'random'")
+
+
+def test_method_accepting_no_rows_fails():
+    class Silent(Method):
+        """No stitch layers, one path per row; accepts an empty row list."""
+
+        name = "silent"
+
+        def stitches(self, rows):
+            return []
+
+        def paths(self, rows, stitches):
+            return [Path((Segment(r, 0, s.depth),)) for r, s in enumerate(rows)]
+
+    fails("method", Silent, "bad input", r"stitches\(\[\]\) \(no rows\) raised nothing")
+
+
+def test_design_rows_not_narrow_first_fails():
+    class WideFirst(AuxiliaryDesign):
+        """The ancestry's shape, then a narrow row."""
+
+        name = "wide-first"
+
+        def rows(self, ancestry):
+            if ancestry.width < 2:
+                raise ConfigError("too small")
+            return [ancestry, RowShape(ancestry.depth, ancestry.width // 2, 1)]
+
+    fails("design", WideFirst, "rows", r"not sorted narrow first: \['4x32:4', '4x16:1'\]")
+
+
+def test_design_initialize_touching_the_ancestry_fails():
+    class Steals(AuxiliaryDesign):
+        """Zeros the ancestry's classifier while initialising a row."""
+
+        name = "steals"
+
+        def rows(self, ancestry):
+            return [RowShape(1, ancestry.width, ancestry.heads)] if ancestry.depth > 1 else []
+
+        def initialize(self, row, ancestry):
+            with torch.no_grad():
+                ancestry.model.head.weight.zero_()
+
+    fails("design", Steals, "initialize", "initialize modified the ancestry")
+
+
+class TinyViT(TimmViT):
+    """timm ViT with a tiny example."""
+
+    name = "tiny-vit-test"
+
+
+def test_adapter_whose_stem_copies_parameters_fails():
+    import copy
+
+    class CopyingStem(TinyViT):
+        """Its stem holds copies of the network's parameters (a descendant would not train the row)."""
+
+        name = "copying-stem"
+
+        def stem(self):
+            return copy.deepcopy(super().stem())
+
+    fails("ancestry", CopyingStem, "stem and head share parameters", "stem\\(\\) holds a copy of ")
+
+
+def test_adapter_with_a_bad_part_of_fails():
+    class OffByOne(TinyViT):
+        """Numbers blocks from 1."""
+
+        name = "off-by-one"
+
+        def part_of(self, key):
+            part, index = super().part_of(key)
+            return (part, index + 1) if part == "block" else (part, index)
+
+    fails("ancestry", OffByOne, "part_of", r"part_of\('blocks.2..*\) = \('block', 3\)")
+
+
+def test_adapter_without_example_fails():
+    class NoExample(stitchkit.AncestryAdapter):
+        """Declares nothing beyond the abstract contract."""
+
+        name = "no-example"
+
+    fails("ancestry", NoExample, "example", r"PluginError|has no example\(\): override the classmethod")
+
+
+def test_a_timm_adapter_subclass_passes():
+    passed = check_plugin(plugin_of(TinyViT))["ancestry:tiny-vit-test"]
+    assert {"arch round trip", "part_of", "taps", "resized", "float64", "bad input"} <= set(passed)
+
+
+def test_check_plugin_without_components_fails():
+    with pytest.raises(AssertionError, match="registered no component"):
+        check_plugin(types.ModuleType("empty_plugin"))
+
+
+def test_missing_tap_is_a_stitchkit_error():
+    from stitchkit.errors import MissingTapError, StitchkitError
+    from stitchkit.interfaces import Taps
+
+    taps = Taps(logits=torch.zeros(1), blocks={1: torch.zeros(1)})
+    with pytest.raises(MissingTapError, match=r"block output 3 was not tapped \(tapped: \[1\]\)") as info:
+        taps.blocks[3]
+    assert isinstance(info.value, StitchkitError) and isinstance(info.value, KeyError)
+    with pytest.raises(MissingTapError, match="stem output was not tapped"):
+        taps.block_input(0)
+    assert torch.equal(taps.block_input(2), torch.zeros(1))
+
+
+def test_tm_example_adds_what_distillation_leaves():
+    pytest.importorskip("stitchkit_learngene")
+    init_cls = INSTALLED.get("initializer", "tm")
+    from stitchkit.pool import Pool
+
+    torch.manual_seed(0)
+    rows = [TimmViT.from_arch(dict(img_size=8, patch_size=4, num_classes=3, embed_dim=w, depth=2, num_heads=2)) for w in (8, 16)]
+    pool = Pool.from_method(SequentialMethod(), rows)
+    init_cls.example(pool=pool).initialize(pool, InitContext())
+    w = pool.extras["learngene.row0.W.0"], pool.extras["learngene.row0.W.1"]
+    assert w[0].shape == (16, 8) and pool.info["learngene"]["ancestry"]["width"] == 16
+    # tm: stitch weight = the averaged W transposed back into nn.Linear layout (A_b = I for the widest row)
+    for layer in pool.stitches.values():  # tm: every stitch weight is row 0's W averaged over levels
+        torch.testing.assert_close(layer.weight.detach(), (w[0] + w[1]) / 2)
+        assert not layer.bias.any()
