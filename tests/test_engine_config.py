@@ -205,3 +205,13 @@ def test_build_command_errors(tmp_path):
     path.write_text('method = "recorde"\n')
     with pytest.raises(stitchkit.UnknownComponentError, match="did you mean 'recorder'"):
         build_command(path, [], out_dir=tmp_path / "o", registry=_registry())
+
+
+def test_shipped_engine_config_is_valid():
+    import pathlib
+
+    import stitchkit.engine
+
+    path = pathlib.Path(stitchkit.engine.__file__).parents[1] / "configs" / "digits-ancestry.toml"
+    cfg = load_config(path)
+    assert cfg["model"]["depth"] == 12 and cfg["model"]["embed_dim"] == 64 and cfg["data"]["source"] == "digits"
