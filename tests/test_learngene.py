@@ -4,13 +4,13 @@ TM / TM-pinv / LS stitch initialisation and planning."""
 
 from __future__ import annotations
 
-import math
+import pathlib
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_arch, tiny_row
+from helpers import tiny_row
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import InitContext, TapRequest, Taps
 from stitchkit.pool import Pool
@@ -373,3 +373,28 @@ def test_plan_the_papers_designs_without_weights(registry):
         assert sizes == sorted(sizes) and sizes[0] < 5.7e6  # smaller than DeiT-Tiny
     sw = plan("learngene-pool-sliding-window", ancestry="deit_base_patch16_224", rows=parse_rows("6x192:3,6x768:12"), registry=registry)
     assert len(sw["descendants"]) == 18
+
+
+# --------------------------------------------------------------------------- configs
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "plugins" / "stitchkit_learngene" / "configs"
+
+
+@pytest.mark.parametrize("name,rows,distill,finetune", [
+    ("learngene_deit_base_l6.toml", "6x192:3,6x768:12", 100, 50),
+    ("learngene_deit_base_l9.toml", "9x192:3,9x768:12", 100, 50),
+    ("learngene_digits.toml", "3x32:2,3x64:4", 6, 6),
+])
+def test_shipped_configs_are_valid(name, rows, distill, finetune):
+    from stitchkit.engine import TrainConfig, load_config, section
+    from stitchkit_learngene.config import LearngeneConfig
+
+    config = load_config(CONFIGS / name)
+    assert config["method"] == "learngene-pool"
+    lg = section(config, "learngene", LearngeneConfig)
+    assert lg.rows == rows and lg.initializer == "tm" and lg.alpha == 0.5
+    base = TrainConfig.from_config(config)
+    assert lg.train_config(base, "distill").epochs == distill
+    assert lg.train_config(base, "finetune").epochs == finetune
+    if name.startswith("learngene_deit"):
+        assert config["model"]["timm_name"] == "deit_base_patch16_224" and config["model"]["pretrained"]
+        assert (base.batch_size, base.lr) == (128, 5e-4)

@@ -3,7 +3,6 @@ untouched), and a tiny end-to-end build on digits writes a valid, resumable pool
 
 from __future__ import annotations
 
-import copy
 import json
 import pathlib
 
@@ -11,10 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stitchkit.engine import ClassificationTask, DataConfig, TrainConfig, build_data, evaluate, fit, resolve
+from stitchkit.engine import DataConfig, TrainConfig, build_data, evaluate, fit, resolve
 from stitchkit.engine.model import save_model
 from stitchkit.errors import ConfigError
-from stitchkit.interfaces import TapRequest
 from stitchkit.registry import Registry
 from stitchkit.spec import RowShape
 from stitchkit.storage import load_descendant, load_pool, read_pool_metadata

@@ -164,7 +164,7 @@ class LearngeneDistillation(DistillationLoss):
             parts["block"] = BlockLoss.for_models(ancestry, auxiliary, self.levels)
         if "prediction" in terms:
             parts["prediction"] = PredictionLoss(tau)
-        self.parts_ = nn.ModuleDict(parts)
+        self.losses = nn.ModuleDict(parts)
 
     @classmethod
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> LearngeneDistillation:  # noqa: ANN003
@@ -173,45 +173,39 @@ class LearngeneDistillation(DistillationLoss):
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
-        for loss in self.parts_.values():
+        for loss in self.losses.values():
             if isinstance(loss, _TransformedMSE):
                 return loss.pairs
         return []
 
     def teacher_taps(self) -> TapRequest:
         req = TapRequest()
-        for loss in self.parts_.values():
+        for loss in self.losses.values():
             req = req | loss.teacher_taps()
         return req
 
     def student_taps(self) -> TapRequest:
         req = TapRequest()
-        for loss in self.parts_.values():
+        for loss in self.losses.values():
             req = req | loss.student_taps()
         return req
 
     def parts(self, student: Taps, teacher: Taps) -> dict[str, torch.Tensor]:
-        return {name: loss(student, teacher) for name, loss in self.parts_.items()}
+        return {name: loss(student, teacher) for name, loss in self.losses.items()}
 
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
         return sum(self.parts(student, teacher).values())  # type: ignore[return-value]
 
     def block_matrices(self) -> list[torch.Tensor]:
         """The learned ``W`` of each level (empty when the widths match or block loss is off)."""
-        loss = self.parts_["block"] if "block" in self.parts_ else None
+        loss = self.losses["block"] if "block" in self.losses else None
         return [p for p in loss.matrices] if loss is not None else []
 
     def attention_matrices(self) -> list[torch.Tensor]:
-        loss = self.parts_["attention"] if "attention" in self.parts_ else None
+        loss = self.losses["attention"] if "attention" in self.losses else None
         return [p for p in loss.matrices] if loss is not None else []
 
 
 def learngene_objective(label_loss: torch.Tensor, distillation: torch.Tensor, alpha: float) -> torch.Tensor:
     """``L = alpha * L_cls + (1 - alpha) * L_dis``."""
     return alpha * label_loss + (1.0 - alpha) * distillation
-
-
-def check_alpha(alpha: float) -> float:
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}")
-    return float(alpha)

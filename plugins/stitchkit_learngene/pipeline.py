@@ -23,8 +23,6 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from stitchkit.engine import (
     DataConfig,
     ModelConfig,
@@ -69,7 +67,7 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     ctx = dist_context(base.device)
     ancestry = obtain_ancestry(config, lg, data, base, out_dir, registry)
     rows = distil_rows(config, lg, data, base, ancestry, out_dir, registry)
-    pool = build_pool(method, lg, ancestry, rows["adapters"], rows["extras"], rows["info"])
+    pool = Pool.from_method(method, rows["adapters"], info=rows["info"], extras=rows["extras"])
     loader = data.eval_loader(lg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
     after_init = {}
     for name in lg.compare_initializers:
@@ -150,10 +148,6 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
         }
     }
     return {"adapters": adapters, "extras": extras, "info": info}
-
-
-def build_pool(method, lg: LearngeneConfig, ancestry: AncestryAdapter, rows, extras, info) -> Pool:  # noqa: ANN001
-    return Pool.from_method(method, rows, info=info, extras=extras)
 
 
 def initialize_stitches(pool: Pool, name: str, lg: LearngeneConfig, data: Data, base: TrainConfig, registry) -> None:  # noqa: ANN001
