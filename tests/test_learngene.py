@@ -376,7 +376,7 @@ def test_plan_the_papers_designs_without_weights(registry):
 
 
 # --------------------------------------------------------------------------- configs
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "plugins" / "stitchkit_learngene" / "configs"
+from stitchkit_learngene import CONFIGS
 
 
 @pytest.mark.parametrize("name,rows,distill,finetune", [
