@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -120,6 +121,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    summary = run_demo(args.out, args.set or [], config_path=args.config)
+    print(pathlib.Path(summary["report"]).read_text())
+    print(f"wrote {summary['report']}, {summary['plot']} and the pool files "
+          f"{', '.join(summary['pools'].values())} in {summary['total_seconds']:.0f} s")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..engine.config import load_config
+    from ..engine.model import train_model
+
+    path = train_model(load_config(args.config, args.set or []), args.out, name=args.name)
+    print(f"model written to {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stitchkit",
@@ -176,6 +196,19 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--timm", action="store_true", help="single-row descendants: write a plain timm state dict")
     pe.add_argument("--onnx", help="also write an ONNX model here (needs the onnx package)")
     pe.set_defaults(func=_cmd_export)
+
+    pd = sub.add_parser("demo", help="Learngene Pool vs SN-Net at equal storage on the bundled digits (CPU, minutes)")
+    pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")
+    pd.add_argument("--config", help="demo config (default: the shipped configs/demo.toml)")
+    pd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. demo.finetune_epochs=20")
+    pd.set_defaults(func=_cmd_demo)
+
+    pt = sub.add_parser("train", help="train a plain ViT (an ancestry or an anchor) from a TOML config")
+    pt.add_argument("config", help="TOML config with [data], [model], [train]")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE")
+    pt.add_argument("--out", default="runs/ancestry", help="output folder")
+    pt.add_argument("--name", default="ancestry", help="model file name (NAME.safetensors)")
+    pt.set_defaults(func=_cmd_train)
     return p
 
 
