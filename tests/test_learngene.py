@@ -4,7 +4,6 @@ TM / TM-pinv / LS stitch initialisation and planning."""
 
 from __future__ import annotations
 
-import pathlib
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from stitchkit.engine import DataConfig, TrainConfig, build_data, evaluate, fit, resolve
 from stitchkit.engine.model import save_model
-from stitchkit.errors import ConfigError
+from stitchkit.errors import ConfigError, StitchkitError
 from stitchkit.registry import Registry
 from stitchkit.spec import RowShape
 from stitchkit.storage import load_descendant, load_pool, read_pool_metadata
@@ -156,19 +156,16 @@ def test_tiny_build_writes_a_valid_resumable_pool(tmp_path, data, ancestry_file,
     assert {q: (tmp_path / q / "metrics.jsonl").read_text() for q in steps} == steps
     again = load_pool(path2, registry)
     assert all(torch.equal(a, b) for a, b in zip(pool.state_dict().values(), again.state_dict().values()))
-
-
-def test_another_initializer_reuses_the_distilled_rows(tmp_path, ancestry_file, registry):
-    method = registry.method("learngene-pool")
-    method.build(_config(ancestry_file, finetune={"max_steps": 1}), out_dir=tmp_path, registry=registry)
-    distilled = {r: (tmp_path / r / "metrics.jsonl").read_text() for r in ("distill-row0", "distill-row1")}
-    path = method.build(
-        _config(ancestry_file, finetune={"max_steps": 1}, initializer="ls", pool_file="pool-ls.safetensors"),
+    # another initializer in the same directory reuses the distilled rows and only fine-tunes again
+    path3 = method.build(
+        _config(ancestry_file, compare_initializers=["tm", "tm-pinv", "ls"], initializer="ls", pool_file="pool-ls.safetensors"),
         out_dir=tmp_path, registry=registry,
     )
-    assert {r: (tmp_path / r / "metrics.jsonl").read_text() for r in distilled} == distilled
+    assert {q: (tmp_path / q / "metrics.jsonl").read_text() for q in ("distill-row0", "distill-row1")} == {
+        q: steps[q] for q in ("distill-row0", "distill-row1")
+    }
     assert (tmp_path / "finetune-ls" / "metrics.jsonl").exists()
-    assert read_pool_metadata(path)["pool"]["info"]["learngene"]["initializer"] == "ls"
+    assert read_pool_metadata(path3)["pool"]["info"]["learngene"]["initializer"] == "ls"
 
 
 def test_sliding_window_method_builds_its_paths(tmp_path, ancestry_file, registry):
@@ -184,14 +181,16 @@ def test_sliding_window_method_builds_its_paths(tmp_path, ancestry_file, registr
         ({"alpha": 1.5}, "alpha"),
         ({"levels": "thick"}, "levels"),
         ({"distill": {"epoch": 3}}, "learngene.distill"),
-        ({"initializer": "tmm"}, "did you mean 'tm'"),
+        ({"initializer": "tmm"}, "unknown initializer 'tmm'; did you mean 'tm'"),
+        ({"sampler": "unifrom"}, "unknown sampler 'unifrom'"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, ancestry_file, registry, learngene, match):
     config = _config(ancestry_file)
     config["learngene"].update(learngene)
-    with pytest.raises(ConfigError if "initializer" not in learngene else Exception, match=match):
+    with pytest.raises(StitchkitError, match=match):
         registry.method("learngene-pool").build(config, out_dir=tmp_path, registry=registry)
+    assert not any(tmp_path.iterdir())  # refused before any phase ran
 
 
 def test_ancestry_that_does_not_fit_the_data(tmp_path, ancestry_file, registry):

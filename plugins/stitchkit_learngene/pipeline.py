@@ -61,9 +61,15 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     if method.fixed_paths:  # learngene-pool-sliding-window: the method name decides
         lg = dataclasses.replace(lg, paths=method.path_set)
     method = LearngenePoolMethod(paths=lg.paths)
+    # unknown component names fail now, not after hours of distillation
+    for name in {lg.initializer, *lg.compare_initializers}:
+        registry.get("initializer", name)
+    registry.get("sampler", lg.sampler)
+    base = TrainConfig.from_config(config)
+    for phase in ("ancestry", "distill", "finetune"):
+        lg.train_config(base, phase)
     out_dir = pathlib.Path(out_dir)
     data = build_data(DataConfig.from_config(config))
-    base = TrainConfig.from_config(config)
     ctx = dist_context(base.device)
     ancestry = obtain_ancestry(config, lg, data, base, out_dir, registry)
     rows = distil_rows(config, lg, data, base, ancestry, out_dir, registry)
