@@ -122,8 +122,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from ..demo import run_demo
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     summary = run_demo(args.out, args.set or [], config_path=args.config)
     print(pathlib.Path(summary["report"]).read_text())
     print(f"wrote {summary['report']}, {summary['plot']} and the pool files "
@@ -201,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")
     pd.add_argument("--config", help="demo config (default: the shipped configs/demo.toml)")
     pd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. demo.finetune_epochs=20")
+    pd.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: the demo's models are tiny and extra threads mostly contend)")
     pd.set_defaults(func=_cmd_demo)
 
     pt = sub.add_parser("train", help="train a plain ViT (an ancestry or an anchor) from a TOML config")
