@@ -14,12 +14,10 @@ deterministic for a given batch.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from stitchkit.errors import ConfigError
-from stitchkit.features import StitchPlace, collect_stitch_features, stitch_places
+from stitchkit.features import StitchPlace, check_images, fit_stitch_layers, stitch_places
 from stitchkit.interfaces import InitContext, StitchInitializer
 
 __all__ = ["LeastSquaresInitializer", "StitchPlace", "solve_affine", "stitch_places"]
@@ -62,23 +60,8 @@ class LeastSquaresInitializer(StitchInitializer):
         self.max_images = max_images
 
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
-        images = context.images
-        if images is None or images.ndim != 4 or images.shape[0] == 0:
-            raise ConfigError(
-                "the 'ls' stitch initializer needs a batch of training images (B, C, H, W) in "
-                f"InitContext.images, got {None if images is None else tuple(images.shape)}; "
-                "in a build config set snnet.init_images (or learngene.init_images), or pick the 'random' initializer"
-            )
+        images = check_images(context.images, self.name)
         if self.max_images is not None:
             images = images[: self.max_images]
         # Places come grouped by row pair, so at most two rows' features are alive at once.
-        solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        for feats in collect_stitch_features(pool, images):
-            solutions[feats.name].append(solve_affine(feats.front, feats.end))
-        for name, sols in solutions.items():
-            layer = pool.stitches[name]
-            weight = torch.stack([w for w, _ in sols]).mean(0)
-            bias = torch.stack([b for _, b in sols]).mean(0)
-            with torch.no_grad():
-                layer.weight.copy_(weight.to(layer.weight.device, layer.weight.dtype))
-                layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))
+        fit_stitch_layers(pool, images, solve_affine)

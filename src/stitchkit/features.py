@@ -14,7 +14,7 @@ lives in the core so that plugins share it without importing each other.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -104,3 +104,25 @@ def check_images(images: torch.Tensor | None, initializer: str) -> torch.Tensor:
             f"learngene.init_images), or pick an initializer that needs no images such as 'random'"
         )
     return images
+
+
+Solver = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noqa: ANN001 - a stitchkit Pool
+    """Fit every used stitch layer of ``pool`` in place with ``solve(front, end) -> (weight, bias)``.
+
+    ``solve`` runs once per place; a layer used at several places gets the mean
+    of their solutions (the official SN-Net rule for shared layers). A layer
+    no path uses keeps its weights; the pool's dtype and device are kept.
+    """
+    solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+    for feats in collect_stitch_features(pool, images):
+        solutions[feats.name].append(solve(feats.front, feats.end))
+    for name, sols in solutions.items():
+        layer = pool.stitches[name]
+        weight = torch.stack([w for w, _ in sols]).mean(0)
+        bias = torch.stack([b for _, b in sols]).mean(0)
+        with torch.no_grad():
+            layer.weight.copy_(weight.to(layer.weight.device, layer.weight.dtype))
+            layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))

@@ -24,12 +24,10 @@ angles) and only rotates them into the end row's basis.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from stitchkit.errors import ConfigError
-from stitchkit.features import check_images, collect_stitch_features
+from stitchkit.features import check_images, fit_stitch_layers
 from stitchkit.interfaces import InitContext, StitchInitializer
 
 
@@ -72,13 +70,4 @@ class ProcrustesInitializer(StitchInitializer):
         images = check_images(context.images, self.name)
         if self.max_images is not None:
             images = images[: self.max_images]
-        solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        for feats in collect_stitch_features(pool, images):
-            solutions[feats.name].append(solve_procrustes(feats.front, feats.end))
-        for name, sols in solutions.items():
-            layer = pool.stitches[name]
-            weight = torch.stack([w for w, _ in sols]).mean(0)
-            bias = torch.stack([b for _, b in sols]).mean(0)
-            with torch.no_grad():
-                layer.weight.copy_(weight.to(layer.weight.device, layer.weight.dtype))
-                layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))
+        fit_stitch_layers(pool, images, solve_procrustes)
