@@ -26,10 +26,11 @@ def register_losses(register):  # noqa: ANN001
 
 @hookimpl
 def register_initializers(register):  # noqa: ANN001
-    from .initializers import TMInitializer, TMPinvInitializer
+    from .initializers import TMInitializer, TMPinvInitializer, TMRidgeInitializer
 
     register(TMInitializer)
     register(TMPinvInitializer)
+    register(TMRidgeInitializer)
 
 
 @hookimpl

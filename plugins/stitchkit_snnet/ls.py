@@ -64,4 +64,4 @@ class LeastSquaresInitializer(StitchInitializer):
         if self.max_images is not None:
             images = images[: self.max_images]
         # Places come grouped by row pair, so at most two rows' features are alive at once.
-        fit_stitch_layers(pool, images, solve_affine)
+        fit_stitch_layers(pool, images, lambda front, end, _layer: solve_affine(front, end))

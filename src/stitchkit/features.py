@@ -106,19 +106,21 @@ def check_images(images: torch.Tensor | None, initializer: str) -> torch.Tensor:
     return images
 
 
-Solver = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+Solver = Callable[[torch.Tensor, torch.Tensor, torch.nn.Linear], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noqa: ANN001 - a stitchkit Pool
-    """Fit every used stitch layer of ``pool`` in place with ``solve(front, end) -> (weight, bias)``.
+    """Fit every used stitch layer of ``pool`` in place with ``solve(front, end, layer) -> (weight, bias)``.
 
-    ``solve`` runs once per place; a layer used at several places gets the mean
-    of their solutions (the official SN-Net rule for shared layers). A layer
-    no path uses keeps its weights; the pool's dtype and device are kept.
+    ``solve`` runs once per place and sees the layer as it was before the fit
+    (a prior, for solvers that refine a starting point); a layer used at
+    several places gets the mean of their solutions (the official SN-Net rule
+    for shared layers). A layer no path uses keeps its weights; the pool's
+    dtype and device are kept.
     """
     solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
     for feats in collect_stitch_features(pool, images):
-        solutions[feats.name].append(solve(feats.front, feats.end))
+        solutions[feats.name].append(solve(feats.front, feats.end, pool.stitches[feats.name]))
     for name, sols in solutions.items():
         layer = pool.stitches[name]
         weight = torch.stack([w for w, _ in sols]).mean(0)

@@ -70,4 +70,4 @@ class ProcrustesInitializer(StitchInitializer):
         images = check_images(context.images, self.name)
         if self.max_images is not None:
             images = images[: self.max_images]
-        fit_stitch_layers(pool, images, solve_procrustes)
+        fit_stitch_layers(pool, images, lambda front, end, _layer: solve_procrustes(front, end))
