@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stitchkit.engine.model import ModelConfig
 from stitchkit.errors import ConfigError
 from stitchkit.spec import parse_rows
 
@@ -22,29 +23,21 @@ DISTILLATION = ("hard", "soft", "none")
 
 
 @dataclass
-class AnchorConfig:
+class AnchorConfig(ModelConfig):
     """One ``[[snnet.anchors]]`` entry: which network, and how to get its weights.
 
-    A timm model by ``timm_name`` (``pretrained = true`` downloads timm's
-    weights), any ViT shape by ``shape = "DEPTHxWIDTH:HEADS"`` (or ``depth``,
-    ``embed_dim``, ``num_heads``) with ``patch_size`` and ``mlp_ratio``; a local
-    ``checkpoint`` file loads weights; ``train = true`` trains it on ``[data]``
-    first (from its loaded weights if any, else from scratch).
+    The engine's ``[model]`` keys (a timm model by ``timm_name``, where
+    ``pretrained = true`` downloads timm's weights; or any ViT shape by
+    ``depth``, ``embed_dim``, ``num_heads``, ``patch_size``, ``mlp_ratio``; a
+    local ``checkpoint`` file loads weights), plus ``shape =
+    "DEPTHxWIDTH:HEADS"`` as a shorthand and ``train = true`` to train it on
+    ``[data]`` first (from its loaded weights if any, else from scratch).
     """
 
-    timm_name: str = ""
-    pretrained: bool = False
-    checkpoint: str = ""
     shape: str = ""
-    depth: int = 12
-    embed_dim: int = 64
-    num_heads: int = 4
-    patch_size: int = 4
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0
     train: bool = False
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str = "snnet.anchors") -> None:
         if self.shape:
             if self.timm_name:
                 raise ConfigError(f"{where}: give timm_name or shape, not both")
@@ -63,11 +56,7 @@ class AnchorConfig:
 
     def model_section(self) -> dict[str, Any]:
         """The engine's ``[model]`` table for this anchor."""
-        return {
-            "timm_name": self.timm_name, "pretrained": self.pretrained, "checkpoint": self.checkpoint,
-            "depth": self.depth, "embed_dim": self.embed_dim, "num_heads": self.num_heads,
-            "patch_size": self.patch_size, "mlp_ratio": self.mlp_ratio, "drop_path_rate": self.drop_path_rate,
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)}
 
 
 @dataclass
