@@ -886,7 +886,7 @@ def export_timm_state_dict(
     if not target.is_single_row:
         raise PathError(
             f"descendant {target.name} is stitched from rows {list(target.rows)}: only a single-row descendant "
-            "is a plain model; use export_descendant for stitched ones"
+            "is a plain model; export stitched ones with export_descendant (on the command line: without --timm)"
         )
     r = target.rows[0]
     if isinstance(source, Pool):
