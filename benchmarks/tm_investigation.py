@@ -7,7 +7,11 @@ distilled rows (rows of 6 blocks), so only stitching and fine-tuning run here.
 Variants, each over the same seeds:
 
 * ``tm-ls``: TM refined by least squares towards TM (ridge 0.1), same budget;
-* ``tm-long`` / ``ls-long``: TM and LS with 3x the fine-tuning epochs.
+* ``tm-long`` / ``ls-long``: TM and LS with 3x the fine-tuning epochs;
+* ``tm-dense``: the rows re-distilled with dense (3-level) distillation for the
+  wide row too (the paper's default distils only its last block), then TM;
+  TM assumes the wide row's features at every stitch position equal the
+  ancestry's, which last-block distillation does not ask for.
 
 Prints mean ± std of top-1 per descendant next to the comparison's TM and LS
 rows, and writes JSON next to the comparison's results.
@@ -25,10 +29,11 @@ from stitchkit import storage
 from stitchkit.engine.config import resolve
 from stitchkit.registry import Registry
 
-VARIANTS = {  # name: (initializer, fine-tuning epochs factor)
-    "tm-ls": ("tm-ls", 1),
-    "tm-long": ("tm", 3),
-    "ls-long": ("ls", 3),
+VARIANTS = {  # name: (initializer, fine-tuning epochs factor, distillation levels)
+    "tm-ls": ("tm-ls", 1, "auto"),
+    "tm-long": ("tm", 3, "auto"),
+    "ls-long": ("ls", 3, "auto"),
+    "tm-dense": ("tm", 1, "dense"),
 }
 
 
@@ -44,6 +49,7 @@ def main(argv=None) -> int:
     registry = Registry()
     results: dict[str, dict[int, dict[str, float]]] = {v: {} for v in VARIANTS}
     after_init: dict[int, dict[str, float]] = {}
+    dense_init: dict[str, dict[int, dict[str, float]]] = {}
     base: dict[str, dict[int, dict[str, float]]] = {"tm": {}, "ls": {}}
     for seed in args.seeds:
         seed_dir = root / f"seed{seed}"
@@ -52,11 +58,11 @@ def main(argv=None) -> int:
             base[k][seed] = cached["learngene"][k]
         cfg_file = seed_dir / f"lg{args.depth}-tm" / "resolved.json"
         config = json.loads(cfg_file.read_text()) if cfg_file.is_file() else None
-        for name, (init, factor) in VARIANTS.items():
+        for name, (init, factor, levels) in VARIANTS.items():
             vdir = seed_dir / f"lg{args.depth}-{name}"
             vdir.mkdir(parents=True, exist_ok=True)
             for phase in (seed_dir / f"lg{args.depth}-tm").glob("distill-row*"):
-                if not (vdir / phase.name).exists():
+                if levels == "auto" and not (vdir / phase.name).exists():
                     os.symlink(phase.resolve(), vdir / phase.name)
             train = {"batch_size": 64, "lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.05, "warmup_epochs": 1,
                      "label_smoothing": 0.0, "eval_every": 0, "progress": False, "seed": seed}
@@ -66,7 +72,8 @@ def main(argv=None) -> int:
                    "train": train,
                    "learngene": {"ancestry": str(seed_dir / "ancestry" / "ancestry.safetensors"),
                                  "rows": f"{args.depth}x16:1,{args.depth}x64:4", "initializer": init,
-                                 "compare_initializers": ["tm-ls"] if name == "tm-ls" else [],
+                                 "levels": levels,
+                                 "compare_initializers": {"tm-ls": ["tm-ls"], "tm-dense": ["tm", "tm-pinv", "ls"]}.get(name, []),
                                  "distill": {"epochs": base_args["aux_epochs"]},
                                  "finetune": {"epochs": base_args["finetune_epochs"] * factor, "lr": base_args["finetune_lr"]}}}
             if config is not None:  # the comparison's exact data/model/train sections
@@ -76,6 +83,9 @@ def main(argv=None) -> int:
             results[name][seed] = {p: e["top1"] for p, e in meta["evaluation"].items()}
             if name == "tm-ls":
                 after_init[seed] = meta["info"]["learngene"]["after_init"]["tm-ls"]
+            if name == "tm-dense":
+                for init_name, top1 in meta["info"]["learngene"]["after_init"].items():
+                    dense_init.setdefault(init_name, {})[seed] = top1
             print(f"seed {seed} {name}: done", flush=True)
     names = list(next(iter(results["tm-ls"].values())))
 
@@ -83,16 +93,17 @@ def main(argv=None) -> int:
         v = [table[s][n] for s in args.seeds]
         return f"{statistics.fmean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:.1f}"
 
-    lines = [f"| descendant | tm-ls after init | tm (ft x1) | ls (ft x1) | tm-ls (ft x1) | tm (ft x3) | ls (ft x3) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| descendant | tm-ls init | dense: tm init | dense: tm-pinv init | dense: ls init | tm (ft x1) | ls (ft x1) "
+             "| tm-ls (ft x1) | dense: tm (ft x1) | tm (ft x3) | ls (ft x3) |", "|---" * 11 + "|"]
     for n in names:
-        lines.append(f"| `{n}` | {ms(after_init, n)} | {ms(base['tm'], n)} | {ms(base['ls'], n)} | "
-                     f"{ms(results['tm-ls'], n)} | {ms(results['tm-long'], n)} | {ms(results['ls-long'], n)} |")
+        lines.append(f"| `{n}` | {ms(after_init, n)} | {ms(dense_init['tm'], n)} | {ms(dense_init['tm-pinv'], n)} | "
+                     f"{ms(dense_init['ls'], n)} | {ms(base['tm'], n)} | {ms(base['ls'], n)} | {ms(results['tm-ls'], n)} | "
+                     f"{ms(results['tm-dense'], n)} | {ms(results['tm-long'], n)} | {ms(results['ls-long'], n)} |")
     text = "\n".join(lines)
     print(text)
     (root / f"tm_investigation-{args.depth}.md").write_text(text + "\n")
     (root / f"tm_investigation-{args.depth}.json").write_text(json.dumps(
-        {"seeds": args.seeds, "after_init_tm_ls": after_init, "variants": results, "base": base}, indent=2))
+        {"seeds": args.seeds, "after_init_tm_ls": after_init, "after_init_dense": dense_init, "variants": results, "base": base}, indent=2))
     return 0
 
 
