@@ -146,6 +146,8 @@ def claims(table: list[dict[str, Any]]) -> str:
     for a, b, what in [
         ("lg-tm", "snnet-same-path", "Learngene Pool (TM, fine-tuned) vs SN-Net, same path, equal storage"),
         ("lg-tm", "snnet-best-at-size", "Learngene Pool (TM) vs SN-Net's best configuration at or below the same size"),
+        ("lg-ls", "snnet-same-path", "Learngene Pool (LS, fine-tuned) vs SN-Net, same path, equal storage"),
+        ("lg-ls", "snnet-best-at-size", "Learngene Pool (LS) vs SN-Net's best configuration at or below the same size"),
         ("init-tm", "init-ls", "TM vs LS right after initialisation"),
         ("init-tm-pinv", "init-tm", "TM-pinv vs TM right after initialisation"),
         ("lg-tm", "lg-ls", "TM vs LS after fine-tuning (with distillation)"),
