@@ -150,6 +150,8 @@ def run_demo(
         f"training from scratch (SN-Net) each; {demo.finetune_epochs} fine-tuning epochs for both.",
         f"Stitch initialisation: {demo.learngene_initializer} (Learngene Pool), {demo.snnet_initializer} (SN-Net).",
         "Both pools store exactly the same number of parameters (rows + stitch layers).",
+        "At this scale TM-initialised stitches trail LS ones (benchmarks/RESULTS.md, over 3 seeds); "
+        "rerun with --set demo.learngene_initializer=ls to see Learngene Pool with LS stitches.",
     ]
     phases.append(("report and plot", time.perf_counter() - t0))
     report = markdown_report(infos, title="stitchkit demo: Learngene Pool vs SN-Net at equal storage",
