@@ -42,14 +42,6 @@ SHIPPED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread than on contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("case", conformance_cases(INSTALLED), ids=str)
 def test_registered_component_conforms(case):

@@ -11,14 +11,6 @@ from stitchkit.engine.data import DataConfig, DataSpec, EpochSeeded, build_data,
 from stitchkit.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _base(ds):
     return ds.base if isinstance(ds, EpochSeeded) else ds

@@ -41,14 +41,6 @@ from stitchkit.vit import TimmViT
 REG = Registry(load_entrypoints=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def vit(width=16, depth=2, heads=2, classes=4, drop_path=0.0, seed=0):
     torch.manual_seed(seed)

@@ -30,13 +30,6 @@ from stitchkit_procrustes import ProcrustesInitializer, solve_procrustes  # noqa
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "plugins" / "stitchkit-procrustes"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
     """A ``rows x cols`` matrix with orthonormal columns (rows >= cols) or rows (rows < cols)."""
