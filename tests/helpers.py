@@ -45,3 +45,11 @@ def block_macs(d: int, n: int) -> int:
 
 def stem_macs(d: int, img: int, patch: int, chans: int) -> int:
     return (img // patch) ** 2 * d * chans * patch * patch
+
+
+def identity_blocks(adapter: TimmViT) -> None:
+    """Zero each residual branch's output so every block returns its input."""
+    for blk in adapter.blocks:
+        for lin in (blk.attn.proj, blk.mlp.fc2):
+            torch.nn.init.zeros_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)

@@ -16,6 +16,7 @@ import torch
 
 procrustes = pytest.importorskip("stitchkit_procrustes", reason="install it: pip install ./plugins/stitchkit-procrustes")
 
+from helpers import identity_blocks
 from stitchkit.cli.main import main  # noqa: E402
 from stitchkit.errors import ConfigError  # noqa: E402
 from stitchkit.interfaces import InitContext  # noqa: E402
@@ -98,13 +99,6 @@ def tiny(width: int, heads: int, depth: int = 3, seed: int = 0) -> TimmViT:
     torch.manual_seed(seed)
     return TimmViT.from_arch(dict(img_size=8, patch_size=4, num_classes=5, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=2.0))
 
-
-def identity_blocks(adapter: TimmViT) -> None:
-    """Zero each residual branch's output so every block returns its input."""
-    for blk in adapter.blocks:
-        for lin in (blk.attn.proj, blk.mlp.fc2):
-            torch.nn.init.zeros_(lin.weight)
-            torch.nn.init.zeros_(lin.bias)
 
 
 def test_initializer_recovers_an_orthogonal_relation_between_real_rows():

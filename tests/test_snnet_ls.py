@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import identity_blocks
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import InitContext, Taps
 from stitchkit.pool import Pool
@@ -100,19 +101,12 @@ def test_ls_averages_shared_layers_by_hand(monkeypatch):
     assert front.modes == [False] and rows[0].model.training  # ran in eval mode, mode restored
 
 
-def make_identity_blocks(adapter: TimmViT) -> None:
-    """Zero each residual branch's output so every block returns its input."""
-    for blk in adapter.blocks:
-        for lin in (blk.attn.proj, blk.mlp.fc2):
-            torch.nn.init.zeros_(lin.weight)
-            torch.nn.init.zeros_(lin.bias)
-
 
 def test_ls_on_real_rows_recovers_affine_stem_and_stitched_output_matches():
     torch.manual_seed(0)
     front, end = tiny(8, 2, seed=1), tiny(12, 3, seed=2)
-    make_identity_blocks(front)
-    make_identity_blocks(end)
+    identity_blocks(front)
+    identity_blocks(end)
     a = torch.randn(12, 8)
     c = torch.randn(12)
     fm, em = front.model, end.model
