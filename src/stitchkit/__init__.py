@@ -31,6 +31,7 @@ from .pool import Pool
 from .registry import Registry, default_registry
 from .spec import Path, RowShape, Segment, StitchSpec
 from .stitched import Descendant
+from .storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
 
 try:
     __version__ = version("stitchkit")
@@ -42,5 +43,6 @@ __all__ = [
     "Descendant", "DistillationLoss", "DuplicateComponentError", "InitContext", "Method",
     "Path", "PathError", "PathSampler", "PluginError", "Pool", "PoolFormatError", "Registry",
     "RowShape", "Segment", "StitchInitializer", "StitchSpec", "StitchkitError", "TapRequest",
-    "Taps", "UnknownComponentError", "default_registry", "hookimpl", "__version__",
+    "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "load_descendant",
+    "load_exported", "load_pool", "save_pool", "__version__",
 ]

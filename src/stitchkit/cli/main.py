@@ -112,7 +112,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}: plain timm VisionTransformer state dict (arch {json.dumps(arch)})")
     else:
         storage.export_descendant(args.pool, args.descendant, args.output)
-        print(f"wrote {args.output}: load it with stitchkit.storage.load_exported({str(args.output)!r})")
+        print(f"wrote {args.output}: load it with stitchkit.load_exported({str(args.output)!r})")
     if args.onnx:
         from ..onnx_export import export_onnx
 
