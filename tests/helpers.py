@@ -53,3 +53,14 @@ def identity_blocks(adapter: TimmViT) -> None:
         for lin in (blk.attn.proj, blk.mlp.fc2):
             torch.nn.init.zeros_(lin.weight)
             torch.nn.init.zeros_(lin.bias)
+
+
+def tie_stems_affinely(front: TimmViT, end: TimmViT, a: torch.Tensor, c: torch.Tensor) -> None:
+    """Make the end row's stem tokens equal ``a @ front stem tokens + c``, token by token
+    (with identity blocks, every stitch place then sees an exact affine relation)."""
+    fm, em = front.model, end.model
+    with torch.no_grad():
+        em.patch_embed.proj.weight.copy_(torch.einsum("oc,cikl->oikl", a, fm.patch_embed.proj.weight))
+        em.patch_embed.proj.bias.copy_(a @ fm.patch_embed.proj.bias)
+        em.pos_embed.copy_(fm.pos_embed @ a.T + c)
+        em.cls_token.copy_(fm.cls_token @ a.T)

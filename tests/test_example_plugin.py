@@ -16,7 +16,7 @@ import torch
 
 procrustes = pytest.importorskip("stitchkit_procrustes", reason="install it: pip install ./plugins/stitchkit-procrustes")
 
-from helpers import identity_blocks
+from helpers import identity_blocks, tie_stems_affinely
 from stitchkit.cli.main import main  # noqa: E402
 from stitchkit.errors import ConfigError  # noqa: E402
 from stitchkit.interfaces import InitContext  # noqa: E402
@@ -106,12 +106,7 @@ def test_initializer_recovers_an_orthogonal_relation_between_real_rows():
     identity_blocks(front)
     identity_blocks(end)
     q, c = orthonormal(12, 8, seed=6).float(), torch.randn(12, generator=torch.Generator().manual_seed(7))
-    fm, em = front.model, end.model
-    with torch.no_grad():  # end stem tokens = Q @ front stem tokens + c, token by token
-        em.patch_embed.proj.weight.copy_(torch.einsum("oc,cikl->oikl", q, fm.patch_embed.proj.weight))
-        em.patch_embed.proj.bias.copy_(q @ fm.patch_embed.proj.bias)
-        em.pos_embed.copy_(fm.pos_embed @ q.T + c)
-        em.cls_token.copy_(fm.cls_token @ q.T)
+    tie_stems_affinely(front, end, q, c)
     pool = Pool.from_method(SequentialMethod(), [front, end])
     images = torch.randn(6, 3, 8, 8)
     ProcrustesInitializer().initialize(pool, InitContext(images=images))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import identity_blocks
+from helpers import identity_blocks, tie_stems_affinely
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import InitContext, Taps
 from stitchkit.pool import Pool
@@ -109,12 +109,7 @@ def test_ls_on_real_rows_recovers_affine_stem_and_stitched_output_matches():
     identity_blocks(end)
     a = torch.randn(12, 8)
     c = torch.randn(12)
-    fm, em = front.model, end.model
-    with torch.no_grad():  # end stem tokens = A @ front stem tokens + c, token by token
-        em.patch_embed.proj.weight.copy_(torch.einsum("oc,cikl->oikl", a, fm.patch_embed.proj.weight))
-        em.patch_embed.proj.bias.copy_(a @ fm.patch_embed.proj.bias)
-        em.pos_embed.copy_(fm.pos_embed @ a.T + c)
-        em.cls_token.copy_(fm.cls_token @ a.T)
+    tie_stems_affinely(front, end, a, c)
     pool = Pool.from_method(SNNetMethod(), [front, end])
     images = torch.randn(6, 3, 8, 8)
     LeastSquaresInitializer().initialize(pool, InitContext(images=images))
