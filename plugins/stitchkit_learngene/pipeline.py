@@ -108,9 +108,9 @@ def obtain_ancestry(config, lg: LearngeneConfig, data: Data, base: TrainConfig, 
             sub = {"data": config["data"], "model": config["model"], "train": dataclasses.asdict(train)}
             adapter = load_model(train_model(sub, out_dir, name="ancestry"), registry)
     spec = data.spec
-    if adapter.num_classes != spec.num_classes or tuple(getattr(adapter, "input_size", spec.input_size)) != spec.input_size:
+    if adapter.num_classes != spec.num_classes or tuple(adapter.input_size) != spec.input_size:
         raise ConfigError(
-            f"the ancestry ({adapter.num_classes} classes, input {getattr(adapter, 'input_size', '?')}) does not fit the data "
+            f"the ancestry ({adapter.num_classes} classes, input {adapter.input_size}) does not fit the data "
             f"({spec.num_classes} classes, input {spec.input_size}); set [data] img_size / in_chans or use another ancestry"
         )
     adapter.model.eval()

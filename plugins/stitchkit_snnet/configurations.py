@@ -24,7 +24,8 @@ class Configuration:
     """One stitched configuration between two adjacent anchors.
 
     ``front`` runs blocks ``0..j``, ``end`` runs blocks ``k..`` after stitch
-    layer number ``layer`` of the pair.
+    layer number ``layer`` of the pair. For hierarchical anchors ``j`` and
+    ``k`` count blocks within ``stage`` (``None`` for plain ViTs).
     """
 
     front: int
@@ -32,6 +33,7 @@ class Configuration:
     j: int
     k: int
     layer: int
+    stage: int | None = None
 
 
 def paired_stitching(depth: int, kernel_size: int = 2, stride: int = 1) -> list[tuple[tuple[int, int], int]]:
@@ -113,35 +115,98 @@ def check_anchors(rows: Sequence[RowShape]) -> None:
             )
 
 
-def configurations(rows: Sequence[RowShape]) -> list[Configuration]:
-    """Every stitched configuration, per adjacent anchor pair in order (anchors excluded)."""
+def forward_paired_stitching(depth: int) -> list[tuple[tuple[int, int], int]]:
+    """Paired stitching inside a stage of hierarchical anchors (``stitching_swin/models/snnet.py``,
+    ``stitching_resnet_swin/timm/models/snnet.py``): the same window of 2 as :func:`paired_stitching`,
+    but only pairs with ``j < k`` (the end anchor resumes *after* the front's last block, never at
+    block 0 of the stage). Depth 2 gives one configuration, depth 18 gives 17, one layer each."""
+    return [((j, k), layer) for layer, (j, k) in enumerate((i, i + 1) for i in range(depth - 1))]
+
+
+def stitched_stages(rows: Sequence[RowShape], stages: Sequence[int] | None = None) -> list[int]:
+    """The stages hierarchical anchors are stitched in.
+
+    The official code stitches every stage but the last between Swins
+    (``stitching_swin``: stages 0, 1, 2) and only the middle stages once a CNN
+    is among the anchors (``stitching_resnet_swin``: stages 1, 2, for
+    ResNet-18 -> ResNet-50 and ResNet-18 -> Swin-Ti). stitchkit follows it,
+    telling a CNN by its rows having no attention heads; ``stages`` overrides.
+    """
+    n = len(rows[0].stage_shapes)
+    if any(len(r.stage_shapes) != n for r in rows):
+        raise ConfigError(
+            f"hierarchical SN-Net anchors need the same number of stages, got {[str(r) for r in rows]}"
+        )
+    if stages is None:
+        first = 1 if any(h == 0 for r in rows for _, _, h in r.stage_shapes) else 0
+        return list(range(first, n - 1))
+    bad = [s for s in stages if not 0 <= s < n]
+    if bad:
+        raise ConfigError(f"snnet stages {bad} do not exist: the anchors have stages 0..{n - 1}")
+    return sorted(set(stages))
+
+
+def configurations(rows: Sequence[RowShape], stages: Sequence[int] | None = None) -> list[Configuration]:
+    """Every stitched configuration (anchors excluded), in the official order.
+
+    Plain ViTs (one stage): per adjacent anchor pair, paired or unpaired
+    stitching over all blocks. Hierarchical anchors: per stitched stage, per
+    adjacent pair, :func:`forward_paired_stitching` for equal stage depths and
+    :func:`unpaired_stitching` otherwise; the pair's stitch layers are
+    numbered on across stages.
+    """
     check_anchors(rows)
     out: list[Configuration] = []
-    for a in range(len(rows) - 1):
-        out += pair_configurations(a, a + 1, rows[a].depth, rows[a + 1].depth)
+    if all(not r.stages for r in rows):
+        for a in range(len(rows) - 1):
+            out += pair_configurations(a, a + 1, rows[a].depth, rows[a + 1].depth)
+        return out
+    used: dict[int, int] = {}  # anchor pair (by front) -> layers numbered so far
+    for s in stitched_stages(rows, stages):
+        for a in range(len(rows) - 1):
+            fd, ed = rows[a].stage_shapes[s][0], rows[a + 1].stage_shapes[s][0]
+            if fd > ed:
+                raise ConfigError(
+                    f"SN-Net anchors must not get shallower within a stage, but stage {s} has {fd} blocks in anchor {a} "
+                    f"and {ed} in anchor {a + 1}"
+                )
+            rule = forward_paired_stitching(fd) if fd == ed else unpaired_stitching(fd, ed)
+            base = used.get(a, 0)
+            out += [Configuration(a, a + 1, j, k, base + layer, s) for (j, k), layer in rule]
+            used[a] = base + len({layer for _, layer in rule})
     return out
 
 
-def snnet_stitches(rows: Sequence[RowShape]) -> list[StitchSpec]:
-    """One stitch layer per (anchor pair, layer id), named ``s<front>_<end>_<layer>``."""
+def snnet_stitches(rows: Sequence[RowShape], stages: Sequence[int] | None = None) -> list[StitchSpec]:
+    """One stitch layer per (anchor pair, layer id), named ``s<front>_<end>_<layer>``; its widths are
+    the two anchors' widths at the stitched stage (channels of the boundary it joins)."""
     specs: dict[str, StitchSpec] = {}
-    for c in configurations(rows):
+    for c in configurations(rows, stages):
         name = stitch_name(c.front, c.end, c.layer)
-        specs.setdefault(name, StitchSpec(name, c.front, c.end, rows[c.front].width, rows[c.end].width))
+        if c.stage is None:
+            widths = (rows[c.front].width, rows[c.end].width)
+        else:
+            widths = (rows[c.front].stage_shapes[c.stage][1], rows[c.end].stage_shapes[c.stage][1])
+        specs.setdefault(name, StitchSpec(name, c.front, c.end, *widths))
     return list(specs.values())
 
 
 def configuration_path(c: Configuration, rows: Sequence[RowShape]) -> Path:
-    """The stitchkit path of a configuration (segments are half-open)."""
+    """The stitchkit path of a configuration (segments are half-open, blocks numbered across stages)."""
+    f0 = e0 = 0
+    label = f"{c.front}->{c.end} ({c.j},{c.k})"
+    if c.stage is not None:
+        f0, e0 = rows[c.front].stage_starts[c.stage], rows[c.end].stage_starts[c.stage]
+        label = f"{c.front}->{c.end} stage {c.stage} ({c.j},{c.k})"
     return Path(
-        (Segment(c.front, 0, c.j + 1), Segment(c.end, c.k, rows[c.end].depth)),
+        (Segment(c.front, 0, f0 + c.j + 1), Segment(c.end, e0 + c.k, rows[c.end].depth)),
         (stitch_name(c.front, c.end, c.layer),),
-        label=f"{c.front}->{c.end} ({c.j},{c.k})",
+        label=label,
     )
 
 
-def snnet_paths(rows: Sequence[RowShape]) -> list[Path]:
-    """Anchors first (``anchor <i>``), then every configuration per anchor pair, in the official order."""
+def snnet_paths(rows: Sequence[RowShape], stages: Sequence[int] | None = None) -> list[Path]:
+    """Anchors first (``anchor <i>``), then every configuration, in the official order."""
     check_anchors(rows)
     anchors = [Path((Segment(a, 0, r.depth),), (), label=f"anchor {a}") for a, r in enumerate(rows)]
-    return anchors + [configuration_path(c, rows) for c in configurations(rows)]
+    return anchors + [configuration_path(c, rows) for c in configurations(rows, stages)]

@@ -18,21 +18,27 @@ class SNNetMethod(Method):
     Rows are anchors ordered by size; stitching goes from each anchor to the
     next larger one only; equal depths use paired stitching (sliding window of
     2, 34 configurations on 11 layers for 12 blocks), unequal depths unpaired
-    (nearest-depth) stitching. Paths: the anchors, then each pair's
-    configurations.
+    (nearest-depth) stitching. Hierarchical anchors (Swin, ResNet) are
+    stitched stage by stage, as the official ``stitching_swin`` and
+    ``stitching_resnet_swin`` code does. Paths: the anchors, then the configurations.
     """
 
     name = "snnet"
     default_initializer = "ls"
     default_sampler = "uniform"
 
+    def __init__(self, stages: Sequence[int] | None = None) -> None:
+        #: For hierarchical anchors: the stages stitched (default: the official code's choice,
+        #: see :func:`~stitchkit_snnet.configurations.stitched_stages`).
+        self.stages = None if stages is None else [int(s) for s in stages]
+
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
-        return snnet_stitches(rows)
+        return snnet_stitches(rows, self.stages)
 
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
-        paths = snnet_paths(rows)
+        paths = snnet_paths(rows, self.stages)
         names = {s.name for s in stitches}
-        expected = {s.name for s in snnet_stitches(rows)}
+        expected = {s.name for s in snnet_stitches(rows, self.stages)}
         if names != expected:
             from stitchkit.errors import ConfigError
 

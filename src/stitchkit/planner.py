@@ -26,7 +26,7 @@ def plan(
     ancestry: str | None = None,
     rows: Sequence[RowShape] | None = None,
     anchors: Sequence[str] | None = None,
-    adapter: str = "timm-vit",
+    adapter: str = "auto",
     model_kwargs: dict[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> dict[str, Any]:
@@ -39,7 +39,6 @@ def plan(
     """
     registry = registry or default_registry()
     meth = registry.method(method)
-    adapter_cls: type[AncestryAdapter] = registry.ancestry(adapter)
     kwargs = dict(model_kwargs or {})
     if (anchors is None) == (ancestry is None):
         raise ConfigError("give either an ancestry with rows, or anchors")
@@ -47,13 +46,13 @@ def plan(
         if anchors is not None:
             if rows:
                 raise ConfigError("rows are implied by the anchors; do not pass both")
-            row_adapters = [adapter_cls.from_name(a, **kwargs) for a in anchors]
+            row_adapters = [create_by_name(a, adapter, registry, **kwargs) for a in anchors]
             source: dict[str, Any] = {"anchors": list(anchors)}
         else:
             if not rows:
                 raise ConfigError("an ancestry needs --rows, e.g. 6x192:3,6x768:12")
-            anc = adapter_cls.from_name(ancestry, **kwargs)  # type: ignore[arg-type]
-            row_adapters = [adapter_cls.from_arch(anc.resized(s)) for s in sorted(rows, key=lambda s: s.width)]
+            anc = create_by_name(ancestry, adapter, registry, **kwargs)  # type: ignore[arg-type]
+            row_adapters = [type(anc).from_arch(anc.resized(s)) for s in sorted(rows, key=lambda s: s.width)]
             source = {
                 "ancestry": ancestry,
                 "ancestry_shape": str(anc.shape),
@@ -71,7 +70,7 @@ def plan(
         "method": method,
         **source,
         "rows": [
-            {"shape": str(a.shape), "depth": a.shape.depth, "width": a.shape.width, "heads": a.shape.heads, "params": count_params(a.model)}
+            {"shape": str(a.shape), "adapter": a.name, **a.shape.to_json(), "params": count_params(a.model)}
             for a in row_adapters
         ],
         "stitch_layers": len(pool.stitches),
@@ -79,6 +78,26 @@ def plan(
         "storage_params": pool.storage_params(),
         "descendants": descendants,
     }
+
+
+def create_by_name(name: str, adapter: str, registry: Registry, **kwargs: Any) -> AncestryAdapter:
+    """A network by model name through ``adapter``; ``"auto"`` asks every registered adapter in
+    turn (built-in timm families first) and takes the first that recognises the model."""
+    if adapter != "auto":
+        return registry.ancestry(adapter).from_name(name, **kwargs)
+    names = registry.list("ancestry")
+    order = [n for n in ("timm-vit", "timm-swin", "timm-resnet", "timm-convnext") if n in names]
+    order += [n for n in names if n not in order]
+    refusals = []
+    for n in order:
+        try:
+            return registry.ancestry(n).from_name(name, **kwargs)
+        except ConfigError as exc:
+            refusals.append(f"{n}: {exc}")
+    raise ConfigError(
+        f"no ancestry adapter can create {name!r} ({'; '.join(refusals[:2])}{'; ...' if len(refusals) > 2 else ''}); "
+        "check the model name, or name the adapter with --adapter"
+    )
 
 
 def format_plan(result: dict[str, Any]) -> str:

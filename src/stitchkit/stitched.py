@@ -5,7 +5,8 @@ blocks with a stitch layer between segments, then the final norm and head of
 the row it ends in. Built from a pool it *shares* the pool's parameters
 (training a descendant trains the pool); ``copy=True`` gives an independent
 module (for export). Its state-dict keys do not depend on the pool:
-``stem.*``, ``segments.<i>.<j>.*``, ``stitches.<i>.*``, ``head.*``.
+``stem.*``, ``segments.<i>.<j>.*``, ``stitches.<i>.*``, ``head.*``, where
+``segments.<i>.<j>.*`` are the keys of the block module itself.
 """
 
 from __future__ import annotations
@@ -16,12 +17,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .interfaces import AncestryAdapter
+from .interfaces import AncestryAdapter, MacRule
 from .spec import Path, StitchSpec
+from .errors import ConfigError
+from .stitch_layers import make_stitch, stitch_layouts
 
 
 class Descendant(nn.Module):
-    """stem -> segment 0 -> stitch 0 -> segment 1 -> ... -> head."""
+    """stem -> segment 0 -> stitch 0 -> segment 1 -> ... -> head.
+
+    ``uncounted_macs`` and ``published_exclusions`` carry what the rows'
+    adapters declare for counting (see :mod:`stitchkit.measure`), so a
+    descendant is measured without its adapters.
+    """
 
     def __init__(
         self,
@@ -31,6 +39,9 @@ class Descendant(nn.Module):
         head: nn.Module,
         path: Path,
         input_size: tuple[int, int, int],
+        *,
+        uncounted_macs: Mapping[nn.Module, MacRule] | None = None,
+        published_exclusions: Sequence[torch.Tensor] = (),
     ) -> None:
         super().__init__()
         if len(stitches) != len(segments) - 1:
@@ -41,9 +52,18 @@ class Descendant(nn.Module):
         self.head = head
         self.path = path
         self.input_size = tuple(input_size)
+        mine = {id(m) for m in self.modules()}
+        self.uncounted_macs: dict[nn.Module, MacRule] = {
+            m: rule for m, rule in (uncounted_macs or {}).items() if id(m) in mine
+        }
+        excluded = {id(t) for t in published_exclusions}
+        #: Names of the parameters a *stitched* descendant leaves out of the published count.
+        self.published_exclusions = tuple(
+            n for n, p in self.named_parameters(remove_duplicate=False) if id(p) in excluded
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last block (before the final norm)."""
+        """Features after the last block (before the final norm)."""
         x = self.stem(x)
         for i, segment in enumerate(self.segments):
             if i:
@@ -56,6 +76,19 @@ class Descendant(nn.Module):
         return self.head(self.forward_features(x))
 
 
+def _declared(adapters: Sequence[AncestryAdapter] | Mapping[int, AncestryAdapter], path: Path) -> dict[str, Any]:
+    """Counting declarations of the rows a path uses."""
+    rules: dict[nn.Module, MacRule] = {}
+    for r in sorted(set(path.rows)):
+        rules.update(adapters[r].uncounted_macs())
+    first = adapters[path.segments[0].row]
+    params = first.model.state_dict(keep_vars=True)
+    return {
+        "uncounted_macs": rules,
+        "published_exclusions": tuple(params[k] for k in first.published_exclusions() if k in params),
+    }
+
+
 def build_descendant(
     adapters: Sequence[AncestryAdapter],
     stitch_layers: Mapping[str, nn.Module],
@@ -65,7 +98,7 @@ def build_descendant(
     first, last = adapters[path.segments[0].row], adapters[path.segments[-1].row]
     segments = [[adapters[s.row].blocks[b] for b in range(s.start, s.stop)] for s in path.segments]
     stitches = [stitch_layers[name] for name in path.stitches]
-    return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
+    return Descendant(first.stem(), segments, stitches, last.head(), path, first.input_size, **_declared(adapters, path))
 
 
 def descendant_skeleton(
@@ -76,65 +109,56 @@ def descendant_skeleton(
 ) -> Descendant:
     """An uninitialised descendant (on the meta device) with the right module tree.
 
-    Each row the path uses is rebuilt with only as many blocks as the path
-    takes from it; blocks are structurally identical, so their weights can be
-    loaded into any position. Load weights with ``load_state_dict(..., assign=True)``.
+    Each row the path uses is rebuilt whole on the meta device (no memory)
+    and the descendant takes the blocks the path runs. Load weights with
+    ``load_state_dict(..., assign=True)``.
     """
-    counts: dict[int, int] = {}
-    for seg in path.segments:
-        counts[seg.row] = counts.get(seg.row, 0) + len(seg)
-    counts.setdefault(path.segments[0].row, 0)
-    counts.setdefault(path.segments[-1].row, 0)
     with torch.device("meta"):
-        rows = {r: adapter_types[r].from_arch({**archs[r], "depth": n}) for r, n in counts.items()}
-        taken = {r: 0 for r in rows}
-        segments = []
-        for seg in path.segments:
-            blocks = rows[seg.row].blocks
-            segments.append([blocks[taken[seg.row] + j] for j in range(len(seg))])
-            taken[seg.row] += len(seg)
-        stitches = [
-            nn.Linear(stitch_specs[n].src_width, stitch_specs[n].dst_width) for n in path.stitches
-        ]
+        rows = {r: adapter_types[r].from_arch(archs[r]) for r in sorted(set(path.rows))}
+        segments = [[rows[s.row].blocks[b] for b in range(s.start, s.stop)] for s in path.segments]
+        stitches = [make_stitch(stitch_specs[n]) for n in path.stitches]
+    for i, name in enumerate(path.stitches):  # the file's widths and layouts must fit the rows it names
+        spec, a, b = stitch_specs[name], path.segments[i], path.segments[i + 1]
+        front, end = rows[a.row].signatures()[a.stop], rows[b.row].signatures()[b.start]
+        if (front.channels, end.channels) != (spec.src_width, spec.dst_width) or stitch_layouts(name, front, end) != (
+            spec.src_layout, spec.dst_layout
+        ):
+            raise ConfigError(
+                f"stitch layer {name!r} is described as {spec.src_layout}@{spec.src_width} -> "
+                f"{spec.dst_layout}@{spec.dst_width}, but the rows join {front} to {end} there"
+            )
     first, last = rows[path.segments[0].row], rows[path.segments[-1].row]
-    return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
+    return Descendant(first.stem(), segments, stitches, last.head(), path, first.input_size, **_declared(rows, path))
 
 
-def pool_key_map(
-    adapters_part_of: Mapping[int, Any],
-    row_keys: Mapping[int, Sequence[str]],
-    path: Path,
-) -> dict[str, str]:
+def pool_key_map(adapters: Mapping[int, AncestryAdapter], path: Path) -> dict[str, str]:
     """Map the pool's tensor names a descendant needs to the descendant's own names.
 
-    ``adapters_part_of[r]`` is row ``r``'s ``part_of`` function and
-    ``row_keys[r]`` its state-dict keys (without the ``rows.<r>.`` prefix).
+    ``adapters[r]`` is row ``r`` (built on any device, the meta device
+    included). The adapter's :meth:`~stitchkit.interfaces.AncestryAdapter.part_of`
+    says which keys are stem, head and block ``i``; a block key's name inside
+    the descendant is found from the block module that holds the same tensor,
+    so no key layout is assumed.
     """
     mapping: dict[str, str] = {}
     first, last = path.segments[0].row, path.segments[-1].row
-    for key in row_keys[first]:
-        if adapters_part_of[first](key)[0] == "stem":
-            mapping[f"rows.{first}.{key}"] = f"stem.{key}"
-    for key in row_keys[last]:
-        if adapters_part_of[last](key)[0] == "head":
-            mapping[f"rows.{last}.{key}"] = f"head.{key}"
-    for i, seg in enumerate(path.segments):
-        for key in row_keys[seg.row]:
-            part, index = adapters_part_of[seg.row](key)
-            if part == "block" and seg.start <= index < seg.stop:  # type: ignore[operator]
-                rest = key.split(".", 2)[2]
-                mapping[f"rows.{seg.row}.{key}"] = f"segments.{i}.{index - seg.start}.{rest}"
+    for r in sorted(set(path.rows)):
+        a = adapters[r]
+        full = a.model.state_dict(keep_vars=True)
+        for key in full:
+            part, _ = a.part_of(key)
+            if part == "stem" and r == first:
+                mapping[f"rows.{r}.{key}"] = f"stem.{key}"
+            elif part == "head" and r == last:
+                mapping[f"rows.{r}.{key}"] = f"head.{key}"
+        owner = {id(t): key for key, t in full.items()}
+        for i, seg in enumerate(path.segments):
+            if seg.row != r:
+                continue
+            for b in range(seg.start, seg.stop):
+                for local, t in a.blocks[b].state_dict(keep_vars=True).items():
+                    mapping[f"rows.{r}.{owner[id(t)]}"] = f"segments.{i}.{b - seg.start}.{local}"
     for i, name in enumerate(path.stitches):
         for p in ("weight", "bias"):
             mapping[f"stitches.{name}.{p}"] = f"stitches.{i}.{p}"
     return mapping
-
-
-def _input_size(adapter: AncestryAdapter) -> tuple[int, int, int]:
-    size = getattr(adapter, "input_size", None)
-    if size is None:
-        arch = adapter.arch()
-        img = arch.get("img_size", 224)
-        img = (img, img) if isinstance(img, int) else tuple(img)
-        size = (int(arch.get("in_chans", 3)), *img)
-    return tuple(size)  # type: ignore[return-value]

@@ -31,14 +31,16 @@ from safetensors.torch import save_file
 
 from .errors import ConfigError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
 from .pool import Pool
-from .spec import Path, RowShape, StitchSpec
+from .spec import LAYOUTS, Path, RowShape, StitchSpec
+from .stitch_layers import weight_shape
 from .stitched import Descendant, descendant_skeleton, pool_key_map
 
 POOL_FORMAT = "stitchkit-pool"
 DESCENDANT_FORMAT = "stitchkit-descendant"
-FORMAT_VERSION = "1"
-#: format_version values this reader understands.
-SUPPORTED_VERSIONS = ("1",)
+FORMAT_VERSION = "2"
+#: format_version values this reader understands ("1": ViT-only pools, before
+#: hierarchical rows and convolutional stitch layers; read as all-token stitches).
+SUPPORTED_VERSIONS = ("1", "2")
 #: The same limit safetensors itself enforces on the JSON header.
 MAX_HEADER_BYTES = 100_000_000
 
@@ -82,7 +84,10 @@ _POSITIVE = {"type": "integer", "minimum": 1}
 STITCH_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "src", "dst", "src_width", "dst_width"],
-    "properties": {"name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE},
+    "properties": {
+        "name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE,
+        "src_layout": {"type": "string", "enum": list(LAYOUTS)}, "dst_layout": {"type": "string", "enum": list(LAYOUTS)},
+    },
 }
 PATH_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -98,7 +103,8 @@ _ROW_PROPERTIES = {
     "arch": {"type": "object"},
     "depth": _POSITIVE,
     "width": _POSITIVE,
-    "heads": _POSITIVE,
+    "heads": _COUNT,
+    "stages": {"type": "array", "items": {"type": "array", "minItems": 3, "maxItems": 3, "items": _COUNT}},
 }
 POOL_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -407,7 +413,7 @@ def _few(names: list[str]) -> str:
 def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mapping[str, Mapping[str, Any]]) -> list[Path]:
     """Checks that need no adapter: paths, stitch tensors, extras and evaluation keys fit."""
     try:
-        shapes = [RowShape(r["depth"], r["width"], r["heads"]) for r in desc["rows"]]
+        shapes = [RowShape.from_json(r) for r in desc["rows"]]
         specs = {s["name"]: StitchSpec.from_json(s) for s in desc["stitches"]}
         paths = [Path.from_json(d) for d in desc["paths"]]
         for path in paths:
@@ -417,10 +423,11 @@ def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mappin
     if len(specs) != len(desc["stitches"]):
         raise PoolFormatError(p, "metadata lists a stitch layer name twice")
     for s in specs.values():
-        for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
-            if end >= len(shapes) or shapes[end].width != width:
-                raise PoolFormatError(p, f"stitch layer {s.name!r} expects width {width} at row {end}, which the rows do not have")
-        for suffix, shape in (("weight", [s.dst_width, s.src_width]), ("bias", [s.dst_width])):
+        for end in (s.src, s.dst):
+            if end >= len(shapes):
+                raise PoolFormatError(p, f"stitch layer {s.name!r} joins row {end}, which the pool does not have")
+        # widths against the rows' feature signatures are checked when the pool is rebuilt (Pool.__init__)
+        for suffix, shape in (("weight", weight_shape(s)), ("bias", [s.dst_width])):
             entry = index.get(f"stitches.{s.name}.{suffix}")
             if entry is None:
                 raise PoolFormatError(p, f"stitch layer {s.name!r} has no tensor 'stitches.{s.name}.{suffix}'")
@@ -483,7 +490,7 @@ class _PoolFile:
         adapters = []
         for r, row in enumerate(desc["rows"]):
             cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
-            adapters.append(_build_row(p, cls, row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}"))
+            adapters.append(_build_row(p, cls, row["arch"], RowShape.from_json(row), f"row {r}"))
         try:
             with torch.device("meta"):
                 pool = Pool(
@@ -603,11 +610,7 @@ def load_descendant(
 
 def _lazy_descendant(f: _PoolFile, pool: Pool, target: Path, device: str, on_read: OnRead | None) -> Descendant:
     rows = sorted({s.row for s in target.segments})
-    mapping = pool_key_map(
-        {r: pool.adapters[r].part_of for r in rows},
-        {r: list(pool.rows[r].state_dict()) for r in rows},
-        target,
-    )
+    mapping = pool_key_map({r: pool.adapters[r] for r in rows}, target)
     desc_rows = f.desc["rows"]
     skeleton = descendant_skeleton(
         {r: type(pool.adapters[r]) for r in rows},
@@ -835,10 +838,6 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
             raise PathError(f"the path uses stitch layers {list(target.stitches)} but the metadata describes {sorted(specs)}")
         depths = [rows[r]["depth"] if r in rows else 0 for r in range(max(rows) + 1)]
         target.validate(depths, specs)
-        for s in specs.values():
-            for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
-                if rows[end]["width"] != width:
-                    raise PathError(f"stitch layer {s.name!r} expects width {width} at row {end}, which has width {rows[end]['width']}")
     except (ConfigError, PathError) as exc:
         raise PoolFormatError(p, f"metadata describes an invalid descendant: {exc}") from None
     if desc["name"] != target.name:
@@ -858,7 +857,7 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
     types = {}
     for r, row in rows.items():
         types[r] = _adapter_class(p, registry, row["adapter"], f"row {r}")
-        _build_row(p, types[r], row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}")
+        _build_row(p, types[r], row["arch"], RowShape.from_json(row), f"row {r}")
     try:
         skeleton = descendant_skeleton(types, {r: row["arch"] for r, row in rows.items()}, specs, target)
     except Exception as exc:  # noqa: BLE001 - same reasoning as _build_row

@@ -131,7 +131,7 @@ class TimmViT(AncestryAdapter):
             kwargs.setdefault("weight_init", "skip")
         try:
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError, ValueError) as exc:  # unknown name; kwargs another family refuses
             raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
         adapter = cls(model)
         if checkpoint is not None:
@@ -183,6 +183,10 @@ class TimmViT(AncestryAdapter):
         return arch
 
     def resized(self, shape: RowShape) -> dict[str, Any]:
+        if shape.stages or shape.heads < 1:
+            raise ConfigError(
+                f"a timm-vit row is one stage with attention heads, DEPTHxWIDTH:HEADS (e.g. 6x192:3); got {shape}"
+            )
         arch = self.arch()
         arch.pop("timm_name", None)
         arch.update(depth=shape.depth, embed_dim=shape.width, num_heads=shape.heads)
@@ -227,6 +231,19 @@ class TimmViT(AncestryAdapter):
     def input_size(self) -> tuple[int, int, int]:
         pe = self.model.patch_embed
         return (pe.proj.in_channels, *pe.img_size)
+
+    def uncounted_macs(self) -> dict[nn.Module, Any]:
+        """q @ k^T and attn @ v of every block: ``2 * N^2 * heads * head_dim`` per image."""
+        return {blk.attn: _attention_macs for blk in self.model.blocks}
+
+    def published_exclusions(self) -> tuple[str, ...]:
+        """SN-Net counts a stitched DeiT without its class token and position embedding."""
+        return tuple(k for k in ("cls_token", "pos_embed") if getattr(self.model, k, None) is not None)
+
+
+def _attention_macs(m: nn.Module, inputs: tuple[Any, ...], _out: Any) -> int:
+    b, n, _ = inputs[0].shape
+    return 2 * b * n * n * m.num_heads * m.head_dim
 
 
 def _on_meta() -> bool:

@@ -159,9 +159,10 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="list a pool design's descendants with params and MACs, no weights")
     pl.add_argument("--method", default="sequential", help="method (path set) name, see 'stitchkit plugins'")
     pl.add_argument("--ancestry", help="ancestry model name, e.g. deit_base_patch16_224")
-    pl.add_argument("--rows", help="auxiliary rows DEPTHxWIDTH:HEADS,..., e.g. 6x192:3,6x768:12")
+    pl.add_argument("--rows", help="auxiliary rows DEPTHxWIDTH:HEADS,..., e.g. 6x192:3,6x768:12; hierarchical rows join "
+                    "stages with '/', e.g. 2x32/2x64/2x128/2x256 (see docs/planner.md)")
     pl.add_argument("--anchors", help="comma-separated anchor model names (methods that stitch pretrained models)")
-    pl.add_argument("--adapter", default="timm-vit", help="ancestry adapter (default timm-vit)")
+    pl.add_argument("--adapter", default="auto", help="ancestry adapter (default auto: the adapter that recognises each model)")
     pl.add_argument("--num-classes", type=int, help="classifier size (default: the model's)")
     pl.add_argument("--img-size", type=int, help="input image size (default: the model's)")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
