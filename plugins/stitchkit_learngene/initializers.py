@@ -35,6 +35,7 @@ import torch
 from stitchkit.errors import ConfigError
 from stitchkit.features import check_images, fit_stitch_layers
 from stitchkit.interfaces import InitContext, StitchInitializer
+from stitchkit.stitch_layers import affine_weight, set_affine
 
 from .extras import averaged_transform
 
@@ -76,9 +77,7 @@ class TMInitializer(StitchInitializer):
                     cache[r] = averaged_transform(pool, r)
             t = self.transfer(cache[spec.src], cache[spec.dst], spec.src_width, spec.dst_width)
             layer = pool.stitches[name]
-            with torch.no_grad():
-                layer.weight.copy_(t.t().to(layer.weight))
-                layer.bias.zero_()
+            set_affine(layer, t.t(), torch.zeros_like(layer.bias))
 
 
 class TMPinvInitializer(TMInitializer):
@@ -119,4 +118,4 @@ class TMRidgeInitializer(TMInitializer):
         images = check_images(context.images, self.name)
         super().initialize(pool, context)
         fit_stitch_layers(pool, images, lambda front, end, layer: solve_ridge_towards(
-            front, end, layer.weight, layer.bias, self.ridge))
+            front, end, affine_weight(layer), layer.bias, self.ridge))

@@ -6,9 +6,17 @@ used: segment ``i`` ends at ``stop`` in the front row, so the layer's input is
 the front row's input of block ``stop`` (the output of block ``stop - 1``);
 segment ``i + 1`` starts at ``start`` in the end row, so its output should be
 the end row's input of block ``start``. Running one batch of images through
-both rows gives, per place, matching front and end tokens. SN-Net's ``ls``
+both rows gives, per place, matching front and end features. SN-Net's ``ls``
 initializer and the example ``procrustes`` plugin both fit a map on them; it
 lives in the core so that plugins share it without importing each other.
+
+Features come channels-last, whatever the family: tokens ``(B, N, C)`` as
+they are, Swin grids ``(B, H, W, C)`` as they are, CNN feature maps
+``(B, C, H, W)`` moved to ``(B, H, W, C)``. So ``reshape(-1, C)`` gives one
+row per token or per pixel on both sides, in the same order (a map stitched
+into tokens lines up pixel ``(h, w)`` with token ``h * W + w``, as the official
+``cnn_to_vit`` stitch does), and every stitch layer is fitted as one
+``(dst, src)`` matrix plus a bias (written into a 1x1 convolution as such).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch
 
 from .errors import ConfigError
 from .interfaces import AncestryAdapter, TapRequest
+from .stitch_layers import set_affine
 
 
 @dataclass(frozen=True, order=True)
@@ -35,7 +44,8 @@ class StitchPlace:
 
 @dataclass(frozen=True)
 class StitchFeatures:
-    """Matching tokens at one place of stitch layer ``name``: ``front`` ``(B, N, C_src)``, ``end`` ``(B, N, C_dst)``."""
+    """Matching features at one place of stitch layer ``name``, channels-last: ``front`` ``(B, ..., C_src)``,
+    ``end`` ``(B, ..., C_dst)`` with the same number of positions (tokens or pixels) per image."""
 
     name: str
     place: StitchPlace
@@ -90,8 +100,15 @@ def collect_stitch_features(pool, images: torch.Tensor) -> Iterator[StitchFeatur
         f_feats = row_inputs(pool.adapters[front], images, (p.front_block for _, p in uses))
         e_feats = row_inputs(pool.adapters[end], images, (p.end_block for _, p in uses))
         for name, p in uses:
-            yield StitchFeatures(name, p, f_feats[p.front_block], e_feats[p.end_block])
+            spec = pool.stitch_specs[name]
+            front_t = _channels_last(f_feats[p.front_block], spec.src_layout)
+            end_t = _channels_last(e_feats[p.end_block], spec.dst_layout)
+            yield StitchFeatures(name, p, front_t, end_t)
         del f_feats, e_feats
+
+
+def _channels_last(features: torch.Tensor, layout: str) -> torch.Tensor:
+    return features.movedim(1, -1) if layout == "map" else features
 
 
 def check_images(images: torch.Tensor | None, initializer: str) -> torch.Tensor:
@@ -106,14 +123,16 @@ def check_images(images: torch.Tensor | None, initializer: str) -> torch.Tensor:
     return images
 
 
-Solver = Callable[[torch.Tensor, torch.Tensor, torch.nn.Linear], "tuple[torch.Tensor, torch.Tensor]"]
+Solver = Callable[[torch.Tensor, torch.Tensor, torch.nn.Module], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noqa: ANN001 - a stitchkit Pool
     """Fit every used stitch layer of ``pool`` in place with ``solve(front, end, layer) -> (weight, bias)``.
 
-    ``solve`` runs once per place and sees the layer as it was before the fit
-    (a prior, for solvers that refine a starting point); a layer used at
+    ``solve`` runs once per place on channels-last features and sees the layer
+    as it was before the fit (a prior, for solvers that refine a starting point;
+    :func:`stitchkit.stitch_layers.affine_weight` reads any layer's weight as a
+    ``(dst, src)`` matrix); ``weight`` is returned as ``(dst, src)``; a layer used at
     several places gets the mean of their solutions (the official SN-Net rule
     for shared layers). A layer no path uses keeps its weights; the pool's
     dtype and device are kept.
@@ -122,9 +141,6 @@ def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noq
     for feats in collect_stitch_features(pool, images):
         solutions[feats.name].append(solve(feats.front, feats.end, pool.stitches[feats.name]))
     for name, sols in solutions.items():
-        layer = pool.stitches[name]
         weight = torch.stack([w for w, _ in sols]).mean(0)
         bias = torch.stack([b for _, b in sols]).mean(0)
-        with torch.no_grad():
-            layer.weight.copy_(weight.to(layer.weight.device, layer.weight.dtype))
-            layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))
+        set_affine(pool.stitches[name], weight, bias)

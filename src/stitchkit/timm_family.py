@@ -43,7 +43,12 @@ def create_timm(name: str, kind: type, family: str, *, pretrained: bool = False,
     import timm
 
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError:
+            if "weight_init" not in kwargs:  # a family without that option: it is not ``kind``, say so below
+                raise
+            model = timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "weight_init"})
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
     if not isinstance(model, kind):
