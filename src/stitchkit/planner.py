@@ -60,8 +60,9 @@ def plan(
             }
         row_adapters = sorted(row_adapters, key=lambda a: a.shape.width)
         pool = Pool.from_method(meth, row_adapters)
-        costs = pool.costs()
-        published = pool.costs(convention="published")
+        parts = pool.part_macs()
+        costs = pool.costs(parts=parts)
+        published = pool.costs(convention="published", parts=parts)
     descendants = []
     for c, p in zip(costs, published):
         descendants.append({**c, "params_published": p["params"]})

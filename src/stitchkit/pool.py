@@ -136,9 +136,10 @@ class Pool(nn.Module):
         total += sum(parts["blocks"][s.row][b] for s in path.segments for b in range(s.start, s.stop))
         return total + sum(parts["stitches"][n] for n in path.stitches)
 
-    def costs(self, *, convention: str = "true") -> list[dict[str, Any]]:
-        """Params and MACs of every descendant (works on the meta device)."""
-        parts = self.part_macs()
+    def costs(self, *, convention: str = "true", parts: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Params and MACs of every descendant (works on the meta device); ``parts``: a
+        :meth:`part_macs` result to reuse."""
+        parts = parts or self.part_macs()
         out = []
         for i, p in enumerate(self.paths):
             d = self.descendant(p)
