@@ -375,3 +375,34 @@ def test_signature_text_and_validation():
     assert FeatureSignature.of("nhwc", (7, 7, 768)) == FeatureSignature("nhwc", 768, (7, 7))
     with pytest.raises(ConfigError, match="needs 1 positive"):
         FeatureSignature("tokens", 8, (4, 4))
+
+
+# --------------------------------------------------------------------------- Learngene Pool over a CNN ancestry
+def test_learngene_over_a_resnet_ancestry():
+    from stitchkit_learngene.designs import PoolDesign
+    from stitchkit_learngene.losses import BlockLoss, LearngeneDistillation
+
+    torch.manual_seed(0)
+    anc = TimmResNet.from_arch(dict(block="basic", layers=[2, 2, 2, 2], channels=[8, 16, 16, 32], num_classes=5, img_size=32))
+    design = PoolDesign("1x4/1x8/1x8/1x16,1x8/1x16/1x16/1x32")
+    shapes = design.rows(anc.shape)
+    assert [str(s) for s in shapes] == ["1x4/1x8/1x8/1x16", "1x8/1x16/1x16/1x32"]
+    with pytest.raises(ConfigError, match="attention-level distillation loss needs attention"):
+        LearngeneDistillation(anc.shape, shapes[0], layout="map")
+    loss = LearngeneDistillation(anc.shape, shapes[0], terms=("block", "prediction"), layout="map")
+    block = loss.losses["block"]
+    assert isinstance(block, BlockLoss)
+    # one level per stage, at each stage's last block; W per level on the channels: (8, 4), (16, 8), (16, 8), (32, 16)
+    assert block.pairs == [(1, 0), (3, 1), (5, 2), (7, 3)]
+    assert [tuple(m.shape) for m in block.matrices] == [(8, 4), (16, 8), (16, 8), (32, 16)]
+    row = TimmResNet.from_arch(anc.resized(shapes[0]))
+    x = torch.randn(2, 3, 32, 32)
+    t, s = anc.forward_taps(x, loss.teacher_taps()), row.forward_taps(x, loss.student_taps())
+    want = sum(
+        torch.nn.functional.mse_loss(torch.einsum("bchw,cd->bdhw", t.blocks[a], w), s.blocks[b])
+        for (a, b), w in zip(block.pairs, block.matrices)
+    )
+    torch.testing.assert_close(block(s, t), want)
+    # the same-width row compares at the last block only, with identity transforms
+    same = LearngeneDistillation(anc.shape, shapes[1], terms=("block",), layout="map").losses["block"]
+    assert same.pairs == [(7, 3)] and not same.learned

@@ -69,13 +69,13 @@ class TMInitializer(StitchInitializer):
         return a.t()
 
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
-        cache: dict[int, torch.Tensor | None] = {}
+        cache: dict[tuple[int, int], torch.Tensor | None] = {}
         for name in sorted(pool.stitches):
             spec = pool.stitch_specs[name]
-            for r in (spec.src, spec.dst):
-                if r not in cache:
-                    cache[r] = averaged_transform(pool, r)
-            t = self.transfer(cache[spec.src], cache[spec.dst], spec.src_width, spec.dst_width)
+            for r, w in ((spec.src, spec.src_width), (spec.dst, spec.dst_width)):
+                if (r, w) not in cache:  # per width: a hierarchical row has one per stage
+                    cache[(r, w)] = averaged_transform(pool, r, w)
+            t = self.transfer(cache[(spec.src, spec.src_width)], cache[(spec.dst, spec.dst_width)], spec.src_width, spec.dst_width)
             layer = pool.stitches[name]
             set_affine(layer, t.t(), torch.zeros_like(layer.bias))
 

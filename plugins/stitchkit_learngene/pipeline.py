@@ -133,6 +133,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
             loss = registry.create(
                 "loss", "learngene", ancestry.shape, shape,
                 levels=None if lg.levels == "auto" else lg.levels, tau=lg.tau, terms=tuple(lg.terms),
+                layout=ancestry.feature_layout,
             )
         task = AuxiliaryDistillationTask(row, ancestry, loss, alpha=lg.alpha)
         fit(task, data, train, out_dir=out_dir, phase=f"distill-row{r}", config=_phase_config(config, lg, r))
@@ -146,7 +147,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
         adapters.append(row)
     info = {
         "learngene": {
-            "ancestry": {"depth": ancestry.shape.depth, "width": ancestry.shape.width, "heads": ancestry.shape.heads, "arch": ancestry.arch()},
+            "ancestry": {**ancestry.shape.to_json(), "arch": ancestry.arch()},
             "levels": levels,
             "alpha": lg.alpha,
             "terms": list(lg.terms),

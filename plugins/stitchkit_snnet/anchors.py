@@ -15,7 +15,6 @@ from typing import Any
 
 from stitchkit.errors import ConfigError, StitchkitError
 from stitchkit.interfaces import AncestryAdapter
-from stitchkit.vit import TimmViT
 
 from .config import AnchorConfig, SNNetConfig
 from .configurations import check_anchors
@@ -25,7 +24,7 @@ def _describe(anchor: AnchorConfig) -> str:
     return anchor.timm_name or f"{anchor.depth}x{anchor.embed_dim}:{anchor.num_heads}"
 
 
-def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> TimmViT:
+def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> AncestryAdapter:
     """The anchor's network for data of shape ``spec``, with its configured weights loaded."""
     from stitchkit.engine import ModelConfig, build_model
     from stitchkit.engine.config import from_mapping
@@ -44,7 +43,7 @@ def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> Tim
 
 def obtain_anchors(
     cfg: SNNetConfig, config: Mapping[str, Any], data: Any, base: Any, out_dir: pathlib.Path
-) -> list[TimmViT]:
+) -> list[AncestryAdapter]:
     """Every anchor, in order, trained on ``data`` first where ``train = true``."""
     from stitchkit.engine import ClassificationTask, dist_context, fit, save_model
 
@@ -63,13 +62,13 @@ def obtain_anchors(
     return anchors
 
 
-def obtain_teacher(cfg: SNNetConfig, anchors: list[TimmViT], spec: Any, registry: Any) -> AncestryAdapter | None:
+def obtain_teacher(cfg: SNNetConfig, anchors: list[AncestryAdapter], spec: Any, registry: Any) -> AncestryAdapter | None:
     """The frozen teacher of fine-tuning (``None`` without distillation)."""
     if cfg.distillation == "none":
         return None
     if cfg.teacher == "largest-anchor":
         # A copy: the engine freezes its teacher, and the anchor itself is fine-tuned.
-        return TimmViT(copy.deepcopy(anchors[-1].model))
+        return copy.deepcopy(anchors[-1])
     if cfg.teacher.startswith("timm:"):
         from stitchkit.engine import ModelConfig, build_model
 

@@ -45,6 +45,11 @@ class AnchorConfig(ModelConfig):
                 (row,) = parse_rows(self.shape)
             except ValueError:
                 raise ConfigError(f"{where}.shape: expected one DEPTHxWIDTH:HEADS, got {self.shape!r}") from None
+            if row.stages or not row.heads or self.adapter != "timm-vit":
+                raise ConfigError(
+                    f"{where}.shape is a ViT shorthand (DEPTHxWIDTH:HEADS); give another family by adapter and arch "
+                    f"(e.g. adapter = \"timm-resnet\", arch = {{block = \"basic\", layers = [2, 2, 2, 2], channels = [8, 16, 32, 64]}})"
+                )
             self.depth, self.embed_dim, self.num_heads = row.depth, row.width, row.heads
         if self.pretrained and not self.timm_name:
             raise ConfigError(f"{where}.pretrained needs {where}.timm_name (whose timm weights to download)")
