@@ -406,3 +406,17 @@ def test_learngene_over_a_resnet_ancestry():
     # the same-width row compares at the last block only, with identity transforms
     same = LearngeneDistillation(anc.shape, shapes[1], terms=("block",), layout="map").losses["block"]
     assert same.pairs == [(7, 3)] and not same.learned
+
+
+def test_swin_pool_file_round_trip_restores_non_persistent_buffers(tmp_path):
+    """timm's Swin keeps its relative position index and window masks out of the state dict; lazy loading
+    rebuilds them through TimmSwin.restore_buffers."""
+    torch.manual_seed(0)
+    small = TimmSwin.example()
+    rows = [small, TimmSwin.from_arch(small.resized(parse_row("1x32:2/2x64:4")))]
+    pool = Pool.from_method(default_registry().method("sequential"), rows).eval()
+    f = save_pool(pool, tmp_path / "swin.safetensors")
+    x = torch.randn(2, 3, 16, 16)
+    for i in range(len(pool.paths)):
+        with torch.no_grad():
+            torch.testing.assert_close(load_descendant(f, i).eval()(x), pool.descendant(i)(x), rtol=0, atol=0)

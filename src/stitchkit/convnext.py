@@ -55,6 +55,8 @@ class TimmConvNeXt(AncestryAdapter):
 
     name = "timm-convnext"
     feature_layout = "map"
+    model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
+    timm_name: str
 
     def __init__(self, model: nn.Module, img_size: int | tuple[int, int] | list[int] = 224) -> None:
         if not isinstance(model, ConvNeXt):

@@ -212,6 +212,11 @@ class AncestryAdapter(ABC):
         """
         return {}
 
+    def restore_buffers(self, module: nn.Module) -> None:
+        """Recompute the non-persistent buffers (not in the state dict) inside ``module``, a part of a
+        network of this family built on the meta device whose weights were then assigned (lazy
+        loading). Families whose every tensor is in the state dict keep this default: nothing."""
+
     def published_exclusions(self) -> tuple[str, ...]:
         """State-dict keys of this network that a *stitched* descendant starting in it leaves out
         of the published parameter count, where it runs them: SN-Net's code counts a stitched DeiT

@@ -71,6 +71,8 @@ class TimmResNet(AncestryAdapter):
 
     name = "timm-resnet"
     feature_layout = "map"
+    model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
+    timm_name: str
 
     def __init__(self, model: nn.Module, img_size: int | tuple[int, int] | list[int] = 224) -> None:
         if not isinstance(model, ResNet):

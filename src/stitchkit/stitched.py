@@ -42,6 +42,7 @@ class Descendant(nn.Module):
         *,
         uncounted_macs: Mapping[nn.Module, MacRule] | None = None,
         published_exclusions: Sequence[torch.Tensor] = (),
+        buffer_restorers: Sequence[Any] = (),
     ) -> None:
         super().__init__()
         if len(stitches) != len(segments) - 1:
@@ -61,6 +62,12 @@ class Descendant(nn.Module):
         self.published_exclusions = tuple(
             n for n, p in self.named_parameters(remove_duplicate=False) if id(p) in excluded
         )
+        self._buffer_restorers = list(buffer_restorers)
+
+    def restore_buffers(self) -> None:
+        """Recompute non-persistent buffers after a lazy (meta-device) load, as the rows' adapters say."""
+        for restore in self._buffer_restorers:
+            restore(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Features after the last block (before the final norm)."""
@@ -86,6 +93,7 @@ def _declared(adapters: Sequence[AncestryAdapter] | Mapping[int, AncestryAdapter
     return {
         "uncounted_macs": rules,
         "published_exclusions": tuple(params[k] for k in first.published_exclusions() if k in params),
+        "buffer_restorers": [adapters[r].restore_buffers for r in sorted(set(path.rows))],
     }
 
 

@@ -542,14 +542,19 @@ def _load_into(p: pathlib.Path, module: torch.nn.Module, state: Mapping[str, tor
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:  # only reachable if an adapter's modules disagree with its own state dict
         raise PoolFormatError(p, f"tensors do not fit the rebuilt modules: {exc}") from exc
-    # A tensor outside the state dict (a non-persistent buffer) would stay on the meta device and
-    # fail later, far from here: say now which adapter needs to change.
+    # Non-persistent buffers are recomputed as the adapters say; one still on the meta device
+    # would fail later, far from here: say now which adapter needs to change.
+    if isinstance(module, Descendant):
+        module.restore_buffers()
+    elif isinstance(module, Pool):
+        for adapter in module.adapters:
+            adapter.restore_buffers(adapter.model)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type == "meta"]
     if left:
         raise StitchkitError(
             f"{p}: {_few(left)} are not in the state dict, so they cannot be restored from the file; "
-            "the ancestry adapter must keep such tensors persistent (register_buffer(..., persistent=True)) "
-            "or compute them in forward"
+            "the ancestry adapter must keep such tensors persistent (register_buffer(..., persistent=True)), "
+            "compute them in forward, or recompute them in AncestryAdapter.restore_buffers"
         )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from .errors import ConfigError
 from .interfaces import AncestryAdapter
 from .spec import RowShape
-from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, on_meta, stage_of
+from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, on_meta, restore_timm_buffers, stage_of
 
 _ARCH_KEYS = {
     "img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depths", "num_heads",
@@ -56,6 +56,8 @@ class TimmSwin(AncestryAdapter):
 
     name = "timm-swin"
     feature_layout = "nhwc"
+    model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
+    timm_name: str
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, SwinTransformer):
@@ -188,6 +190,10 @@ class TimmSwin(AncestryAdapter):
         if index is None:
             raise ConfigError(f"timm-swin: state-dict key {param_name!r} belongs to no part of a SwinTransformer")
         return "block", index
+
+    def restore_buffers(self, module: nn.Module) -> None:
+        """Relative position indices and shifted-window masks are not in timm's state dict."""
+        restore_timm_buffers(module)
 
     def published_exclusions(self) -> tuple[str, ...]:
         """The official ``stitching_swin`` size count (``get_model_size_util``) leaves out the front

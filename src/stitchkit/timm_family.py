@@ -87,6 +87,21 @@ def stage_of(key: str, prefix: str, starts: list[int], stage_keys: tuple[str, ..
     raise ConfigError(f"state-dict key {key!r} belongs to no block of the stage")
 
 
+def restore_timm_buffers(module: nn.Module) -> None:
+    """timm's convention: modules with non-persistent buffers (Swin's relative position index and
+    attention mask) recompute them in ``init_non_persistent_buffers``. Buffers still on the meta
+    device get real storage on the device of the module's weights first."""
+    for m in module.modules():
+        init = getattr(m, "init_non_persistent_buffers", None)
+        own = [n for n, b in m._buffers.items() if b is not None and b.device.type == "meta"]
+        if init is None or not own:
+            continue
+        device = next((p.device for p in m.parameters() if p.device.type != "meta"), torch.device("cpu"))
+        for name in own:
+            m._buffers[name] = torch.empty_like(m._buffers[name], device=device)  # type: ignore[arg-type]
+        init()
+
+
 def check_kwargs(arch: dict[str, Any], allowed: set[str], family: str) -> None:
     """An arch key the family does not know is a ConfigError naming it (not a TypeError deep in timm)."""
     unknown = sorted(set(arch) - allowed)
