@@ -61,7 +61,7 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
         "format_version": meta["format_version"],
         "method": desc["method"],
         "rows": [
-            {"shape": str(RowShape(r["depth"], r["width"], r["heads"])), "adapter": r["adapter"],
+            {"shape": str(RowShape.from_json(r)), "adapter": r["adapter"],
              "params": sum(p.numel() for p in pool.rows[i].parameters())}
             for i, r in enumerate(desc["rows"])
         ],
