@@ -167,6 +167,14 @@ class LearngeneDistillation(DistillationLoss):
         self.losses = nn.ModuleDict(parts)
 
     @classmethod
+    def for_models(  # type: ignore[override]
+        cls, teacher: RowShape, student: RowShape, *, levels: int | str | None = None, tau: float = 1.0,
+        terms: Sequence[str] = TERMS,
+    ) -> LearngeneDistillation:
+        """The loss between the ancestry (``teacher``) and an auxiliary model (``student``)."""
+        return cls(teacher, student, levels=levels, tau=tau, terms=terms)
+
+    @classmethod
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> LearngeneDistillation:  # noqa: ANN003
         """All three terms between networks of these shapes."""
         return cls(teacher, student)

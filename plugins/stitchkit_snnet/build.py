@@ -54,6 +54,9 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
     finetune = cfg.train_config(base, "finetune")
     ctx = dist_context(base.device)
     timings: dict[str, float] = {}
+    # unknown component names and options fail now, before any anchor is trained
+    registry.check("initializer", cfg.initializer, cfg.initializer_args, where="snnet.initializer_args")
+    registry.check("sampler", cfg.sampler, cfg.sampler_args, where="snnet.sampler_args")
 
     # 1. anchors (and the teacher, copied before anything is fine-tuned)
     t = time.perf_counter()
@@ -73,13 +76,18 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
             "initializer": cfg.initializer, "init_images": cfg.init_images, "sampler": cfg.sampler,
             "trainable": cfg.trainable, "distillation": cfg.distillation, "tau": cfg.tau,
             "teacher": cfg.teacher if teacher is not None else "none",
-        }
+        },
+        "components": {
+            "ancestry": {"name": anchors[0].name, "options": {}},
+            "initializer": {"name": cfg.initializer, "options": dict(cfg.initializer_args)},
+            "sampler": {"name": cfg.sampler, "options": dict(cfg.sampler_args)},
+        },
     }
     pool = Pool.from_method(SNNetMethod(), anchors, info=info)
 
     # 3. stitch-layer initialisation
     t = time.perf_counter()
-    initializer = registry.create("initializer", cfg.initializer)
+    initializer = registry.build("initializer", cfg.initializer, options=cfg.initializer_args, where="snnet.initializer_args")
     images = init_images(data, cfg.init_images, base.seed) if initializer.needs_images else None
     initializer.initialize(pool, InitContext(images=images, seed=base.seed))
     timings["init_s"] = time.perf_counter() - t
@@ -96,7 +104,7 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
     # Anchors alone have nothing to train when only the stitch layers are trainable.
     paths = [p for p in pool.paths if cfg.trainable == "all" or not p.is_single_row]
     macs = [count_macs(pool.descendant(p)) for p in paths]
-    sampler = registry.create("sampler", cfg.sampler, paths, macs)
+    sampler = registry.build("sampler", cfg.sampler, paths, macs, options=cfg.sampler_args, where="snnet.sampler_args")
     task = PoolTask(pool, sampler, teacher=teacher, distillation=cfg.distillation, tau=cfg.tau)
     frozen = [p for p in pool.rows.parameters() if p.requires_grad] if cfg.trainable == "stitches" else []
     for p in frozen:

@@ -262,6 +262,13 @@ class DistillationLoss(nn.Module, ABC):
         are the two networks' :class:`~stitchkit.spec.RowShape`. The default calls ``cls()``."""
         return cls()
 
+    @classmethod
+    def for_models(cls, teacher: RowShape, student: RowShape, **options: Any) -> DistillationLoss:
+        """The loss between a teacher and a student of these shapes, with a config's ``loss_args`` as
+        ``options``; this is how a build makes it. The default ignores the shapes and calls
+        ``cls(**options)``; a loss whose size depends on the two networks overrides it."""
+        return cls(**options)
+
     @abstractmethod
     def teacher_taps(self) -> TapRequest:
         """Taps this loss needs from the teacher."""
