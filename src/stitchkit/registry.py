@@ -15,6 +15,7 @@ import builtins
 import fnmatch
 import functools
 import importlib.metadata
+import inspect
 import os
 import traceback
 from collections.abc import Callable, Mapping
@@ -63,9 +64,9 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        """The first line of the class docstring."""
-        doc = (self.cls.__doc__ or "").strip()
-        return doc.splitlines()[0].strip() if doc else ""
+        """The first paragraph of the class docstring, on one line."""
+        doc = inspect.cleandoc(self.cls.__doc__ or "")
+        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
     @property
     def options(self) -> builtins.list[Option]:
