@@ -26,3 +26,30 @@ def test_python_blocks_run(page):
             exec(compile(block, f"{page}[block {i}]", "exec"), namespace)
         except Exception as exc:  # pragma: no cover - reported with the block
             raise AssertionError(f"{page}, python block {i} failed: {exc!r}\n{block}") from exc
+
+
+def test_documented_ridge_initializer_is_ls_at_zero_and_the_closed_form_above():
+    """The ridge initializer written in docs/plugins.md: bit-for-bit ``ls`` at ``lam = 0`` (also asserted
+    in the page), and for ``lam > 0`` the normal-equations solution ``(A^T A + lam D) theta = A^T y`` with
+    ``D = diag(1, ..., 1, 0)`` (the bias unpenalised), computed here independently."""
+    import torch
+
+    namespace: dict = {"__name__": "docs_plugins_md"}
+    for block in python_blocks(DOCS / "plugins.md"):
+        exec(compile(block, "plugins.md", "exec"), namespace)
+    ridge = namespace["Ridge"]
+    g = torch.Generator().manual_seed(0)
+    front = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    end = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    layer = torch.nn.Linear(4, 6)
+    x, y = front.reshape(-1, 4), end.reshape(-1, 6)
+    a = torch.cat([x, torch.ones(15, 1, dtype=torch.float64)], 1)
+    for lam in (0.0, 0.5, 30.0):
+        w, b = ridge(lam).solve(front, end, layer)
+        d = torch.diag(torch.tensor([1.0] * 4 + [0.0], dtype=torch.float64))
+        theta = torch.linalg.solve(a.T @ a + lam * d, a.T @ y)
+        torch.testing.assert_close(w, theta[:-1].T, rtol=0, atol=1e-12)
+        torch.testing.assert_close(b, theta[-1], rtol=0, atol=1e-12)
+    w0, _ = ridge(0.0).solve(front, end, layer)
+    w1, _ = ridge(30.0).solve(front, end, layer)
+    assert w1.norm() < 0.9 * w0.norm()  # the penalty shrinks the weight
