@@ -163,6 +163,45 @@ def test_initializer_skipping_a_layer_fails():
     fails("initializer", FirstOnly, "writes every stitch layer", "'s0_1_2' holds NaN or inf")
 
 
+def test_initializer_writing_a_wrong_shape_fails_with_the_shape():
+    class Transposed(Zeros):
+        """Replaces each weight's data by a finite tensor of the transposed shape."""
+
+        name = "transposed-data"
+
+        def initialize(self, pool, context):
+            for layer in pool.stitches.values():
+                layer.weight.data = torch.zeros(layer.in_features, layer.out_features)
+                layer.bias.data.zero_()
+
+    msg = fails("initializer", Transposed, "writes every stitch layer",
+                r"weight of stitch layer 's0_1_1' has shape \(16, 32\), expected \(32, 16\)")
+    assert "NaN" not in msg
+
+
+def test_transposed_solve_is_named_not_a_broadcasting_error():
+    from stitchkit.features import check_images, fit_stitch_layers
+
+    class TransposedSolve(StitchInitializer):
+        """Least squares whose solver returns weight.T (a common slip)."""
+
+        name = "transposed-solve"
+        needs_images = True
+
+        def initialize(self, pool, context):
+            def solve(front, end, layer):
+                x = front.reshape(-1, front.shape[-1]).double()
+                y = end.reshape(-1, end.shape[-1]).double()
+                return torch.linalg.lstsq(x, y).solution, torch.zeros(end.shape[-1])  # (in, out): transposed
+            fit_stitch_layers(pool, check_images(context.images, self.name), solve)
+
+    msg = fails("initializer", TransposedSolve, "writes every stitch layer",
+                r"raised PluginError: weight of stitch layer 's0_1_1' from solve has shape \(16, 32\), expected "
+                r"\(32, 16\) \(at StitchPlace\(front=0, front_block=1, end=1, end_block=1\); transposed\? "
+                r"nn.Linear's weight is \(out, in\)\)")
+    assert "RuntimeError" not in msg and "broadcast" not in msg
+
+
 def test_initializer_on_the_global_rng_fails():
     class GlobalRandom(StitchInitializer):
         """Ignores context.seed."""

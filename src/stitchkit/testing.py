@@ -510,6 +510,7 @@ def _check_initializer(c: _Checker, registry: Registry) -> None:
         pool = _pool(dtype)
         init = c.example(pool=pool)
         objects = {n: (layer, layer.weight, layer.bias) for n, layer in pool.stitches.items()}
+        shapes = {n: (tuple(layer.weight.shape), tuple(layer.bias.shape)) for n, layer in pool.stitches.items()}
         with torch.no_grad():
             for layer in pool.stitches.values():
                 layer.weight.fill_(math.nan)
@@ -521,7 +522,9 @@ def _check_initializer(c: _Checker, registry: Registry) -> None:
         for n, (layer, w, b) in objects.items():
             _require(pool.stitches[n] is layer and layer.weight is w and layer.bias is b,
                      f"stitch layer {n!r} was replaced; write the existing parameters in place (with torch.no_grad(): .copy_())")
-            for t in (layer.weight, layer.bias):
+            for what, t, shape in (("weight", layer.weight, shapes[n][0]), ("bias", layer.bias, shapes[n][1])):
+                _require(tuple(t.shape) == shape,
+                         f"{what} of stitch layer {n!r} has shape {tuple(t.shape)}, expected {shape} (nn.Linear: (out, in))")
                 _require(t.dtype == dtype, f"stitch layer {n!r} became {t.dtype} on a {dtype} pool")
                 _require(_finite(t), f"stitch layer {n!r} holds NaN or inf after initialize (not written, or a degenerate solve)")
         _require(_same_state(rows, _state(pool.rows)) is None, "initialize changed the rows' weights; it may only write stitch layers")
