@@ -295,3 +295,15 @@ def test_plugins_command_exits_1_on_a_conflict(monkeypatch, capsys):
     assert "conflict: initializer 'zeros' registered by first-plugin, second-plugin" in capsys.readouterr().out
     reg.unregister_plugin("second-plugin")
     assert main(["plugins"]) == 0
+
+
+def test_top_level_list_and_create_shortcuts():
+    from stitchkit.registry import default_registry
+
+    assert stitchkit.list_samplers() == default_registry().list("sampler")
+    assert stitchkit.list_samplers("s*") == ["sandwich"]
+    assert stitchkit.list_ancestries() == default_registry().list("ancestry")
+    assert type(stitchkit.create_initializer("random")).__name__ == "RandomInitializer"
+    assert {f"list_{k}" for k in ("designs", "losses", "initializers", "samplers", "methods", "ancestries")} <= set(stitchkit.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'list_widgets'"):
+        stitchkit.list_widgets  # noqa: B018

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,6 +34,6 @@ class AuxiliaryDistillationTask(DistillationTask):
         # a combined loss (``learngene``) reports its terms; any other registered loss is one term
         parts = (distill.parts(taps, teacher) if isinstance(distill, LearngeneDistillation)
                  else {distill.name: distill(taps, teacher)})
-        dis = sum(parts.values())
+        dis = torch.stack(list(parts.values())).sum()
         logged = {"ce": ce.detach(), "distill": dis.detach(), **{k: v.detach() for k, v in parts.items()}}
         return learngene_objective(ce, dis, self.alpha), logged

@@ -17,7 +17,7 @@ layers later (the ``tm`` initializer), so they are kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,13 +99,13 @@ class _TransformedMSE(DistillationLoss):
 
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
         s_table, t_table = getattr(student, self.tap), getattr(teacher, self.tap)
-        total = 0.0
+        total = torch.zeros(())
         for level, (t, s) in enumerate(self.pairs):
             target = t_table[t].detach()
             if self.learned:
                 target = target @ self.matrices[level]
             total = total + F.mse_loss(target, s_table[s])
-        return total  # type: ignore[return-value]
+        return total
 
 
 class BlockLoss(_TransformedMSE):
@@ -164,10 +164,11 @@ class LearngeneDistillation(DistillationLoss):
             parts["block"] = BlockLoss.for_models(ancestry, auxiliary, self.levels)
         if "prediction" in terms:
             parts["prediction"] = PredictionLoss(tau)
-        self.losses = nn.ModuleDict(parts)
+        # an nn.ModuleDict (so the terms' parameters are the loss's), read as the mapping it is
+        self.losses: Mapping[str, DistillationLoss] = nn.ModuleDict(parts)  # type: ignore[assignment]
 
     @classmethod
-    def for_models(  # type: ignore[override]
+    def for_models(
         cls, teacher: RowShape, student: RowShape, *, levels: int | str | None = None, tau: float = 1.0,
         terms: Sequence[str] = TERMS,
     ) -> LearngeneDistillation:
@@ -207,11 +208,11 @@ class LearngeneDistillation(DistillationLoss):
     def block_matrices(self) -> list[torch.Tensor]:
         """The learned ``W`` of each level (empty when the widths match or block loss is off)."""
         loss = self.losses["block"] if "block" in self.losses else None
-        return [p for p in loss.matrices] if loss is not None else []
+        return list(loss.matrices) if isinstance(loss, _TransformedMSE) else []
 
     def attention_matrices(self) -> list[torch.Tensor]:
         loss = self.losses["attention"] if "attention" in self.losses else None
-        return [p for p in loss.matrices] if loss is not None else []
+        return list(loss.matrices) if isinstance(loss, _TransformedMSE) else []
 
 
 def learngene_objective(label_loss: torch.Tensor, distillation: torch.Tensor, alpha: float) -> torch.Tensor:

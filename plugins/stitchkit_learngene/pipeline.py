@@ -151,7 +151,10 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
     train = lg.train_config(base, "distill")
-    adapters, extras, levels, accuracy = [], {}, {}, {}
+    adapters: list[AncestryAdapter] = []
+    extras: dict[str, torch.Tensor] = {}
+    levels: dict[str, list[list[int]]] = {}
+    accuracy: dict[str, float] = {}
     ctx = dist_context(base.device)
     for r, shape in enumerate(shapes):
         with seeded(derive_seed("learngene-row", train.seed, r)):

@@ -49,7 +49,7 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
     start = time.perf_counter()
     cfg = section(config, "snnet", SNNetConfig)
     out_dir = pathlib.Path(out_dir)
-    data = build_data(DataConfig.from_config(config))
+    data = build_data(DataConfig.from_config(dict(config)))
     base = TrainConfig.from_config(config)
     finetune = cfg.train_config(base, "finetune")
     ctx = dist_context(base.device)

@@ -164,8 +164,8 @@ class Registry:
             raise PluginError(f"no plugin named {name!r} is registered")
         self.pm.unregister(plugin)
         for table in self._tables.values():
-            for key in [k for k, e in table.items() if e.plugin == name]:
-                del table[key]
+            for comp in [k for k, e in table.items() if e.plugin == name]:
+                del table[comp]
         for key, owners in list(self._conflicts.items()):
             if name in owners:
                 owners.remove(name)
@@ -294,6 +294,7 @@ def _lister(kind: str) -> Callable[..., list[str]]:
         return default_registry().list(kind, pattern)
 
     lister.__doc__ = f"Names of registered {kind} components matching a wildcard pattern."
+    lister.__name__ = lister.__qualname__ = "list_" + ("ancestries" if kind == "ancestry" else f"{kind}s")
     return lister
 
 
@@ -302,6 +303,7 @@ def _creator(kind: str) -> Callable[..., Any]:
         return default_registry().create(kind, name, *args, **kwargs)
 
     creator.__doc__ = f"Create the {kind} registered as ``name``."
+    creator.__name__ = creator.__qualname__ = f"create_{kind}"
     return creator
 
 
