@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import DistillationLoss, TapRequest, Taps
@@ -47,12 +48,15 @@ class PredictionLoss(DistillationLoss):
             raise ConfigError(f"prediction distillation temperature tau must be > 0, got {tau}")
         self.tau = float(tau)
 
+    @override
     def teacher_taps(self) -> TapRequest:
         return TapRequest()
 
+    @override
     def student_taps(self) -> TapRequest:
         return TapRequest()
 
+    @override
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
         return soft_cross_entropy(student.logits, teacher.logits.detach(), self.tau)
 
@@ -77,11 +81,13 @@ class _TransformedMSE(DistillationLoss):
         )
 
     @classmethod
+    @override
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> _TransformedMSE:  # noqa: ANN003
         """The loss between networks of these shapes, on the paper's default levels."""
         return cls.for_models(teacher, student)
 
     @classmethod
+    @override
     def for_models(cls, ancestry: RowShape, auxiliary: RowShape, levels: int | str | None = None) -> _TransformedMSE:
         """The loss between two networks of these shapes, on ``levels`` (default: the paper's ablation)."""
         levels = levels if levels is not None else default_levels(ancestry, auxiliary)
@@ -91,12 +97,15 @@ class _TransformedMSE(DistillationLoss):
         """The ``d x d'`` matrix of ``level``, or ``None`` for the identity."""
         return self.matrices[level] if self.learned else None
 
+    @override
     def teacher_taps(self) -> TapRequest:
         return TapRequest(**{self.tap: tuple(sorted({t for t, _ in self.pairs}))})
 
+    @override
     def student_taps(self) -> TapRequest:
         return TapRequest(**{self.tap: tuple(sorted({s for _, s in self.pairs}))})
 
+    @override
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
         s_table, t_table = getattr(student, self.tap), getattr(teacher, self.tap)
         total = torch.zeros(())
@@ -168,6 +177,7 @@ class LearngeneDistillation(DistillationLoss):
         self.losses: Mapping[str, DistillationLoss] = nn.ModuleDict(parts)  # type: ignore[assignment]
 
     @classmethod
+    @override
     def for_models(
         cls, teacher: RowShape, student: RowShape, *, levels: int | str | None = None, tau: float = 1.0,
         terms: Sequence[str] = TERMS,
@@ -176,6 +186,7 @@ class LearngeneDistillation(DistillationLoss):
         return cls(teacher, student, levels=levels, tau=tau, terms=terms)
 
     @classmethod
+    @override
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> LearngeneDistillation:  # noqa: ANN003
         """All three terms between networks of these shapes."""
         return cls(teacher, student)
@@ -187,12 +198,14 @@ class LearngeneDistillation(DistillationLoss):
                 return loss.pairs
         return []
 
+    @override
     def teacher_taps(self) -> TapRequest:
         req = TapRequest()
         for loss in self.losses.values():
             req = req | loss.teacher_taps()
         return req
 
+    @override
     def student_taps(self) -> TapRequest:
         req = TapRequest()
         for loss in self.losses.values():
@@ -202,6 +215,7 @@ class LearngeneDistillation(DistillationLoss):
     def parts(self, student: Taps, teacher: Taps) -> dict[str, torch.Tensor]:
         return {name: loss(student, teacher) for name, loss in self.losses.items()}
 
+    @override
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
         return sum(self.parts(student, teacher).values())  # type: ignore[return-value]
 

@@ -15,6 +15,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import Method
 from stitchkit.sequential import sequential_paths, sequential_stitches
@@ -39,16 +41,19 @@ class LearngenePoolMethod(Method):
             raise ConfigError(f"unknown learngene-pool path set {paths!r}; use one of {', '.join(PATH_SETS)}")
         self.path_set = paths
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         _check_sorted(rows)
         return sequential_stitches(rows)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         _check_sorted(rows)
         if self.path_set == "sliding-window":
             return sliding_window_paths(rows)
         return sequential_paths(rows)
 
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         """Distil, build, initialise, fine-tune, evaluate; resumable. See :mod:`.pipeline`."""
         from .pipeline import run_pipeline
