@@ -155,6 +155,7 @@ def test_tiny_build_writes_a_valid_resumable_pool(tmp_path, data, ancestry_file,
     path2 = method.build(config, out_dir=tmp_path, registry=registry)
     assert {q: (tmp_path / q / "metrics.jsonl").read_text() for q in steps} == steps
     again = load_pool(path2, registry)
+    assert list(pool.state_dict()) == list(again.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(pool.state_dict().values(), again.state_dict().values()))
     # another initializer in the same directory reuses the distilled rows and only fine-tunes again
     path3 = method.build(
