@@ -75,7 +75,7 @@ def _signature(kind: str, cls: type) -> list[inspect.Parameter]:
         # for_models(teacher, student, ...): the first two parameters are the context, whatever their names
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         params = [p for p in params if p not in positional[: len(context)]]
-        if all(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        if any(p.kind is p.VAR_KEYWORD for p in params) and all(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
             ctor = list(inspect.signature(cls).parameters.values())
             return [p for p in ctor if p.name not in context]
         return params
