@@ -136,3 +136,65 @@ def test_cli_plan_json(capsys):
     # every route mixes blocks of both anchors (plus stitch layers): the anchors bracket them all
     assert macs["anchor 0"] < min(v for k, v in macs.items() if k != "anchor 0")
     assert macs["anchor 1"] > max(v for k, v in macs.items() if k != "anchor 1")
+
+
+# --------------------------------------------------------------------------- ros sampler
+from stitchkit.samplers import ROSSampler, group_by_gap  # noqa: E402
+from stitchkit.spec import Path, Segment  # noqa: E402
+
+MACS = [10, 3, 5, 12, 4, 20, 21, 9]
+
+
+def fake_paths(n: int) -> list[Path]:
+    return [Path((Segment(0, 0, i + 1),), (), label=str(i)) for i in range(n)]
+
+
+def test_ros_groups_by_gap_from_each_groups_first_path():
+    # sorted: 3(1) 4(4) 5(2) | 9(7) 10(0) | 12(3) | 20(5) 21(6); a path joins while MACs - first <= gap
+    assert group_by_gap(MACS, 2) == [[1, 2, 4], [0, 7], [3], [5, 6]]
+    assert group_by_gap(MACS, 0) == [[1], [4], [2], [7], [0], [3], [5], [6]]
+    assert group_by_gap(MACS, 18) == [list(range(8))]
+    assert group_by_gap([5, 5, 5], 0) == [[0, 1, 2]]
+    # gap_fraction 0.1 of the range 21 - 3 = 18 is 1.8 MACs
+    s = ROSSampler(fake_paths(8), MACS, gap_fraction=0.1)
+    assert [[int(p.label) for p in g] for g in s.groups] == [[1, 4], [2], [0, 7], [3], [5, 6]]
+    assert ROSSampler(fake_paths(8), [m * 10**9 for m in MACS]).gap == 1e9  # the official 1 GFLOPs gap
+
+
+def test_ros_draws_groups_uniformly_or_linearly():
+    paths = fake_paths(8)
+    uniform = ROSSampler(paths, MACS, gap=2)
+    torch.testing.assert_close(uniform.weights, torch.full((4,), 0.25, dtype=torch.float64))
+    linear = ROSSampler(paths, MACS, gap=2, weighting="linear", k=1.0)
+    # official --flops_sampling_k: y_i = i / k + 1 / G, normalised
+    torch.testing.assert_close(linear.weights, torch.tensor([0.25, 1.25, 2.25, 3.25], dtype=torch.float64) / 7)
+    g = torch.Generator().manual_seed(0)
+    n = 8000
+    counts = [0] * 4
+    group_of = {int(p.label): gi for gi, grp in enumerate(uniform.groups) for p in grp}
+    for _ in range(n):
+        (p,) = uniform.sample(g)
+        counts[group_of[int(p.label)]] += 1
+    sd = (n * 0.25 * 0.75) ** 0.5
+    assert all(abs(c - n / 4) < 4 * sd for c in counts), counts
+    # the same generator state gives the same paths: ranks agree
+    a = [uniform.sample(torch.Generator().manual_seed(7))[0].label for _ in range(3)]
+    b = [uniform.sample(torch.Generator().manual_seed(7))[0].label for _ in range(3)]
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"gap": 1, "gap_fraction": 0.1}, "not both"),
+        ({"gap_fraction": 1.5}, "0 <= gap_fraction <= 1"),
+        ({"gap": -1}, "gap >= 0"),
+        ({"weighting": "log"}, "'uniform' or 'linear'"),
+        ({"k": 0}, "k > 0"),
+    ],
+)
+def test_ros_bad_options(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        ROSSampler(fake_paths(8), MACS, **kw)
+    with pytest.raises(ConfigError, match="needs the MACs"):
+        ROSSampler(fake_paths(8))
