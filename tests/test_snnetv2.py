@@ -198,3 +198,26 @@ def test_ros_bad_options(kw, match):
         ROSSampler(fake_paths(8), MACS, **kw)
     with pytest.raises(ConfigError, match="needs the MACs"):
         ROSSampler(fake_paths(8))
+
+
+# --------------------------------------------------------------------------- two-way Learngene Pool
+def test_learngene_two_way_paths_and_tm_in_both_directions():
+    from stitchkit_learngene.initializers import TMInitializer
+    from stitchkit_learngene.method import LearngenePoolMethod
+    from stitchkit.interfaces import InitContext
+    from stitchkit.lowrank import LowRankLinear
+
+    torch.manual_seed(0)
+    rows = [tiny_row(RowShape(3, 16, 2)), tiny_row(RowShape(3, 32, 4))]
+    pool = Pool.from_method(LearngenePoolMethod(paths="two-way"), rows, stitch_rank=2)
+    assert [p.label for p in pool.paths][:2] == ["row 0", "row 1"] and len(pool.paths) == 3 * 2 + 2
+    assert sorted(pool.stitches) == ["s0_1_0", "s0_1_1", "s1_0_0", "s1_0_1"]
+    init = TMInitializer.example(pool=pool)  # W (32 x 16) for the narrow row; the wide row is the ancestry's width
+    init.initialize(pool, InitContext())
+    w = torch.stack([v for k, v in pool.extras.items()]).mean(0)
+    for name, layer in pool.stitches.items():
+        assert isinstance(layer, LowRankLinear)
+        # narrow -> wide: x_anc ~ x_narrow @ W.T, weight W (32 x 16); wide -> narrow: x_narrow ~ x_wide @ W, weight W.T
+        torch.testing.assert_close(layer.weight, w if name.startswith("s0_1") else w.t())
+    x = torch.randn(2, 3, 16, 16)
+    assert all(pool.descendant(p)(x).shape == (2, 5) for p in pool.paths)
