@@ -31,8 +31,7 @@ from .errors import ConfigError
 class LowRankMixin:
     """The low-rank update shared by :class:`LowRankLinear` and :class:`LowRankConv2d`."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: torch.Tensor
     rank: int
     alpha: float
 
@@ -120,8 +119,8 @@ def low_rank(layer: nn.Module, rank: int, alpha: float = 1.0) -> nn.Module:
             new.__class__ = LowRankConv2d
         else:
             raise ConfigError(f"low-rank stitch layers wrap nn.Linear or nn.Conv2d, got {type(layer).__name__}")
-    new.weight = layer.weight
-    new.bias = layer.bias
+    new.weight = layer.weight  # type: ignore[assignment]
+    new.bias = layer.bias  # type: ignore[assignment]
     new._add_low_rank(rank, alpha)  # type: ignore[operator]
     new.train(layer.training)
     return new
@@ -142,8 +141,9 @@ def merged(layer: nn.Module) -> nn.Module:
             )
     with torch.no_grad():
         plain.weight = nn.Parameter(layer.merged_weight().detach().clone(), requires_grad=True)
-        if layer.bias is not None:
-            plain.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=layer.bias.requires_grad)
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            plain.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
     plain.train(layer.training)
     return plain
 
