@@ -3,6 +3,7 @@ executed in order in one namespace."""
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 
@@ -16,8 +17,9 @@ def python_blocks(page: pathlib.Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_python_blocks_run(page):
+@functools.lru_cache(maxsize=None)
+def run_page(page: str) -> dict:
+    """Execute every python block of ``page`` in order in one namespace (once per test session)."""
     blocks = python_blocks(DOCS / page)
     assert blocks, f"{page} has no python examples"
     namespace: dict = {"__name__": f"docs_{page.replace('.', '_')}"}
@@ -26,6 +28,12 @@ def test_python_blocks_run(page):
             exec(compile(block, f"{page}[block {i}]", "exec"), namespace)
         except Exception as exc:  # pragma: no cover - reported with the block
             raise AssertionError(f"{page}, python block {i} failed: {exc!r}\n{block}") from exc
+    return namespace
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_python_blocks_run(page):
+    run_page(page)
 
 
 def test_documented_ridge_initializer_is_ls_at_zero_and_the_closed_form_above():
@@ -34,10 +42,7 @@ def test_documented_ridge_initializer_is_ls_at_zero_and_the_closed_form_above():
     ``D = diag(1, ..., 1, 0)`` (the bias unpenalised), computed here independently."""
     import torch
 
-    namespace: dict = {"__name__": "docs_plugins_md"}
-    for block in python_blocks(DOCS / "plugins.md"):
-        exec(compile(block, "plugins.md", "exec"), namespace)
-    ridge = namespace["Ridge"]
+    ridge = run_page("plugins.md")["Ridge"]
     g = torch.Generator().manual_seed(0)
     front = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
     end = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
