@@ -125,7 +125,7 @@ def fake_site(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
     yield tmp_path
-    for name in ("sk_good_plugin", "sk_broken_plugin", "sk_raising_plugin", "sk_badsig_plugin"):
+    for name in ("sk_good_plugin", "sk_broken_plugin", "sk_raising_plugin", "sk_badsig_plugin", "sk_badinit_plugin"):
         sys.modules.pop(name, None)
 
 
@@ -307,3 +307,62 @@ def test_top_level_list_and_create_shortcuts():
     assert {f"list_{k}" for k in ("designs", "losses", "initializers", "samplers", "methods", "ancestries")} <= set(stitchkit.__all__)
     with pytest.raises(AttributeError, match="no attribute 'list_widgets'"):
         stitchkit.list_widgets  # noqa: B018
+
+
+BAD_INITIALIZE = """
+    import stitchkit
+    from stitchkit.interfaces import StitchInitializer
+
+    class Orthogonal(StitchInitializer):
+        "Forgets the context parameter."
+        name = "orthogonal"
+        def initialize(self, pool):
+            pass
+
+    @stitchkit.hookimpl
+    def register_initializers(register):
+        register(Orthogonal)
+"""
+
+TINY_SNNET = """
+method = "snnet"
+[data]
+source = "digits"
+img_size = 8
+in_chans = 1
+[train]
+max_steps = 2
+batch_size = 32
+progress = false
+[snnet]
+initializer = "orthogonal"
+[[snnet.anchors]]
+shape = "1x16:2"
+patch_size = 4
+train = true
+[[snnet.anchors]]
+shape = "1x32:4"
+patch_size = 4
+train = true
+"""
+
+
+def test_a_build_naming_a_broken_plugins_component_stops_before_training(fake_site, tmp_path, capsys):
+    from stitchkit.cli.main import main
+    from stitchkit.registry import reset_default_registry
+
+    _install_fake_distribution(fake_site, "sk-fake-badinit", {"badinit": "sk_badinit_plugin"},
+                               {"sk_badinit_plugin": BAD_INITIALIZE})
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_SNNET)
+    reset_default_registry()
+    try:
+        assert main(["build", str(config), "--out", str(tmp_path / "run")]) == 2
+    finally:
+        reset_default_registry()
+    err = capsys.readouterr().err
+    assert err.startswith("stitchkit: error: unknown initializer 'orthogonal'") and err.count("\n") == 1
+    assert ("skipped broken plugin(s) that may provide it: badinit (PluginError: plugin 'badinit': initializer "
+            "'orthogonal': Orthogonal.initialize(self, pool) cannot be called as "
+            "StitchInitializer.initialize(self, pool, context)") in err
+    assert not (tmp_path / "run" / "anchors").exists()  # no anchor was trained

@@ -54,15 +54,15 @@ def build_snnet(
 
     start = time.perf_counter()
     cfg = section(config, name, config_cls)
+    # unknown component names and options fail now, before any data is read or anchor trained
+    registry.check("initializer", cfg.initializer, cfg.initializer_args, where=f"{name}.initializer_args")
+    registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
     out_dir = pathlib.Path(out_dir)
     data = build_data(DataConfig.from_config(dict(config)))
     base = TrainConfig.from_config(config)
     finetune = cfg.train_config(base, "finetune")
     ctx = dist_context(base.device)
     timings: dict[str, float] = {}
-    # unknown component names and options fail now, before any anchor is trained
-    registry.check("initializer", cfg.initializer, cfg.initializer_args, where=f"{name}.initializer_args")
-    registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
 
     # 1. anchors (and the teacher, copied before anything is fine-tuned)
     t = time.perf_counter()
