@@ -6,6 +6,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
 from stitchkit.interfaces import Method
 from stitchkit.spec import Path, RowShape, StitchSpec
 
@@ -32,9 +34,11 @@ class SNNetMethod(Method):
         #: see :func:`~stitchkit_snnet.configurations.stitched_stages`).
         self.stages = None if stages is None else [int(s) for s in stages]
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         return snnet_stitches(rows, self.stages)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         paths = snnet_paths(rows, self.stages)
         names = {s.name for s in stitches}
@@ -48,6 +52,7 @@ class SNNetMethod(Method):
             )
         return paths
 
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         from .build import build_snnet
 

@@ -22,6 +22,7 @@ from torch import nn
 from .errors import ConfigError, PathError
 from .interfaces import AncestryAdapter, Method
 from .measure import count_macs, count_params
+from .lowrank import low_rank_params
 from .spec import FeatureSignature, Path, RowShape, StitchSpec
 from .stitch_layers import make_stitch, stitch_layouts
 from .stitched import Descendant, build_descendant
@@ -63,11 +64,21 @@ class Pool(nn.Module):
         self.extras: dict[str, torch.Tensor] = dict(extras or {})
 
     @classmethod
-    def from_method(cls, method: Method, rows: Sequence[AncestryAdapter], **kwargs: Any) -> Pool:
-        """A pool whose stitch layers and paths are those ``method`` defines for ``rows``."""
+    def from_method(
+        cls, method: Method, rows: Sequence[AncestryAdapter], *, stitch_rank: int = 0, stitch_alpha: float = 1.0, **kwargs: Any
+    ) -> Pool:
+        """A pool whose stitch layers and paths are those ``method`` defines for ``rows``.
+
+        ``stitch_rank > 0`` makes every stitch layer low-rank (:mod:`stitchkit.lowrank`).
+        """
+        import dataclasses
+
         shapes = [a.shape for a in rows]
         stitches = method.stitches(shapes)
-        return cls(rows, stitches, method.paths(shapes, stitches), method=method.name, **kwargs)
+        paths = method.paths(shapes, stitches)
+        if stitch_rank:
+            stitches = [dataclasses.replace(s, rank=stitch_rank, alpha=stitch_alpha) for s in stitches]
+        return cls(rows, stitches, paths, method=method.name, **kwargs)
 
     # -- access ----------------------------------------------------------------
     @property
@@ -150,7 +161,8 @@ class Pool(nn.Module):
                     "label": p.label,
                     "path": p.to_json(),
                     "blocks": p.num_blocks,
-                    "params": count_params(d, convention=convention),  # type: ignore[arg-type]
+                    # as exported: a low-rank stitch merges into a plain layer
+                    "params": count_params(d, convention=convention) - low_rank_params(d),  # type: ignore[arg-type]
                     "macs": self.path_macs(p, parts),
                 }
             )

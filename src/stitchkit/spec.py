@@ -189,7 +189,9 @@ class StitchSpec:
     joins (a pool fills them in from its rows' signatures); they choose the
     module: ``nn.Linear`` between token layouts, a 1x1 ``nn.Conv2d`` from a
     feature map (see :mod:`stitchkit.stitch_layers`). Methods leave the
-    default ``tokens``.
+    default ``tokens``. ``rank > 0`` makes it a low-rank layer
+    (:mod:`stitchkit.lowrank`): a frozen weight plus a trainable update of
+    that rank scaled by ``alpha / rank``.
     """
 
     name: str
@@ -199,6 +201,8 @@ class StitchSpec:
     dst_width: int
     src_layout: str = "tokens"
     dst_layout: str = "tokens"
+    rank: int = 0
+    alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.name):
@@ -206,9 +210,11 @@ class StitchSpec:
         for lay in (self.src_layout, self.dst_layout):
             if lay not in LAYOUTS:
                 raise ConfigError(f"stitch {self.name!r}: layout {lay!r} is not one of {', '.join(LAYOUTS)}")
+        if self.rank < 0 or not self.alpha > 0:
+            raise ConfigError(f"stitch layer {self.name!r}: rank must be >= 0 and alpha > 0, got rank {self.rank}, alpha {self.alpha}")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "src": self.src,
             "dst": self.dst,
@@ -217,6 +223,9 @@ class StitchSpec:
             "src_layout": self.src_layout,
             "dst_layout": self.dst_layout,
         }
+        if self.rank:
+            d.update(rank=self.rank, alpha=self.alpha)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StitchSpec:
@@ -224,6 +233,7 @@ class StitchSpec:
         return cls(
             d["name"], int(d["src"]), int(d["dst"]), int(d["src_width"]), int(d["dst_width"]),
             d.get("src_layout", "tokens"), d.get("dst_layout", "tokens"),
+            int(d.get("rank", 0)), float(d.get("alpha", 1.0)),
         )
 
 

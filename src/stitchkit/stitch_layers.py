@@ -66,10 +66,23 @@ def stitch_layouts(name: str, front: FeatureSignature, end: FeatureSignature) ->
 
 
 def make_stitch(spec: StitchSpec) -> nn.Module:
-    """The module of a stitch layer (its weights are random; an initializer sets them)."""
+    """The module of a stitch layer (its weights are random; an initializer sets them);
+    low-rank (:mod:`stitchkit.lowrank`) when ``spec.rank > 0``."""
+    layer: nn.Module
     if spec.src_layout == "map":
-        return MapStitch(spec.src_width, spec.dst_width, spec.dst_layout)
-    return nn.Linear(spec.src_width, spec.dst_width)
+        if spec.rank and spec.dst_layout != "map":
+            raise ConfigError(
+                f"stitch layer {spec.name!r}: low-rank stitch layers from a feature map into {spec.dst_layout} are "
+                f"not supported; use rank 0 (a plain 1x1 convolution) for CNN -> transformer stitching"
+            )
+        layer = MapStitch(spec.src_width, spec.dst_width, spec.dst_layout)
+    else:
+        layer = nn.Linear(spec.src_width, spec.dst_width)
+    if spec.rank:
+        from .lowrank import low_rank
+
+        layer = low_rank(layer, spec.rank, spec.alpha)
+    return layer
 
 
 def weight_shape(spec: StitchSpec) -> list[int]:

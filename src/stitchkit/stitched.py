@@ -12,15 +12,21 @@ module (for export). Its state-dict keys do not depend on the pool:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from .interfaces import AncestryAdapter, MacRule
+from .lowrank import merge_low_rank  # noqa: F401 - re-exported for callers of the old location
 from .spec import Path, StitchSpec
 from .errors import ConfigError
 from .stitch_layers import make_stitch, stitch_layouts
+
+
+def stitch_layer(spec: StitchSpec) -> nn.Module:
+    """The module of a stitch layer (:func:`stitchkit.stitch_layers.make_stitch`, low-rank when ``spec.rank > 0``)."""
+    return make_stitch(spec)
 
 
 class Descendant(nn.Module):
@@ -75,7 +81,7 @@ class Descendant(nn.Module):
         for i, segment in enumerate(self.segments):
             if i:
                 x = self.stitches[i - 1](x)
-            for block in segment:
+            for block in cast(nn.ModuleList, segment):
                 x = block(x)
         return x
 
@@ -99,7 +105,7 @@ def _declared(adapters: Sequence[AncestryAdapter] | Mapping[int, AncestryAdapter
 
 def build_descendant(
     adapters: Sequence[AncestryAdapter],
-    stitch_layers: Mapping[str, nn.Module],
+    stitch_layers: Mapping[str, nn.Module] | nn.ModuleDict,
     path: Path,
 ) -> Descendant:
     """A descendant sharing the modules of ``adapters`` (rows) and ``stitch_layers``."""
@@ -139,14 +145,17 @@ def descendant_skeleton(
     return Descendant(first.stem(), segments, stitches, last.head(), path, first.input_size, **_declared(rows, path))
 
 
-def pool_key_map(adapters: Mapping[int, AncestryAdapter], path: Path) -> dict[str, str]:
+def pool_key_map(
+    adapters: Mapping[int, AncestryAdapter], path: Path, stitch_keys: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, str]:
     """Map the pool's tensor names a descendant needs to the descendant's own names.
 
     ``adapters[r]`` is row ``r`` (built on any device, the meta device
     included). The adapter's :meth:`~stitchkit.interfaces.AncestryAdapter.part_of`
     says which keys are stem, head and block ``i``; a block key's name inside
     the descendant is found from the block module that holds the same tensor,
-    so no key layout is assumed.
+    so no key layout is assumed. ``stitch_keys[name]`` is a stitch layer's keys
+    (default ``weight``, ``bias``; low-rank layers add ``lora_A``, ``lora_B``).
     """
     mapping: dict[str, str] = {}
     first, last = path.segments[0].row, path.segments[-1].row
@@ -167,6 +176,6 @@ def pool_key_map(adapters: Mapping[int, AncestryAdapter], path: Path) -> dict[st
                 for local, t in a.blocks[b].state_dict(keep_vars=True).items():
                     mapping[f"rows.{r}.{owner[id(t)]}"] = f"segments.{i}.{b - seg.start}.{local}"
     for i, name in enumerate(path.stitches):
-        for p in ("weight", "bias"):
+        for p in (stitch_keys or {}).get(name, ("weight", "bias")):
             mapping[f"stitches.{name}.{p}"] = f"stitches.{i}.{p}"
     return mapping
