@@ -122,4 +122,4 @@ class TMRidgeInitializer(TMInitializer):
         images = check_images(context.images, self.name)
         super().initialize(pool, context)
         fit_stitch_layers(pool, images, lambda front, end, layer: solve_ridge_towards(
-            front, end, affine_weight(layer), layer.bias, self.ridge))
+            front, end, affine_weight(layer), getattr(layer, "bias"), self.ridge))

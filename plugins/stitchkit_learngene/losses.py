@@ -225,10 +225,11 @@ class LearngeneDistillation(DistillationLoss):
     @override
     def for_models(
         cls, teacher: RowShape, student: RowShape, *, levels: int | str | None = None, tau: float = 1.0,
-        terms: Sequence[str] = TERMS,
+        terms: Sequence[str] = TERMS, layout: str = "tokens",
     ) -> LearngeneDistillation:
-        """The loss between the ancestry (``teacher``) and an auxiliary model (``student``)."""
-        return cls(teacher, student, levels=levels, tau=tau, terms=terms)
+        """The loss between the ancestry (``teacher``) and an auxiliary model (``student``); ``layout``:
+        the ancestry adapter's ``feature_layout`` (``map``: block features are CNN maps, W acts on channels)."""
+        return cls(teacher, student, levels=levels, tau=tau, terms=terms, layout=layout)
 
     @classmethod
     @override

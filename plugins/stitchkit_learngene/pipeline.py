@@ -164,7 +164,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
             row = type(ancestry).from_arch(ancestry.resized(shape))
             design.initialize(row, ancestry)
             options = dict(parts["loss"]["options"])
-            if "layout" in inspect.signature(registry.get("loss", lg.loss)).parameters:
+            if "layout" in inspect.signature(registry.get("loss", lg.loss).for_models).parameters:
                 options["layout"] = ancestry.feature_layout  # W acts on channels: last dim, or dim 1 of a CNN map
             loss = registry.build("loss", lg.loss, ancestry.shape, shape, options=options,
                                   where="learngene.loss_args")

@@ -58,7 +58,7 @@ class TimmConvNeXt(AncestryAdapter):
     model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
     timm_name: str
 
-    def __init__(self, model: nn.Module, img_size: int | tuple[int, int] | list[int] = 224) -> None:
+    def __init__(self, model: Any, img_size: int | tuple[int, int] | list[int] = 224) -> None:
         if not isinstance(model, ConvNeXt):
             raise ConfigError(f"the timm-convnext adapter needs a timm ConvNeXt, got {type(model).__name__}")
         super().__init__(model)
@@ -66,7 +66,8 @@ class TimmConvNeXt(AncestryAdapter):
         self._img_size: tuple[int, int] = (int(size[0]), int(size[1]))
         blocks: list[nn.Module] = []
         self._starts: list[int] = []
-        for stage in model.stages:
+        stages: Any = model.stages
+        for stage in stages:
             self._starts.append(len(blocks))
             for b, blk in enumerate(stage.blocks):
                 has_down = b == 0 and not isinstance(stage.downsample, nn.Identity)

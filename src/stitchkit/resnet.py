@@ -57,8 +57,13 @@ class ResNetHead(nn.Module):
         return self.fc(x)
 
 
-def _stages(model: ResNet) -> list[nn.Sequential]:
-    stages = []
+def _first_conv(conv1: Any) -> Any:
+    """The stem's first convolution (a deep stem is a Sequential)."""
+    return conv1[0] if isinstance(conv1, nn.Sequential) else conv1
+
+
+def _stages(model: Any) -> list[Any]:
+    stages: list[Any] = []
     i = 1
     while hasattr(model, f"layer{i}"):
         stages.append(getattr(model, f"layer{i}"))
@@ -74,7 +79,7 @@ class TimmResNet(AncestryAdapter):
     model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
     timm_name: str
 
-    def __init__(self, model: nn.Module, img_size: int | tuple[int, int] | list[int] = 224) -> None:
+    def __init__(self, model: Any, img_size: int | tuple[int, int] | list[int] = 224) -> None:
         if not isinstance(model, ResNet):
             raise ConfigError(f"the timm-resnet adapter needs a timm ResNet, got {type(model).__name__}")
         super().__init__(model)
@@ -135,11 +140,11 @@ class TimmResNet(AncestryAdapter):
 
     def arch(self) -> dict[str, Any]:
         m = self.model
-        first = self._blocks[0]
+        first: Any = self._blocks[0]
         kind = "bottleneck" if isinstance(first, Bottleneck) else "basic"
         expansion = _BLOCKS[kind].expansion  # type: ignore[attr-defined]
         stages = _stages(m)
-        conv1 = m.conv1
+        conv1: Any = m.conv1
         if isinstance(conv1, nn.Sequential):
             convs = [c for c in conv1 if isinstance(c, nn.Conv2d)]
             stem_type = "deep" if convs[0].out_channels == convs[1].out_channels else "deep_tiered"
@@ -152,7 +157,7 @@ class TimmResNet(AncestryAdapter):
             "layers": [len(st) for st in stages],
             "channels": [int(p) for p in planes],
             "num_classes": int(m.num_classes),
-            "in_chans": int(conv1[0].in_channels if isinstance(conv1, nn.Sequential) else conv1.in_channels),
+            "in_chans": int(_first_conv(conv1).in_channels),
             "img_size": list(self._img_size),
             "stem_width": int(stem_width),
             "stem_type": stem_type,
@@ -166,8 +171,8 @@ class TimmResNet(AncestryAdapter):
             if groups != 1 or first.conv1.out_channels != planes[0]:
                 arch["cardinality"] = groups
                 arch["base_width"] = int(first.conv1.out_channels * 64 // (planes[0] * groups))
-        last = self._blocks[-1].drop_path
-        if last is not None and getattr(last, "drop_prob", 0.0):
+        last: Any = getattr(self._blocks[-1], "drop_path", None)
+        if last is not None and getattr(last, "drop_prob", None):
             arch["drop_path_rate"] = float(f"{float(last.drop_prob):.6g}")
         name = getattr(self, "timm_name", None)
         if name:
@@ -193,15 +198,13 @@ class TimmResNet(AncestryAdapter):
     def shape(self) -> RowShape:
         widths = []
         for st in _stages(self.model):
-            last = st[-1]
+            last: Any = st[-1]
             widths.append(int((last.conv3 if isinstance(last, Bottleneck) else last.conv2).out_channels))
         return RowShape.staged([(len(st), w, 0) for st, w in zip(_stages(self.model), widths)])
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        conv1 = self.model.conv1
-        chans = conv1[0].in_channels if isinstance(conv1, nn.Sequential) else conv1.in_channels
-        return (int(chans), *self._img_size)
+        return (int(_first_conv(self.model.conv1).in_channels), *self._img_size)
 
     @property
     def blocks(self) -> nn.ModuleList:

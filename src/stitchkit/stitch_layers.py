@@ -101,13 +101,14 @@ def channels_last(features: torch.Tensor, layout: str) -> torch.Tensor:
 
 def set_affine(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
     """Write a ``(dst, src)`` weight and a bias into a stitch layer of any kind, in place."""
-    w = layer.weight  # type: ignore[union-attr]
+    w: torch.Tensor = getattr(layer, "weight")
+    b: torch.Tensor = getattr(layer, "bias")
     with torch.no_grad():
         w.copy_(weight.reshape(w.shape).to(w.device, w.dtype))
-        layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))  # type: ignore[union-attr]
+        b.copy_(bias.to(b.device, b.dtype))
 
 
 def affine_weight(layer: nn.Module) -> torch.Tensor:
     """The stitch layer's weight as a ``(dst, src)`` matrix, whatever its kind."""
-    w = layer.weight  # type: ignore[union-attr]
+    w: torch.Tensor = getattr(layer, "weight")
     return w.reshape(w.shape[0], w.shape[1])

@@ -872,7 +872,7 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
     types = {}
     for r, row in rows.items():
         types[r] = _adapter_class(p, registry, row["adapter"], f"row {r}")
-        _build_row(p, types[r], row["arch"], RowShape.from_json(row), f"row {r}")
+        _build_row(p, types[r], row["arch"], RowShape.from_json(dict(row)), f"row {r}")
     try:
         skeleton = descendant_skeleton(types, {r: row["arch"] for r, row in rows.items()}, specs, target)
     except Exception as exc:  # noqa: BLE001 - same reasoning as _build_row

@@ -59,13 +59,14 @@ class TimmSwin(AncestryAdapter):
     model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
     timm_name: str
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         if not isinstance(model, SwinTransformer):
             raise ConfigError(f"the timm-swin adapter needs a timm SwinTransformer, got {type(model).__name__}")
         super().__init__(model)
         blocks: list[nn.Module] = []
         self._starts: list[int] = []
-        for stage in model.layers:
+        stages: Any = model.layers
+        for stage in stages:
             self._starts.append(len(blocks))
             for b, blk in enumerate(stage.blocks):
                 has_down = b == 0 and not isinstance(stage.downsample, nn.Identity)
@@ -178,8 +179,9 @@ class TimmSwin(AncestryAdapter):
         return self._head
 
     def attention(self, index: int) -> nn.Module:
-        blk = self._blocks[index]
-        return (blk.block if isinstance(blk, StageEntry) else blk).attn
+        blk: Any = self._blocks[index]
+        inner: Any = blk.block if isinstance(blk, StageEntry) else blk
+        return inner.attn  # type: ignore[no-any-return]
 
     def part_of(self, param_name: str) -> tuple[str, int | None]:
         if param_name.startswith("patch_embed."):
@@ -206,6 +208,6 @@ class TimmSwin(AncestryAdapter):
         return {self.attention(i): _window_attention_macs for i in range(len(self._blocks))}
 
 
-def _window_attention_macs(m: nn.Module, inputs: tuple[Any, ...], _out: Any) -> int:
+def _window_attention_macs(m: Any, inputs: tuple[Any, ...], _out: Any) -> int:
     windows, n, _ = inputs[0].shape  # (B * windows, tokens per window, C)
     return 2 * windows * n * n * (m.qkv.out_features // 3)
