@@ -154,7 +154,7 @@ def test_shipped_configs_resolve_and_validate(registry):
     from stitchkit_snnet.method import SNNetMethod
 
     names = sorted(p.name for p in CONFIGS.glob("*.toml"))
-    assert names == ["deit-imagenet.toml", "digits.toml", "equal-storage-digits.toml"]
+    assert names == ["deit-imagenet.toml", "digits-resnet.toml", "digits.toml", "equal-storage-digits.toml"]
     for name in names:
         config = load_config(CONFIGS / name)
         assert config["method"] == "snnet"
@@ -167,3 +167,9 @@ def test_shipped_configs_resolve_and_validate(registry):
     rows = [RowShape(a.depth, a.embed_dim, a.num_heads) for a in equal]
     assert rows == [RowShape(3, 32, 2), RowShape(3, 64, 4)]
     assert len(SNNetMethod().stitches(rows)) == 2
+    # the ResNet digits anchors: timm-resnet networks given by arch, stitched in stages 1 and 2
+    # (stage depths 2 -> 4 and 2 -> 6: 3 + 5 configurations on 2 + 2 layers, as ResNet-18 -> ResNet-50)
+    resnets = section(load_config(CONFIGS / "digits-resnet.toml"), "snnet", SNNetConfig).anchor_configs()
+    assert [(a.adapter, a.arch["layers"]) for a in resnets] == [("timm-resnet", [2, 2, 2, 2]), ("timm-resnet", [2, 4, 6, 2])]
+    shapes = [RowShape.staged([(d, w, 0) for d, w in zip(a.arch["layers"], a.arch["channels"])]) for a in resnets]
+    assert len(SNNetMethod().paths(shapes, SNNetMethod().stitches(shapes))) == 2 + 3 + 5
