@@ -87,7 +87,10 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     path = out_dir / lg.pool_file
     if ctx.is_main:
         pool.to("cpu")
-        save_pool(pool, path, provenance={"config": dict(config), "eval_split": lg.eval_split})
+        provenance = {"config": dict(config), "eval_split": lg.eval_split}
+        if ancestry.weights_record is not None:  # what timm adapted when loading the ancestry's weights
+            provenance["ancestry_weights"] = ancestry.weights_record
+        save_pool(pool, path, provenance=provenance)
     from stitchkit.engine.distributed import barrier
 
     barrier()

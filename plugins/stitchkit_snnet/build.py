@@ -119,7 +119,9 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
     path = out_dir / cfg.pool_file
     if ctx.is_main:
         pool.cpu()
-        save_pool(pool, path, provenance={"method": "snnet", "data": dict(config.get("data", {})), "eval_split": cfg.eval_split})
+        provenance = {"method": "snnet", "data": dict(config.get("data", {})), "eval_split": cfg.eval_split,
+                      "anchor_weights": [a.weights_record for a in anchors]}  # what timm adapted, per anchor
+        save_pool(pool, path, provenance=provenance)
         write_json_atomic(out_dir / "evaluation.json", {"split": cfg.eval_split, "results": results, "timings": info["snnet"]["timings"]})
         write_bytes_atomic(out_dir / "evaluation.md", (format_table(results) + "\n").encode())
     barrier()

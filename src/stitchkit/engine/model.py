@@ -41,7 +41,8 @@ class ModelConfig:
     timm_name: str = ""
     #: Download timm's pretrained weights (needs network access; timm_name only).
     pretrained: bool = False
-    #: Local weights to start from (safetensors, or a weights-only .pth).
+    #: Local weights to start from (safetensors, or a weights-only .pth, optionally under 'model' /
+    #: 'state_dict'); with timm_name, adapted by timm to the data like pretrained weights.
     checkpoint: str = ""
     depth: int = 12
     embed_dim: int = 64
@@ -101,6 +102,7 @@ def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0) -> TimmViT:
             )
             if cfg.checkpoint:
                 adapter.load_checkpoint(cfg.checkpoint)
+                adapter.weights_record = {"source": "file", "file": cfg.checkpoint, "adapted": []}
     return adapter
 
 
@@ -177,6 +179,8 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "ru
             "evaluation": {"test": test, "last": result.last_metrics},
             "steps": result.steps,
         }
+        if adapter.weights_record is not None:
+            info["weights"] = adapter.weights_record
         save_model(adapter, path, info)
     from .distributed import barrier
 
