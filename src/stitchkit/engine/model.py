@@ -175,7 +175,10 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "ru
     if ctx.is_main:
         save_resolved(resolved, out)
         info = {
-            "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source},
+            "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source,
+                     "splits": data.splits},
+            "classes": data.classes,
+            "preprocessing": data.preprocessing,
             "evaluation": {"test": test, "last": result.last_metrics},
             "steps": result.steps,
         }
