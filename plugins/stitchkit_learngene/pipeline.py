@@ -109,7 +109,7 @@ def obtain_ancestry(config, lg: LearngeneConfig, data: Data, base: TrainConfig, 
         else:
             train = lg.train_config(base, "ancestry")
             sub = {"data": config["data"], "model": config["model"], "train": dataclasses.asdict(train)}
-            adapter = load_model(train_model(sub, out_dir, name="ancestry"), registry)
+            adapter = load_model(train_model(sub, out_dir, name="ancestry", save_config=False), registry)
     spec = data.spec
     if adapter.num_classes != spec.num_classes or tuple(getattr(adapter, "input_size", spec.input_size)) != spec.input_size:
         raise ConfigError(

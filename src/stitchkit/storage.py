@@ -689,8 +689,23 @@ def _write(
         key: _encode(p, key, desc, schema),
         "tensors": _dumps(_index(prepared)),
     }
+    if _same_file(p, metadata, prepared):  # a rerun that changed nothing leaves the file (and its mtime) alone
+        return p
     _atomic_write(p, lambda tmp: save_file(dict(prepared), tmp, metadata=metadata))
     return p
+
+
+def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
+    """True if ``p`` already holds exactly this metadata and these tensors (compared one tensor at a time)."""
+    if not p.is_file():
+        return False
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            if (fh.metadata() or {}) != dict(metadata) or set(fh.keys()) != set(tensors):
+                return False
+            return all(torch.equal(fh.get_tensor(k), t) for k, t in tensors.items())
+    except Exception:  # noqa: BLE001 - unreadable or truncated: rewrite it
+        return False
 
 
 def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | None = None) -> pathlib.Path:

@@ -157,10 +157,13 @@ def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PoolFormatError(path, f"unreadable model file ({exc})") from exc
 
 
-def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry") -> pathlib.Path:
+def train_model(
+    config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry", save_config: bool = True
+) -> pathlib.Path:
     """Train the ``[model]`` ViT on the ``[data]`` with the ``[train]`` settings; return ``out_dir/<name>.safetensors``.
 
-    Resumes (or skips) like any phase; safe to run under torchrun.
+    Resumes (or skips) like any phase; safe to run under torchrun. ``save_config=False``
+    when it is one phase of a larger build, whose ``resolved.json`` holds the whole config.
     """
     resolved = resolve(config)
     out = pathlib.Path(out_dir)
@@ -173,7 +176,8 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "ru
     test = evaluate(adapter.model, data.test_loader(rank=ctx.rank, world_size=ctx.world_size), device=ctx.device) if len(data.test) else {}  # type: ignore[arg-type]
     path = out / f"{name}.safetensors"
     if ctx.is_main:
-        save_resolved(resolved, out)
+        if save_config:
+            save_resolved(resolved, out)
         info = {
             "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source,
                      "splits": data.splits},
@@ -181,6 +185,7 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "ru
             "preprocessing": data.preprocessing,
             "evaluation": {"test": test, "last": result.last_metrics},
             "steps": result.steps,
+            "train_s": result.seconds,
         }
         if adapter.weights_record is not None:
             info["weights"] = adapter.weights_record
