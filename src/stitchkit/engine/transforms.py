@@ -132,18 +132,10 @@ def train_options(cfg: TransformConfig, img_size: int) -> dict[str, Any]:
 
 
 def create_eval_transform(pre: dict[str, Any]) -> Any:
-    """timm's evaluation transform for a stored preprocessing config (what an exported model expects)."""
-    from timm.data import create_transform
+    """timm's evaluation transform for a preprocessing config (what an exported model expects)."""
+    from ..preprocessing import eval_transform
 
-    return create_transform(
-        tuple(pre["input_size"]),
-        is_training=False,
-        interpolation=pre["interpolation"],
-        mean=tuple(pre["mean"]),
-        std=tuple(pre["std"]),
-        crop_pct=pre["crop_pct"],
-        crop_mode=pre.get("crop_mode", "center"),
-    )
+    return eval_transform(pre)
 
 
 def create_train_transform(cfg: TransformConfig, pre: dict[str, Any]) -> Any:
