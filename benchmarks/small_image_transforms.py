@@ -8,7 +8,8 @@ seeded), then trains the same ViT with the same budget under each transform:
   (timm's training defaults: random resized crop of 8-100 % of the area, flip,
   colour jitter; evaluation resize to 32 / 0.875 and centre crop 32);
 * ``small``: the defaults for images of at most 64 px (crops of 50-100 %, evaluated uncropped);
-* ``none``: no augmentation (``augment = false``), evaluated like ``small``.
+* ``none``: no augmentation (``augment = false``), evaluated like ``small``;
+* ``small-noflip``, ``small-0.8``: ``small`` without flips / with crops of 80-100 %.
 
     python benchmarks/small_image_transforms.py [--epochs 15] [--out /tmp/stitchkit-transforms]
 """
@@ -27,6 +28,8 @@ VARIANTS = {
     "imagenet": {"augment": True, "transform": {"scale": [0.08, 1.0], "crop_pct": 0.875}},
     "small": {"augment": True, "transform": {}},
     "none": {"augment": False, "transform": {}},
+    "small-noflip": {"augment": True, "transform": {"hflip": 0.0}},
+    "small-0.8": {"augment": True, "transform": {"scale": [0.8, 1.0]}},
 }
 
 

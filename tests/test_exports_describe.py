@@ -4,6 +4,8 @@ eval-mode model whose ``transform`` reproduces the pool's recorded top-1 on the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import pathlib
 
@@ -74,15 +76,22 @@ def test_an_exported_model_with_its_stored_transform_reproduces_the_recorded_top
     recorded = read_pool_metadata(pool_file)["pool"]["evaluation"]
     target = tmp_path / "small.safetensors"
     assert main(["export", str(pool_file), "2", "-o", str(target)]) == 0  # a stitched descendant
-    # the documented five lines (docs/training.md, "Inference with an exported model")
+    # the documented five lines (docs/training.md, "Inference with an exported model"), run as written
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    block = page.split("## Inference with an exported model", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) == 5
+    block = block.replace('"small.safetensors"', repr(str(target))).replace('"my-images/test"', repr(str(digits_folder / "test")))
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(compile(block, "training.md", "exec"), {})
+    top1 = float(printed.getvalue().split()[0])
+    stored = recorded[model_name(target)]
+    assert top1 == pytest.approx(stored["top1"], abs=1e-9) and stored["images"] == 100
+
     model = stitchkit.load_exported(target)
     test = ImageFolder(str(digits_folder / "test"), transform=model.transform)
     with torch.no_grad():
         correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in DataLoader(test, batch_size=64))
-    top1 = 100.0 * correct / len(test)
-
-    stored = recorded[model_name(target)]
-    assert top1 == pytest.approx(stored["top1"], abs=1e-9) and stored["images"] == len(test) == 100
+    assert 100.0 * correct / len(test) == pytest.approx(stored["top1"], abs=1e-9)
     assert not model.training and model.classes == CLASSES
     assert model.preprocessing == {"input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
                                    "std": [0.229, 0.224, 0.225], "crop_pct": 1.0, "crop_mode": "center"}
