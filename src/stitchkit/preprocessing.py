@@ -40,10 +40,11 @@ def attach(model: nn.Module, data: Mapping[str, Any] | None) -> nn.Module:
     """
     pre = dict((data or {}).get("preprocessing") or {})
     classes = (data or {}).get("classes")
-    model.preprocessing = pre or None
-    model.classes = list(classes) if classes else None
-    model.transform = eval_transform(pre) if pre else None
+    # plain attributes (not parameters or submodules), set as timm sets pretrained_cfg on its models
+    setattr(model, "preprocessing", pre or None)  # noqa: B010
+    setattr(model, "classes", list(classes) if classes else None)  # noqa: B010
+    setattr(model, "transform", eval_transform(pre) if pre else None)  # noqa: B010
     if pre:
         tuples = {k: tuple(pre[k]) for k in ("input_size", "mean", "std")}  # timm's own types
-        model.pretrained_cfg = {**pre, **tuples, "num_classes": len(classes) if classes else None}
+        setattr(model, "pretrained_cfg", {**pre, **tuples, "num_classes": len(classes) if classes else None})  # noqa: B010
     return model
