@@ -74,7 +74,7 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     ancestry = obtain_ancestry(config, lg, data, base, out_dir, registry)
     rows = distil_rows(config, lg, data, base, ancestry, out_dir, registry)
     pool = Pool.from_method(method, rows["adapters"], info=rows["info"], extras=rows["extras"])
-    pool.info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes}  # exports carry them
+    pool.info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes, "splits": data.splits}  # exports carry them
     loader = data.eval_loader(lg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
     after_init = {}
     for name in lg.compare_initializers:

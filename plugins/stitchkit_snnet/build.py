@@ -76,7 +76,7 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
             "teacher": cfg.teacher if teacher is not None else "none",
         }
     }
-    info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes}  # exports carry them
+    info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes, "splits": data.splits}  # exports carry them
     pool = Pool.from_method(SNNetMethod(), anchors, info=info)
 
     # 3. stitch-layer initialisation

@@ -49,6 +49,8 @@ def setup() -> int:
         log.propagate = False
     log.setLevel(logging.INFO if r == 0 else logging.CRITICAL + 1)
     if r != 0:
+        if "torch" not in sys.modules:  # C++ warnings (e.g. the DDP reducer's): read by torch at import
+            os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
         warnings.simplefilter("ignore")
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     if under_torchrun():

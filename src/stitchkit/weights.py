@@ -116,7 +116,7 @@ def create_timm_model(
     src_input = tuple(cfg_dict.get("input_size") or (3, 224, 224))
     record: dict[str, Any] = {"timm_name": name, "source": "timm" if not checkpoint else "file"}
     overlay: dict[str, Any] = {}
-    state: dict[str, torch.Tensor] | None = None
+    shapes: dict[str, list[int]] | None = None  # the file's tensor shapes (timm reads the tensors itself)
     if checkpoint:
         path = pathlib.Path(checkpoint).expanduser()
         state = read_state_dict(path)
@@ -134,6 +134,8 @@ def create_timm_model(
                 break
         overlay = {"file": str(path), "source": "", "num_classes": src_classes, "input_size": src_input}
         record["file"] = str(path)
+        shapes = {k: _shape(v) for k, v in state.items()}
+        del state  # before timm reads the file again: one copy of the weights in memory at a time
     target_classes = kwargs.get("num_classes", src_classes)
     target_chans = kwargs.get("in_chans", src_input[0])
     wrong = (f"{overlay.get('file')}: the weights are not those of timm's {name!r} (", "); set timm_name to the architecture the file was saved from")
@@ -141,17 +143,17 @@ def create_timm_model(
         try:
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay or None, **kwargs)
         except RuntimeError as exc:
-            if state is None:
+            if shapes is None:
                 raise
             raise CheckpointError(f"{wrong[0]}{mismatch(exc)}{wrong[1]}") from None
     # timm loads non-strictly once it has dropped a classifier: only the classifier may be missing.
     heads = {f"{c}.{p}" for c in _names(cfg_dict.get("classifier")) for p in ("weight", "bias")}
     missing = [k for k in report.missing if k not in heads]
-    if state is not None and (report.unexpected or missing):
+    if shapes is not None and (report.unexpected or missing):
         first = f"{report.unexpected[0]} is in the file but not in the model" if report.unexpected else f"{missing[0]} is missing from the file"
         raise CheckpointError(f"{wrong[0]}{first}{wrong[1]}")
     record["from"] = {"num_classes": src_classes, "in_chans": int(src_input[0])}
-    if state is None:  # timm's weights: their size is in the pretrained cfg (a file's is in its tensors, see "resized")
+    if shapes is None:  # timm's weights: their size is in the pretrained cfg (a file's is in its tensors, see "resized")
         record["from"]["img_size"] = list(src_input[1:])
     record["to"] = {"num_classes": int(target_classes), "in_chans": int(target_chans)}
     if "img_size" in kwargs:
@@ -161,9 +163,9 @@ def create_timm_model(
         adapted.append(f"classifier reset ({src_classes} -> {target_classes} classes, new weights)")
     if target_chans != src_input[0]:
         adapted.append(f"first convolution adapted ({src_input[0]} -> {target_chans} input channels)")
-    if state is not None:
-        current = model.state_dict()
-        resized = {k: (_shape(v), _shape(current[k])) for k, v in state.items() if k in current and v.shape != current[k].shape}
+    if shapes is not None:
+        current = {k: _shape(v) for k, v in model.state_dict().items()}
+        resized = {k: (v, current[k]) for k, v in shapes.items() if k in current and v != current[k]}
         record["resized"] = {k: {"file": a, "model": b} for k, (a, b) in sorted(resized.items())}
         own = {f"{c}.{p}" for c in (*_names(cfg_dict.get("first_conv")), *_names(cfg_dict.get("classifier"))) for p in ("weight", "bias")}
         adapted += [f"{k} resampled {a} -> {b}" for k, (a, b) in sorted(resized.items()) if k not in own]
