@@ -9,7 +9,7 @@ import torch
 
 from stitchkit.cli.build import build_command
 from stitchkit.engine import load_config
-from stitchkit.engine.runlog import read_run_records
+from stitchkit.engine.runlog import phase_seconds, read_run_records
 from stitchkit.registry import Registry
 from stitchkit.storage import load_pool, read_pool_metadata
 
@@ -64,6 +64,7 @@ def test_resolved_json_replays_a_learngene_build_and_reruns_keep_their_records(t
     again = read_run_records(out)[len(records):]
     assert [(r["phase"], r["event"], r["train_s"]) for r in again[:-1]] == [(p, "skipped", trained[p]) for p in PHASES]
     assert pool_path.stat().st_mtime_ns == stat.st_mtime_ns and (out / "resolved.json").read_bytes() == before
+    assert phase_seconds(out) == trained
 
     # resolved.json passed back as the config repeats the build exactly, in a fresh directory
     replay = build_command(out / "resolved.json", out_dir=tmp_path / "replay", registry=registry)

@@ -114,3 +114,11 @@ def read_run_records(out_dir: str | pathlib.Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def phase_seconds(out_dir: str | pathlib.Path) -> dict[str, float]:
+    """Each phase's training time from ``runs.jsonl`` (the latest record; a skipped phase repeats the original).
+
+    What a report's wall-time table should show on a rerun that skipped finished phases.
+    """
+    return {r["phase"]: float(r["train_s"]) for r in read_run_records(out_dir) if "phase" in r and "train_s" in r}
