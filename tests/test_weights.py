@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from stitchkit.cli.main import main
 from stitchkit.engine import load_config
 from stitchkit.engine.model import model_info
-from stitchkit.errors import CheckpointError
+from stitchkit.errors import CheckpointError, ConfigError
 from stitchkit.registry import Registry
 from stitchkit.storage import read_pool_metadata
 from stitchkit.vit import TimmViT
@@ -101,6 +101,8 @@ def test_a_file_of_another_architecture_is_one_line_naming_the_key_and_shapes(fi
     save_file(deeper, str(tmp_path / "deeper.safetensors"))
     with pytest.raises(CheckpointError, match=r"^[^\n]*is (missing from the file|in the file but not in the model)[^\n]*$"):
         create_timm_model(NAME, checkpoint=tmp_path / "deeper.safetensors", num_classes=10, img_size=32)
+    with pytest.raises(ConfigError, match=r"timm has no model 'test_vitt'; did you mean 'test_vit'"):
+        create_timm_model("test_vitt", checkpoint=files["pth"], num_classes=10)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pth: not a readable weights file"):
         create_timm_model(NAME, checkpoint=tmp_path / "junk.pth", num_classes=10)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger("stitchkit")
 
@@ -105,6 +105,12 @@ def create_timm_model(
     """
     import timm
 
+    if ":" not in name and not timm.is_model(name):  # "hf-hub:..." and "local-dir:..." names resolve in timm
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else " (timm.list_models() lists them)"
+        raise ConfigError(f"timm has no model {name!r}{hint}")
     if not checkpoint and not pretrained:
         return timm.create_model(name, **kwargs), None
     try:
