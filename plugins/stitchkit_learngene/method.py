@@ -49,6 +49,15 @@ class LearngenePoolMethod(Method):
             return sliding_window_paths(rows)
         return sequential_paths(rows)
 
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> Any:
+        """The ancestry, one distillation per row, stitch init, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import learngene_training_phases
+
+        return learngene_training_phases(
+            config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs,
+            path_set=self.path_set if self.fixed_paths else None,
+        )
+
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         """Distil, build, initialise, fine-tune, evaluate; resumable. See :mod:`.pipeline`."""
         from .pipeline import run_pipeline

@@ -42,6 +42,12 @@ class SNNetMethod(Method):
             )
         return paths
 
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> Any:
+        """Anchors, LS feature pass, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import snnet_training_phases
+
+        return snnet_training_phases(config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs)
+
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         from .build import build_snnet
 
