@@ -31,12 +31,15 @@ from stitchkit.pool import Pool
 
 from .config import SNNetConfig
 from .configurations import check_anchors
-from .method import SNNetMethod
 
 
-def snnet_training_phases(config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+def snnet_training_phases(
+    config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int,
+    name: str = "snnet", config_cls: type[SNNetConfig] = SNNetConfig,
+) -> TrainingPlan:
+    """The phases of :func:`.build.build_snnet`; ``name`` and ``config_cls`` as there (SN-Netv2 shares it)."""
     config = resolve(config)
-    cfg = section(config, "snnet", SNNetConfig)
+    cfg = section(config, name, config_cls)
     base = TrainConfig.from_config(config)
     anchor_train = cfg.train_config(base, "anchor_training")
     phases: list[Phase] = []
@@ -45,14 +48,14 @@ def snnet_training_phases(config: Mapping[str, Any], *, spec: Any, registry: Any
     # 1. anchors: trained here, or loaded (priced as pretraining)
     anchors = []
     for i, anchor in enumerate(cfg.anchor_configs()):
-        net = meta_network(spec, from_mapping(ModelConfig, anchor.model_section(), f"snnet.anchors[{i}]"))
+        net = meta_network(spec, from_mapping(ModelConfig, anchor.model_section(), f"{name}.anchors[{i}]"))
         anchors.append(net)
-        name = anchor.timm_name or str(net.shape)
+        label = anchor.timm_name or str(net.shape)
         if anchor.pretrained or anchor.checkpoint:
-            phases.append(Phase(f"anchor{i} (loaded)", f"{name} {'timm weights' if anchor.pretrained else anchor.checkpoint}",
+            phases.append(Phase(f"anchor{i} (loaded)", f"{label} {'timm weights' if anchor.pretrained else anchor.checkpoint}",
                                 pretrain_epochs, base.batch_size, trained_macs=network_macs(net), kind="pretraining"))
         if anchor.train:
-            phases.append(Phase(f"anchor{i}", f"{name} trained here", anchor_train.epochs, anchor_train.batch_size,
+            phases.append(Phase(f"anchor{i}", f"{label} trained here", anchor_train.epochs, anchor_train.batch_size,
                                 anchor_train.max_steps, trained_macs=network_macs(net)))
     check_anchors([a.shape for a in anchors])
     anchor_macs = [network_macs(a) for a in anchors]
@@ -68,7 +71,7 @@ def snnet_training_phases(config: Mapping[str, Any], *, spec: Any, registry: Any
         teacher_macs = network_macs(meta_network_file(cfg.teacher, registry))
 
     with torch.device("meta"):
-        pool = Pool.from_method(SNNetMethod(), anchors)
+        pool = Pool.from_method(cfg.method(), anchors)
     macs = path_macs(pool)
 
     # 3. stitch initialisation (LS runs the anchors of each stitched pair over a batch)
@@ -99,7 +102,7 @@ def snnet_training_phases(config: Mapping[str, Any], *, spec: Any, registry: Any
     trained_here = any(a.train for a in cfg.anchor_configs())
     if trained_here:
         recipe = dict(epochs=anchor_train.epochs, batch_size=anchor_train.batch_size, max_steps=anchor_train.max_steps)
-        notes.append("alone: each configuration trained from scratch with the anchors' recipe ([snnet.anchor_training])")
+        notes.append(f"alone: each configuration trained from scratch with the anchors' recipe ([{name}.anchor_training])")
     else:
         recipe = dict(epochs=pretrain_epochs, batch_size=base.batch_size, max_steps=0)
         notes.append(f"alone: each configuration trained from scratch for {pretrain_epochs} epochs, the price of a loaded anchor")

@@ -205,9 +205,9 @@ def training_cost(
 
     if pretrain_epochs < 0:
         raise ConfigError(f"--pretrain-epochs must be >= 0, got {pretrain_epochs}")
-    for name, value in (("--images", train_images), ("--eval-images", eval_images), ("--num-classes", num_classes)):
-        if value is not None and value < (0 if name == "--eval-images" else 1):
-            raise ConfigError(f"{name} must be positive, got {value}")
+    for flag, value in (("--images", train_images), ("--eval-images", eval_images), ("--num-classes", num_classes)):
+        if value is not None and value < (0 if flag == "--eval-images" else 1):
+            raise ConfigError(f"{flag} must be positive, got {value}")
     name = config.get("method")
     if not name:
         raise ConfigError("the config names no method; add e.g. method = \"learngene-pool\" at the top")
