@@ -264,3 +264,23 @@ def test_cli_json_matches_the_api(tmp_path: pathlib.Path, image_folder: pathlib.
     assert main(["cost", str(path), "--alone"]) == 0
     text = capsys.readouterr().out
     assert "finetune-ls" in text and "alone total" in text
+
+
+def test_snnetv2_is_priced_through_snnet_phases() -> None:
+    """SN-Netv2 runs SN-Net's pipeline from its own section; its ros sampler is drawn, not exact."""
+    from stitchkit.registry import default_registry
+
+    root = pathlib.Path(__file__).parents[1] / "plugins"
+    config = load_config(root / "stitchkit_snnetv2" / "configs" / "digits.toml")
+    result = training_cost(config, train_images=1000, eval_images=100, num_classes=10, alone=True)
+    names = [p["name"] for p in result["phases"]]
+    assert names[-2:] == ["finetune", "evaluate"] and "stitch-init" in names
+    assert any("4096 draws of the 'ros' sampler" in n for n in result["notes"])
+    method = default_registry().method("snnetv2")
+    finetune = next(p for p in result["phases"] if p["name"] == "finetune")
+    evaluate = next(p for p in result["phases"] if p["name"] == "evaluate")
+    # the mean MACs of a drawn path lies between the smallest and the largest path's
+    per_path = [d["trained_macs"] for d in result["alone"]["descendants"]]
+    assert min(per_path) < finetune["trained_macs"] < max(per_path)
+    assert evaluate["frozen_macs"] == sum(per_path)
+    assert len(per_path) == len({d["name"] for d in result["alone"]["descendants"]}) > len(method.routes)
