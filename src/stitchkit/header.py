@@ -453,6 +453,17 @@ class PoolHeader:
         self.path = self.header.path
         self.desc, self.index = _check_metadata(self.header, POOL_FORMAT)
         self.paths = _check_pool_description(self.path, self.desc, self.index)
+        self.stitch_specs = {d["name"]: StitchSpec.from_json(d) for d in self.desc["stitches"]}
+
+    def resolve(self, key: Path | int | str) -> Path:
+        """A path by index, name or label (as :meth:`stitchkit.pool.Pool.path`), or any valid path object."""
+        if isinstance(key, Path):
+            try:
+                key.validate([r["depth"] for r in self.desc["rows"]], self.stitch_specs)
+            except (ConfigError, PathError) as exc:
+                raise PathError(f"{self.path}: {exc}") from None
+            return key
+        return _find_path(self.paths, key)
 
 
 def read_pool_metadata(path: PathLike) -> dict[str, Any]:

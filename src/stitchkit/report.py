@@ -39,14 +39,13 @@ def pool_sizes(pool: Pool) -> dict[str, Any]:
 
 def pool_from_metadata(meta: dict[str, Any], registry: Registry | None = None) -> Pool:
     """The pool a file describes, on the meta device (structure only, no weights)."""
-    import torch
-
+    from .metainit import meta_skeleton
     from .pool import Pool
     from .registry import default_registry
 
     registry = registry or default_registry()
     desc = meta["pool"]
-    with torch.device("meta"):
+    with meta_skeleton():
         rows = [registry.ancestry(r["adapter"]).from_arch(r["arch"]) for r in desc["rows"]]
         pool = Pool(
             rows,

@@ -57,8 +57,9 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     read_pool_metadata,
 )
 from .pool import Pool
+from .metainit import meta_skeleton
 from .spec import Path, RowShape, StitchSpec
-from .stitched import Descendant, descendant_skeleton, pool_key_map
+from .stitched import Descendant, descendant_skeleton
 
 OnRead = Callable[[str], None]
 
@@ -97,7 +98,7 @@ def _adapter_class(p: pathlib.Path, registry: Any, name: str, where: str) -> typ
 def _build_row(p: pathlib.Path, cls: type, arch: Mapping[str, Any], shape: RowShape | None, where: str) -> Any:
     """An adapter built on the meta device from a file-supplied arch (no weights, no memory)."""
     try:
-        with torch.device("meta"):
+        with meta_skeleton():
             adapter = cls.from_arch(arch)
         built = adapter.shape
     except Exception as exc:  # noqa: BLE001 - any failure to build a file-supplied arch is a file problem
@@ -121,7 +122,7 @@ class _PoolFile(PoolHeader):
             cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
             adapters.append(_build_row(p, cls, row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}"))
         try:
-            with torch.device("meta"):
+            with meta_skeleton():
                 pool = Pool(
                     adapters, [StitchSpec.from_json(s) for s in desc["stitches"]], self.paths,
                     method=desc["method"], info=desc["info"],
@@ -212,33 +213,49 @@ def load_descendant(
     every pool tensor read, so callers can see that nothing else was touched.
     """
     f = _PoolFile(path)
-    pool = f.skeleton(registry)
-    target = pool.path(key)
-    return _lazy_descendant(f, pool, target, str(device), on_read)
+    return _lazy_descendant(f, f.resolve(key), registry, str(device), on_read)
 
 
-def _lazy_descendant(f: _PoolFile, pool: Pool, target: Path, device: str, on_read: OnRead | None) -> Descendant:
+def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None) -> Descendant:
+    """Build only the descendant's own modules (shortened rows on the meta device), then read only its tensors."""
+    from .registry import default_registry
+
+    registry = registry if registry is not None else default_registry()
+    p, desc_rows = f.path, f.desc["rows"]
     rows = sorted({s.row for s in target.segments})
-    mapping = pool_key_map(
-        {r: pool.adapters[r].part_of for r in rows},
-        {r: list(pool.rows[r].state_dict()) for r in rows},
-        target,
-    )
-    desc_rows = f.desc["rows"]
+    types = {r: _adapter_class(p, registry, desc_rows[r]["adapter"], f"row {r}") for r in rows}
+
+    def build_row(r: int, cls: type, arch: dict[str, Any]) -> Any:
+        """A shortened row, checked against the width and heads the metadata gives the full row."""
+        row = desc_rows[r]
+        adapter = _build_row(p, cls, arch, None, f"row {r}")
+        built = adapter.shape
+        if (built.depth, built.width, built.heads) != (arch["depth"], row["width"], row["heads"]):
+            raise PoolFormatError(
+                p, f"row {r}: its arch builds a {row['depth']}x{built.width}:{built.heads} row but the metadata says "
+                f"{row['depth']}x{row['width']}:{row['heads']}"
+            )
+        return adapter
+
+    mapping: dict[str, str] = {}
     skeleton = descendant_skeleton(
-        {r: type(pool.adapters[r]) for r in rows},
-        {r: desc_rows[r]["arch"] for r in rows},
-        pool.stitch_specs,
-        target,
+        types, {r: desc_rows[r]["arch"] for r in rows}, f.stitch_specs, target, pool_keys=mapping, build_row=build_row
     )
-    wanted = set(skeleton.state_dict())
-    if set(mapping.values()) != wanted:
+    state = skeleton.state_dict()
+    if set(mapping.values()) != set(state):
         raise PoolFormatError(
-            f.path, f"descendant {target.name}: the pool's tensor names do not cover its modules "
-            f"(unmapped: {_few(sorted(wanted - set(mapping.values())))})"
+            p, f"descendant {target.name}: the pool's tensor names do not cover its modules "
+            f"(unmapped: {_few(sorted(set(state) - set(mapping.values())))})"
         )
+    by_pool_name = {n: state[own] for n, own in mapping.items()}
+    missing = sorted(set(mapping) - set(f.index))
+    if missing:
+        raise PoolFormatError(p, f"descendant {target.name} needs {len(missing)} tensor(s) the file lacks: {_few(missing)}")
+    _match_index(p, {n: f.index[n] for n in mapping}, {n: (None, list(t.shape)) for n, t in by_pool_name.items()},
+                 "the rows' architectures", "the file")
+    _check_float(p, f.index, by_pool_name)
     tensors = f.read(mapping, device, on_read)
-    _load_into(f.path, skeleton, {mapping[n]: t for n, t in tensors.items()})
+    _load_into(p, skeleton, {mapping[n]: t for n, t in tensors.items()})
     return skeleton
 
 
@@ -380,9 +397,8 @@ def _source(pool_or_path: Pool | PathLike, key: Path | int | str, registry: Any,
         target = pool.path(key)
         return pool.describe(), target, lambda: pool.descendant(target), pool
     f = _PoolFile(pool_or_path)
-    pool = f.skeleton(registry)
-    target = pool.path(key)
-    return f.desc, target, lambda: _lazy_descendant(f, pool, target, device, None), f
+    target = f.resolve(key)
+    return f.desc, target, lambda: _lazy_descendant(f, target, registry, device, None), f
 
 
 def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, Any]:
