@@ -146,6 +146,15 @@ class Pool(nn.Module):
         self._descendants[path] = (_generation, d)
         return d
 
+    def replace_row(self, index: int, adapter: AncestryAdapter) -> None:
+        """Put ``adapter`` (a row of the same shape) in row ``index``; descendants are rebuilt on their next use."""
+        if not 0 <= index < len(self.adapters):
+            raise ConfigError(f"row {index} does not exist: the pool has {len(self.adapters)} rows")
+        if adapter.shape != self.adapters[index].shape:
+            raise ConfigError(f"row {index} is {self.adapters[index].shape}; a replacement must have that shape, not {adapter.shape}")
+        self.adapters[index] = adapter
+        self.rows[index] = adapter.model
+
     def forget_descendants(self) -> None:
         """Empty the descendant cache (needed only after removing a module: ``del``, ``pop``, ``insert``)."""
         self._descendants: dict[Path, tuple[int, Descendant]] = {}
