@@ -142,9 +142,16 @@ class Pool(nn.Module):
         if self._watched_in != _generation:
             _watch(self)
             self._watched_in = _generation
-        d = build_descendant(self.adapters, self.stitches, path)
+        d = build_descendant(self.adapters, self.stitches, path).train(self.training)
         self._descendants[path] = (_generation, d)
         return d
+
+    def train(self, mode: bool = True) -> Pool:
+        """Set training mode on the pool and on its cached descendants (their stem and head wrappers)."""
+        super().train(mode)
+        for _, d in self.__dict__.get("_descendants", {}).values():
+            d.train(mode)
+        return self
 
     def replace_row(self, index: int, adapter: AncestryAdapter) -> None:
         """Put ``adapter`` (a row of the same shape) in row ``index``; descendants are rebuilt on their next use."""
