@@ -154,12 +154,20 @@ def _type_name(value: Any) -> str:
     return "number" if _JSON_TYPES["number"](value) else type(value).__name__
 
 
+def _plain_counts(value: list[Any], items: Mapping[str, Any]) -> bool:
+    """True if every item is a plain int that ``items`` (a bare integer schema) accepts: a tensor shape."""
+    if items.keys() - {"type", "minimum"} or items.get("type") != "integer":
+        return False
+    low = items.get("minimum", -math.inf)
+    return all(type(v) is int and v >= low for v in value)
+
+
 def _check_schema(value: Any, schema: Mapping[str, Any], where: str = "") -> None:
     """Raise :class:`_SchemaError` where ``value`` breaks ``schema`` (the subset above)."""
     types = schema.get("type")
     if types is not None:
         types = [types] if isinstance(types, str) else types
-        if not any(_JSON_TYPES[t](value) for t in types):
+        if not (_JSON_TYPES[types[0]](value) or any(_JSON_TYPES[t](value) for t in types[1:])):
             raise _SchemaError(where, f"expected {' or '.join(types)}, got {_type_name(value)}")
     if "enum" in schema and value not in schema["enum"]:
         raise _SchemaError(where, f"{value!r} is not one of {schema['enum']}")
@@ -175,9 +183,10 @@ def _check_schema(value: Any, schema: Mapping[str, Any], where: str = "") -> Non
             raise _SchemaError(where, f"needs at least {schema['minItems']} items, has {len(value)}")
         if len(value) > schema.get("maxItems", math.inf):
             raise _SchemaError(where, f"allows at most {schema['maxItems']} items, has {len(value)}")
-        if "items" in schema:
+        items = schema.get("items")
+        if items is not None and not _plain_counts(value, items):  # a fast pass for shapes; errors come from the loop
             for i, item in enumerate(value):
-                _check_schema(item, schema["items"], f"{where}[{i}]")
+                _check_schema(item, items, f"{where}[{i}]")
     if isinstance(value, dict):
         for key in schema.get("required", ()):
             if key not in value:
@@ -339,12 +348,16 @@ def _check_metadata(h: _Header, fmt: str) -> tuple[dict[str, Any], dict[str, dic
         )
     key, schema = ("pool", POOL_SCHEMA) if fmt == POOL_FORMAT else ("descendant", DESCENDANT_SCHEMA)
     desc = _parse_json(p, meta, key, schema)
-    index = _parse_json(p, meta, "tensors", TENSORS_SCHEMA)
+    index = _parse_json(p, meta, "tensors", TENSORS_SCHEMA, lambda v: _repeats_header(v, h.entries))
     _match_index(p, index, {n: (e["dtype"], e["shape"]) for n, e in h.entries.items()}, "the file", "the metadata")
     return desc, index
 
 
-def _parse_json(p: pathlib.Path, meta: Mapping[str, str], key: str, schema: Mapping[str, Any]) -> Any:
+def _parse_json(
+    p: pathlib.Path, meta: Mapping[str, str], key: str, schema: Mapping[str, Any],
+    passes: Callable[[Any], bool] | None = None,
+) -> Any:
+    """Parse ``meta[key]`` and check it against ``schema``, unless ``passes(value)`` already proves it fits."""
     if key not in meta:
         raise PoolFormatError(p, f"__metadata__ has no {key!r} entry")
     try:
@@ -352,10 +365,28 @@ def _parse_json(p: pathlib.Path, meta: Mapping[str, str], key: str, schema: Mapp
     except (ValueError, RecursionError) as exc:
         raise PoolFormatError(p, f"metadata {key!r} is not valid JSON: {exc}") from None
     try:
-        _check_schema(value, schema)
+        if passes is None or not passes(value):
+            _check_schema(value, schema)
     except _SchemaError as exc:
         raise PoolFormatError(p, f"metadata {key!r} fails the schema {exc}") from None
     return value
+
+
+def _repeats_header(index: Any, entries: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True if the tensor index lists exactly the header's tensors with their (checked) dtypes and shapes.
+
+    Such an index fits TENSORS_SCHEMA, so checking it node by node (the slow
+    part of reading a large pool's header) can be skipped; any other index is
+    checked and reported as before.
+    """
+    if not isinstance(index, dict) or index.keys() != entries.keys():
+        return False
+    for name, entry in entries.items():
+        listed = index[name]
+        if not (isinstance(listed, dict) and listed.get("dtype") == entry["dtype"] and listed.get("shape") == entry["shape"]
+                and all(type(d) is int for d in listed["shape"])):
+            return False
+    return True
 
 
 def _match_index(
