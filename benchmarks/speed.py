@@ -230,14 +230,14 @@ def switching(pool: Pool, x1: torch.Tensor, device: torch.device, bf16: bool) ->
     switch_us, official_us, build_us = (statistics.median(v) * 1e6 for v in zip(*per))
     prebuilt = [pool.descendant(i) for i in range(n)]
     with torch.inference_mode(), autocast(device, bf16):
-        ta, tb = paired(lambda: [pool.descendant(i)(x1) for i in order[:n]],
-                        lambda: [prebuilt[i](x1) for i in order[:n]], device, 15)
+        ta, tb = paired(lambda: [pool.descendant(i)(x1) for i in order],
+                        lambda: [prebuilt[i](x1) for i in order], device, 21)
     return [
         {"benchmark": "f", "what": f"switch per request: pool.descendant(i) after first use, {switch_us:.2f} us "
          f"(official SN-Net reset_stitch_id idea here: {official_us:.2f} us; building a descendant: {build_us:.0f} us)",
          "a": switch_us, "b": 10.0, "ratio": switch_us / 10.0, "target": 1.0, "meets_target": switch_us <= 10.0,
          "unit": "us / 10 us", "switch_us": switch_us, "reset_stitch_id_us": official_us, "uncached_build_us": build_us},
-        {"benchmark": "f-serve", "what": f"serve 1 image per request switching among {n} descendants / same on a prebuilt list",
+        {"benchmark": "f-serve", "what": f"serve 1 image per request, {len(order)} requests switching among {n} descendants / same on a prebuilt list",
          "a": ta, "b": tb, "ratio": ta / tb, "target": 1.03, "meets_target": ta / tb <= 1.03, "unit": "s"},
     ]
 

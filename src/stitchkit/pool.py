@@ -52,6 +52,11 @@ def _watch(pool: nn.Module) -> None:
 class Pool(nn.Module):
     """Rows (sorted by width) + stitch layers + the paths the method allows."""
 
+    # the descendant cache (see descendant() and forget_descendants())
+    _descendants: dict[Path, tuple[int, Descendant]]
+    _cache_owner: int
+    _watched_in: int
+
     def __init__(
         self,
         rows: Sequence[AncestryAdapter],
@@ -164,7 +169,7 @@ class Pool(nn.Module):
 
     def forget_descendants(self) -> None:
         """Empty the descendant cache (needed only after removing a module: ``del``, ``pop``, ``insert``)."""
-        self._descendants: dict[Path, tuple[int, Descendant]] = {}
+        self._descendants = {}
         self._cache_owner = id(self)
         self._watched_in = -1
 
