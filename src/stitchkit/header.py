@@ -51,7 +51,11 @@ _POSITIVE = {"type": "integer", "minimum": 1}
 STITCH_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "src", "dst", "src_width", "dst_width"],
-    "properties": {"name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE},
+    "properties": {
+        "name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE,
+        # low-rank stitch layers (an extension of version 1): tensors lora_A, lora_B beside weight, bias
+        "rank": _POSITIVE, "alpha": {"type": "number"},
+    },
 }
 PATH_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -435,14 +439,17 @@ def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mappin
         for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
             if end >= len(shapes) or shapes[end].width != width:
                 raise PoolFormatError(p, f"stitch layer {s.name!r} expects width {width} at row {end}, which the rows do not have")
-        for suffix, shape in (("weight", [s.dst_width, s.src_width]), ("bias", [s.dst_width])):
+        tensors = [("weight", [s.dst_width, s.src_width]), ("bias", [s.dst_width])]
+        if s.rank:
+            tensors += [("lora_A", [s.rank, s.src_width]), ("lora_B", [s.dst_width, s.rank])]
+        for suffix, shape in tensors:
             entry = index.get(f"stitches.{s.name}.{suffix}")
             if entry is None:
                 raise PoolFormatError(p, f"stitch layer {s.name!r} has no tensor 'stitches.{s.name}.{suffix}'")
             if entry["shape"] != shape:
                 raise PoolFormatError(
                     p, f"tensor 'stitches.{s.name}.{suffix}' has shape {entry['shape']}, but the stitch layer "
-                    f"maps width {s.src_width} to {s.dst_width} and needs {shape}"
+                    f"maps width {s.src_width} to {s.dst_width}{f' at rank {s.rank}' if s.rank else ''} and needs {shape}"
                 )
     extras = {n[len("extras."):] for n in index if n.startswith("extras.")}
     if extras != set(desc["extras"]) or len(desc["extras"]) != len(extras):

@@ -17,8 +17,15 @@ import torch
 from torch import nn
 
 from .interfaces import AncestryAdapter
+from .lowrank import low_rank, merge_low_rank
 from .metainit import meta_skeleton
 from .spec import Path, StitchSpec
+
+
+def stitch_layer(spec: StitchSpec) -> nn.Module:
+    """The module of a stitch layer: ``nn.Linear``, low-rank when ``spec.rank > 0``."""
+    layer = nn.Linear(spec.src_width, spec.dst_width)
+    return low_rank(layer, spec.rank, spec.alpha) if spec.rank else layer
 
 
 class Descendant(nn.Module):
@@ -101,20 +108,19 @@ def descendant_skeleton(
             blocks = rows[seg.row].blocks
             segments.append([blocks[taken[seg.row] + j] for j in range(len(seg))])
             taken[seg.row] += len(seg)
-        stitches = [
-            nn.Linear(stitch_specs[n].src_width, stitch_specs[n].dst_width) for n in path.stitches
-        ]
+        stitches = [stitch_layer(stitch_specs[n]) for n in path.stitches]
     if pool_keys is not None:
-        pool_keys.update(_skeleton_keys(rows, path))
+        pool_keys.update(_skeleton_keys(rows, stitches, path))
     first, last = rows[path.segments[0].row], rows[path.segments[-1].row]
     return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
 
 
-def _skeleton_keys(rows: Mapping[int, AncestryAdapter], path: Path) -> dict[str, str]:
+def _skeleton_keys(rows: Mapping[int, AncestryAdapter], stitches: Sequence[nn.Module], path: Path) -> dict[str, str]:
     """Pool tensor name -> descendant tensor name, for the shortened rows of :func:`descendant_skeleton`.
 
     Shortened row ``r`` holds the blocks the path takes from it in path order;
     its block ``k`` is the pool's block ``start + j`` of the segment it serves.
+    Stitch layer ``i`` keeps its own keys (``weight``, ``bias``; low-rank layers add ``lora_A``, ``lora_B``).
     """
     first, last = path.segments[0].row, path.segments[-1].row
     place: dict[tuple[int, int], tuple[int, int]] = {}  # (row, shortened index) -> (segment, position)
@@ -135,8 +141,8 @@ def _skeleton_keys(rows: Mapping[int, AncestryAdapter], path: Path) -> dict[str,
                 i, j = place[(r, index)]  # type: ignore[index]
                 prefix, _, rest = key.split(".", 2)
                 mapping[f"rows.{r}.{prefix}.{path.segments[i].start + j}.{rest}"] = f"segments.{i}.{j}.{rest}"
-    for i, name in enumerate(path.stitches):
-        for p in ("weight", "bias"):
+    for i, (name, layer) in enumerate(zip(path.stitches, stitches, strict=True)):
+        for p in layer.state_dict():
             mapping[f"stitches.{name}.{p}"] = f"stitches.{i}.{p}"
     return mapping
 

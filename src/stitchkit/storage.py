@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import ConfigError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
+from .lowrank import merge_low_rank
 from .header import (  # noqa: F401 - re-exported: the format's constants and schemas are part of this module's API
     DESCENDANT_FORMAT,
     DESCENDANT_SCHEMA,
@@ -59,7 +60,7 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
 from .pool import Pool
 from .metainit import meta_skeleton
 from .spec import Path, RowShape, StitchSpec
-from .stitched import Descendant, descendant_skeleton
+from .stitched import Descendant, build_descendant, descendant_skeleton
 
 OnRead = Callable[[str], None]
 
@@ -256,7 +257,7 @@ def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_
     _check_float(p, f.index, by_pool_name)
     tensors = f.read(mapping, device, on_read)
     _load_into(p, skeleton, {mapping[n]: t for n, t in tensors.items()})
-    return skeleton
+    return merge_low_rank(skeleton)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- writing
@@ -338,8 +339,6 @@ def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | Non
 
     p = pathlib.Path(path)
     desc = pool.describe()
-    with torch.no_grad():
-        desc["sizes"] = pool_sizes(pool)  # so that 'stitchkit info' needs no torch
     if provenance is not None:
         desc["info"] = {**desc["info"], "provenance": dict(provenance)}
     tensors = dict(pool.state_dict())
@@ -350,6 +349,8 @@ def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | Non
         _check_pool_description(p, desc, _index(prepared))
     except PoolFormatError as exc:
         raise PoolFormatError(p, f"cannot write: {exc.problem}") from None
+    with torch.no_grad():
+        desc["sizes"] = pool_sizes(pool)  # so that 'stitchkit info' needs no torch
     return _write(p, POOL_FORMAT, "pool", desc, POOL_SCHEMA, prepared)
 
 
@@ -395,7 +396,8 @@ def _source(pool_or_path: Pool | PathLike, key: Path | int | str, registry: Any,
     if isinstance(pool_or_path, Pool):
         pool = pool_or_path
         target = pool.path(key)
-        return pool.describe(), target, lambda: pool.descendant(target), pool
+        # a fresh module, not the pool's cached one: exporting merges low-rank stitch layers in place
+        return pool.describe(), target, lambda: build_descendant(pool.adapters, pool.stitches, target), pool
     f = _PoolFile(pool_or_path)
     target = f.resolve(key)
     return f.desc, target, lambda: _lazy_descendant(f, target, registry, device, None), f
@@ -410,7 +412,8 @@ def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, 
         "path": target.to_json(),
         "method": desc["method"],
         "rows": [{"row": r, **desc["rows"][r]} for r in rows],
-        "stitches": [stitches[n] for n in target.stitches],
+        # exported stitch layers are merged: plain layers, whatever the pool's rank
+        "stitches": [{k: v for k, v in stitches[n].items() if k not in ("rank", "alpha")} for n in target.stitches],
         "info": desc["info"],
         "evaluation": evaluation,
     }
@@ -426,7 +429,7 @@ def export_descendant(
     """
     desc, target, make, _ = _source(pool_or_path, key, registry, "cpu")
     out = pathlib.Path(out_path)
-    prepared = _prepare(out, make().state_dict())
+    prepared = _prepare(out, merge_low_rank(make()).state_dict())
     return _write(out, DESCENDANT_FORMAT, "descendant", _descendant_description(desc, target), DESCENDANT_SCHEMA, prepared)
 
 
