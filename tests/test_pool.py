@@ -211,3 +211,19 @@ def test_deep_copied_pool_has_its_own_cache():
     assert twin.descendant(1).stitches[0] is layer
     # the original keeps its own layer (a change anywhere may rebuild, never mix up, cached descendants)
     assert pool.descendant(1).stitches[0] is pool.stitches[pool.paths[1].stitches[0]] is d.stitches[0]
+
+
+def test_exporting_from_a_pool_leaves_its_cached_descendants_alone(tmp_path):
+    """Export merges low-rank stitch layers in place: on a fresh module, never the pool's cached one."""
+    from stitchkit.lowrank import LowRankLinear
+    from stitchkit.storage import export_descendant, load_exported
+
+    rows = [tiny_row(RowShape(2, 16, 2), seed=1), tiny_row(RowShape(2, 32, 4), seed=2)]
+    pool = Pool.from_method(SequentialMethod(), rows, stitch_rank=2).eval()
+    d = pool.descendant(1)
+    export_descendant(pool, 1, tmp_path / "d.safetensors")
+    assert pool.descendant(1) is d
+    assert isinstance(d.stitches[0], LowRankLinear) and d.stitches[0] is pool.stitches[pool.paths[1].stitches[0]]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(tmp_path / "d.safetensors").eval()(x), d(x), rtol=1e-5, atol=1e-6)
