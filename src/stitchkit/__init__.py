@@ -24,6 +24,19 @@ from .errors import (
     UnknownComponentError,
 )
 
+if TYPE_CHECKING:  # the registry shortcuts, resolved on first use by __getattr__ like every public name
+    from .registry import (
+        create_ancestry, create_design, create_initializer, create_loss, create_method, create_sampler,
+        list_ancestries, list_designs, list_initializers, list_losses, list_methods, list_samplers,
+    )
+
+#: ``list_<kind>s(pattern="*")`` and ``create_<kind>(name, *args, **kwargs)`` over the default registry,
+#: the way timm exports ``list_models`` / ``create_model``.
+_REGISTRY_SHORTCUTS = (
+    "create_ancestry", "create_design", "create_initializer", "create_loss", "create_method", "create_sampler",
+    "list_ancestries", "list_designs", "list_initializers", "list_losses", "list_methods", "list_samplers",
+)
+
 try:
     __version__ = version("stitchkit")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -42,6 +55,7 @@ _LAZY: dict[str, str] = {
     "default_registry": "registry",
     **dict.fromkeys(["Path", "RowShape", "Segment", "StitchSpec"], "spec"),
     "Descendant": "stitched",
+    **dict.fromkeys(_REGISTRY_SHORTCUTS, "registry"),
     **dict.fromkeys(["export_descendant", "load_descendant", "load_exported", "load_pool", "save_pool"], "storage"),
 }
 
@@ -84,5 +98,5 @@ __all__ = [
     "Path", "PathError", "PathSampler", "PluginError", "Pool", "PoolFormatError", "Registry",
     "RowShape", "Segment", "StitchInitializer", "StitchkitError", "TapRequest",
     "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "load_descendant",
-    "load_exported", "load_pool", "save_pool", "__version__",
+    "load_exported", "load_pool", "save_pool", "__version__", *_REGISTRY_SHORTCUTS,
 ]
