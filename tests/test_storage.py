@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
+import stitchkit.header as header
 import stitchkit.storage as storage
 from helpers import tiny_row
 from stitchkit import hookimpl
@@ -208,7 +209,8 @@ def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(storage, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
+    # the header and metadata are read by stitchkit.header (standard library only), re-exported by storage
+    monkeypatch.setattr(header, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
     for loader in ("load_file", "safe_open"):
         if hasattr(storage, loader):  # reading tensors is not allowed here
             monkeypatch.setattr(storage, loader, lambda *a, **k: pytest.fail("read_pool_metadata read tensors"))
