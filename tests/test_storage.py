@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
+import stitchkit.header as header
 import stitchkit.storage as storage
 from helpers import tiny_row
 from stitchkit import hookimpl
@@ -208,7 +209,8 @@ def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(storage, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
+    # the header and metadata are read by stitchkit.header (standard library only), re-exported by storage
+    monkeypatch.setattr(header, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
     for loader in ("load_file", "safe_open"):
         if hasattr(storage, loader):  # reading tensors is not allowed here
             monkeypatch.setattr(storage, loader, lambda *a, **k: pytest.fail("read_pool_metadata read tensors"))
@@ -401,9 +403,19 @@ def test_failed_save_leaves_the_old_file_intact(pool, tmp_path, monkeypatch):
 
     monkeypatch.setattr(storage, "save_file", half_write)
     with pytest.raises(OSError, match="disk full"):
-        save_pool(pool, target)
+        save_pool(pool, target, provenance={"changed": True})  # new content: an unchanged pool is not rewritten at all
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.safetensors"]
+
+
+def test_saving_an_unchanged_pool_leaves_the_file_alone(pool, tmp_path):
+    target = tmp_path / "pool.safetensors"
+    save_pool(pool, target, provenance={"run": 1})
+    stat = target.stat()
+    save_pool(pool, target, provenance={"run": 1})
+    assert target.stat().st_mtime_ns == stat.st_mtime_ns and target.stat().st_ino == stat.st_ino
+    save_pool(pool, target, provenance={"run": 2})  # other metadata: written (atomically: a new inode)
+    assert target.stat().st_ino != stat.st_ino
 
 
 def test_failed_evaluation_update_leaves_the_old_file_intact(pool, pool_file, tmp_path, monkeypatch):
@@ -604,10 +616,36 @@ def test_architecture_mismatch_is_a_pool_format_error(pool_file, tmp_path, regis
     bad = tmp_path / "bad.safetensors"
     make(pool_file, bad)
     read_pool_metadata(bad)  # the header alone is consistent
-    for reader in (READERS["load_pool"], READERS["load_descendant"]):
+    # descendant 1, r0[0:2]+s0_1_2+r1[2:3], uses the corrupted row 0 and its block 1
+    for reader in (READERS["load_pool"], lambda f, reg: load_descendant(f, 1, reg)):
         with pytest.raises(PoolFormatError, match=message) as err:
             reader(bad, registry)
         assert err.value.path == str(bad)
+
+
+def test_load_descendant_builds_and_checks_only_its_own_rows(pool, pool_file, tmp_path, registry, images):
+    """A row the descendant does not use is neither built nor checked: a broken row 0 does not stop r1[0:3]."""
+    bad = tmp_path / "bad.safetensors"
+    mutate_meta(pool_file, bad, mutate_pool_json(lambda p: p["rows"][0]["arch"].update(wings=2)))
+    with pytest.raises(PoolFormatError, match="row 0: adapter 'timm-vit' cannot build arch"):
+        load_pool(bad, registry)
+    built: list[tuple[str, int]] = []
+    original = TimmViT.from_arch.__func__
+
+    def spy(cls, arch):
+        built.append((arch["embed_dim"], arch["depth"]))
+        return original(cls, arch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TimmViT, "from_arch", classmethod(spy))
+        single = load_descendant(bad, 3, registry).eval()
+        assert built == [(32, 3)]  # row 1 alone (whole, on the meta device: no family is assumed to drop blocks)
+        built.clear()
+        stitched = load_descendant(pool_file, 5, registry).eval()  # r1[0:2]+s1_2_2+r2[2:3]
+        assert sorted(set(built)) == [(32, 3), (48, 3)]  # rows 1 and 2 only
+    with torch.no_grad():
+        torch.testing.assert_close(single(images), pool.descendant(3).eval()(images), rtol=0, atol=0)
+        torch.testing.assert_close(stitched(images), pool.descendant(5).eval()(images), rtol=0, atol=0)
 
 
 def test_corrupt_descendant_files(pool, tmp_path, registry):

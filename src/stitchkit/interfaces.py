@@ -30,6 +30,7 @@ from .errors import MissingTapError
 from .spec import FeatureSignature, Path, RowShape, StitchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .cost import TrainingPlan
     from .pool import Pool
     from .registry import Registry
 
@@ -117,6 +118,8 @@ class AncestryAdapter(ABC):
     name: ClassVar[str]
     #: Layout of the tensors between blocks: ``tokens`` (B, N, C), ``nhwc`` (B, H, W, C) or ``map`` (B, C, H, W).
     feature_layout: ClassVar[str] = "tokens"
+    #: Where the starting weights came from and what timm adapted (:func:`stitchkit.weights.create_timm_model`); None: random.
+    weights_record: dict[str, Any] | None = None
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -442,6 +445,21 @@ class Method(ABC):
     @abstractmethod
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         """Every descendant the method allows, in a stable order."""
+
+    def training_phases(
+        self, config: Mapping[str, Any], *, spec: Any, registry: Registry, eval_images: int, pretrain_epochs: int
+    ) -> TrainingPlan:
+        """The phases :meth:`build` runs for ``config``, priced by ``stitchkit cost`` (:mod:`stitchkit.cost`).
+
+        ``spec`` is the data's :class:`~stitchkit.engine.data.DataSpec`. Build
+        networks on the meta device (nothing trained, nothing downloaded); give
+        loaded weights a ``"pretraining"`` phase of ``pretrain_epochs``, and
+        fill :attr:`~stitchkit.cost.TrainingPlan.alone` with each descendant
+        trained on its own by the method's single-network recipe.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(f"method {self.name!r} does not describe its training phases, so 'stitchkit cost' cannot price it")
 
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Registry) -> pathlib.Path:
         """Run the method's whole pipeline from a resolved config; return the pool file.

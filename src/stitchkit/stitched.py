@@ -11,7 +11,7 @@ module (for export). Its state-dict keys do not depend on the pool:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -21,6 +21,7 @@ from .interfaces import AncestryAdapter, MacRule
 from .lowrank import merge_low_rank  # noqa: F401 - re-exported for callers of the old location
 from .spec import Path, StitchSpec
 from .errors import ConfigError
+from .metainit import meta_skeleton
 from .stitch_layers import make_stitch, stitch_layouts
 
 
@@ -120,17 +121,28 @@ def descendant_skeleton(
     archs: Mapping[int, Mapping[str, Any]],
     stitch_specs: Mapping[str, StitchSpec],
     path: Path,
+    *,
+    pool_keys: dict[str, str] | None = None,
+    build_row: Callable[[int, type[AncestryAdapter], dict[str, Any]], AncestryAdapter] | None = None,
 ) -> Descendant:
     """An uninitialised descendant (on the meta device) with the right module tree.
 
-    Each row the path uses is rebuilt whole on the meta device (no memory)
-    and the descendant takes the blocks the path runs. Load weights with
-    ``load_state_dict(..., assign=True)``.
+    Each row the path uses is rebuilt whole on the meta device (no memory,
+    no initialisers run) and the descendant takes the blocks the path runs;
+    no block layout is assumed (a shortened row would need a family that can
+    drop blocks anywhere). ``build_row(r, cls, arch)`` replaces
+    ``cls.from_arch(arch)`` (e.g. to check the row against a file's metadata).
+    Load weights with ``load_state_dict(..., assign=True)``. ``pool_keys``,
+    when given, is filled with the map from the pool's tensor names the
+    descendant needs to its own (:func:`pool_key_map`).
     """
-    with torch.device("meta"):
-        rows = {r: adapter_types[r].from_arch(archs[r]) for r in sorted(set(path.rows))}
+    build = build_row or (lambda r, cls, arch: cls.from_arch(arch))
+    with meta_skeleton():
+        rows = {r: build(r, adapter_types[r], dict(archs[r])) for r in sorted(set(path.rows))}
         segments = [[rows[s.row].blocks[b] for b in range(s.start, s.stop)] for s in path.segments]
         stitches = [make_stitch(stitch_specs[n]) for n in path.stitches]
+    if pool_keys is not None:
+        pool_keys.update(pool_key_map(rows, path, {n: list(m.state_dict()) for n, m in zip(path.stitches, stitches)}))
     for i, name in enumerate(path.stitches):  # the file's widths and layouts must fit the rows it names
         spec, a, b = stitch_specs[name], path.segments[i], path.segments[i + 1]
         front, end = rows[a.row].signatures()[a.stop], rows[b.row].signatures()[b.start]

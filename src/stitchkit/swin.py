@@ -205,7 +205,8 @@ class TimmSwin(AncestryAdapter):
 
     def uncounted_macs(self) -> dict[nn.Module, Any]:
         """q @ k^T and attn @ v inside every window: ``2 * windows * N^2 * attn_dim`` per image."""
-        return {self.attention(i): _window_attention_macs for i in range(len(self._blocks))}
+        attns = [getattr(b.block if isinstance(b, StageEntry) else b, "attn", None) for b in self._blocks]
+        return {a: _window_attention_macs for a in attns if a is not None}
 
 
 def _window_attention_macs(m: Any, inputs: tuple[Any, ...], _out: Any) -> int:
