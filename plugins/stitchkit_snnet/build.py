@@ -20,7 +20,6 @@ from stitchkit.pool import Pool
 
 from .anchors import obtain_anchors, obtain_teacher
 from .config import SNNetConfig
-from .method import SNNetMethod
 
 
 def init_images(data: Any, n: int, seed: int) -> torch.Tensor:
@@ -70,12 +69,13 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
                  "trained_here": a.train, "shape": str(r.shape), "params": count_params(r.model)}
                 for a, r in zip(cfg.anchor_configs(), anchors)
             ],
+            "stitching": cfg.method().stitching.to_json(),
             "initializer": cfg.initializer, "init_images": cfg.init_images, "sampler": cfg.sampler,
             "trainable": cfg.trainable, "distillation": cfg.distillation, "tau": cfg.tau,
             "teacher": cfg.teacher if teacher is not None else "none",
         }
     }
-    pool = Pool.from_method(SNNetMethod(), anchors, info=info)
+    pool = Pool.from_method(cfg.method(), anchors, info=info)
 
     # 3. stitch-layer initialisation
     t = time.perf_counter()

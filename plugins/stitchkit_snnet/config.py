@@ -65,6 +65,12 @@ class SNNetConfig:
 
     #: The anchors, smallest first (``[[snnet.anchors]]`` tables, see :class:`AnchorConfig`).
     anchors: list[dict[str, Any]] = field(default_factory=list)
+    #: Paired stitching's sliding window over block ids (official ``--stitch_kernel_size``, ``--stitch_stride``).
+    kernel_size: int = 2
+    stride: int = 1
+    #: ``true``: stitch each anchor to the next one only; ``false``: also non-neighbouring
+    #: pairs (Ti->B) and three-anchor chains (Ti->S->B), as the official ``nearest_stitching``.
+    nearest_stitching: bool = True
     #: Stitch initializer by registered name (``ls`` as SN-Net, ``random``, ...).
     initializer: str = "ls"
     #: Training images handed to an initializer that needs them (SN-Net: 100).
@@ -95,6 +101,8 @@ class SNNetConfig:
             raise ConfigError(f"{where}.anchors: list the anchors smallest first, e.g. [[snnet.anchors]] timm_name = ...")
         checks = [
             (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),
+            (self.kernel_size >= 1, f"kernel_size must be >= 1, got {self.kernel_size}"),
+            (self.stride >= 1, f"stride must be >= 1, got {self.stride}"),
             (self.trainable in TRAINABLE, f"trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}"),
             (self.distillation in DISTILLATION, f"distillation must be one of {', '.join(DISTILLATION)}, got {self.distillation!r}"),
             (self.tau > 0, f"tau must be > 0, got {self.tau}"),
@@ -111,6 +119,12 @@ class SNNetConfig:
                     f"{where}.teacher: {self.teacher!r} is neither 'largest-anchor', 'timm:NAME' nor an existing model file"
                 )
         self.anchor_configs(where)
+
+    def method(self) -> Any:
+        """The ``snnet`` method with this section's stitching options."""
+        from .method import SNNetMethod
+
+        return SNNetMethod(self.kernel_size, self.stride, self.nearest_stitching)
 
     def anchor_configs(self, where: str = "snnet") -> list[AnchorConfig]:
         from stitchkit.engine.config import from_mapping

@@ -16,6 +16,7 @@ from .errors import (
     UnknownComponentError,
 )
 from .hookspecs import hookimpl
+from .importing import import_checkpoint, import_snnet
 from .interfaces import (
     AncestryAdapter,
     AuxiliaryDesign,
@@ -43,6 +44,6 @@ __all__ = [
     "Descendant", "DistillationLoss", "DuplicateComponentError", "InitContext", "Method",
     "Path", "PathError", "PathSampler", "PluginError", "Pool", "PoolFormatError", "Registry",
     "RowShape", "Segment", "StitchInitializer", "StitchSpec", "StitchkitError", "TapRequest",
-    "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "load_descendant",
+    "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "import_checkpoint", "import_snnet", "load_descendant",
     "load_exported", "load_pool", "save_pool", "__version__",
 ]

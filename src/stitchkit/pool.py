@@ -35,6 +35,7 @@ class Pool(nn.Module):
         method: str,
         info: Mapping[str, Any] | None = None,
         extras: Mapping[str, torch.Tensor] | None = None,
+        stitched_final_norm: bool = True,
     ) -> None:
         super().__init__()
         if not rows:
@@ -63,6 +64,9 @@ class Pool(nn.Module):
         self.info: dict[str, Any] = dict(info or {})
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.extras: dict[str, torch.Tensor] = dict(extras or {})
+        #: Whether stitched descendants run the end row's final norm (native pools: yes;
+        #: pools imported from the official SN-Net code: no, as its stitched forward).
+        self.stitched_final_norm = bool(stitched_final_norm)
 
     @classmethod
     def from_method(cls, method: Method, rows: Sequence[AncestryAdapter], **kwargs: Any) -> Pool:
@@ -93,7 +97,7 @@ class Pool(nn.Module):
 
     def descendant(self, key: Path | int | str, *, copy: bool = False) -> Descendant:
         """The descendant for a path, sharing this pool's parameters (or a deep copy)."""
-        d = build_descendant(self.adapters, self.stitches, self.path(key))
+        d = build_descendant(self.adapters, self.stitches, self.path(key), stitched_final_norm=self.stitched_final_norm)
         if copy:
             import copy as _copy
 
@@ -172,4 +176,5 @@ class Pool(nn.Module):
             "info": self.info,
             "evaluation": self.evaluation,
             "extras": sorted(self.extras),
+            "stitched_final_norm": self.stitched_final_norm,
         }

@@ -6,6 +6,10 @@ the row it ends in. Built from a pool it *shares* the pool's parameters
 (training a descendant trains the pool); ``copy=True`` gives an independent
 module (for export). Its state-dict keys do not depend on the pool:
 ``stem.*``, ``segments.<i>.<j>.*``, ``stitches.<i>.*``, ``head.*``.
+
+``stitched_final_norm=False`` (a pool option, for pools imported from the
+official SN-Net code) leaves the end row's final norm out of every stitched
+descendant; single-row descendants always keep it.
 """
 
 from __future__ import annotations
@@ -56,16 +60,26 @@ class Descendant(nn.Module):
         return self.head(self.forward_features(x))
 
 
+def descendant_head(adapter: AncestryAdapter, path: Path, stitched_final_norm: bool = True) -> nn.Module:
+    """The end row's head for ``path``: without its final norm only for a stitched path when asked."""
+    if stitched_final_norm or len(path.segments) == 1:
+        return adapter.head()
+    return adapter.head_without_norm()
+
+
 def build_descendant(
     adapters: Sequence[AncestryAdapter],
     stitch_layers: Mapping[str, nn.Module],
     path: Path,
+    *,
+    stitched_final_norm: bool = True,
 ) -> Descendant:
     """A descendant sharing the modules of ``adapters`` (rows) and ``stitch_layers``."""
     first, last = adapters[path.segments[0].row], adapters[path.segments[-1].row]
     segments = [[adapters[s.row].blocks[b] for b in range(s.start, s.stop)] for s in path.segments]
     stitches = [stitch_layers[name] for name in path.stitches]
-    return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
+    head = descendant_head(last, path, stitched_final_norm)
+    return Descendant(first.stem(), segments, stitches, head, path, _input_size(first))
 
 
 def descendant_skeleton(
@@ -73,6 +87,8 @@ def descendant_skeleton(
     archs: Mapping[int, Mapping[str, Any]],
     stitch_specs: Mapping[str, StitchSpec],
     path: Path,
+    *,
+    stitched_final_norm: bool = True,
 ) -> Descendant:
     """An uninitialised descendant (on the meta device) with the right module tree.
 
@@ -97,7 +113,8 @@ def descendant_skeleton(
             nn.Linear(stitch_specs[n].src_width, stitch_specs[n].dst_width) for n in path.stitches
         ]
     first, last = rows[path.segments[0].row], rows[path.segments[-1].row]
-    return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
+    head = descendant_head(last, path, stitched_final_norm)
+    return Descendant(first.stem(), segments, stitches, head, path, _input_size(first))
 
 
 def pool_key_map(

@@ -115,6 +115,7 @@ POOL_SCHEMA: dict[str, Any] = {
         "info": {"type": "object"},
         "evaluation": {"type": "object", "additionalProperties": {"type": "object"}},
         "extras": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "stitched_final_norm": {"type": "boolean"},
     },
 }
 DESCENDANT_SCHEMA: dict[str, Any] = {
@@ -136,6 +137,7 @@ DESCENDANT_SCHEMA: dict[str, Any] = {
         "stitches": {"type": "array", "items": STITCH_SCHEMA},
         "info": {"type": "object"},
         "evaluation": {"type": ["object", "null"]},
+        "stitched_final_norm": {"type": "boolean"},
     },
 }
 TENSORS_SCHEMA: dict[str, Any] = {
@@ -489,6 +491,7 @@ class _PoolFile:
                 pool = Pool(
                     adapters, [StitchSpec.from_json(s) for s in desc["stitches"]], self.paths,
                     method=desc["method"], info=desc["info"],
+                    stitched_final_norm=desc.get("stitched_final_norm", True),
                 )
         except (ConfigError, PathError) as exc:
             raise PoolFormatError(p, f"metadata describes an invalid pool: {exc}") from None
@@ -614,6 +617,7 @@ def _lazy_descendant(f: _PoolFile, pool: Pool, target: Path, device: str, on_rea
         {r: desc_rows[r]["arch"] for r in rows},
         pool.stitch_specs,
         target,
+        stitched_final_norm=pool.stitched_final_norm,
     )
     wanted = set(skeleton.state_dict())
     if set(mapping.values()) != wanted:
@@ -792,6 +796,7 @@ def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, 
         "stitches": [stitches[n] for n in target.stitches],
         "info": desc["info"],
         "evaluation": evaluation,
+        "stitched_final_norm": desc.get("stitched_final_norm", True),
     }
 
 
@@ -860,7 +865,10 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
         types[r] = _adapter_class(p, registry, row["adapter"], f"row {r}")
         _build_row(p, types[r], row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}")
     try:
-        skeleton = descendant_skeleton(types, {r: row["arch"] for r, row in rows.items()}, specs, target)
+        skeleton = descendant_skeleton(
+            types, {r: row["arch"] for r, row in rows.items()}, specs, target,
+            stitched_final_norm=desc.get("stitched_final_norm", True),
+        )
     except Exception as exc:  # noqa: BLE001 - same reasoning as _build_row
         raise PoolFormatError(p, f"cannot rebuild descendant {target.name}: {exc}") from exc
     state = skeleton.state_dict()
