@@ -78,8 +78,9 @@ def official_state(models, depth: int, nearest: bool, kernel: int = 2, stride: i
     g = torch.Generator().manual_seed(1)
     for c, (a, b) in enumerate(pairs):
         for layer in range(layers):
-            state[f"stitch_layers.{c}.{layer}.transform.weight"] = torch.randn(SHAPES[b][0], SHAPES[a][0], generator=g) * 0.3
-            state[f"stitch_layers.{c}.{layer}.transform.bias"] = torch.randn(SHAPES[b][0], generator=g) * 0.1
+            w_in, w_out = models[a].embed_dim, models[b].embed_dim
+            state[f"stitch_layers.{c}.{layer}.transform.weight"] = torch.randn(w_out, w_in, generator=g) * 0.3
+            state[f"stitch_layers.{c}.{layer}.transform.bias"] = torch.randn(w_out, generator=g) * 0.1
     return state
 
 

@@ -133,6 +133,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
             loss = registry.create(
                 "loss", "learngene", ancestry.shape, shape,
                 levels=None if lg.levels == "auto" else lg.levels, tau=lg.tau, terms=tuple(lg.terms),
+                reduction=lg.prediction_reduction,
             )
         task = AuxiliaryDistillationTask(row, ancestry, loss, alpha=lg.alpha)
         fit(task, data, train, out_dir=out_dir, phase=f"distill-row{r}", config=_phase_config(config, lg, r))
@@ -177,6 +178,7 @@ def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainCon
         teacher=ancestry if lg.finetune_distillation else None,
         distillation="soft" if lg.finetune_distillation else "none",
         tau=lg.tau,
+        reduction=lg.prediction_reduction,
     )
     fit(task, data, train, out_dir=out_dir, phase=f"finetune-{lg.initializer}", config=_phase_config(config, lg, None))
 
