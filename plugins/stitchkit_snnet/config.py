@@ -85,8 +85,11 @@ class SNNetConfig:
     distillation: str = "hard"
     tau: float = 1.0
     #: The teacher: ``"largest-anchor"`` (a frozen copy taken before fine-tuning),
-    #: ``"timm:NAME"`` (timm pretrained weights) or the path of a model file (``stitchkit train-ancestry``).
+    #: ``"timm:NAME"`` (any timm classifier, e.g. ``timm:regnety_160`` as DeiT/SN-Net) or the path
+    #: of a stitchkit model file (``stitchkit train``).
     teacher: str = "largest-anchor"
+    #: Local weights for a ``timm:NAME`` teacher (safetensors or weights-only .pth) instead of timm's download.
+    teacher_checkpoint: str = ""
     #: Evaluation split for the stored accuracy: ``"test"`` or ``"val"``.
     eval_split: str = "test"
     #: Pool file name inside the output directory.
@@ -113,6 +116,10 @@ class SNNetConfig:
         for ok, problem in checks:
             if not ok:
                 raise ConfigError(f"{where}.{problem}")
+        if self.teacher_checkpoint and not self.teacher.startswith("timm:"):
+            raise ConfigError(f"{where}.teacher_checkpoint applies to a teacher = \"timm:NAME\" only, not to {self.teacher!r}")
+        if self.teacher_checkpoint and not pathlib.Path(self.teacher_checkpoint).expanduser().is_file():
+            raise ConfigError(f"{where}.teacher_checkpoint: no such file {self.teacher_checkpoint!r}")
         if self.teacher != "largest-anchor" and not self.teacher.startswith("timm:"):
             if not pathlib.Path(self.teacher).expanduser().is_file():
                 raise ConfigError(

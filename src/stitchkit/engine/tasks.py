@@ -21,13 +21,19 @@ from ..interfaces import AncestryAdapter, DistillationLoss, PathSampler, TapRequ
 from ..pool import Pool
 from ..spec import Path
 from ..stitched import Descendant
+from .teacher import LogitsTeacher
 
 LossOutput = Union[torch.Tensor, tuple[torch.Tensor, Mapping[str, Any]]]
 
 
 @dataclass
 class Batch:
-    """One batch on the training device; ``label_smoothing`` is the run's setting."""
+    """One batch on the training device; ``label_smoothing`` is the run's setting.
+
+    ``targets`` are class indices, or soft targets ``(B, C)`` when the run
+    mixes batches (``train.mixup``/``cutmix``; smoothing is then already in
+    them and ``label_smoothing`` is 0). ``F.cross_entropy`` takes either.
+    """
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -45,7 +51,8 @@ class TrainTask(ABC):
     engine draws the step's path(s) and calls :meth:`loss` once per path.
     """
 
-    teacher: AncestryAdapter | None = None
+    #: An ancestry adapter, or a :class:`~stitchkit.engine.teacher.LogitsTeacher` for logits-only losses.
+    teacher: AncestryAdapter | LogitsTeacher | None = None
     sampler: PathSampler | None = None
 
     @abstractmethod
@@ -149,7 +156,7 @@ class PoolTask(TrainTask):
         self,
         pool: Pool,
         sampler: PathSampler,
-        teacher: AncestryAdapter | None = None,
+        teacher: AncestryAdapter | LogitsTeacher | None = None,
         distillation: str = "none",
         tau: float = 1.0,
         reduction: str = "sum-classes",
