@@ -95,6 +95,6 @@ def _timm_teacher(name: str, spec: Any, checkpoint: str) -> Teacher:
     model.eval()
     if isinstance(model, VisionTransformer) and getattr(model, "dist_token", None) is None:
         adapter = TimmViT(model)
-        adapter.timm_name = name
+        adapter.timm_name = name  # type: ignore[attr-defined]
         return adapter
     return LogitsTeacher(model, f"timm:{name}")
