@@ -174,7 +174,7 @@ def test_non_neighbouring_by_hand():
     stitch has 34 - (configurations with m < k) choices: 34 for k = 0, 32 - 3(k - 1) for
     k = 1..11. Sum: 2*34 + 3*sum_{k=1..10} (32 - 3(k-1)) + 2*2 = 68 + 555 + 4 = 627.
     """
-    m = SNNetMethod(nearest=False)
+    m = SNNetMethod(nearest_stitching=False)
     rows = rows3()
     stitches = m.stitches(rows)
     paths = m.paths(rows, stitches)
@@ -194,5 +194,5 @@ def test_non_neighbouring_by_hand():
             assert p.segments[1].start < p.segments[1].stop
     # two anchors: nearest or not, the same single pair
     two = rows[:2]
-    assert [p.name for p in SNNetMethod(nearest=False).paths(two, SNNetMethod(nearest=False).stitches(two))] == \
+    assert [p.name for p in SNNetMethod(nearest_stitching=False).paths(two, SNNetMethod(nearest_stitching=False).stitches(two))] == \
         [p.name for p in SNNetMethod().paths(two, SNNetMethod().stitches(two))]

@@ -16,7 +16,7 @@ class SNNetMethod(Method):
     """Stitchable Neural Networks (Pan et al., CVPR 2023), as the official code enumerates them.
 
     Rows are anchors ordered by size; by default stitching goes from each
-    anchor to the next larger one only (``nearest = False`` adds every other
+    anchor to the next larger one only (``nearest_stitching = False`` adds every other
     pair and chains of three); equal depths use paired stitching (a sliding
     window, ``kernel_size`` 2 and ``stride`` 1 by default: 34 configurations
     on 11 layers for 12 blocks), unequal depths unpaired (nearest-depth)
@@ -27,8 +27,8 @@ class SNNetMethod(Method):
     default_initializer = "ls"
     default_sampler = "uniform"
 
-    def __init__(self, kernel_size: int = 2, stride: int = 1, nearest: bool = True) -> None:
-        self.stitching = Stitching(kernel_size, stride, nearest)
+    def __init__(self, kernel_size: int = 2, stride: int = 1, nearest_stitching: bool = True) -> None:
+        self.stitching = Stitching(kernel_size, stride, nearest_stitching)
 
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         return snnet_stitches(rows, self.stitching)

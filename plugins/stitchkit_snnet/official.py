@@ -200,7 +200,7 @@ def import_snnet(
         )
     stitching = Stitching(kernel_size, stride, nearest)
     layers = 1 + max(layer for _, layer in paired_stitching(depth, kernel_size, stride))
-    method = SNNetMethod(kernel_size, stride, nearest)
+    method = SNNetMethod(kernel_size, stride, nearest_stitching=nearest)
     info = {
         "snnet": {
             "imported_from": str(p.name),

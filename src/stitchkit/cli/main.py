@@ -31,6 +31,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         anchors=[a.strip() for a in args.anchors.split(",") if a.strip()] if args.anchors else None,
         adapter=args.adapter,
         model_kwargs=kwargs,
+        method_options=_options(args.option or []),
     )
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
@@ -194,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--adapter", default="timm-vit", help="ancestry adapter (default timm-vit)")
     pl.add_argument("--num-classes", type=int, help="classifier size (default: the model's)")
     pl.add_argument("--img-size", type=int, help="input image size (default: the model's)")
+    pl.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="method option (TOML value), e.g. snnet's nearest_stitching=false, kernel_size=3")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_plan)
 
