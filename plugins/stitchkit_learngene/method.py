@@ -19,6 +19,9 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
+from stitchkit.cost import TrainingPlan
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import Method
 from stitchkit.sequential import sequential_paths, sequential_stitches
@@ -43,6 +46,7 @@ class LearngenePoolMethod(Method):
             raise ConfigError(f"unknown learngene-pool path set {paths!r}; use one of {', '.join(PATH_SETS)}")
         self.path_set = paths
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         _check_sorted(rows)
         if self.path_set == "two-way":
@@ -51,6 +55,7 @@ class LearngenePoolMethod(Method):
             return snnetv2_stitches(rows)
         return sequential_stitches(rows)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         _check_sorted(rows)
         if self.path_set == "sliding-window":
@@ -61,6 +66,17 @@ class LearngenePoolMethod(Method):
             return [dataclasses.replace(p, label=f"row {p.rows[0]}") if p.is_single_row else p for p in snnetv2_paths(rows)]
         return sequential_paths(rows)
 
+    @override
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+        """The ancestry, one distillation per row, stitch init, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import learngene_training_phases
+
+        return learngene_training_phases(
+            config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs,
+            path_set=self.path_set if self.fixed_paths else None,
+        )
+
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         """Distil, build, initialise, fine-tune, evaluate; resumable. See :mod:`.pipeline`."""
         from .pipeline import run_pipeline

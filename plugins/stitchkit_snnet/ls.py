@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from stitchkit.errors import ConfigError
 from stitchkit.features import StitchPlace, check_images, fit_stitch_layers, stitch_places
@@ -120,6 +121,7 @@ class LeastSquaresInitializer(StitchInitializer):
         self.mode = mode
         self.mixup_alpha, self.cutmix_alpha, self.switch_prob = float(mixup_alpha), float(cutmix_alpha), float(switch_prob)
 
+    @override
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
         images = check_images(context.images, self.name)
         if self.max_images is not None:

@@ -6,6 +6,9 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
+from stitchkit.cost import TrainingPlan
 from stitchkit.interfaces import Method
 from stitchkit.spec import Path, RowShape, StitchSpec
 
@@ -30,9 +33,11 @@ class SNNetMethod(Method):
     def __init__(self, kernel_size: int = 2, stride: int = 1, nearest_stitching: bool = True) -> None:
         self.stitching = Stitching(kernel_size, stride, nearest_stitching)
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         return snnet_stitches(rows, self.stitching)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         paths = snnet_paths(rows, self.stitching)
         names = {s.name for s in stitches}
@@ -46,11 +51,20 @@ class SNNetMethod(Method):
             )
         return paths
 
+    @override
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+        """Anchors, LS feature pass, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import snnet_training_phases
+
+        return snnet_training_phases(config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs)
+
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         from .build import build_snnet
 
         return build_snnet(config, out_dir=pathlib.Path(out_dir), registry=registry)
 
+    @override
     def import_checkpoint(self, path: pathlib.Path, *, anchors: Sequence[str], registry) -> Any:  # noqa: ANN001
         """An official SN-Net checkpoint (ziplab/SN-Net ``stitching_deit``) as a pool; see :mod:`.official`."""
         from .official import import_snnet

@@ -15,7 +15,7 @@ descendant; single-row descendants always keep it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -59,7 +59,7 @@ class Descendant(nn.Module):
         for i, segment in enumerate(self.segments):
             if i:
                 x = self.stitches[i - 1](x)
-            for block in segment:
+            for block in cast(nn.ModuleList, segment):
                 x = block(x)
         return x
 
@@ -76,7 +76,7 @@ def descendant_head(adapter: AncestryAdapter, path: Path, stitched_final_norm: b
 
 def build_descendant(
     adapters: Sequence[AncestryAdapter],
-    stitch_layers: Mapping[str, nn.Module],
+    stitch_layers: Mapping[str, nn.Module] | nn.ModuleDict,
     path: Path,
     *,
     stitched_final_norm: bool = True,

@@ -462,7 +462,7 @@ def _adapter_class(p: pathlib.Path, registry: Any, name: str, where: str) -> typ
         ) from exc
 
 
-def _build_row(p: pathlib.Path, cls: type, arch: Mapping[str, Any], shape: RowShape | None, where: str) -> Any:
+def _build_row(p: pathlib.Path, cls: Any, arch: Mapping[str, Any], shape: RowShape | None, where: str) -> Any:
     """An adapter built on the meta device from a file-supplied arch (no weights, no memory)."""
     try:
         with torch.device("meta"):
