@@ -178,20 +178,16 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _options(pairs: Sequence[str]) -> dict[str, object]:
-    """``KEY=VALUE`` pairs with TOML values (``kernel_size=3``, ``name="x"``)."""
-    import tomllib
-
+    """``KEY=VALUE`` pairs with TOML values (``kernel_size=3``, ``name="x"``), parsed like ``--set``."""
+    from ..engine.config import parse_override
     from ..errors import ConfigError
 
     out: dict[str, object] = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE, e.g. kernel_size=3")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
+        keys, value = parse_override(pair)
+        if len(keys) != 1:
+            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE with a plain key, e.g. kernel_size=3")
+        out[keys[0]] = value
     return out
 
 
