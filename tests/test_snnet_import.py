@@ -134,6 +134,10 @@ def test_every_configuration_matches_the_official_forward(deit_like, tmp_path):
         native.stitches.load_state_dict(pool.stitches.state_dict())
         assert torch.equal(native.descendant(0)(x), pool.descendant(0)(x))
         assert not torch.allclose(native.descendant(3)(x), pool.descendant(3)(x), atol=1e-3)
+        pool.stitched_final_norm = True  # switching the option rebuilds cached descendants
+        assert torch.equal(pool.descendant(3).eval()(x), native.descendant(3).eval()(x))
+        pool.stitched_final_norm = False
+        assert torch.equal(pool.descendant(3).eval()(x), official_forward(models, state, True, configs[3], x))
         # the option survives the pool file, a lazily read descendant and an exported one
         saved = save_pool(pool, tmp_path / "pool.safetensors")
         again = load_pool(saved)
