@@ -107,7 +107,8 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     anchors = ", ".join(f'{{shape = "2x{w}:{h}", patch_size = 4, checkpoint = "{f}"}}' for (w, h), f in zip([(16, 2), (32, 4)], files))
     config = load_config(
         write_config(tmp_path, trainable="stitches", distillation="soft"),
-        [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"', "snnet.initializer_args.max_images=7"],
+        [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"', "snnet.kernel_size=1", "snnet.initializer_args.max_images=7",
+         'snnet.initializer_args.mode="train"'],
     )
     out = tmp_path / "run"
     pool = load_pool(registry.method("snnet").build(config, out_dir=out, registry=registry), registry)
@@ -118,7 +119,11 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     info = pool.info["snnet"]
     assert info["teacher"] == str(files[2]) and info["finetune_steps"] == 6
     assert [a["weights"] for a in info["anchors"]] == ["checkpoint", "checkpoint"]
-    assert pool.info["components"]["initializer"] == {"name": "ls", "options": {"max_images": 7}}
+    # kernel_size 1 on 2 blocks: windows [0] and [1] give (0,0) and (1,1), one layer each
+    assert info["stitching"] == {"kernel_size": 1, "stride": 1, "nearest": True}
+    assert [p.label for p in pool.paths] == ["anchor 0", "anchor 1", "0->1 (0,0)", "0->1 (1,1)"]
+    assert sorted(pool.stitches) == ["s0_1_0", "s0_1_1"]
+    assert pool.info["components"]["initializer"] == {"name": "ls", "options": {"max_images": 7, "mode": "train"}}
 
 
 @pytest.mark.parametrize(
@@ -128,6 +133,7 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
         ({"snnet": {"anchors": [{"shape": "2x16:2"}]}}, "say how to get the anchor's weights"),
         ({"snnet": {"anchors": [{"shape": "2x16:2", "pretrained": True}]}}, "needs snnet.anchors\\[0\\].timm_name"),
         ({"snnet": {"trainable": "heads"}}, "trainable must be one of"),
+        ({"snnet": {"kernel_size": 0}}, "snnet.kernel_size must be >= 1"),
         ({"snnet": {"finetune": {"lrr": 1.0}}}, "did you mean 'lr'"),
         ({"snnet": {"teacher": "missing.safetensors"}}, "neither 'largest-anchor'"),
         ({"snnet": {"anchors": [{"shape": "2x32:4", "train": True}, {"shape": "2x16:2", "train": True}]}}, "ordered by size"),

@@ -1,9 +1,10 @@
 """The paper's distillation losses, each usable on its own.
 
-``L_dis = L_att + L_blk + L_pred`` (TinyBERT-style layer distillation):
+``L_dis = L_att + L_blk + L_pred`` (the paper's Eqs. 3-5):
 
 - :class:`PredictionLoss` -- soft cross-entropy between the ancestry's and the
-  auxiliary's logits, both divided by ``tau``;
+  auxiliary's logits, both divided by ``tau``, summed over classes (Eq. 3) or
+  averaged over all elements (the official code; ``reduction = "mean"``);
 - :class:`BlockLoss` -- ``MSE(B_anc @ W, B_aux)`` on block output tokens (on the
   channels of every pixel for CNN feature maps, ``layout="map"``);
 - :class:`AttentionLoss` -- ``MSE(A_anc @ M, A_aux)`` on the attention-sublayer
@@ -32,22 +33,39 @@ from stitchkit.spec import RowShape
 from .levels import default_levels, level_pairs, resolve_levels
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """``mean_b( -sum_c softmax(t/tau) * log_softmax(s/tau) )``."""
+#: L_pred reductions (the same names as the engine's ``stitchkit.engine.tasks.REDUCTIONS``).
+REDUCTIONS = ("sum-classes", "mean")
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0, reduction: str = "sum-classes"
+) -> torch.Tensor:
+    """``"sum-classes"``: ``mean_b( -sum_c softmax(t/tau) * log_softmax(s/tau) )`` (the paper's Eq. 3);
+    ``"mean"``: the same terms averaged over batch and classes (the official code), 1/C as large."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"prediction loss reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     target = F.softmax(teacher_logits / tau, dim=-1)
-    return -(target * F.log_softmax(student_logits / tau, dim=-1)).sum(-1).mean()
+    per_element = -(target * F.log_softmax(student_logits / tau, dim=-1))
+    return per_element.sum(-1).mean() if reduction == "sum-classes" else per_element.mean()
 
 
 class PredictionLoss(DistillationLoss):
-    """Prediction-layer distillation: soft cross-entropy of logits / tau (tau = 1 in the paper)."""
+    """Prediction-layer distillation: soft cross-entropy of logits / tau (tau = 1 in the paper).
+
+    ``reduction``: ``"sum-classes"`` (Eq. 3 as written, default) or ``"mean"``
+    (the official code's average over all elements).
+    """
 
     name = "prediction"
 
-    def __init__(self, tau: float = 1.0) -> None:
+    def __init__(self, tau: float = 1.0, reduction: str = "sum-classes") -> None:
         super().__init__()
         if not tau > 0:
             raise ConfigError(f"prediction distillation temperature tau must be > 0, got {tau}")
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"prediction loss reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         self.tau = float(tau)
+        self.reduction = reduction
 
     @override
     def teacher_taps(self) -> TapRequest:
@@ -59,7 +77,7 @@ class PredictionLoss(DistillationLoss):
 
     @override
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
-        return soft_cross_entropy(student.logits, teacher.logits.detach(), self.tau)
+        return soft_cross_entropy(student.logits, teacher.logits.detach(), self.tau, self.reduction)
 
 
 class _TransformedMSE(DistillationLoss):
@@ -195,6 +213,7 @@ class LearngeneDistillation(DistillationLoss):
         tau: float = 1.0,
         terms: Sequence[str] = TERMS,
         layout: str = "tokens",
+        reduction: str = "sum-classes",
     ) -> None:
         super().__init__()
         unknown = sorted(set(terms) - set(self.TERMS))
@@ -217,7 +236,7 @@ class LearngeneDistillation(DistillationLoss):
         if "block" in terms:
             parts["block"] = BlockLoss.for_models(ancestry, auxiliary, self.levels, layout=layout)
         if "prediction" in terms:
-            parts["prediction"] = PredictionLoss(tau)
+            parts["prediction"] = PredictionLoss(tau, reduction)
         # an nn.ModuleDict (so the terms' parameters are the loss's), read as the mapping it is
         self.losses: Mapping[str, DistillationLoss] = nn.ModuleDict(parts)  # type: ignore[assignment]
 
@@ -225,11 +244,11 @@ class LearngeneDistillation(DistillationLoss):
     @override
     def for_models(
         cls, teacher: RowShape, student: RowShape, *, levels: int | str | None = None, tau: float = 1.0,
-        terms: Sequence[str] = TERMS, layout: str = "tokens",
+        terms: Sequence[str] = TERMS, layout: str = "tokens", reduction: str = "sum-classes",
     ) -> LearngeneDistillation:
         """The loss between the ancestry (``teacher``) and an auxiliary model (``student``); ``layout``:
         the ancestry adapter's ``feature_layout`` (``map``: block features are CNN maps, W acts on channels)."""
-        return cls(teacher, student, levels=levels, tau=tau, terms=terms, layout=layout)
+        return cls(teacher, student, levels=levels, tau=tau, terms=terms, layout=layout, reduction=reduction)
 
     @classmethod
     @override

@@ -115,7 +115,8 @@ def components(lg: LearngeneConfig, registry) -> dict[str, dict[str, Any]]:  # n
     chosen = {
         "design": (lg.design, _with_shorthands(registry, "design", lg.design, lg.design_args, {"rows": lg.rows, "init": lg.init})),
         "loss": (lg.loss, _with_shorthands(registry, "loss", lg.loss, lg.loss_args,
-                                           {"levels": levels, "tau": lg.tau, "terms": list(lg.terms)})),
+                                           {"levels": levels, "tau": lg.tau, "terms": list(lg.terms),
+                                            "reduction": lg.prediction_reduction})),
         "initializer": (lg.initializer, dict(lg.initializer_args)),
         "sampler": (lg.sampler, dict(lg.sampler_args)),
     }
@@ -224,6 +225,7 @@ def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainCon
         teacher=ancestry if lg.finetune_distillation else None,
         distillation="soft" if lg.finetune_distillation else "none",
         tau=lg.tau,
+        reduction=lg.prediction_reduction,
     )
     fit(task, data, train, out_dir=out_dir, phase=f"finetune-{lg.initializer}", config=_phase_config(config, lg, None))
 

@@ -64,32 +64,20 @@ def obtain_anchors(
     return anchors
 
 
-def obtain_teacher(cfg: SNNetConfig, anchors: list[AncestryAdapter], spec: Any, registry: Any) -> AncestryAdapter | None:
-    """The frozen teacher of fine-tuning (``None`` without distillation)."""
+def obtain_teacher(cfg: SNNetConfig, anchors: list[AncestryAdapter], spec: Any, registry: Any) -> Any:
+    """The frozen teacher of fine-tuning (``None`` without distillation).
+
+    ``"largest-anchor"``, ``"timm:NAME"`` (any timm classifier, e.g. DeiT's
+    ``regnety_160``; timm's weights or ``teacher_checkpoint``) or a model file.
+    """
     if cfg.distillation == "none":
         return None
     if cfg.teacher == "largest-anchor":
         # A copy: the engine freezes its teacher, and the anchor itself is fine-tuned.
         return copy.deepcopy(anchors[-1])
-    if cfg.teacher.startswith("timm:"):
-        from stitchkit.engine import ModelConfig, build_model
+    from stitchkit.engine import load_teacher
 
-        name = cfg.teacher[len("timm:"):]
-        try:
-            teacher: AncestryAdapter = build_model(spec, ModelConfig(timm_name=name, pretrained=True))
-        except StitchkitError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"snnet.teacher: cannot create timm:{name} with pretrained weights: {type(exc).__name__}: {exc}") from None
-        return teacher  # type: ignore[return-value]
-    from stitchkit.engine import load_model
-
-    path = pathlib.Path(cfg.teacher).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"snnet.teacher: {cfg.teacher!r} is neither 'largest-anchor', 'timm:NAME' nor an existing model file"
-        )
-    teacher = load_model(path, registry)
-    if teacher.num_classes != spec.num_classes:
-        raise ConfigError(f"snnet.teacher: {path} predicts {teacher.num_classes} classes, the data has {spec.num_classes}")
-    return teacher
+    try:
+        return load_teacher(cfg.teacher, spec, checkpoint=cfg.teacher_checkpoint, registry=registry)
+    except ConfigError as exc:
+        raise ConfigError(f"snnet.teacher: {exc}") from None

@@ -63,16 +63,20 @@ def stitch_places(pool) -> dict[str, list[StitchPlace]]:  # noqa: ANN001 - a sti
     return {name: sorted(places[name]) for name in pool.stitches if name in places}
 
 
-def row_inputs(adapter: AncestryAdapter, images: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:
+def row_inputs(
+    adapter: AncestryAdapter, images: torch.Tensor, blocks: Iterable[int], *, training: bool = False
+) -> dict[int, torch.Tensor]:
     """The row's input tokens of each block in ``blocks`` (``0`` = the stem output), from one forward pass.
 
     The row runs in eval mode (no dropout, no drop-path) without gradients,
     on its own device and dtype; its previous mode is restored.
+    ``training=True`` runs it in training mode instead (dropout and drop-path
+    as the row was built with), as the official SN-Net code fits LS.
     """
     blocks = sorted(set(blocks))
     model = adapter.model
     was_training = model.training
-    model.eval()
+    model.train(training)
     try:
         param = next(model.parameters())
         with torch.no_grad():
@@ -85,7 +89,7 @@ def row_inputs(adapter: AncestryAdapter, images: torch.Tensor, blocks: Iterable[
     return {b: taps.block_input(b) for b in blocks}
 
 
-def collect_stitch_features(pool, images: torch.Tensor) -> Iterator[StitchFeatures]:  # noqa: ANN001
+def collect_stitch_features(pool, images: torch.Tensor, *, training: bool = False) -> Iterator[StitchFeatures]:  # noqa: ANN001
     """Front and end features of every place of every used stitch layer, on one batch of ``images``.
 
     Places are grouped by row pair, so at most two rows' features are alive at
@@ -97,8 +101,8 @@ def collect_stitch_features(pool, images: torch.Tensor) -> Iterator[StitchFeatur
         for p in places:
             by_pair[(p.front, p.end)].append((name, p))
     for (front, end), uses in sorted(by_pair.items()):
-        f_feats = row_inputs(pool.adapters[front], images, (p.front_block for _, p in uses))
-        e_feats = row_inputs(pool.adapters[end], images, (p.end_block for _, p in uses))
+        f_feats = row_inputs(pool.adapters[front], images, (p.front_block for _, p in uses), training=training)
+        e_feats = row_inputs(pool.adapters[end], images, (p.end_block for _, p in uses), training=training)
         for name, p in uses:
             spec = pool.stitch_specs[name]
             front_t = _channels_last(f_feats[p.front_block], spec.src_layout)
@@ -126,7 +130,7 @@ def check_images(images: torch.Tensor | None, initializer: str) -> torch.Tensor:
 Solver = Callable[[torch.Tensor, torch.Tensor, torch.nn.Module], "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noqa: ANN001 - a stitchkit Pool
+def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver, *, training: bool = False) -> None:  # noqa: ANN001 - a stitchkit Pool
     """Fit every used stitch layer of ``pool`` in place with ``solve(front, end, layer) -> (weight, bias)``.
 
     ``solve`` runs once per place on channels-last features and sees the layer
@@ -135,10 +139,10 @@ def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noq
     ``(dst, src)`` matrix); ``weight`` is returned as ``(dst, src)``; a layer used at
     several places gets the mean of their solutions (the official SN-Net rule
     for shared layers). A layer no path uses keeps its weights; the pool's
-    dtype and device are kept.
+    dtype and device are kept. ``training``: rows run in training mode (see :func:`row_inputs`).
     """
     solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-    for feats in collect_stitch_features(pool, images):
+    for feats in collect_stitch_features(pool, images, training=training):
         layer = pool.stitches[feats.name]
         weight, bias = solve(feats.front, feats.end, layer)
         for what, got, want in (("weight", weight, affine_weight(layer)), ("bias", bias, layer.bias)):

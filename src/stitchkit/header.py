@@ -106,6 +106,7 @@ POOL_SCHEMA: dict[str, Any] = {
         "evaluation": {"type": "object", "additionalProperties": {"type": "object"}},
         "extras": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "sizes": SIZES_SCHEMA,
+        "stitched_final_norm": {"type": "boolean"},
     },
 }
 DESCENDANT_SCHEMA: dict[str, Any] = {
@@ -127,6 +128,7 @@ DESCENDANT_SCHEMA: dict[str, Any] = {
         "stitches": {"type": "array", "items": STITCH_SCHEMA},
         "info": {"type": "object"},
         "evaluation": {"type": ["object", "null"]},
+        "stitched_final_norm": {"type": "boolean"},
     },
 }
 TENSORS_SCHEMA: dict[str, Any] = {

@@ -238,6 +238,20 @@ class AncestryAdapter(ABC):
     def head(self) -> nn.Module:
         """Module mapping the last block's tokens to logits: final norm, pooling, classifier."""
 
+    def head_without_norm(self) -> nn.Module:
+        """The head minus its final norm (same parameters, the norm's kept but unused).
+
+        Only pools imported from the official SN-Net code use it: its stitched
+        forward skips the end anchor's final norm (see docs/snnet.md).
+        Families that cannot leave the norm out keep this default, which refuses.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"ancestry adapter {getattr(self, 'name', type(self).__name__)!r} cannot run its head without the final norm "
+            f"(pool option stitched_final_norm = false); implement head_without_norm() in the adapter"
+        )
+
     @abstractmethod
     def attention(self, index: int) -> nn.Module:
         """The self-attention sublayer of block ``index``; its output is the attention tap."""
@@ -470,3 +484,14 @@ class Method(ABC):
         from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} defines paths only and cannot run 'stitchkit build'")
+
+    def import_checkpoint(self, path: pathlib.Path, *, anchors: Sequence[str], registry: Registry) -> Any:
+        """A :class:`~stitchkit.pool.Pool` holding a checkpoint of the method's original code.
+
+        ``anchors`` names the networks the checkpoint holds, smallest first.
+        Methods without an original checkpoint format keep this default;
+        ``stitchkit import`` then says so.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(f"method {self.name!r} cannot import checkpoints of another code base")

@@ -29,16 +29,21 @@ def plan(
     adapter: str = "auto",
     model_kwargs: dict[str, Any] | None = None,
     registry: Registry | None = None,
+    method_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plan a pool.
 
     Either ``ancestry`` (a model name) with ``rows`` (the auxiliary shapes,
     built in the ancestry's family), or ``anchors`` (model names, stitched as
-    they are). Returns a JSON-ready dict with ``storage_params`` and
+    they are); ``method_options`` go to the method's constructor (e.g. snnet's
+    ``kernel_size``, ``stride``, ``nearest_stitching``). Returns a JSON-ready dict with ``storage_params`` and
     ``descendants`` (each with ``params``, ``params_published``, ``macs`` and the path).
     """
     registry = registry or default_registry()
-    meth = registry.method(method)
+    try:
+        meth = registry.create("method", method, **(method_options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"method {method!r} does not take the options {sorted(method_options or {})}: {exc}") from None
     kwargs = dict(model_kwargs or {})
     if (anchors is None) == (ancestry is None):
         raise ConfigError("give either an ancestry with rows, or anchors")

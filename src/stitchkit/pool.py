@@ -71,6 +71,7 @@ class Pool(nn.Module):
         method: str,
         info: Mapping[str, Any] | None = None,
         extras: Mapping[str, torch.Tensor] | None = None,
+        stitched_final_norm: bool = True,
     ) -> None:
         super().__init__()
         if not rows:
@@ -93,6 +94,7 @@ class Pool(nn.Module):
         self.info: dict[str, Any] = dict(info or {})
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.extras: dict[str, torch.Tensor] = dict(extras or {})
+        self._stitched_final_norm = bool(stitched_final_norm)
         self.forget_descendants()
 
     @classmethod
@@ -147,7 +149,7 @@ class Pool(nn.Module):
         if copy:
             import copy as _copy
 
-            return _copy.deepcopy(build_descendant(self.adapters, self.stitches, path))
+            return _copy.deepcopy(build_descendant(self.adapters, self.stitches, path, stitched_final_norm=self.stitched_final_norm))
         if self._cache_owner != id(self):  # a copy of another pool (copy.deepcopy): its entries watch nothing
             self.forget_descendants()
         hit = self._descendants.get(path)
@@ -156,7 +158,7 @@ class Pool(nn.Module):
         if self._watched_in != _generation:
             _watch(self)
             self._watched_in = _generation
-        d = build_descendant(self.adapters, self.stitches, path).train(self.training)
+        d = build_descendant(self.adapters, self.stitches, path, stitched_final_norm=self.stitched_final_norm).train(self.training)
         self._descendants[path] = (_generation, d)
         return d
 
@@ -181,6 +183,17 @@ class Pool(nn.Module):
         self._descendants = {}
         self._cache_owner = id(self)
         self._watched_in = -1
+
+    @property
+    def stitched_final_norm(self) -> bool:
+        """Whether stitched descendants run the end row's final norm (native pools: yes;
+        pools imported from the official SN-Net code: no, as its stitched forward)."""
+        return self._stitched_final_norm
+
+    @stitched_final_norm.setter
+    def stitched_final_norm(self, value: bool) -> None:
+        self._stitched_final_norm = bool(value)
+        self.forget_descendants()  # cached descendants hold the other head
 
     # -- size ------------------------------------------------------------------
     def storage_params(self) -> int:
@@ -254,6 +267,7 @@ class Pool(nn.Module):
             "info": self.info,
             "evaluation": self.evaluation,
             "extras": sorted(self.extras),
+            "stitched_final_norm": self.stitched_final_norm,
         }
 
 

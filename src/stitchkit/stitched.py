@@ -104,16 +104,31 @@ def _declared(adapters: Sequence[AncestryAdapter] | Mapping[int, AncestryAdapter
     }
 
 
+def descendant_head(adapter: AncestryAdapter, path: Path, stitched_final_norm: bool = True) -> nn.Module:
+    """The end row's head for ``path``: without its final norm only for a stitched path when asked.
+
+    ``stitched_final_norm=False`` is a pool option for pools imported from the
+    official SN-Net code, whose stitched forward skips the end anchor's final
+    norm; single-row descendants always keep it.
+    """
+    if stitched_final_norm or len(path.segments) == 1:
+        return adapter.head()
+    return adapter.head_without_norm()
+
+
 def build_descendant(
     adapters: Sequence[AncestryAdapter],
     stitch_layers: Mapping[str, nn.Module] | nn.ModuleDict,
     path: Path,
+    *,
+    stitched_final_norm: bool = True,
 ) -> Descendant:
     """A descendant sharing the modules of ``adapters`` (rows) and ``stitch_layers``."""
     first, last = adapters[path.segments[0].row], adapters[path.segments[-1].row]
     segments = [[adapters[s.row].blocks[b] for b in range(s.start, s.stop)] for s in path.segments]
     stitches = [stitch_layers[name] for name in path.stitches]
-    return Descendant(first.stem(), segments, stitches, last.head(), path, first.input_size, **_declared(adapters, path))
+    head = descendant_head(last, path, stitched_final_norm)
+    return Descendant(first.stem(), segments, stitches, head, path, first.input_size, **_declared(adapters, path))
 
 
 def descendant_skeleton(
@@ -124,6 +139,7 @@ def descendant_skeleton(
     *,
     pool_keys: dict[str, str] | None = None,
     build_row: Callable[[int, type[AncestryAdapter], dict[str, Any]], AncestryAdapter] | None = None,
+    stitched_final_norm: bool = True,
 ) -> Descendant:
     """An uninitialised descendant (on the meta device) with the right module tree.
 
@@ -154,7 +170,8 @@ def descendant_skeleton(
                 f"{spec.dst_layout}@{spec.dst_width}, but the rows join {front} to {end} there"
             )
     first, last = rows[path.segments[0].row], rows[path.segments[-1].row]
-    return Descendant(first.stem(), segments, stitches, last.head(), path, first.input_size, **_declared(rows, path))
+    head = descendant_head(last, path, stitched_final_norm)
+    return Descendant(first.stem(), segments, stitches, head, path, first.input_size, **_declared(rows, path))
 
 
 def pool_key_map(

@@ -127,6 +127,7 @@ class _PoolFile(PoolHeader):
                 pool = Pool(
                     adapters, [StitchSpec.from_json(s) for s in desc["stitches"]], self.paths,
                     method=desc["method"], info=desc["info"],
+                    stitched_final_norm=desc.get("stitched_final_norm", True),
                 )
         except (ConfigError, PathError) as exc:
             raise PoolFormatError(p, f"metadata describes an invalid pool: {exc}") from None
@@ -237,7 +238,8 @@ def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_
 
     mapping: dict[str, str] = {}
     skeleton = descendant_skeleton(
-        types, {r: desc_rows[r]["arch"] for r in rows}, f.stitch_specs, target, pool_keys=mapping, build_row=build_row
+        types, {r: desc_rows[r]["arch"] for r in rows}, f.stitch_specs, target, pool_keys=mapping, build_row=build_row,
+        stitched_final_norm=f.desc.get("stitched_final_norm", True),
     )
     state = skeleton.state_dict()
     if set(mapping.values()) != set(state):
@@ -428,6 +430,7 @@ def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, 
         "stitches": [{k: v for k, v in stitches[n].items() if k not in ("rank", "alpha")} for n in target.stitches],
         "info": desc["info"],
         "evaluation": evaluation,
+        "stitched_final_norm": desc.get("stitched_final_norm", True),
     }
 
 
@@ -498,7 +501,10 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
         types[r] = _adapter_class(p, registry, row["adapter"], f"row {r}")
         _build_row(p, types[r], row["arch"], RowShape.from_json(dict(row)), f"row {r}")
     try:
-        skeleton = descendant_skeleton(types, {r: row["arch"] for r, row in rows.items()}, specs, target)
+        skeleton = descendant_skeleton(
+            types, {r: row["arch"] for r, row in rows.items()}, specs, target,
+            stitched_final_norm=desc.get("stitched_final_norm", True),
+        )
     except Exception as exc:  # noqa: BLE001 - same reasoning as _build_row
         raise PoolFormatError(p, f"cannot rebuild descendant {target.name}: {exc}") from exc
     state = skeleton.state_dict()

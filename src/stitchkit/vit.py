@@ -45,10 +45,15 @@ class ViTStem(nn.Module):
 
 
 class ViTHead(nn.Module):
-    """Final norm, token pooling, fc-norm and the classifier."""
+    """Final norm, token pooling, fc-norm and the classifier.
 
-    def __init__(self, model: VisionTransformer) -> None:
+    ``final_norm=False`` keeps the norm's parameters but skips it, as the
+    official SN-Net code's stitched forward does (``forward_head`` only).
+    """
+
+    def __init__(self, model: VisionTransformer, final_norm: bool = True) -> None:
         super().__init__()
+        self.final_norm = final_norm
         self.norm = model.norm
         self.attn_pool = model.attn_pool
         self.fc_norm = model.fc_norm
@@ -59,7 +64,8 @@ class ViTHead(nn.Module):
         self.pool_include_prefix = getattr(model, "pool_include_prefix", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
+        if self.final_norm:
+            x = self.norm(x)
         x = VisionTransformer.pool(self, x)  # type: ignore[arg-type]
         x = self.fc_norm(x)
         x = self.head_drop(x)
@@ -215,6 +221,9 @@ class TimmViT(AncestryAdapter):
         if self._head is None:
             self._head = ViTHead(self.model)
         return self._head
+
+    def head_without_norm(self) -> nn.Module:
+        return ViTHead(self.model, final_norm=False)
 
     def attention(self, index: int) -> nn.Module:
         return self.model.blocks[index].attn
