@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stitchkit.errors import ConfigError
+from stitchkit.files import is_plain_file_name
 from stitchkit.spec import parse_rows
 
 from .designs import INITS
@@ -80,7 +81,7 @@ class LearngeneConfig:
              f"terms must be a non-empty subset of {list(LearngeneDistillation.TERMS)}, got {self.terms}"),
             (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),
             (self.eval_split in ("test", "val"), f"eval_split must be 'test' or 'val', got {self.eval_split!r}"),
-            (bool(self.pool_file) and "/" not in self.pool_file, f"pool_file must be a file name, got {self.pool_file!r}"),
+            (is_plain_file_name(self.pool_file), f"pool_file must be a plain file name (no '/', not '.' or '..'), got {self.pool_file!r}"),
         ]
         for ok, problem in checks:
             if not ok:

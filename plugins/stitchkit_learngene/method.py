@@ -49,6 +49,12 @@ class LearngenePoolMethod(Method):
             return sliding_window_paths(rows)
         return sequential_paths(rows)
 
+    def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
+        """The ``[learngene]`` section, its components and every phase's ``[train]`` overrides."""
+        from .pipeline import check_config
+
+        check_config(self, config, registry)
+
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         """Distil, build, initialise, fine-tune, evaluate; resumable. See :mod:`.pipeline`."""
         from .pipeline import run_pipeline

@@ -16,6 +16,7 @@ from typing import Any
 
 from stitchkit.engine.model import ModelConfig
 from stitchkit.errors import ConfigError
+from stitchkit.files import is_plain_file_name
 from stitchkit.spec import parse_rows
 
 TRAINABLE = ("all", "stitches")
@@ -100,7 +101,7 @@ class SNNetConfig:
             (self.tau > 0, f"tau must be > 0, got {self.tau}"),
             (bool(self.teacher), "teacher must be 'largest-anchor', 'timm:NAME' or a model file"),
             (self.eval_split in ("test", "val"), f"eval_split must be 'test' or 'val', got {self.eval_split!r}"),
-            (bool(self.pool_file) and "/" not in self.pool_file, f"pool_file must be a file name, got {self.pool_file!r}"),
+            (is_plain_file_name(self.pool_file), f"pool_file must be a plain file name (no '/', not '.' or '..'), got {self.pool_file!r}"),
         ]
         for ok, problem in checks:
             if not ok:

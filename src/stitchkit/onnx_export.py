@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from .errors import ConfigError
+from .files import atomic_write, refuse_overwrite
 
 
 def _load_model(path: str | os.PathLike, timm_state_dict: bool) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -48,14 +49,18 @@ def export_onnx(model_file: str | os.PathLike, onnx_path: str | os.PathLike, *, 
     model.eval()
     x = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(0))
     out = pathlib.Path(onnx_path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript exporter is deprecated but needs no onnxscript and handles ViTs exactly
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    refuse_overwrite(out, [model_file], "ONNX output")
+
+    def write(tmp: str) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter is deprecated but needs no onnxscript and handles ViTs exactly
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), tmp, input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+
+    atomic_write(out, write)
+    with torch.no_grad():
         expected = model(x)
-    os.replace(tmp, out)
     try:
         import onnxruntime as ort
     except ImportError:

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from . import limits
+from .errors import ConfigError, LimitError
 from .interfaces import AncestryAdapter
 from .measure import count_params
 from .pool import Pool
@@ -43,6 +44,14 @@ def plan(
     kwargs = dict(model_kwargs or {})
     if (anchors is None) == (ancestry is None):
         raise ConfigError("give either an ancestry with rows, or anchors")
+    if "img_size" in kwargs:
+        limits.check_int(kwargs["img_size"], "image size", maximum=limits.MAX_IMG_SIZE, limit="MAX_IMG_SIZE")
+    if "num_classes" in kwargs:
+        limits.check_int(kwargs["num_classes"], "number of classes", maximum=limits.MAX_CLASSES, limit="MAX_CLASSES")
+    if len(rows or ()) + len(anchors or ()) > limits.MAX_ROWS:
+        raise LimitError(f"{len(rows or ()) + len(anchors or ())} rows given; a pool has at most {limits.MAX_ROWS} (stitchkit.limits.MAX_ROWS)")
+    for i, s in enumerate(rows or ()):
+        limits.check_row(s.depth, s.width, s.heads, f"row {s}")
     with torch.device("meta"):
         if anchors is not None:
             if rows:

@@ -50,10 +50,9 @@ def descendants_table(pool: Pool) -> list[dict[str, Any]]:
 
 def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict[str, Any]:
     """JSON-ready summary of a pool file (raises PoolFormatError for an invalid file)."""
-    from .storage import read_pool_metadata
+    from .storage import read_pool_structure
 
-    meta = read_pool_metadata(path)
-    pool = pool_from_metadata(meta, registry)
+    meta, pool = read_pool_structure(path, registry)
     desc = meta["pool"]
     return {
         "file": str(path),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, PathError
+from .limits import MAX_ROWS, check_row
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,46 @@ class RowShape:
 _ROW_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
+def find_path(paths: list[Path] | tuple[Path, ...], key: int | str) -> Path:
+    """The descendant a user means by ``key``: an int index, or a string.
+
+    A string is matched, in this order, against path names, then labels, then
+    read as an index (``"3"`` or ``"#3"``): so a descendant labelled ``"0"`` is
+    reachable by its label, and ``"#0"`` always means index 0.
+    """
+    if isinstance(key, str):
+        for p in paths:
+            if key == p.name:
+                return p
+        for p in paths:
+            if p.label and key == p.label:
+                return p
+        digits = key[1:] if key.startswith("#") else key
+        if not (digits.isascii() and digits.isdigit()):
+            raise PathError(f"no descendant named {key!r} (no name, label or index matches); run 'stitchkit info' on the pool to list them")
+        key = int(digits)
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise PathError(f"a descendant key is an index, a name or a label, got {type(key).__name__}")
+    if not 0 <= key < len(paths):
+        raise PathError(f"descendant index {key} out of range: the pool has {len(paths)} descendants (0..{len(paths) - 1})")
+    return paths[key]
+
+
 def parse_rows(text: str) -> list[RowShape]:
     """Parse ``"6x192:3,6x768:12"`` (DEPTHxWIDTH:HEADS, comma separated)."""
-    rows = []
-    for part in text.split(","):
+    rows: list[RowShape] = []
+    parts = text.split(",")
+    if len(parts) > MAX_ROWS:
+        raise ConfigError(f"{len(parts)} rows given; a pool has at most {MAX_ROWS} (stitchkit.limits.MAX_ROWS)")
+    for part in parts:
         m = _ROW_RE.match(part)
         if not m:
             raise ConfigError(
                 f"cannot parse row {part.strip()!r}: expected DEPTHxWIDTH:HEADS, e.g. 6x192:3"
             )
-        rows.append(RowShape(*(int(g) for g in m.groups())))
+        depth, width, heads = (int(g) for g in m.groups())
+        check_row(depth, width, heads, f"row {part.strip()!r}")
+        rows.append(RowShape(depth, width, heads))
     if not rows:
         raise ConfigError("no rows given")
     return rows

@@ -11,6 +11,7 @@ specified in ``docs/format.md``; the schemas below are the ones printed there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -18,7 +19,6 @@ import os
 import pathlib
 import shutil
 import struct
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from .errors import ConfigError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
+from .files import atomic_write, open_regular, refuse_overwrite
+from . import limits
+from .errors import ConfigError, FileError, LimitError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
 from .pool import Pool
-from .spec import Path, RowShape, StitchSpec
+from .spec import Path, RowShape, StitchSpec, find_path
 from .stitched import Descendant, descendant_skeleton, pool_key_map
 
 POOL_FORMAT = "stitchkit-pool"
@@ -238,6 +239,16 @@ def _loads(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constant)
 
 
+def _check_containers(p: pathlib.Path, text: str, what: str) -> None:
+    """Refuse JSON with more objects and arrays than any real pool needs, before parsing it (a cheap count)."""
+    n = text.count("{") + text.count("[")
+    if n > limits.MAX_JSON_CONTAINERS:
+        raise PoolFormatError(
+            p, f"{what} holds {n:,} JSON objects and arrays, above the limit of {limits.MAX_JSON_CONTAINERS:,} "
+            "(stitchkit.limits.MAX_JSON_CONTAINERS); not a file stitchkit wrote"
+        )
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"), sort_keys=False)
 
@@ -246,7 +257,11 @@ def _read_header(path: PathLike) -> _Header:
     """Read and check the 8-byte length and the JSON header; never touches tensor data."""
     p = pathlib.Path(path)
     try:
-        with open(p, "rb") as f:
+        fd = open_regular(p, "pool file")
+    except FileError as exc:
+        raise PoolFormatError(p, str(exc).removeprefix(f"{p}: ")) from None
+    try:
+        with os.fdopen(fd, "rb") as f:
             file_size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
@@ -275,6 +290,7 @@ def _read_header(path: PathLike) -> _Header:
         raise PoolFormatError(p, "header is not UTF-8 text: not a safetensors file") from None
     if not text.startswith("{"):
         raise PoolFormatError(p, "header does not start with '{': not a safetensors file")
+    _check_containers(p, text, "the header")
     try:
         header = _loads(text)
     except (ValueError, RecursionError) as exc:
@@ -357,16 +373,69 @@ def _check_metadata(h: _Header, fmt: str) -> tuple[dict[str, Any], dict[str, dic
     desc = _parse_json(p, meta, key, schema)
     index = _parse_json(p, meta, "tensors", TENSORS_SCHEMA)
     _match_index(p, index, {n: (e["dtype"], e["shape"]) for n, e in h.entries.items()}, "the file", "the metadata")
+    _check_bounds(p, desc, index, fmt)
     return desc, index
+
+
+def _check_bounds(p: pathlib.Path, desc: Mapping[str, Any], index: Mapping[str, Any], fmt: str) -> None:
+    """Bound before you build: sizes within :mod:`stitchkit.limits`, and as many blocks declared as the file holds.
+
+    A row declaring ``depth`` blocks needs at least one tensor per block in the
+    file, whatever the family; so metadata can never make a reader build more
+    modules than the file has tensors.
+    """
+    try:
+        for r, row in enumerate(desc["rows"]):
+            where = f"row {row.get('row', r)}"
+            limits.check_row(row["depth"], row["width"], row["heads"], where)
+            limits.check_arch(row["arch"], where)
+    except LimitError as exc:
+        raise PoolFormatError(p, f"metadata is out of bounds: {exc}") from None
+    if fmt == POOL_FORMAT:
+        per_row = Counter(n.split(".", 2)[1] for n in index if n.startswith("rows."))
+        for r, row in enumerate(desc["rows"]):
+            if per_row[str(r)] < row["depth"]:
+                raise PoolFormatError(
+                    p, f"row {r} declares {row['depth']} blocks but the file holds only {per_row[str(r)]} tensors "
+                    "for it (every block has at least one); the metadata does not describe this file"
+                )
+    else:
+        blocks = {tuple(n.split(".", 3)[1:3]) for n in index if n.startswith("segments.")}
+        for i, (_, start, stop) in enumerate(desc["path"]["segments"]):
+            missing = [j for j in range(min(max(stop - start, 0), limits.MAX_DEPTH + 1)) if (str(i), str(j)) not in blocks]
+            if missing:
+                raise PoolFormatError(
+                    p, f"segment {i} declares {stop - start} blocks but the file has no tensors 'segments.{i}.{missing[0]}.*'; "
+                    "the metadata does not describe this file"
+                )
+    for key, value in desc.get("evaluation", {}).items() if fmt == POOL_FORMAT else ():
+        _check_results(p, key, value)
+    if fmt == DESCENDANT_FORMAT and desc.get("evaluation") is not None:
+        _check_results(p, desc["name"], desc["evaluation"])
+
+
+#: Result keys whose values must be numbers (readers format and compare them).
+NUMERIC_RESULTS = ("top1", "top5", "params", "macs", "latency_ms", "loss")
+
+
+def _check_results(p: pathlib.Path, name: str, results: Mapping[str, Any]) -> None:
+    for key in NUMERIC_RESULTS:
+        if key in results and not _JSON_TYPES["number"](results[key]):
+            raise PoolFormatError(p, f"evaluation of {name}: {key!r} must be a number, got {_type_name(results[key])}")
 
 
 def _parse_json(p: pathlib.Path, meta: Mapping[str, str], key: str, schema: Mapping[str, Any]) -> Any:
     if key not in meta:
         raise PoolFormatError(p, f"__metadata__ has no {key!r} entry")
+    _check_containers(p, meta[key], f"metadata {key!r}")
     try:
         value = _loads(meta[key])
     except (ValueError, RecursionError) as exc:
         raise PoolFormatError(p, f"metadata {key!r} is not valid JSON: {exc}") from None
+    for field, limit in (("rows", limits.MAX_ROWS), ("paths", limits.MAX_PATHS), ("stitches", limits.MAX_STITCHES)):
+        items = value.get(field) if isinstance(value, dict) else None
+        if isinstance(items, list) and len(items) > limit:  # before the schema walks them all
+            raise PoolFormatError(p, f"metadata {key!r} lists {len(items):,} {field}, above the limit of {limit:,} (stitchkit.limits)")
     try:
         _check_schema(value, schema)
     except _SchemaError as exc:
@@ -566,13 +635,35 @@ def read_pool_metadata(path: PathLike) -> dict[str, Any]:
     }
 
 
-def load_pool(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu") -> Pool:
+def read_pool_structure(path: PathLike, registry: Any = None) -> tuple[dict[str, Any], Pool]:
+    """The checked metadata (as :func:`read_pool_metadata`) and the pool on the meta device.
+
+    Every row is rebuilt from its arch (within :mod:`stitchkit.limits`) and its
+    tensor names and shapes matched to the file's, so the structure is exactly
+    what :func:`load_pool` would load; no tensor is read. ``info`` and
+    ``select`` count params and MACs on it.
+    """
+    f = _PoolFile(path)
+    meta = f.header.metadata or {}
+    return {
+        "format": meta["format"],
+        "format_version": meta["format_version"],
+        "writer": meta.get("writer", ""),
+        "pool": f.desc,
+        "tensors": f.index,
+    }, f.skeleton(registry)
+
+
+def load_pool(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False) -> Pool:
     """Rebuild a pool, bit-exact: rows from their adapters' archs, then the stored tensors.
 
     Rows are built on the meta device (no random init, no memory) and take the
-    file's tensors by assignment, so dtypes are kept as stored.
+    file's tensors by assignment, so dtypes are kept as stored. ``verify=True``
+    first checks the data section against its stored sha256 (:func:`verify_data`).
     """
     f = _PoolFile(path)
+    if verify:
+        verify_data(f.path)
     pool = f.skeleton(registry)
     state = f.read(f.index, str(device), None)
     extras = {n[len("extras."):]: state.pop(n) for n in list(state) if n.startswith("extras.")}
@@ -649,20 +740,8 @@ def _prepare(p: pathlib.Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def _atomic_write(p: pathlib.Path, write: Callable[[str], None]) -> None:
-    """Write to a temporary file next to ``p``, then rename over it: ``p`` is never half-written."""
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        write(str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write through :func:`stitchkit.files.atomic_write`: ``p`` is never half-written."""
+    atomic_write(p, write)
 
 
 def _encode(p: pathlib.Path, key: str, value: Any, schema: Mapping[str, Any]) -> str:
@@ -689,8 +768,69 @@ def _write(
         key: _encode(p, key, desc, schema),
         "tensors": _dumps(_index(prepared)),
     }
-    _atomic_write(p, lambda tmp: save_file(dict(prepared), tmp, metadata=metadata))
+    _save(p, prepared, metadata)
     return p
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    """A contiguous CPU tensor's bytes, little-endian as safetensors stores them."""
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+
+
+def _save(p: pathlib.Path, prepared: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors file whose ``__metadata__`` carries ``data_sha256``, the sha256 of its data section.
+
+    The layout is safetensors' own (tensors sorted by element size, largest
+    first, then by name, so every tensor is aligned; header padded to 8 bytes);
+    writing it here lets the checksum of the data go into the header.
+    """
+    order = sorted(prepared, key=lambda n: (-prepared[n].element_size(), n))
+    digest = hashlib.sha256()
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        t = prepared[name]
+        raw = _raw(t)
+        digest.update(raw)
+        header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + raw.nbytes]}
+        offset += raw.nbytes
+    text = _dumps({"__metadata__": {**metadata, "data_sha256": digest.hexdigest()}, **header}).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "xb") as fh:
+            fh.write(struct.pack("<Q", len(text)))
+            fh.write(text)
+            for name in order:
+                fh.write(_raw(prepared[name]))
+
+    _atomic_write(p, write)
+
+
+def verify_data(path: PathLike) -> str:
+    """Check a pool or descendant file's data section against the sha256 stored at write time; return it.
+
+    Raises :class:`PoolFormatError` if the bytes differ (a flipped weight bit
+    passes every structural check, but not this one) or no checksum is stored.
+    """
+    h = _read_header(path)
+    stored = (h.metadata or {}).get("data_sha256")
+    if stored is None:
+        raise PoolFormatError(h.path, "no data_sha256 in __metadata__ to verify against (written by an older stitchkit or another tool)")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(open_regular(h.path, "pool file"), "rb") as fh:
+            fh.seek(h.data_start)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except (OSError, FileError) as exc:
+        raise PoolFormatError(h.path, f"cannot read the file: {exc}") from None
+    if digest.hexdigest() != stored:
+        raise PoolFormatError(
+            h.path, f"the tensor data does not match the checksum stored when the file was written "
+            f"(sha256 {digest.hexdigest()[:16]}... vs {stored[:16]}...): the weights are damaged; restore the file"
+        )
+    return stored
 
 
 def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | None = None) -> pathlib.Path:
@@ -754,17 +894,7 @@ def update_evaluation(
 
 def _find_path(paths: list[Path], key: Path | int | str) -> Path:
     """The path for ``key`` (as :meth:`Pool.path` resolves it), from metadata alone."""
-    if isinstance(key, Path):
-        key = key.name
-    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
-        i = int(key)
-        if not 0 <= i < len(paths):
-            raise PathError(f"descendant index {i} out of range: the pool has {len(paths)} descendants (0..{len(paths) - 1})")
-        return paths[i]
-    for path in paths:
-        if key in (path.name, path.label):
-            return path
-    raise PathError(f"no descendant named {key!r}; run 'stitchkit info' on the pool to list them")
+    return find_path(paths, key.name if isinstance(key, Path) else key)
 
 
 # --------------------------------------------------------------------------- export
@@ -778,6 +908,11 @@ def _source(pool_or_path: Pool | PathLike, key: Path | int | str, registry: Any,
     pool = f.skeleton(registry)
     target = pool.path(key)
     return f.desc, target, lambda: _lazy_descendant(f, pool, target, device, None), f
+
+
+def _refuse_input(out: pathlib.Path, pool_or_path: Pool | PathLike) -> None:
+    """An export must never replace its own pool file (same name, symlink or hard link)."""
+    refuse_overwrite(out, [] if isinstance(pool_or_path, Pool) else [pool_or_path], "export output")
 
 
 def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, Any]:
@@ -803,8 +938,9 @@ def export_descendant(
     From a pool file only the descendant's tensors are read. Tensor names are
     the descendant's own (``stem.*``, ``segments.<i>.<j>.*``, ``stitches.<i>.*``, ``head.*``).
     """
-    desc, target, make, _ = _source(pool_or_path, key, registry, "cpu")
     out = pathlib.Path(out_path)
+    _refuse_input(out, pool_or_path)
+    desc, target, make, _ = _source(pool_or_path, key, registry, "cpu")
     prepared = _prepare(out, make().state_dict())
     return _write(out, DESCENDANT_FORMAT, "descendant", _descendant_description(desc, target), DESCENDANT_SCHEMA, prepared)
 
@@ -846,14 +982,16 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
     return target, rows, specs
 
 
-def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu") -> Descendant:
-    """Load a file written by :func:`export_descendant`; no pool needed."""
+def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False) -> Descendant:
+    """Load a file written by :func:`export_descendant`; no pool needed (``verify``: as in :func:`load_pool`)."""
     from .registry import default_registry
 
     registry = registry if registry is not None else default_registry()
     h = _read_header(path)
     p = h.path
     desc, index = _check_metadata(h, DESCENDANT_FORMAT)
+    if verify:
+        verify_data(p)
     target, rows, specs = _descendant_parts(p, desc)
     types = {}
     for r, row in rows.items():
@@ -881,8 +1019,9 @@ def export_timm_state_dict(
     ``TimmViT.load_checkpoint``. Returns the row's arch (the model's kwargs,
     also stored in the metadata as ``stitchkit_arch``).
     """
-    desc, target, _, source = _source(pool_or_path, key, registry, "cpu")
     out = pathlib.Path(out_path)
+    _refuse_input(out, pool_or_path)
+    desc, target, _, source = _source(pool_or_path, key, registry, "cpu")
     if not target.is_single_row:
         raise PathError(
             f"descendant {target.name} is stitched from rows {list(target.rows)}: only a single-row descendant "
@@ -903,5 +1042,5 @@ def export_timm_state_dict(
     }
     prepared = _prepare(out, tensors)
     metadata = {"format": "pt", **extra}
-    _atomic_write(out, lambda tmp: save_file(prepared, tmp, metadata=metadata))
+    _save(out, prepared, metadata)
     return dict(row["arch"])

@@ -99,8 +99,9 @@ class TimmViT(AncestryAdapter):
             kwargs.setdefault("weight_init", "skip")  # no values to initialise; timm's init is slow on meta
         try:
             model = VisionTransformer(**kwargs)
-        except TypeError as exc:
+        except (TypeError, ValueError, AssertionError) as exc:
             raise ConfigError(f"cannot build a timm VisionTransformer from arch {dict(arch)}: {exc}") from exc
+        _check_grid(model, "arch")
         adapter = cls(model)
         if arch.get("timm_name"):  # keep the identity, so from_arch(arch()) round-trips
             adapter.timm_name = arch["timm_name"]
@@ -131,8 +132,11 @@ class TimmViT(AncestryAdapter):
             kwargs.setdefault("weight_init", "skip")
         try:
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except RuntimeError as exc:
-            raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"timm could not create {name!r} as a VisionTransformer for the timm-vit adapter: {exc}") from exc
+        if not isinstance(model, VisionTransformer):
+            raise ConfigError(f"{name!r} is a timm {type(model).__name__}, not a VisionTransformer; the timm-vit adapter needs a ViT (deit_*, vit_*)")
+        _check_grid(model, name)
         adapter = cls(model)
         if checkpoint is not None:
             adapter.load_checkpoint(checkpoint)
@@ -227,6 +231,17 @@ class TimmViT(AncestryAdapter):
     def input_size(self) -> tuple[int, int, int]:
         pe = self.model.patch_embed
         return (pe.proj.in_channels, *pe.img_size)
+
+
+def _check_grid(model: VisionTransformer, where: str) -> None:
+    """The image must split into whole patches (timm would silently drop the border, or fail at run time)."""
+    pe = model.patch_embed
+    if getattr(pe, "dynamic_img_pad", False) or pe.img_size is None:
+        return
+    for side, patch in zip(pe.img_size, pe.patch_size):
+        if side % patch:
+            raise ConfigError(f"{where}: image size {tuple(pe.img_size)} is not a multiple of the patch size {tuple(pe.patch_size)}; "
+                              "choose an image size divisible by the patch size")
 
 
 def _on_meta() -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ..engine.config import load_config, save_resolved
 from ..engine.distributed import barrier, dist_context
 from ..errors import ConfigError
+from ..files import OutputLock
 from ..registry import Registry, default_registry
 
 
@@ -60,11 +61,17 @@ def build_command(
     method = registry.method(name)
     out = resolve_out_dir(config, config_path, out_dir)
     config["out_dir"] = str(out)
+    method.check_config(config, registry=registry)  # the whole config, before the first phase
     ctx = dist_context(config["train"]["device"])
-    if ctx.is_main:
-        if not resume:
-            clear_checkpoints(out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_resolved(config, out)
-    barrier()
-    return method.build(config, out_dir=out, registry=registry)
+    lock = OutputLock(out, f"stitchkit build {config_path}") if ctx.is_main else None
+    try:
+        if lock is not None:
+            lock.acquire()  # one writer per output directory; the OS drops it if we die
+            if not resume:
+                clear_checkpoints(out)
+            save_resolved(config, out)
+        barrier()
+        return method.build(config, out_dir=out, registry=registry)
+    finally:
+        if lock is not None:
+            lock.release()

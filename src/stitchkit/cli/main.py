@@ -12,7 +12,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import StitchkitError
+from ..errors import ConfigError, StitchkitError
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -70,7 +70,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ..report import format_pool_info, pool_info
 
     info = pool_info(args.pool)
+    if args.verify:
+        from ..storage import verify_data
+
+        info["data_sha256"] = verify_data(args.pool)
     print(json.dumps(info, indent=2) if args.json else format_pool_info(info))
+    if args.verify and not args.json:
+        print(f"verified: the tensor data matches its stored sha256 {info['data_sha256']}")
     return 0
 
 
@@ -106,7 +112,15 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .. import storage
+    from ..files import refuse_overwrite
 
+    if args.onnx:  # check everything an output needs before writing anything
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            raise ConfigError("--onnx needs the onnx package: pip install 'stitchkit[onnx]' (nothing was written)")
+        refuse_overwrite(args.onnx, [args.pool, args.output], "--onnx output")
+    refuse_overwrite(args.output, [args.pool], "-o output")
     if args.timm:
         arch = storage.export_timm_state_dict(args.pool, args.descendant, args.output)
         print(f"wrote {args.output}: plain timm VisionTransformer state dict (arch {json.dumps(arch)})")
@@ -126,8 +140,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from ..demo import run_demo
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..limits import check_int
+
+    torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
     summary = run_demo(args.out, args.set or [], config_path=args.config)
     print(pathlib.Path(summary["report"]).read_text())
     print(f"wrote {summary['report']}, {summary['plot']} and the pool files "
@@ -174,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="show a pool file: rows, stitch layers, descendants table")
     pi.add_argument("pool", help="pool file (.safetensors)")
     pi.add_argument("--json", action="store_true")
+    pi.add_argument("--verify", action="store_true", help="also check the tensor data against the sha256 stored at write time")
     pi.set_defaults(func=_cmd_info)
 
     pb = sub.add_parser("build", help="run a method's whole pipeline from a TOML config (resumable)")
@@ -218,6 +234,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> int:
+    print(f"stitchkit: error: {' '.join(message.split())}", file=sys.stderr)  # one line, always
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -229,8 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StitchkitError as exc:
         if args.traceback:
             raise
-        print(f"stitchkit: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except OSError as exc:  # read-only or full disk, permissions, a file where a directory should be, EXDEV, EIO
+        if args.traceback:
+            raise
+        from ..files import describe_os_error
+
+        return _fail(describe_os_error(exc))
     except KeyboardInterrupt:
         print("stitchkit: interrupted", file=sys.stderr)
         return 130

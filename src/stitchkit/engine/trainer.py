@@ -89,6 +89,9 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        from .. import limits
+
+        limits.check_int(self.batch_size, f"{where}.batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
         for key in ("max_steps", "checkpoint_every", "eval_every", "warmup_epochs", "weight_decay", "clip_grad", "min_lr"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
@@ -220,6 +223,13 @@ def _rng_snapshot(ctx: DistContext) -> dict[str, Any]:
 def _restore_rng(rng: Mapping[str, Any], ctx: DistContext, fallback_seed: int) -> bool:
     """Restore this rank's RNG states; reseed from ``fallback_seed`` if the process count changed."""
     if rng.get("world_size") != ctx.world_size:
+        import warnings
+
+        warnings.warn(
+            f"resuming with {ctx.world_size} processes from a checkpoint written by {rng.get('world_size')}: "
+            f"random states cannot carry over, so this run reseeds from {fallback_seed} (the result will differ "
+            "from an uninterrupted run)", stacklevel=2,
+        )
         torch.manual_seed(fallback_seed)
         return False
     torch.set_rng_state(unb64(rng["torch_cpu"][ctx.rank]))
