@@ -166,11 +166,11 @@ def test_exported_descendant_with_a_huge_segment_is_refused(pool_dir, tmp_path):
         storage.load_exported(bad, REG)
 
 
-def test_a_fifo_is_refused_without_blocking(tmp_path):
+def test_a_fifo_is_refused_without_blocking(capsys, tmp_path):
     fifo = tmp_path / "pool.safetensors"
     os.mkfifo(fifo)
-    commands = [["info", str(fifo)], ["export", str(fifo), "0", "-o", str(tmp_path / "o.safetensors")], ["build", str(fifo)],
-                ["select", str(fifo), "--max-params", "1"]]
+    commands = [["info", str(fifo)], ["export", str(fifo), "0", "-o", str(tmp_path / "o.safetensors")],
+                ["select", str(fifo), "--max-params", "1"], ["info", "--verify", str(fifo)]]
     code = ("import sys; from stitchkit.cli.main import main; "
             f"sys.exit(sum(main(a) != 2 for a in {commands!r}))")
     # one subprocess for all four (one interpreter start); a blocking open would hit the runner's timeout
@@ -180,6 +180,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
     assert done.returncode == 0 and len(lines) == 4 and all("FIFO" in line for line in lines), done.stderr
     with pytest.raises(PoolFormatError, match="FIFO"):
         storage.load_pool(fifo, REG)
+    assert "FIFO" in fails_cleanly(capsys, "build", str(fifo))  # a config: stat before open too
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "/dev/null"])
@@ -294,6 +295,7 @@ def test_out_that_is_a_file_and_output_that_is_a_directory(capsys, pool_file, tm
     blocker = tmp_path / "file"
     blocker.write_text("x")
     fails_cleanly(capsys, "export", str(pool_file), "0", "-o", str(blocker / "d.safetensors"))
+    assert str(blocker) in fails_cleanly(capsys, "build", str(cfg), "--out", str(blocker))
     assert "is a directory" in fails_cleanly(capsys, "export", str(pool_file), "0", "-o", str(tmp_path))
     assert blocker.read_text() == "x"
 

@@ -136,7 +136,7 @@ def _alive(pid: int) -> bool:
 
 def sweep_temp_files(directory: PathLike) -> list[pathlib.Path]:
     """Remove temp files our atomic writes left in ``directory`` when their writer was killed."""
-    removed = []
+    removed: list[pathlib.Path] = []
     try:
         names = os.listdir(directory)
     except OSError:
@@ -209,7 +209,10 @@ def copy_atomic(src: PathLike, dst: PathLike) -> pathlib.Path:
     import shutil
 
     refuse_overwrite(dst, [src])
-    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    def write(tmp: str) -> None:
+        shutil.copyfile(src, tmp)
+
+    return atomic_write(dst, write)
 
 
 # --------------------------------------------------------------------------- the output-directory lock

@@ -774,7 +774,7 @@ def _write(
 
 def _raw(t: torch.Tensor) -> memoryview:
     """A contiguous CPU tensor's bytes, little-endian as safetensors stores them."""
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+    return t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
 
 
 def _save(p: pathlib.Path, prepared: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:

@@ -252,9 +252,10 @@ def _on_meta() -> bool:
 
 def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a weights-only torch file; never unpickles objects."""
+    from .files import check_regular_file
+
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise StitchkitError(f"{path}: checkpoint file not found")
+    check_regular_file(path, "checkpoint file")  # missing, a directory or a FIFO: refused before open
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -154,7 +154,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..engine.config import load_config
     from ..engine.model import train_model
 
-    path = train_model(load_config(args.config, args.set or []), args.out, name=args.name)
+    from ..engine.distributed import dist_context
+    from ..files import OutputLock, is_plain_file_name
+
+    if not is_plain_file_name(args.name):
+        raise ConfigError(f"--name {args.name!r} must be a plain file name (no '/', not '.' or '..')")
+    config = load_config(args.config, args.set or [])
+    lock = OutputLock(args.out, f"stitchkit train {args.config}") if dist_context(config["train"]["device"]).is_main else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        path = train_model(config, args.out, name=args.name)
+    finally:
+        if lock is not None:
+            lock.release()
     print(f"model written to {path}")
     return 0
 

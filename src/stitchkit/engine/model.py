@@ -124,9 +124,13 @@ def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Map
 
 def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAdapter:
     """A network saved by :func:`save_model` (e.g. by ``train_model``), rebuilt through its adapter."""
+    from ..files import check_regular_file
+
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise PoolFormatError(path, "model file not found")
+    try:
+        check_regular_file(path, "model file")
+    except StitchkitError as exc:
+        raise PoolFormatError(path, str(exc).removeprefix(f"{path}: ")) from None
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
