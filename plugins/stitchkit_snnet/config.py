@@ -54,6 +54,7 @@ class AnchorConfig(ModelConfig):
                 f"{where}: say how to get the anchor's weights: pretrained = true (timm), "
                 f"checkpoint = \"FILE\", or train = true (train it on [data] here)"
             )
+        super().validate(where)  # the [model] checks: sizes within stitchkit.limits, heads dividing the width
 
     def model_section(self) -> dict[str, Any]:
         """The engine's ``[model]`` table for this anchor."""
@@ -116,6 +117,10 @@ class SNNetConfig:
     def anchor_configs(self, where: str = "snnet") -> list[AnchorConfig]:
         from stitchkit.engine.config import from_mapping
 
+        from stitchkit.limits import MAX_ROWS
+
+        if len(self.anchors) > MAX_ROWS:
+            raise ConfigError(f"{where}.anchors: {len(self.anchors)} anchors; a pool has at most {MAX_ROWS} rows (stitchkit.limits.MAX_ROWS)")
         out = []
         for i, table in enumerate(self.anchors):
             if not isinstance(table, Mapping):
