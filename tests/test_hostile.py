@@ -184,10 +184,22 @@ def test_a_fifo_is_refused_without_blocking(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "/dev/null"])
-def test_devices_are_refused(capsys, special):
+def test_devices_are_refused(capsys, pool_file, special):
     if not os.path.exists(special):
         pytest.fail(f"{special} missing on this system")
     assert "device" in fails_cleanly(capsys, "info", special)
+    before = os.stat(special)
+    assert "device" in fails_cleanly(capsys, "export", str(pool_file), "0", "-o", special)  # as root, a rename would replace it
+    with pytest.raises(FileError, match="regular files only"):
+        storage.save_pool(make_pool(), special)
+    after = os.stat(special)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+def test_onnx_and_output_naming_one_file(capsys, pool_file, tmp_path):
+    out = tmp_path / "same"
+    assert "same file" in fails_cleanly(capsys, "export", str(pool_file), "0", "-o", str(out), "--onnx", str(out))
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("rows", ["1000000x96:3", "10000x96:3", "2x96:3,2x1000000:3", "2x96:3000", "99999999999999999999999x96:3",

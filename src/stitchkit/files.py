@@ -100,6 +100,8 @@ def refuse_overwrite(output: PathLike, inputs: Iterable[PathLike], what: str = "
         raise FileError(f"{out}: cannot check the {what}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
         raise FileError(f"{out}: the {what} is a directory; give a file name, e.g. {out / 'model.safetensors'}")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileError(f"{out}: the {what} is {_kind(st.st_mode)}; stitchkit writes regular files only, choose another path")
     for src in inputs:
         try:
             sst = os.stat(src)
@@ -165,6 +167,13 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> pathlib.Path:
     """
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        # renaming over /dev/null (as root) or a FIFO would replace a special file with ours
+        raise FileError(f"{p}: is {_kind(st.st_mode)}; stitchkit writes regular files only, choose another path")
     sweep_temp_files(p.parent)
     try:
         mode = stat.S_IMODE(os.stat(p).st_mode)

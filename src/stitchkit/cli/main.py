@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -117,9 +118,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.onnx:  # check everything an output needs before writing anything
         import importlib.util
 
+        refuse_overwrite(args.onnx, [args.pool, args.output], "--onnx output")
+        if os.path.abspath(args.onnx) == os.path.abspath(args.output):
+            raise ConfigError(f"--onnx {args.onnx} and -o {args.output} name the same file; give two different files")
         if importlib.util.find_spec("onnx") is None:
             raise ConfigError("--onnx needs the onnx package: pip install 'stitchkit[onnx]' (nothing was written)")
-        refuse_overwrite(args.onnx, [args.pool, args.output], "--onnx output")
     refuse_overwrite(args.output, [args.pool], "-o output")
     if args.timm:
         arch = storage.export_timm_state_dict(args.pool, args.descendant, args.output)
@@ -224,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
 
     pe = sub.add_parser("export", help="write one descendant as a standalone model file")
     pe.add_argument("pool", help="pool file (.safetensors)")
-    pe.add_argument("descendant", help="descendant index, name (r0[0:3]+s0_1_3+r1[3:6]) or label")
+    pe.add_argument("descendant", help="descendant name (r0[0:3]+s0_1_3+r1[3:6]), label, or index (3 or #3; a label wins over an index)")
     pe.add_argument("-o", "--output", required=True, help="output .safetensors file")
     pe.add_argument("--timm", action="store_true", help="single-row descendants: write a plain timm state dict")
     pe.add_argument("--onnx", help="also write an ONNX model here (needs the onnx package)")
