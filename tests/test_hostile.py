@@ -130,7 +130,6 @@ def test_export_onto_a_link_to_its_pool_is_refused(capsys, pool_file, link):
 
 
 def test_onnx_output_onto_an_input_is_refused(capsys, pool_file, tmp_path):
-    pytest.importorskip("onnx")  # this case needs onnx installed; its absence is tested below
     before = digest(pool_file)
     fails_cleanly(capsys, "export", str(pool_file), "0", "-o", str(tmp_path / "d.safetensors"), "--onnx", str(pool_file))
     assert digest(pool_file) == before and not (tmp_path / "d.safetensors").exists()

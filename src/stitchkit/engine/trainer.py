@@ -92,6 +92,12 @@ class TrainConfig:
         from .. import limits
 
         limits.check_int(self.batch_size, f"{where}.batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
+        if self.tensorboard:  # an optional package the requested output needs: say so now, not at the first phase
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError(f"{where}.tensorboard = true but TensorBoard is not installed; "
+                                  "run 'pip install tensorboard' or set tensorboard = false")
         for key in ("max_steps", "checkpoint_every", "eval_every", "warmup_epochs", "weight_decay", "clip_grad", "min_lr"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
