@@ -150,8 +150,22 @@ def test_huge_declared_depth_is_refused_by_every_reader(capsys, pool_file, tmp_p
 
 def test_depth_within_limits_but_not_in_the_file_is_refused_before_building(pool_file, tmp_path):
     bad = craft(pool_file, tmp_path / "deep.safetensors", deep(limits.MAX_DEPTH))
-    with pytest.raises(PoolFormatError, match=r"declares 1024 blocks but the file holds only 32 tensors"):  # stem 4 + 2 blocks x 12 + head 4
+    with pytest.raises(PoolFormatError, match=r"declares 256 blocks but the file holds only 32 tensors"):  # stem 4 + 2 blocks x 12 + head 4
         storage.load_pool(bad, REG)
+
+
+def test_fake_tensors_buy_no_more_construction_than_they_list(pool_file, tmp_path):
+    """Zero-size tensors padding the count: the build stops at twice the row's listed tensors."""
+    header, data = read_raw(pool_file)
+    desc, index = json.loads(header["__metadata__"]["pool"]), json.loads(header["__metadata__"]["tensors"])
+    deep(limits.MAX_DEPTH)(desc)
+    for i in range(limits.MAX_DEPTH):
+        header[f"rows.0.fake.{i}"] = {"dtype": "F32", "shape": [0], "data_offsets": [len(data), len(data)]}
+        index[f"rows.0.fake.{i}"] = {"dtype": "F32", "shape": [0]}
+    header["__metadata__"].update(pool=json.dumps(desc), tensors=json.dumps(index))
+    write_raw(tmp_path / "fake.safetensors", header, data)
+    with pytest.raises(PoolFormatError, match=r"row 0: its arch builds far more tensors than the file holds for it \(288\)"):
+        storage.load_pool(tmp_path / "fake.safetensors", REG)  # 288 = 32 real + 256 fake
 
 
 def test_exported_descendant_with_a_huge_segment_is_refused(pool_dir, tmp_path):
@@ -201,7 +215,7 @@ def test_onnx_and_output_naming_one_file(capsys, pool_file, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("rows", ["1000000x96:3", "10000x96:3", "2x96:3,2x1000000:3", "2x96:3000", "99999999999999999999999x96:3",
+@pytest.mark.parametrize("rows", ["1000000x96:3", "10000x96:3", "257x96:3", "2x96:3,2x1000000:3", "2x96:3000", "99999999999999999999999x96:3",
                                   ",".join(["2x96:3"] * 65)])
 def test_plan_rows_beyond_the_limits(capsys, rows):
     err = fails_cleanly(capsys, "plan", "--ancestry", "deit_tiny_patch16_224", "--rows", rows)
@@ -488,7 +502,7 @@ def test_any_edited_number_is_loaded_or_refused_as_a_pool_format_error(pool_dir,
 
 def test_the_limits_are_documented():
     doc = (pathlib.Path(__file__).parents[1] / "docs" / "format.md").read_text()
-    for name in ("MAX_ROWS", "MAX_DEPTH", "MAX_WIDTH", "MAX_HEADS", "MAX_IMG_SIZE", "MAX_CLASSES", "MAX_PATHS", "MAX_STITCHES",
+    for name in ("MAX_ROWS", "MAX_DEPTH", "MAX_TOTAL_BLOCKS", "MAX_JSON_CONTAINERS", "MAX_WIDTH", "MAX_HEADS", "MAX_IMG_SIZE", "MAX_CLASSES", "MAX_PATHS", "MAX_STITCHES",
                  "MAX_BATCH_SIZE", "MAX_ARCH_INT"):
         assert f"`{name}` | {getattr(limits, name):,}" in doc, name
 

@@ -23,7 +23,10 @@ from .errors import LimitError
 #: Rows (learngene / anchor networks) in one pool.
 MAX_ROWS = 64
 #: Blocks in one row (or in a config's model).
-MAX_DEPTH = 1024
+MAX_DEPTH = 256
+#: Blocks of all rows of one file together: what a reader builds (on the meta device, a few ms per
+#: block) before it can compare the architecture with the file's tensors.
+MAX_TOTAL_BLOCKS = 512
 #: Width (embedding dimension / channels) of a row.
 MAX_WIDTH = 65_536
 #: Attention heads of a row.

@@ -12,6 +12,7 @@ specified in ``docs/format.md``; the schemas below are the ones printed there.
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import math
 import re
@@ -20,7 +21,7 @@ import pathlib
 import shutil
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -389,6 +390,8 @@ def _check_bounds(p: pathlib.Path, desc: Mapping[str, Any], index: Mapping[str, 
             where = f"row {row.get('row', r)}"
             limits.check_row(row["depth"], row["width"], row["heads"], where)
             limits.check_arch(row["arch"], where)
+        limits.check_int(sum(row["depth"] for row in desc["rows"]), "the rows' blocks together",
+                         maximum=limits.MAX_TOTAL_BLOCKS, limit="MAX_TOTAL_BLOCKS")
     except LimitError as exc:
         raise PoolFormatError(p, f"metadata is out of bounds: {exc}") from None
     if fmt == POOL_FORMAT:
@@ -521,12 +524,54 @@ def _adapter_class(p: pathlib.Path, registry: Any, name: str, where: str) -> typ
         ) from exc
 
 
-def _build_row(p: pathlib.Path, cls: type, arch: Mapping[str, Any], shape: RowShape | None, where: str) -> Any:
-    """An adapter built on the meta device from a file-supplied arch (no weights, no memory)."""
+class _TooManyTensors(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _at_most(n: int) -> Iterator[None]:
+    """Abort a module build once it has registered more than ``n`` parameters and buffers.
+
+    Building costs a few milliseconds per block even on the meta device, so a
+    file-supplied arch is only built as far as the file's own tensors justify:
+    a crafted header cannot buy more construction than it lists tensors.
+    """
+    count = 0
+
+    def hook(_module: torch.nn.Module, _name: str, value: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > n:
+            raise _TooManyTensors(n)
+
+    from torch.nn.modules import module as _m
+
+    handles = [_m.register_module_parameter_registration_hook(hook), _m.register_module_buffer_registration_hook(hook)]
     try:
-        with torch.device("meta"):
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _build_row(
+    p: pathlib.Path, cls: type, arch: Mapping[str, Any], shape: RowShape | None, where: str, max_tensors: int | None = None
+) -> Any:
+    """An adapter built on the meta device from a file-supplied arch (no weights, no memory).
+
+    ``max_tensors``: how many state-dict tensors the file holds for this row;
+    the build stops at twice that (non-persistent buffers are registered too).
+    """
+    limit = 2 * max_tensors + 64 if max_tensors is not None else 1 << 62
+    try:
+        with torch.device("meta"), _at_most(limit):
             adapter = cls.from_arch(arch)
         built = adapter.shape
+    except _TooManyTensors:
+        raise PoolFormatError(
+            p, f"{where}: its arch builds far more tensors than the file holds for it ({max_tensors}); "
+            "the metadata does not describe this file"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to build a file-supplied arch is a file problem
         raise PoolFormatError(p, f"{where}: adapter {cls.name!r} cannot build arch {dict(arch)}: {exc}") from exc
     if shape is not None and built != shape:
@@ -552,7 +597,8 @@ class _PoolFile:
         adapters = []
         for r, row in enumerate(desc["rows"]):
             cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
-            adapters.append(_build_row(p, cls, row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}"))
+            held = sum(1 for n in self.index if n.startswith(f"rows.{r}."))
+            adapters.append(_build_row(p, cls, row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}", held))
         try:
             with torch.device("meta"):
                 pool = Pool(
@@ -996,7 +1042,9 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
     types = {}
     for r, row in rows.items():
         types[r] = _adapter_class(p, registry, row["adapter"], f"row {r}")
-        _build_row(p, types[r], row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}")
+        used = sum(s.stop - s.start for s in target.segments if s.row == r)
+        held = len(index) * -(-row["depth"] // max(used, 1))  # the file holds `used` of the row's blocks
+        _build_row(p, types[r], row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}", held)
     try:
         skeleton = descendant_skeleton(types, {r: row["arch"] for r, row in rows.items()}, specs, target)
     except Exception as exc:  # noqa: BLE001 - same reasoning as _build_row
