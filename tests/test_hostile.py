@@ -509,3 +509,16 @@ def test_the_limits_are_documented():
 
 def test_errors_are_stitchkit_errors():
     assert issubclass(FileError, StitchkitError) and issubclass(limits.LimitError, ConfigError)
+
+
+def test_a_forged_optimizer_state_is_a_checkpoint_error(finished_phase):
+    from stitchkit.engine.checkpoint import _integrity
+
+    run, meta_path = finished_phase
+    meta = json.loads(meta_path.read_text())
+    meta["finished"] = False
+    meta["optimizer"]["param_groups"] = [{"params": "all"}]
+    meta["integrity"] = _integrity(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="optimizer state does not fit"):
+        run()

@@ -555,7 +555,7 @@ def _at_most(n: int) -> Iterator[None]:
 
 
 def _build_row(
-    p: pathlib.Path, cls: type, arch: Mapping[str, Any], shape: RowShape | None, where: str, max_tensors: int | None = None
+    p: pathlib.Path, cls: Any, arch: Mapping[str, Any], shape: RowShape | None, where: str, max_tensors: int | None = None
 ) -> Any:
     """An adapter built on the meta device from a file-supplied arch (no weights, no memory).
 

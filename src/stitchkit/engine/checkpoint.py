@@ -96,6 +96,19 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Restore the optimizer from a checkpoint; anything that does not fit is a :class:`CheckpointError`."""
+    try:
+        _load_optimizer(optimizer, tensors, meta)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint optimizer state does not fit this run's optimizer ({type(exc).__name__}: {exc}); "
+            "delete the phase's checkpoints/ directory (or use --restart) to start over"
+        ) from exc
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
