@@ -11,7 +11,14 @@ For each seed: one 12-block ancestry (shared by both designs). For each design
   without it (the distilled rows are shared by every variant);
 * SN-Net at equal storage: two anchors of the same shapes trained from
   scratch for as many epochs as the distillation, LS init, the same
-  fine-tuning budget and the same teacher (SN-Net's hard distillation).
+  fine-tuning budget and the same teacher (SN-Net's hard distillation);
+* with ``--snnetv2``: SN-Netv2 on SN-Net's trained anchors (the same files),
+  two-way routes, LS-initialised low-rank stitch layers (``--snnetv2-rank``),
+  ``ros`` sampling, the same fine-tuning budget and teacher;
+* with ``--lg-two-way``: Learngene Pool (TM, fine-tuned) with two-way routes
+  on the same distilled rows.
+
+    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --snnetv2 --lg-two-way
 
 Per descendant the table shows mean and standard deviation of top-1 over the
 seeds. A difference is called only when it exceeds the sum of the two
@@ -49,6 +56,8 @@ LG_VARIANTS = [  # (name, initializer, fine-tuning distillation)
     ("ls-nodistill", "ls", False),
 ]
 AFTER_INIT = ["tm", "tm-pinv", "ls", "random"]
+#: Other runs compared per descendant: (key in a run's results, column prefix).
+OTHERS = [("snnet", "snnet"), ("snnetv2", "snnetv2"), ("lg_two_way", "lg-two-way")]
 
 
 def _link_distilled(base: pathlib.Path, variant: pathlib.Path) -> None:
@@ -93,7 +102,43 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
     meta = storage.read_pool_metadata(pool)["pool"]
     results["snnet"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
     results["seconds"]["snnet"] = time.perf_counter() - t0
+    run_extras(results, seed_dir, depth, args, registry, ancestry)
     return results
+
+
+def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args: argparse.Namespace,
+               registry: Registry, ancestry: pathlib.Path) -> bool:
+    """The optional SN-Netv2 and two-way Learngene Pool runs missing from ``results``; True if any ran."""
+    train = {**BASE["train"], "seed": results["seed"]}
+    rows = f"{depth}x16:1,{depth}x64:4"
+    finetune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr}
+    ran = False
+    if args.snnetv2 and "snnetv2" not in results:
+        anchors = [{"shape": s, "patch_size": 4, "train": False,
+                    "checkpoint": str(seed_dir / f"snnet{depth}" / "anchors" / f"anchor{i}.safetensors")}
+                   for i, s in enumerate(rows.split(","))]
+        cfg = {"method": "snnetv2", **BASE, "train": train, "snnetv2": {
+            "anchors": anchors, "initializer": "ls", "teacher": str(ancestry), "evaluate_after_init": True,
+            "stitch_rank": args.snnetv2_rank, "sampler_args": {"gap_fraction": 0.08}, "finetune": finetune}}
+        t0 = time.perf_counter()
+        pool = registry.method("snnetv2").build(resolve(cfg), out_dir=seed_dir / f"snnetv2-{depth}", registry=registry)
+        meta = storage.read_pool_metadata(pool)["pool"]
+        results["snnetv2"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results["seconds"]["snnetv2"] = time.perf_counter() - t0
+        ran = True
+    if args.lg_two_way and "lg_two_way" not in results:
+        vdir = seed_dir / f"lg{depth}-tm-two-way"
+        _link_distilled(seed_dir / f"lg{depth}-tm", vdir)
+        cfg = {"method": "learngene-pool", **BASE, "train": train, "learngene": {
+            "ancestry": str(ancestry), "rows": rows, "initializer": "tm", "paths": "two-way",
+            "distill": {"epochs": args.aux_epochs}, "finetune": finetune}}
+        t0 = time.perf_counter()
+        pool = registry.method("learngene-pool").build(resolve(cfg), out_dir=vdir, registry=registry)
+        meta = storage.read_pool_metadata(pool)["pool"]
+        results["lg_two_way"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results["seconds"]["learngene-tm-two-way"] = time.perf_counter() - t0
+        ran = True
+    return ran
 
 
 def blocks_key(name: str) -> str:
@@ -116,20 +161,24 @@ def summarise(runs: list[dict[str, Any]], depth: int) -> tuple[str, list[dict[st
             row[f"init-{init}"] = mean_std([r["after_init"][init][name] for r in runs])
         for variant, _, _ in LG_VARIANTS:
             row[f"lg-{variant}"] = mean_std([r["learngene"][variant][name] for r in runs])
-        # SN-Net at equal storage: its configuration with the same path (same blocks, same stitch position)
-        sn = [r["snnet"].get(blocks_key(name), {}).get("top1") for r in runs]
-        row["snnet-same-path"] = mean_std(sn) if all(v is not None for v in sn) else None
-        # and its best configuration with at most this many params
-        best = [max((v["top1"] for v in r["snnet"].values() if v["params"] <= params[name]), default=None) for r in runs]
-        row["snnet-best-at-size"] = mean_std(best) if all(v is not None for v in best) else None
+        for key, col in OTHERS:
+            if not all(key in r for r in runs):
+                continue
+            # the other method's configuration with the same path (same blocks, same stitch position)
+            sn = [r[key].get(blocks_key(name), {}).get("top1") for r in runs]
+            row[f"{col}-same-path"] = mean_std(sn) if all(v is not None for v in sn) else None
+            # and its best configuration with at most this many params
+            best = [max((v["top1"] for v in r[key].values() if v["params"] <= params[name]), default=None) for r in runs]
+            row[f"{col}-best-at-size"] = mean_std(best) if all(v is not None for v in best) else None
         table.append(row)
-    cols = [f"init-{i}" for i in AFTER_INIT] + [f"lg-{v}" for v, _, _ in LG_VARIANTS] + ["snnet-same-path", "snnet-best-at-size"]
+    cols = [f"init-{i}" for i in AFTER_INIT] + [f"lg-{v}" for v, _, _ in LG_VARIANTS]
+    cols += [f"{col}-{kind}" for key, col in OTHERS if all(key in r for r in runs) for kind in ("same-path", "best-at-size")]
     lines = [f"### rows {depth}x16:1, {depth}x64:4 ({len(runs)} seeds: top-1 mean ± std)", "",
              "| descendant | params | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for row in table:
         cells = ["-" if row[c] is None else f"{row[c][0]:.1f} ± {row[c][1]:.1f}" for c in cols]
         lines.append(f"| `{row['descendant']}` | {row['params']:,} | " + " | ".join(cells) + " |")
-    lines += ["", claims(table), ""]
+    lines += ["", claims(table, cols), ""]
     return "\n".join(lines), table
 
 
@@ -141,9 +190,13 @@ def _beats(a: tuple[float, float] | None, b: tuple[float, float] | None) -> int:
     return 1 if a[0] - b[0] > margin else (-1 if b[0] - a[0] > margin else 0)
 
 
-def claims(table: list[dict[str, Any]]) -> str:
+def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
     out = []
     for a, b, what in [
+        ("snnetv2-same-path", "snnet-same-path", "SN-Netv2 vs SN-Net, same path, same anchors"),
+        ("lg-tm", "snnetv2-same-path", "Learngene Pool (TM) vs SN-Netv2, same path"),
+        ("lg-tm", "snnetv2-best-at-size", "Learngene Pool (TM) vs SN-Netv2's best configuration at or below the same size"),
+        ("lg-two-way-best-at-size", "lg-tm", "Learngene Pool two-way (best at size) vs one-way (TM)"),
         ("lg-tm", "snnet-same-path", "Learngene Pool (TM, fine-tuned) vs SN-Net, same path, equal storage"),
         ("lg-tm", "snnet-best-at-size", "Learngene Pool (TM) vs SN-Net's best configuration at or below the same size"),
         ("lg-ls", "snnet-same-path", "Learngene Pool (LS, fine-tuned) vs SN-Net, same path, equal storage"),
@@ -155,6 +208,8 @@ def claims(table: list[dict[str, Any]]) -> str:
         ("lg-tm", "lg-tm-nodistill", "TM fine-tuning with vs without distillation"),
         ("lg-ls", "lg-ls-nodistill", "LS fine-tuning with vs without distillation"),
     ]:
+        if a not in cols or b not in cols:
+            continue
         votes = [_beats(r[a], r[b]) for r in table]
         out.append(f"- {what}: first better on {votes.count(1)}, second better on {votes.count(-1)}, "
                    f"within the spread on {votes.count(0)} of {len(votes)} descendants")
@@ -170,6 +225,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-lr", type=float, default=5e-4)
     p.add_argument("--out", default="benchmarks/results/compare")
+    p.add_argument("--snnetv2", action="store_true", help="also SN-Netv2 on SN-Net's anchors")
+    p.add_argument("--snnetv2-rank", type=int, default=8, help="rank of SN-Netv2's low-rank stitch layers")
+    p.add_argument("--lg-two-way", action="store_true", help="also Learngene Pool (TM) with two-way routes")
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
     registry = Registry()
@@ -178,7 +236,12 @@ def main(argv=None) -> int:
         for depth in args.designs:
             cache = out / f"seed{seed}" / f"results-{depth}.json"
             if cache.is_file():
-                runs.append(json.loads(cache.read_text()))
+                result = json.loads(cache.read_text())
+                ancestry = train_model(resolve({**BASE, "train": {**BASE["train"], "seed": seed, "epochs": args.ancestry_epochs}}),
+                                       out / f"seed{seed}" / "ancestry") if (args.snnetv2 or args.lg_two_way) else None
+                if ancestry is not None and run_extras(result, out / f"seed{seed}", depth, args, registry, ancestry):
+                    cache.write_text(json.dumps(result, indent=2))
+                runs.append(result)
                 continue
             result = run_seed_design(out, seed, depth, args, registry)
             cache.write_text(json.dumps(result, indent=2))

@@ -33,11 +33,12 @@ from stitchkit.vit import TimmViT
 INSTALLED = Registry(load_entrypoints=True)
 SHIPPED = {
     "stitchkit": {"ancestry:timm-vit", "method:sequential", "initializer:random", "sampler:uniform",
-                  "sampler:flops-grouped", "sampler:sandwich"},
+                  "sampler:flops-grouped", "sampler:sandwich", "sampler:ros"},
     "learngene-pool": {"design:depth-reduced", "design:width-reduced", "design:pool", "loss:prediction",
                        "loss:block", "loss:attention", "loss:learngene", "initializer:tm", "initializer:tm-pinv",
                        "method:learngene-pool", "method:learngene-pool-sliding-window"},
     "snnet": {"method:snnet", "initializer:ls"},
+    "snnetv2": {"method:snnetv2"},
     "procrustes": {"initializer:procrustes"},
 }
 

@@ -369,11 +369,11 @@ def test_bad_command_line_values(capsys, pool_file, tmp_path, argv):
     assert not (tmp_path / "out").exists()  # refused before the first phase
 
 
-@pytest.mark.parametrize("method,section", [("learngene-pool", "learngene"), ("snnet", "snnet")])
+@pytest.mark.parametrize("method,section", [("learngene-pool", "learngene"), ("snnet", "snnet"), ("snnetv2", "snnetv2")])
 @pytest.mark.parametrize("name", ["..", ".", "a/b", ""])
 def test_pool_file_must_stay_in_the_output_directory(capsys, tmp_path, method, section, name):
     cfg = tmp_path / "c.toml"
-    extra = '[[snnet.anchors]]\nshape = "2x16:2"\n' if section == "snnet" else ""
+    extra = f'[[{section}.anchors]]\nshape = "2x16:2"\ntrain = true\n' if section != "learngene" else ""
     cfg.write_text(f'method = "{method}"\n[data]\nsource = "synthetic"\n[{section}]\npool_file = "{name}"\n{extra}')
     assert "pool_file" in fails_cleanly(capsys, "build", str(cfg), "--out", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

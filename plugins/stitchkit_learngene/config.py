@@ -34,7 +34,8 @@ class LearngeneConfig:
     ancestry_train: dict[str, Any] = field(default_factory=dict)
     #: Auxiliary models, one per row, ``DEPTHxWIDTH:HEADS`` comma-separated; sorted by width.
     rows: str = "6x192:3,6x768:12"
-    #: ``"sequential"`` (k narrow blocks, then l - k wide ones) or ``"sliding-window"`` (official code).
+    #: ``"sequential"`` (k narrow blocks, then l - k wide ones), ``"sliding-window"`` (official code) or
+    #: ``"two-way"`` (two rows, SN-Netv2's routes in both directions; docs/snnetv2.md).
     paths: str = "sequential"
     #: Auxiliary initialisation: ``"random"``, or ``"ancestry"`` (same-width rows copy ancestry blocks).
     init: str = "random"
@@ -56,6 +57,10 @@ class LearngeneConfig:
     compare_initializers: list[str] = field(default_factory=list)
     #: Path sampler for fine-tuning, by registered name.
     sampler: str = "uniform"
+    #: Rank of low-rank stitch layers (0: full-rank; see docs/snnetv2.md).
+    stitch_rank: int = 0
+    #: Scale numerator of the low-rank update (scale = stitch_alpha / stitch_rank).
+    stitch_alpha: float = 1.0
     #: Prediction distillation from the ancestry while fine-tuning (``L_cls + L_pred``); false: ``L_cls`` only.
     finetune_distillation: bool = True
     #: Evaluation split for the stored top-1: ``"test"`` or ``"val"``.
@@ -80,6 +85,8 @@ class LearngeneConfig:
             (bool(self.terms) and set(self.terms) <= set(LearngeneDistillation.TERMS),
              f"terms must be a non-empty subset of {list(LearngeneDistillation.TERMS)}, got {self.terms}"),
             (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),
+            (self.stitch_rank >= 0, f"stitch_rank must be >= 0 (0: full-rank stitch layers), got {self.stitch_rank}"),
+            (self.stitch_alpha > 0, f"stitch_alpha must be > 0, got {self.stitch_alpha}"),
             (self.eval_split in ("test", "val"), f"eval_split must be 'test' or 'val', got {self.eval_split!r}"),
             (is_plain_file_name(self.pool_file), f"pool_file must be a plain file name (no '/', not '.' or '..'), got {self.pool_file!r}"),
         ]

@@ -6,11 +6,15 @@ Paths are ``"sequential"`` by default ("k narrow blocks, then l - k wide
 blocks", narrow to wide, ``l + 1`` descendants for two rows), or the
 official code's ``"sliding-window"`` pairs (see :mod:`.paths`), registered
 also as the method ``learngene-pool-sliding-window`` so the planner and the
-config can name it.
+config can name it, or (beyond the paper) SN-Netv2's ``"two-way"`` routes
+between two rows: narrow -> wide, wide -> narrow and the round trips, with
+stitch layers in both directions (``l (l - 1) + 2`` descendants; see
+docs/snnetv2.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +26,7 @@ from stitchkit.spec import Path, RowShape, StitchSpec
 
 from .paths import sliding_window_paths
 
-PATH_SETS = ("sequential", "sliding-window")
+PATH_SETS = ("sequential", "sliding-window", "two-way")
 
 
 class LearngenePoolMethod(Method):
@@ -41,12 +45,20 @@ class LearngenePoolMethod(Method):
 
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         _check_sorted(rows)
+        if self.path_set == "two-way":
+            from stitchkit_snnetv2.configurations import snnetv2_stitches
+
+            return snnetv2_stitches(rows)
         return sequential_stitches(rows)
 
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         _check_sorted(rows)
         if self.path_set == "sliding-window":
             return sliding_window_paths(rows)
+        if self.path_set == "two-way":
+            from stitchkit_snnetv2.configurations import snnetv2_paths
+
+            return [dataclasses.replace(p, label=f"row {p.rows[0]}") if p.is_single_row else p for p in snnetv2_paths(rows)]
         return sequential_paths(rows)
 
     def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001

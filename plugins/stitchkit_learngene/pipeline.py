@@ -80,7 +80,9 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     ctx = dist_context(base.device)
     ancestry = obtain_ancestry(config, lg, data, base, out_dir, registry)
     rows = distil_rows(config, lg, data, base, ancestry, out_dir, registry)
-    pool = Pool.from_method(method, rows["adapters"], info=rows["info"], extras=rows["extras"])
+    pool = Pool.from_method(
+        method, rows["adapters"], info=rows["info"], extras=rows["extras"], stitch_rank=lg.stitch_rank, stitch_alpha=lg.stitch_alpha
+    )
     loader = data.eval_loader(lg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
     after_init = {}
     for name in lg.compare_initializers:
@@ -190,7 +192,7 @@ def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainCon
 
 # --------------------------------------------------------------------------- helpers
 _REPORT_ONLY = ("compare_initializers", "eval_split", "pool_file")
-_FINETUNE_ONLY = ("paths", "initializer", "init_images", "sampler", "finetune_distillation", "finetune")
+_FINETUNE_ONLY = ("paths", "initializer", "init_images", "sampler", "stitch_rank", "stitch_alpha", "finetune_distillation", "finetune")
 
 
 def _phase_config(config: Mapping[str, Any], lg: LearngeneConfig, row: int | None) -> dict[str, Any]:

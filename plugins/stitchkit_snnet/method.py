@@ -43,18 +43,10 @@ class SNNetMethod(Method):
         return paths
 
     def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
-        """The ``[snnet]`` section, its anchors and every phase's ``[train]`` overrides."""
-        from stitchkit.engine import TrainConfig, section
-        from stitchkit.engine.config import resolve
+        """The ``[snnet]`` section, its anchors, components and every phase's ``[train]`` overrides."""
+        from .build import check_snnet_config
 
-        from .config import SNNetConfig
-
-        config = resolve(config)
-        cfg = section(config, "snnet", SNNetConfig)
-        base = TrainConfig.from_config(config)
-        for phase in ("anchor_training", "finetune"):
-            cfg.train_config(base, phase)
-        registry.get("initializer", cfg.initializer)
+        check_snnet_config(config, registry)
 
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         from .build import build_snnet

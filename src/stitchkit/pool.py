@@ -19,8 +19,9 @@ from torch import nn
 from .errors import ConfigError
 from .interfaces import AncestryAdapter, Method
 from .measure import count_macs, count_params
+from .lowrank import low_rank_params
 from .spec import Path, RowShape, StitchSpec, find_path
-from .stitched import Descendant, _input_size, build_descendant
+from .stitched import Descendant, _input_size, build_descendant, stitch_layer
 
 
 class Pool(nn.Module):
@@ -54,7 +55,7 @@ class Pool(nn.Module):
                         f"stitch layer {s.name!r} expects width {width} at row {end}, "
                         f"which {'does not exist' if not 0 <= end < len(rows) else f'has width {rows[end].shape.width}'}"
                     )
-        self.stitches = nn.ModuleDict({s.name: nn.Linear(s.src_width, s.dst_width) for s in stitches})
+        self.stitches = nn.ModuleDict({s.name: stitch_layer(s) for s in stitches})
         depths = [a.shape.depth for a in rows]
         for p in paths:
             p.validate(depths, self.stitch_specs)
@@ -65,11 +66,21 @@ class Pool(nn.Module):
         self.extras: dict[str, torch.Tensor] = dict(extras or {})
 
     @classmethod
-    def from_method(cls, method: Method, rows: Sequence[AncestryAdapter], **kwargs: Any) -> Pool:
-        """A pool whose stitch layers and paths are those ``method`` defines for ``rows``."""
+    def from_method(
+        cls, method: Method, rows: Sequence[AncestryAdapter], *, stitch_rank: int = 0, stitch_alpha: float = 1.0, **kwargs: Any
+    ) -> Pool:
+        """A pool whose stitch layers and paths are those ``method`` defines for ``rows``.
+
+        ``stitch_rank > 0`` makes every stitch layer low-rank (:mod:`stitchkit.lowrank`).
+        """
+        import dataclasses
+
         shapes = [a.shape for a in rows]
         stitches = method.stitches(shapes)
-        return cls(rows, stitches, method.paths(shapes, stitches), method=method.name, **kwargs)
+        paths = method.paths(shapes, stitches)
+        if stitch_rank:
+            stitches = [dataclasses.replace(s, rank=stitch_rank, alpha=stitch_alpha) for s in stitches]
+        return cls(rows, stitches, paths, method=method.name, **kwargs)
 
     # -- access ----------------------------------------------------------------
     @property
@@ -147,7 +158,8 @@ class Pool(nn.Module):
                     "label": p.label,
                     "path": p.to_json(),
                     "blocks": p.num_blocks,
-                    "params": count_params(d, convention=convention),  # type: ignore[arg-type]
+                    # as exported: a low-rank stitch merges into a plain layer
+                    "params": count_params(d, convention=convention) - low_rank_params(d),  # type: ignore[arg-type]
                     "macs": self.path_macs(p, parts),
                 }
             )

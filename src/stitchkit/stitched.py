@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from .interfaces import AncestryAdapter
+from .lowrank import low_rank, merge_low_rank
 from .spec import Path, StitchSpec
+
+
+def stitch_layer(spec: StitchSpec) -> nn.Module:
+    """The module of a stitch layer: ``nn.Linear``, low-rank when ``spec.rank > 0``."""
+    layer = nn.Linear(spec.src_width, spec.dst_width)
+    return low_rank(layer, spec.rank, spec.alpha) if spec.rank else layer
 
 
 class Descendant(nn.Module):
@@ -93,9 +100,7 @@ def descendant_skeleton(
             blocks = rows[seg.row].blocks
             segments.append([blocks[taken[seg.row] + j] for j in range(len(seg))])
             taken[seg.row] += len(seg)
-        stitches = [
-            nn.Linear(stitch_specs[n].src_width, stitch_specs[n].dst_width) for n in path.stitches
-        ]
+        stitches = [stitch_layer(stitch_specs[n]) for n in path.stitches]
     first, last = rows[path.segments[0].row], rows[path.segments[-1].row]
     return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
 
@@ -104,11 +109,13 @@ def pool_key_map(
     adapters_part_of: Mapping[int, Any],
     row_keys: Mapping[int, Sequence[str]],
     path: Path,
+    stitch_keys: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, str]:
     """Map the pool's tensor names a descendant needs to the descendant's own names.
 
     ``adapters_part_of[r]`` is row ``r``'s ``part_of`` function and
-    ``row_keys[r]`` its state-dict keys (without the ``rows.<r>.`` prefix).
+    ``row_keys[r]`` its state-dict keys (without the ``rows.<r>.`` prefix);
+    ``stitch_keys[name]`` a stitch layer's keys (default ``weight``, ``bias``).
     """
     mapping: dict[str, str] = {}
     first, last = path.segments[0].row, path.segments[-1].row
@@ -125,7 +132,7 @@ def pool_key_map(
                 rest = key.split(".", 2)[2]
                 mapping[f"rows.{seg.row}.{key}"] = f"segments.{i}.{index - seg.start}.{rest}"
     for i, name in enumerate(path.stitches):
-        for p in ("weight", "bias"):
+        for p in (stitch_keys or {}).get(name, ("weight", "bias")):
             mapping[f"stitches.{name}.{p}"] = f"stitches.{i}.{p}"
     return mapping
 

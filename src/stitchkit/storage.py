@@ -34,6 +34,7 @@ from . import limits
 from .errors import ConfigError, FileError, LimitError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
 from .pool import Pool
 from .spec import Path, RowShape, StitchSpec, find_path
+from .lowrank import merge_low_rank
 from .stitched import Descendant, descendant_skeleton, pool_key_map
 
 POOL_FORMAT = "stitchkit-pool"
@@ -84,7 +85,11 @@ _POSITIVE = {"type": "integer", "minimum": 1}
 STITCH_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "src", "dst", "src_width", "dst_width"],
-    "properties": {"name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE},
+    "properties": {
+        "name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE,
+        # low-rank stitch layers (an extension of version 1): tensors lora_A, lora_B beside weight, bias
+        "rank": _POSITIVE, "alpha": {"type": "number"},
+    },
 }
 PATH_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -492,14 +497,17 @@ def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mappin
         for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
             if end >= len(shapes) or shapes[end].width != width:
                 raise PoolFormatError(p, f"stitch layer {s.name!r} expects width {width} at row {end}, which the rows do not have")
-        for suffix, shape in (("weight", [s.dst_width, s.src_width]), ("bias", [s.dst_width])):
+        tensors = [("weight", [s.dst_width, s.src_width]), ("bias", [s.dst_width])]
+        if s.rank:
+            tensors += [("lora_A", [s.rank, s.src_width]), ("lora_B", [s.dst_width, s.rank])]
+        for suffix, shape in tensors:
             entry = index.get(f"stitches.{s.name}.{suffix}")
             if entry is None:
                 raise PoolFormatError(p, f"stitch layer {s.name!r} has no tensor 'stitches.{s.name}.{suffix}'")
             if entry["shape"] != shape:
                 raise PoolFormatError(
                     p, f"tensor 'stitches.{s.name}.{suffix}' has shape {entry['shape']}, but the stitch layer "
-                    f"maps width {s.src_width} to {s.dst_width} and needs {shape}"
+                    f"maps width {s.src_width} to {s.dst_width}{f' at rank {s.rank}' if s.rank else ''} and needs {shape}"
                 )
     extras = {n[len("extras."):] for n in index if n.startswith("extras.")}
     if extras != set(desc["extras"]) or len(desc["extras"]) != len(extras):
@@ -744,6 +752,7 @@ def _lazy_descendant(f: _PoolFile, pool: Pool, target: Path, device: str, on_rea
         {r: pool.adapters[r].part_of for r in rows},
         {r: list(pool.rows[r].state_dict()) for r in rows},
         target,
+        {n: list(pool.stitches[n].state_dict()) for n in target.stitches},
     )
     desc_rows = f.desc["rows"]
     skeleton = descendant_skeleton(
@@ -760,7 +769,7 @@ def _lazy_descendant(f: _PoolFile, pool: Pool, target: Path, device: str, on_rea
         )
     tensors = f.read(mapping, device, on_read)
     _load_into(f.path, skeleton, {mapping[n]: t for n, t in tensors.items()})
-    return skeleton
+    return merge_low_rank(skeleton)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- writing
@@ -970,7 +979,8 @@ def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, 
         "path": target.to_json(),
         "method": desc["method"],
         "rows": [{"row": r, **desc["rows"][r]} for r in rows],
-        "stitches": [stitches[n] for n in target.stitches],
+        # exported stitch layers are merged: plain layers, whatever the pool's rank
+        "stitches": [{k: v for k, v in stitches[n].items() if k not in ("rank", "alpha")} for n in target.stitches],
         "info": desc["info"],
         "evaluation": evaluation,
     }
@@ -987,7 +997,7 @@ def export_descendant(
     out = pathlib.Path(out_path)
     _refuse_input(out, pool_or_path)
     desc, target, make, _ = _source(pool_or_path, key, registry, "cpu")
-    prepared = _prepare(out, make().state_dict())
+    prepared = _prepare(out, merge_low_rank(make()).state_dict())
     return _write(out, DESCENDANT_FORMAT, "descendant", _descendant_description(desc, target), DESCENDANT_SCHEMA, prepared)
 
 
