@@ -59,6 +59,11 @@ def select_descendant(
     if max_params is None and max_macs is None and max_latency_ms is None:
         raise ConfigError("give at least one budget: max_params, max_macs or max_latency_ms")
     limits.check_int(batch_size, "batch size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
+    for name, value in (("max_params", max_params), ("max_macs", max_macs)):
+        if value is not None:
+            limits.check_int(value, name, minimum=0, maximum=2**63 - 1)
+    if max_latency_ms is not None:
+        limits.check_number(max_latency_ms, "max_latency_ms", minimum=0.0, exclusive_minimum=True)
     device = parse_device(device)
     meta, pool = read_pool_structure(pool_file, registry)
     rows = descendants_table(pool)
