@@ -14,15 +14,15 @@ from stitchkit.registry import Registry
 from stitchkit.report import pool_info
 
 FAST = ["demo.max_steps=2", "demo.ancestry_epochs=1", "demo.auxiliary_epochs=1", "demo.finetune_epochs=1",
-        "train.progress=false", "demo.rows=\"3x16:1,3x64:4\"", "model.depth=6"]
+        "train.progress=false", "demo.rows=\"3x16:1,3x64:4\"", "model.depth=6",
+        "demo.snnet_initializer_args.max_images=20"]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     registry = Registry(load_entrypoints=True)
     for method in ("learngene-pool", "snnet"):
-        if method not in registry.list("method"):
-            pytest.skip(f"the {method} plugin is not installed")
+        assert method in registry.list("method"), f"the shipped {method} plugin is not installed"
     out = tmp_path_factory.mktemp("demo")
     return run_demo(out, FAST, registry=registry), out
 
@@ -40,6 +40,11 @@ def test_every_output_exists_and_parses(demo):
 
     assert matplotlib.image.imread(out / "accuracy.png").shape[2] in (3, 4)
     assert (out / "ancestry" / "ancestry.safetensors").is_file()
+    # component options reach the builds (--set demo.<method>_initializer_args.<option>=...)
+    components = {m: storage.read_pool_metadata(out / f"{m}.safetensors")["pool"]["info"]["components"]
+                  for m in ("learngene-pool", "snnet")}
+    assert components["snnet"]["initializer"] == {"name": "ls", "options": {"max_images": 20}}
+    assert components["learngene-pool"]["initializer"] == {"name": "tm", "options": {}}
 
 
 def test_equal_storage(demo):
@@ -68,3 +73,11 @@ def test_report_numbers_are_the_pool_files_metadata(demo):
             assert params == stored["params"] and macs == stored["macs"]
     for phase in summary["phases"]:
         assert f"| {phase['phase']} | {phase['seconds']:.1f} |" in report
+
+
+def test_unknown_initializer_option_stops_before_training(tmp_path):
+    from stitchkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"demo.learngene_initializer_args: initializer 'tm' has no option 'ridge'"):
+        run_demo(tmp_path, [*FAST, "demo.learngene_initializer_args.ridge=0.1"], registry=Registry(load_entrypoints=True))
+    assert not (tmp_path / "ancestry").exists()  # refused before the ancestry trained

@@ -180,12 +180,41 @@ def test_round_trip_keeps_bfloat16(pool, tmp_path, registry):
     path = save_pool(half, tmp_path / "bf16.safetensors")
     assert {e["dtype"] for n, e in read_raw(path)[0].items() if n != "__metadata__"} == {"BF16"}
     loaded = load_pool(path, registry)
+    assert list(half.state_dict()) == list(loaded.state_dict())
     for (n, x), (_, y) in zip(half.state_dict().items(), loaded.state_dict().items()):
         assert y.dtype == torch.bfloat16 and torch.equal(x, y), n
 
 
-def test_read_pool_metadata_reads_the_header_only(pool, pool_file):
+def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
+    """A spy on the file object: exactly the 8-byte length and the JSON header are read, no tensor byte."""
+    reads: list[int] = []
+    real_open = open
+
+    class Spy:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            reads.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(storage, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
+    for loader in ("load_file", "safe_open"):
+        if hasattr(storage, loader):  # reading tensors is not allowed here
+            monkeypatch.setattr(storage, loader, lambda *a, **k: pytest.fail("read_pool_metadata read tensors"))
+    header_len = struct.unpack("<Q", pool_file.read_bytes()[:8])[0]
     meta = read_pool_metadata(pool_file)
+    assert sum(reads) == 8 + header_len and pool_file.stat().st_size > 8 + header_len + 10_000
     assert meta["format"] == "stitchkit-pool" and meta["format_version"] == "1"
     assert meta["writer"].startswith("stitchkit")
     assert meta["pool"]["evaluation"] == pool.evaluation

@@ -32,6 +32,11 @@ class LearngeneConfig:
     ancestry: str = ""
     #: ``[train]`` keys overridden while training the ancestry (when it is trained here).
     ancestry_train: dict[str, Any] = field(default_factory=dict)
+    #: Auxiliary design by registered name (``pool``: one auxiliary model per entry of ``rows``).
+    design: str = "pool"
+    #: Options of the design (keyword arguments of its constructor); ``rows`` and ``init`` below are
+    #: passed too when the design takes them and this table does not set them.
+    design_args: dict[str, Any] = field(default_factory=dict)
     #: Auxiliary models, one per row, ``DEPTHxWIDTH:HEADS`` comma-separated; sorted by width.
     rows: str = "6x192:3,6x768:12"
     #: ``"sequential"`` (k narrow blocks, then l - k wide ones), ``"sliding-window"`` (official code) or
@@ -48,8 +53,15 @@ class LearngeneConfig:
     tau: float = 1.0
     #: Distillation terms used.
     terms: list[str] = field(default_factory=lambda: list(LearngeneDistillation.TERMS))
+    #: Distillation loss by registered name (``learngene``: ``L_att + L_blk + L_pred``; or one of its terms).
+    loss: str = "learngene"
+    #: Options of the loss (keyword arguments of its ``for_models``); ``levels``, ``tau`` and ``terms``
+    #: above are passed too when the loss takes them and this table does not set them.
+    loss_args: dict[str, Any] = field(default_factory=dict)
     #: Stitch initializer by registered name (``tm``, ``tm-pinv``, ``ls``, ``random``, ...).
     initializer: str = "tm"
+    #: Options of the initializer (keyword arguments of its constructor), e.g. ``{ ridge = 0.05 }`` for ``tm-ls``.
+    initializer_args: dict[str, Any] = field(default_factory=dict)
     #: Training images handed to an initializer that needs them (LS; SN-Net uses 100).
     init_images: int = 100
     #: Also evaluate every descendant right after each of these initializers (before fine-tuning);
@@ -57,6 +69,8 @@ class LearngeneConfig:
     compare_initializers: list[str] = field(default_factory=list)
     #: Path sampler for fine-tuning, by registered name.
     sampler: str = "uniform"
+    #: Options of the sampler (keyword arguments after the paths and MACs), e.g. ``{ groups = 4 }``.
+    sampler_args: dict[str, Any] = field(default_factory=dict)
     #: Rank of low-rank stitch layers (0: full-rank; see docs/snnetv2.md).
     stitch_rank: int = 0
     #: Scale numerator of the low-rank update (scale = stitch_alpha / stitch_rank).

@@ -19,6 +19,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import Method
 from stitchkit.sequential import sequential_paths, sequential_stitches
@@ -43,6 +45,7 @@ class LearngenePoolMethod(Method):
             raise ConfigError(f"unknown learngene-pool path set {paths!r}; use one of {', '.join(PATH_SETS)}")
         self.path_set = paths
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         _check_sorted(rows)
         if self.path_set == "two-way":
@@ -51,6 +54,7 @@ class LearngenePoolMethod(Method):
             return snnetv2_stitches(rows)
         return sequential_stitches(rows)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         _check_sorted(rows)
         if self.path_set == "sliding-window":
@@ -61,12 +65,14 @@ class LearngenePoolMethod(Method):
             return [dataclasses.replace(p, label=f"row {p.rows[0]}") if p.is_single_row else p for p in snnetv2_paths(rows)]
         return sequential_paths(rows)
 
+    @override
     def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
         """The ``[learngene]`` section, its components and every phase's ``[train]`` overrides."""
         from .pipeline import check_config
 
         check_config(self, config, registry)
 
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         """Distil, build, initialise, fine-tune, evaluate; resumable. See :mod:`.pipeline`."""
         from .pipeline import run_pipeline

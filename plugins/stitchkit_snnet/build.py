@@ -71,8 +71,11 @@ def build_snnet(
 
     start = time.perf_counter()
     cfg = section(config, name, config_cls)
+    # unknown component names and options fail now, before any data is read or anchor trained
+    registry.check("initializer", cfg.initializer, cfg.initializer_args, where=f"{name}.initializer_args")
+    registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
     out_dir = pathlib.Path(out_dir)
-    data = build_data(DataConfig.from_config(config))
+    data = build_data(DataConfig.from_config(dict(config)))
     base = TrainConfig.from_config(config)
     finetune = cfg.train_config(base, "finetune")
     ctx = dist_context(base.device)
@@ -97,13 +100,18 @@ def build_snnet(
             "sampler_args": cfg.sampler_args, "stitch_rank": cfg.stitch_rank, "stitch_alpha": cfg.stitch_alpha,
             "trainable": cfg.trainable, "distillation": cfg.distillation, "tau": cfg.tau,
             "teacher": cfg.teacher if teacher is not None else "none",
-        }
+        },
+        "components": {
+            "ancestry": {"name": anchors[0].name, "options": {}},
+            "initializer": {"name": cfg.initializer, "options": dict(cfg.initializer_args)},
+            "sampler": {"name": cfg.sampler, "options": dict(cfg.sampler_args)},
+        },
     }
     pool = Pool.from_method(cfg.method(), anchors, info=info, stitch_rank=cfg.stitch_rank, stitch_alpha=cfg.stitch_alpha)
 
     # 3. stitch-layer initialisation
     t = time.perf_counter()
-    initializer = registry.create("initializer", cfg.initializer)
+    initializer = registry.build("initializer", cfg.initializer, options=cfg.initializer_args, where=f"{name}.initializer_args")
     images = init_images(data, cfg.init_images, base.seed) if initializer.needs_images else None
     initializer.initialize(pool, InitContext(images=images, seed=base.seed))
     timings["init_s"] = time.perf_counter() - t
@@ -120,10 +128,7 @@ def build_snnet(
     # Anchors alone have nothing to train when only the stitch layers are trainable.
     paths = [p for p in pool.paths if cfg.trainable == "all" or not p.is_single_row]
     macs = [count_macs(pool.descendant(p)) for p in paths]
-    try:
-        sampler = registry.create("sampler", cfg.sampler, paths, macs, **cfg.sampler_args)
-    except TypeError as exc:  # an option the sampler does not take
-        raise ConfigError(f"{name}.sampler_args: sampler {cfg.sampler!r}: {exc}") from None
+    sampler = registry.build("sampler", cfg.sampler, paths, macs, options=cfg.sampler_args, where=f"{name}.sampler_args")
     task = PoolTask(pool, sampler, teacher=teacher, distillation=cfg.distillation, tau=cfg.tau)
     frozen = [p for p in pool.rows.parameters() if p.requires_grad] if cfg.trainable == "stitches" else []
     for p in frozen:

@@ -69,13 +69,15 @@ class SNNetConfig:
     anchors: list[dict[str, Any]] = field(default_factory=list)
     #: Stitch initializer by registered name (``ls`` as SN-Net, ``random``, ...).
     initializer: str = "ls"
+    #: Options of the initializer (keyword arguments of its constructor), e.g. ``{ max_images = 50 }`` for ``ls``.
+    initializer_args: dict[str, Any] = field(default_factory=dict)
     #: Training images handed to an initializer that needs them (SN-Net: 100).
     init_images: int = 100
     #: Also evaluate every configuration right after initialisation (stored in ``info.snnet.after_init``).
     evaluate_after_init: bool = False
     #: Path sampler for fine-tuning, by registered name (SN-Net: uniform, one configuration per step).
     sampler: str = "uniform"
-    #: Keyword options of the sampler (e.g. ``gap_fraction`` for ``ros``).
+    #: Options of the sampler (keyword arguments after the paths and MACs), e.g. ``{ groups = 4 }``.
     sampler_args: dict[str, Any] = field(default_factory=dict)
     #: Rank of low-rank stitch layers (0: full-rank, trained whole; see docs/snnetv2.md).
     stitch_rank: int = 0

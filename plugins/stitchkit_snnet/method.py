@@ -6,6 +6,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
 from stitchkit.interfaces import Method
 from stitchkit.spec import Path, RowShape, StitchSpec
 
@@ -26,9 +28,11 @@ class SNNetMethod(Method):
     default_initializer = "ls"
     default_sampler = "uniform"
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         return snnet_stitches(rows)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         paths = snnet_paths(rows)
         names = {s.name for s in stitches}
@@ -42,12 +46,14 @@ class SNNetMethod(Method):
             )
         return paths
 
+    @override
     def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
         """The ``[snnet]`` section, its anchors, components and every phase's ``[train]`` overrides."""
         from .build import check_snnet_config
 
         check_snnet_config(config, registry)
 
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         from .build import build_snnet
 

@@ -19,7 +19,7 @@ import os
 import pathlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -47,7 +47,11 @@ class DemoConfig:
     finetune_epochs: int = 10
     finetune_lr: float = 5e-4
     learngene_initializer: str = "tm"
+    #: Options of the Learngene Pool initializer, e.g. ``--set demo.learngene_initializer_args.ridge=0.05`` (``tm-ls``).
+    learngene_initializer_args: dict[str, Any] = field(default_factory=dict)
     snnet_initializer: str = "ls"
+    #: Options of the SN-Net initializer, e.g. ``--set demo.snnet_initializer_args.max_images=50``.
+    snnet_initializer_args: dict[str, Any] = field(default_factory=dict)
     #: Cap on optimizer steps per phase (0: none); the test suite's fast demo uses it.
     max_steps: int = 0
 
@@ -85,6 +89,7 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
                 "ancestry": str(ancestry),
                 "rows": demo.rows,
                 "initializer": demo.learngene_initializer,
+                "initializer_args": dict(demo.learngene_initializer_args),
                 "distill": phase,
                 "finetune": finetune,
             },
@@ -95,6 +100,7 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
             "snnet": {
                 "anchors": [{"shape": str(r), "patch_size": patch, "train": True} for r in rows],
                 "initializer": demo.snnet_initializer,
+                "initializer_args": dict(demo.snnet_initializer_args),
                 "teacher": str(ancestry),
                 "anchor_training": phase,
                 "finetune": finetune,
@@ -117,6 +123,9 @@ def run_demo(
     out = pathlib.Path(out_dir)
     raw = load_config(config_path or default_config_path(), overrides)
     demo = section(raw, "demo", DemoConfig)
+    registry.check("initializer", demo.learngene_initializer, demo.learngene_initializer_args,
+                   where="demo.learngene_initializer_args")
+    registry.check("initializer", demo.snnet_initializer, demo.snnet_initializer_args, where="demo.snnet_initializer_args")
     # the whole config, both methods' included, before the first phase
     for name, cfg in method_configs(raw, demo, out / "ancestry" / "ancestry.safetensors").items():
         if "snnet" in cfg:  # the teacher is the ancestry this demo trains first; the check must not need it

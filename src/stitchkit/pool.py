@@ -133,7 +133,7 @@ class Pool(nn.Module):
             blocks.append([count_macs(b, shape) for b in a.blocks])
             heads.append(count_macs(a.head(), shape))
         stitches = {
-            name: count_macs(layer, (tokens[self.stitch_specs[name].src][0], layer.in_features))
+            name: count_macs(layer, (tokens[self.stitch_specs[name].src][0], self.stitch_specs[name].src_width))
             for name, layer in self.stitches.items()
         }
         return {"stems": stems, "blocks": blocks, "heads": heads, "stitches": stitches}

@@ -86,6 +86,9 @@ def format_pool_info(info: dict[str, Any]) -> str:
     anc = info["info"].get("ancestry")
     if anc:
         lines.append(f"ancestry: {anc if isinstance(anc, str) else anc.get('name', anc)}")
+    for kind, comp in (info["info"].get("components") or {}).items():
+        opts = ", ".join(f"{k}={v!r}" for k, v in (comp.get("options") or {}).items())
+        lines.append(f"{kind}: {comp.get('name')}" + (f" ({opts})" if opts else ""))
     lines.append("")
     header = f"{'#':>3}  {'descendant':<40} {'blocks':>6} {'params':>12} {'MACs':>14} {'top1':>7} {'top5':>7}"
     lines += [header, "-" * len(header)]

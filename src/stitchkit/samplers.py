@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from typing_extensions import override
 
 from .errors import ConfigError
 from .interfaces import PathSampler
@@ -24,6 +25,7 @@ class UniformSampler(PathSampler):
 
     name = "uniform"
 
+    @override
     def sample(self, generator: torch.Generator) -> list[Path]:
         return [self.paths[_pick(len(self.paths), generator)]]
 
@@ -49,6 +51,7 @@ class FlopsGroupedSampler(PathSampler):
         bounds = [round(g * len(order) / groups) for g in range(groups + 1)]
         self.groups = [[self.paths[i] for i in order[bounds[g] : bounds[g + 1]]] for g in range(groups)]
 
+    @override
     def sample(self, generator: torch.Generator) -> list[Path]:
         group = self.groups[_pick(len(self.groups), generator)]
         return [group[_pick(len(group), generator)]]
@@ -137,5 +140,6 @@ class SandwichSampler(PathSampler):
         order = sorted(range(len(self.paths)), key=lambda i: (self.macs[i], i))  # type: ignore[index]
         self.smallest, self.largest = self.paths[order[0]], self.paths[order[-1]]
 
+    @override
     def sample(self, generator: torch.Generator) -> list[Path]:
         return [self.smallest, self.largest, self.paths[_pick(len(self.paths), generator)]]

@@ -11,7 +11,7 @@ module (for export). Its state-dict keys do not depend on the pool:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ class Descendant(nn.Module):
         for i, segment in enumerate(self.segments):
             if i:
                 x = self.stitches[i - 1](x)
-            for block in segment:
+            for block in cast(nn.ModuleList, segment):
                 x = block(x)
         return x
 
@@ -65,7 +65,7 @@ class Descendant(nn.Module):
 
 def build_descendant(
     adapters: Sequence[AncestryAdapter],
-    stitch_layers: Mapping[str, nn.Module],
+    stitch_layers: Mapping[str, nn.Module] | nn.ModuleDict,
     path: Path,
 ) -> Descendant:
     """A descendant sharing the modules of ``adapters`` (rows) and ``stitch_layers``."""

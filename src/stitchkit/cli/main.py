@@ -38,33 +38,43 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    """List every component; exit 1 when a plugin is broken or two plugins register one name."""
     from ..registry import KINDS, default_registry
 
     reg = default_registry()
     if args.json:
         out = {
             "components": [
-                {"kind": e.kind, "name": e.name, "plugin": e.plugin, "class": f"{e.cls.__module__}.{e.cls.__qualname__}"}
+                {
+                    "kind": e.kind, "name": e.name, "plugin": e.plugin,
+                    "package": reg.packages.get(e.plugin, ("", ""))[0],
+                    "version": reg.packages.get(e.plugin, ("", ""))[1],
+                    "summary": e.summary,
+                    "class": f"{e.cls.__module__}.{e.cls.__qualname__}",
+                    "options": [o.as_dict() for o in e.options],
+                }
                 for e in reg.entries()
             ],
-            "broken": [vars(b) if not hasattr(b, "__dataclass_fields__") else b.__dict__ for b in reg.broken],
+            "broken": [{"plugin": b.plugin, "package": b.package, "error": b.error} for b in reg.broken],
             "conflicts": [{"kind": k, "name": n, "plugins": p} for (k, n), p in reg.conflicts().items()],
         }
         print(json.dumps(out, indent=2))
-        return 0
-    for kind in KINDS:
-        entries = reg.entries(kind)
-        print(f"{kind}:")
-        if not entries:
-            print("  (none)")
-        for e in entries:
-            doc = (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else ""
-            print(f"  {e.name:<22} [{e.plugin}]  {doc}")
-    for (kind, name), plugins in reg.conflicts().items():
-        print(f"conflict: {kind} {name!r} registered by {', '.join(plugins)} (unusable until one is removed)")
-    for b in reg.broken:
-        print(f"broken plugin: {b.plugin} (package {b.package}): {b.error}")
-    return 0
+    else:
+        for kind in KINDS:
+            entries = reg.entries(kind)
+            print(f"{kind}:")
+            if not entries:
+                print("  (none)")
+            for e in entries:
+                print(f"  {e.name:<22} [{e.plugin}]  {e.summary}")
+                if e.options:
+                    opts = ", ".join(o.name + ("" if o.required else f"={o.default!r}") for o in e.options)
+                    print(f"  {'':<22} options: {opts}")
+        for (kind, name), plugins in reg.conflicts().items():
+            print(f"conflict: {kind} {name!r} registered by {', '.join(plugins)} (unusable until one is removed)")
+        for b in reg.broken:
+            print(f"broken plugin: {b.plugin} (package {b.package}): {b.error}")
+    return 1 if reg.broken or reg.conflicts() else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -198,7 +208,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_plan)
 
-    pg = sub.add_parser("plugins", help="list registered components and the plugin providing each")
+    pg = sub.add_parser("plugins", help="list registered components, their options and the plugin providing each "
+                        "(exit 1 if a plugin is broken or two register one name)")
     pg.add_argument("--json", action="store_true")
     pg.set_defaults(func=_cmd_plugins)
 
