@@ -267,7 +267,7 @@ def _read_header(path: PathLike) -> _Header:
     except FileError as exc:
         raise PoolFormatError(p, str(exc).removeprefix(f"{p}: ")) from None
     try:
-        with os.fdopen(fd, "rb") as f:
+        with open(fd, "rb") as f:  # the builtin takes the checked descriptor
             file_size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
@@ -874,7 +874,7 @@ def verify_data(path: PathLike) -> str:
         raise PoolFormatError(h.path, "no data_sha256 in __metadata__ to verify against (written by an older stitchkit or another tool)")
     digest = hashlib.sha256()
     try:
-        with os.fdopen(open_regular(h.path, "pool file"), "rb") as fh:
+        with open(open_regular(h.path, "pool file"), "rb") as fh:
             fh.seek(h.data_start)
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
