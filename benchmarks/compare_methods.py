@@ -1,6 +1,7 @@
 """Method comparison on digits: the Learngene Pool paper's claims at small scale, over seeds.
 
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 9 [--out benchmarks/results/compare]
+    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --finetune-sweep 10 30 50 --out benchmarks/results/sweep
 
 For each seed: one 12-block ancestry (shared by both designs). For each design
 (two rows of 6 or 9 blocks, widths 16 and 64, ratio 4 like DeiT's 192/768):
@@ -19,6 +20,11 @@ For each seed: one 12-block ancestry (shared by both designs). For each design
   on the same distilled rows.
 
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --snnetv2 --lg-two-way
+
+``--finetune-sweep E1 E2 ...`` instead fine-tunes TM, TM-pinv, LS (with
+distillation) and SN-Net for each number of epochs (the paper's 50 included) at
+``--finetune-lr``, reusing the distilled rows and trained anchors, and prints
+per descendant the top-1 at each budget and whether TM catches up with LS.
 
 Per descendant the table shows mean and standard deviation of top-1 over the
 seeds. A difference is called only when it exceeds the sum of the two
@@ -69,7 +75,8 @@ def _link_distilled(base: pathlib.Path, variant: pathlib.Path) -> None:
             os.symlink(phase.resolve(), target)
 
 
-def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Namespace, registry: Registry,
+                    variants: list[tuple[str, str, bool]] = LG_VARIANTS) -> dict[str, Any]:
     train = {**BASE["train"], "seed": seed}
     seed_dir = out / f"seed{seed}"
     ancestry = train_model(resolve({**BASE, "train": {**train, "epochs": args.ancestry_epochs}}), seed_dir / "ancestry")
@@ -77,7 +84,7 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
     results: dict[str, Any] = {"seed": seed, "depth": depth, "learngene": {}, "after_init": {}}
     finetune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr}
     base_dir = seed_dir / f"lg{depth}-tm"
-    for name, init, distill in LG_VARIANTS:
+    for name, init, distill in variants:
         vdir = seed_dir / f"lg{depth}-{name}"
         if vdir != base_dir:
             _link_distilled(base_dir, vdir)
@@ -106,6 +113,80 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
     return results
 
 
+SWEEP_VARIANTS = [v for v in LG_VARIANTS if v[2]]  # tm, tm-pinv, ls: with fine-tuning distillation
+
+
+def _link_phases(base: pathlib.Path, variant: pathlib.Path, pattern: str) -> None:
+    """Share finished phases (distilled rows, trained anchors): the engine skips a finished phase with the same identity."""
+    variant.mkdir(parents=True, exist_ok=True)
+    for phase in base.glob(pattern):
+        target = variant / phase.name
+        if not target.exists():
+            os.symlink(phase.resolve(), target)
+
+
+def run_sweep(out: pathlib.Path, seed: int, depth: int, budgets: list[int], args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+    """Fine-tune TM, TM-pinv, LS and SN-Net for each number of epochs in ``budgets`` (shared rows and anchors)."""
+    base = run_seed_design(out, seed, depth, args, registry, [v for v in LG_VARIANTS if v[0] == "tm"])
+    seed_dir = out / f"seed{seed}"
+    ancestry = seed_dir / "ancestry" / "ancestry.safetensors"
+    train = {**BASE["train"], "seed": seed}
+    rows = f"{depth}x16:1,{depth}x64:4"
+    result: dict[str, Any] = {"seed": seed, "depth": depth, "params": base["params"], "budgets": {}}
+    for epochs in budgets:
+        finetune = {"epochs": epochs, "lr": args.finetune_lr}
+        entry: dict[str, Any] = {"learngene": {}}
+        for name, init, _ in SWEEP_VARIANTS:
+            vdir = seed_dir / f"lg{depth}-{name}-ft{epochs}"
+            _link_phases(seed_dir / f"lg{depth}-tm", vdir, "distill-row*")
+            cfg = {"method": "learngene-pool", **BASE, "train": train, "learngene": {
+                "ancestry": str(ancestry), "rows": rows, "initializer": init,
+                "distill": {"epochs": args.aux_epochs}, "finetune": finetune}}
+            pool = registry.method("learngene-pool").build(resolve(cfg), out_dir=vdir, registry=registry)
+            entry["learngene"][name] = {p: e["top1"] for p, e in storage.read_pool_metadata(pool)["pool"]["evaluation"].items()}
+        sdir = seed_dir / f"snnet{depth}-ft{epochs}"
+        _link_phases(seed_dir / f"snnet{depth}", sdir, "anchor[0-9]*")
+        cfg = {"method": "snnet", **BASE, "train": train, "snnet": {
+            "anchors": [{"shape": s, "patch_size": 4, "train": True} for s in rows.split(",")],
+            "initializer": "ls", "teacher": str(ancestry),
+            "anchor_training": {"epochs": args.aux_epochs}, "finetune": finetune}}
+        pool = registry.method("snnet").build(resolve(cfg), out_dir=sdir, registry=registry)
+        entry["snnet"] = {blocks_key(p): e["top1"] for p, e in storage.read_pool_metadata(pool)["pool"]["evaluation"].items()}
+        result["budgets"][str(epochs)] = entry
+        print(f"seed {seed}, {epochs} fine-tuning epochs: done", flush=True)
+    return result
+
+
+def summarise_sweep(runs: list[dict[str, Any]], budgets: list[int]) -> str:
+    params = runs[0]["params"]
+    names = sorted(params, key=lambda n: params[n])
+    cols = [(f"{v}@{e}", v, e) for e in budgets for v in [*(n for n, _, _ in SWEEP_VARIANTS), "snnet"]]
+
+    def value(r: dict[str, Any], v: str, e: int, name: str) -> float | None:
+        b = r["budgets"][str(e)]
+        return b["snnet"].get(blocks_key(name)) if v == "snnet" else b["learngene"][v][name]
+
+    lines = [f"### Fine-tuning budget sweep, rows {runs[0]['depth']}x16:1, {runs[0]['depth']}x64:4 "
+             f"({len(runs)} seeds, lr as given: top-1 mean ± std)", "",
+             "| descendant | params | " + " | ".join(c for c, _, _ in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    stats: dict[tuple[str, str], tuple[float, float] | None] = {}
+    for name in names:
+        cells = []
+        for col, v, e in cols:
+            vals = [value(r, v, e, name) for r in runs]
+            ms = mean_std([x for x in vals if x is not None]) if all(x is not None for x in vals) else None
+            stats[(name, col)] = ms
+            cells.append("-" if ms is None else f"{ms[0]:.1f} ± {ms[1]:.1f}")
+        lines.append(f"| `{name}` | {params[name]:,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for e in budgets:
+        votes = [_beats(stats[(n, f"tm@{e}")], stats[(n, f"ls@{e}")]) for n in names]
+        gap = statistics.fmean(stats[(n, f"tm@{e}")][0] - stats[(n, f"ls@{e}")][0] for n in names)  # type: ignore[index]
+        lines.append(f"- {e} epochs: TM better than LS on {votes.count(1)}, LS better on {votes.count(-1)}, within the "
+                     f"spread on {votes.count(0)} of {len(names)} descendants; mean TM - LS {gap:+.1f} points")
+    return "\n".join(lines) + "\n"
+
+
 def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args: argparse.Namespace,
                registry: Registry, ancestry: pathlib.Path) -> bool:
     """The optional SN-Netv2 and two-way Learngene Pool runs missing from ``results``; True if any ran."""
@@ -113,7 +194,7 @@ def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args
     rows = f"{depth}x16:1,{depth}x64:4"
     finetune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr}
     ran = False
-    if args.snnetv2 and "snnetv2" not in results:
+    if getattr(args, "snnetv2", False) and "snnetv2" not in results:
         anchors = [{"shape": s, "patch_size": 4, "train": False,
                     "checkpoint": str(seed_dir / f"snnet{depth}" / "anchors" / f"anchor{i}.safetensors")}
                    for i, s in enumerate(rows.split(","))]
@@ -126,7 +207,7 @@ def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args
         results["snnetv2"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
         results["seconds"]["snnetv2"] = time.perf_counter() - t0
         ran = True
-    if args.lg_two_way and "lg_two_way" not in results:
+    if getattr(args, "lg_two_way", False) and "lg_two_way" not in results:
         vdir = seed_dir / f"lg{depth}-tm-two-way"
         _link_distilled(seed_dir / f"lg{depth}-tm", vdir)
         cfg = {"method": "learngene-pool", **BASE, "train": train, "learngene": {
@@ -225,12 +306,16 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-lr", type=float, default=5e-4)
     p.add_argument("--out", default="benchmarks/results/compare")
+    p.add_argument("--finetune-sweep", type=int, nargs="+", metavar="EPOCHS",
+                   help="instead: fine-tune TM, TM-pinv, LS and SN-Net for each of these numbers of epochs")
     p.add_argument("--snnetv2", action="store_true", help="also SN-Netv2 on SN-Net's anchors")
     p.add_argument("--snnetv2-rank", type=int, default=8, help="rank of SN-Netv2's low-rank stitch layers")
     p.add_argument("--lg-two-way", action="store_true", help="also Learngene Pool (TM) with two-way routes")
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
     registry = Registry()
+    if args.finetune_sweep:
+        return sweep_main(out, args, registry)
     runs = []
     for seed in args.seeds:
         for depth in args.designs:
@@ -263,6 +348,26 @@ def main(argv=None) -> int:
         for r in rows:
             w.writerow([r["depth"], r["descendant"], r["params"],
                         *[x for c in cols for x in (r[c] if r[c] is not None else ("", ""))]])
+    return 0
+
+
+def sweep_main(out: pathlib.Path, args: argparse.Namespace, registry: Registry) -> int:
+    start = time.perf_counter()
+    text = []
+    for depth in args.designs:
+        runs = []
+        for seed in args.seeds:
+            cache = out / f"seed{seed}" / f"sweep-{depth}-{'-'.join(map(str, args.finetune_sweep))}.json"
+            if cache.is_file():
+                runs.append(json.loads(cache.read_text()))
+                continue
+            result = run_sweep(out, seed, depth, args.finetune_sweep, args, registry)
+            cache.write_text(json.dumps(result, indent=2))
+            runs.append(result)
+        text.append(summarise_sweep(runs, args.finetune_sweep))
+    report = "\n".join(text) + f"\nWall time of this invocation: {time.perf_counter() - start:.0f} s\n"
+    print(report)
+    (out / "sweep.md").write_text(report)
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from stitchkit.cost import TrainingPlan
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import Method
 from stitchkit.sequential import sequential_paths, sequential_stitches
@@ -71,6 +72,16 @@ class LearngenePoolMethod(Method):
         from .pipeline import check_config
 
         check_config(self, config, registry)
+
+    @override
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+        """The ancestry, one distillation per row, stitch init, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import learngene_training_phases
+
+        return learngene_training_phases(
+            config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs,
+            path_set=self.path_set if self.fixed_paths else None,
+        )
 
     @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001

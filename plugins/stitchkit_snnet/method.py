@@ -8,6 +8,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from stitchkit.cost import TrainingPlan
 from stitchkit.interfaces import Method
 from stitchkit.spec import Path, RowShape, StitchSpec
 
@@ -52,6 +53,13 @@ class SNNetMethod(Method):
         from .build import check_snnet_config
 
         check_snnet_config(config, registry)
+
+    @override
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+        """Anchors, LS feature pass, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import snnet_training_phases
+
+        return snnet_training_phases(config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs)
 
     @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001

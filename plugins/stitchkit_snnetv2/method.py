@@ -6,6 +6,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stitchkit.cost import TrainingPlan
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import Method
 from stitchkit.spec import Path, RowShape, StitchSpec
@@ -54,6 +55,15 @@ class SNNetv2Method(Method):
         from .config import SNNetv2Config
 
         check_snnet_config(config, registry, name="snnetv2", config_cls=SNNetv2Config)
+
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+        """SN-Net's phases from the ``[snnetv2]`` section; see :mod:`stitchkit_snnet.cost`."""
+        from stitchkit_snnet.cost import snnet_training_phases
+
+        from .config import SNNetv2Config
+
+        return snnet_training_phases(config, spec=spec, registry=registry, eval_images=eval_images,
+                                     pretrain_epochs=pretrain_epochs, name="snnetv2", config_cls=SNNetv2Config)
 
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         from .build import build_snnetv2

@@ -30,6 +30,7 @@ from .errors import MissingTapError
 from .spec import Path, RowShape, StitchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .cost import TrainingPlan
     from .pool import Pool
     from .registry import Registry
 
@@ -386,6 +387,21 @@ class Method(ABC):
         typo is reported in a second, not after hours of training. Must not
         train, download or write anything. The default checks nothing.
         """
+
+    def training_phases(
+        self, config: Mapping[str, Any], *, spec: Any, registry: Registry, eval_images: int, pretrain_epochs: int
+    ) -> TrainingPlan:
+        """The phases :meth:`build` runs for ``config``, priced by ``stitchkit cost`` (:mod:`stitchkit.cost`).
+
+        ``spec`` is the data's :class:`~stitchkit.engine.data.DataSpec`. Build
+        networks on the meta device (nothing trained, nothing downloaded); give
+        loaded weights a ``"pretraining"`` phase of ``pretrain_epochs``, and
+        fill :attr:`~stitchkit.cost.TrainingPlan.alone` with each descendant
+        trained on its own by the method's single-network recipe.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(f"method {self.name!r} does not describe its training phases, so 'stitchkit cost' cannot price it")
 
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Registry) -> pathlib.Path:
         """Run the method's whole pipeline from a resolved config; return the pool file.
