@@ -10,7 +10,7 @@ import re
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["plugins.md", "snnetv2.md"]
+PAGES = ["plugins.md", "snnetv2.md", "serving.md"]
 
 
 def python_blocks(page: pathlib.Path) -> list[str]:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
+import stitchkit.header as header
 import stitchkit.storage as storage
 from helpers import tiny_row
 from stitchkit import hookimpl
@@ -208,7 +209,8 @@ def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(storage, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
+    # the header and metadata are read by stitchkit.header (standard library only), re-exported by storage
+    monkeypatch.setattr(header, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
     for loader in ("load_file", "safe_open"):
         if hasattr(storage, loader):  # reading tensors is not allowed here
             monkeypatch.setattr(storage, loader, lambda *a, **k: pytest.fail("read_pool_metadata read tensors"))
@@ -610,10 +612,36 @@ def test_architecture_mismatch_is_a_pool_format_error(pool_file, tmp_path, regis
     bad = tmp_path / "bad.safetensors"
     make(pool_file, bad)
     read_pool_metadata(bad)  # the header alone is consistent
-    for reader in (READERS["load_pool"], READERS["load_descendant"]):
+    # descendant 1, r0[0:2]+s0_1_2+r1[2:3], uses the corrupted row 0 and its block 1
+    for reader in (READERS["load_pool"], lambda f, reg: load_descendant(f, 1, reg)):
         with pytest.raises(PoolFormatError, match=message) as err:
             reader(bad, registry)
         assert err.value.path == str(bad)
+
+
+def test_load_descendant_builds_and_checks_only_its_own_rows(pool, pool_file, tmp_path, registry, images):
+    """A row the descendant does not use is neither built nor checked: a broken row 0 does not stop r1[0:3]."""
+    bad = tmp_path / "bad.safetensors"
+    mutate_meta(pool_file, bad, mutate_pool_json(lambda p: p["rows"][0]["arch"].update(wings=2)))
+    with pytest.raises(PoolFormatError, match="row 0: adapter 'timm-vit' cannot build arch"):
+        load_pool(bad, registry)
+    built: list[tuple[str, int]] = []
+    original = TimmViT.from_arch.__func__
+
+    def spy(cls, arch):
+        built.append((arch["embed_dim"], arch["depth"]))
+        return original(cls, arch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TimmViT, "from_arch", classmethod(spy))
+        single = load_descendant(bad, 3, registry).eval()
+        assert built == [(32, 3)]  # row 1 alone, at the depth the path takes from it
+        built.clear()
+        stitched = load_descendant(pool_file, 5, registry).eval()  # r1[0:2]+s1_2_2+r2[2:3]
+        assert sorted(built) == [(32, 2), (48, 1)]
+    with torch.no_grad():
+        torch.testing.assert_close(single(images), pool.descendant(3).eval()(images), rtol=0, atol=0)
+        torch.testing.assert_close(stitched(images), pool.descendant(5).eval()(images), rtol=0, atol=0)
 
 
 def test_corrupt_descendant_files(pool, tmp_path, registry):

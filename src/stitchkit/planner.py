@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
 from . import limits
 from .errors import ConfigError, LimitError
@@ -18,6 +17,7 @@ from .interfaces import AncestryAdapter
 from .measure import count_params
 from .pool import Pool
 from .registry import Registry, default_registry
+from .metainit import meta_skeleton
 from .spec import RowShape
 
 
@@ -50,9 +50,9 @@ def plan(
         limits.check_int(kwargs["num_classes"], "number of classes", maximum=limits.MAX_CLASSES, limit="MAX_CLASSES")
     if len(rows or ()) + len(anchors or ()) > limits.MAX_ROWS:
         raise LimitError(f"{len(rows or ()) + len(anchors or ())} rows given; a pool has at most {limits.MAX_ROWS} (stitchkit.limits.MAX_ROWS)")
-    for i, s in enumerate(rows or ()):
+    for s in rows or ():
         limits.check_row(s.depth, s.width, s.heads, f"row {s}")
-    with torch.device("meta"):
+    with meta_skeleton():
         if anchors is not None:
             if rows:
                 raise ConfigError("rows are implied by the anchors; do not pass both")

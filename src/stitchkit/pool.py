@@ -10,6 +10,7 @@ self-describing.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,8 +25,38 @@ from .spec import Path, RowShape, StitchSpec, find_path
 from .stitched import Descendant, _input_size, build_descendant, stitch_layer
 
 
+# -- descendant cache invalidation ----------------------------------------------
+# A cached descendant holds the pool's own modules. It goes stale when a
+# module is (re)assigned anywhere inside the pool: a stitch layer, a row, a
+# block of a row, a row's head. torch calls a global hook on every such
+# assignment; the hook bumps a generation counter when the parent is a module
+# of a pool with cached descendants, and a cached entry is used only while the
+# generation it was built in is current. Assignments elsewhere cost one set lookup.
+_generation = 0
+_watched: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_hook: Any = None
+
+
+def _on_module_assigned(parent: nn.Module, name: str, value: nn.Module | None) -> None:
+    global _generation
+    if parent in _watched:
+        _generation += 1
+
+
+def _watch(pool: nn.Module) -> None:
+    global _hook
+    if _hook is None:
+        _hook = torch.nn.modules.module.register_module_module_registration_hook(_on_module_assigned)
+    _watched.update(pool.modules())
+
+
 class Pool(nn.Module):
     """Rows (sorted by width) + stitch layers + the paths the method allows."""
+
+    # the descendant cache (see descendant() and forget_descendants())
+    _descendants: dict[Path, tuple[int, Descendant]]
+    _cache_owner: int
+    _watched_in: int
 
     def __init__(
         self,
@@ -64,6 +95,7 @@ class Pool(nn.Module):
         self.info: dict[str, Any] = dict(info or {})
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.extras: dict[str, torch.Tensor] = dict(extras or {})
+        self.forget_descendants()
 
     @classmethod
     def from_method(
@@ -96,13 +128,54 @@ class Pool(nn.Module):
         return find_path(self.paths, key)
 
     def descendant(self, key: Path | int | str, *, copy: bool = False) -> Descendant:
-        """The descendant for a path, sharing this pool's parameters (or a deep copy)."""
-        d = build_descendant(self.adapters, self.stitches, self.path(key))
+        """The descendant for a path, sharing this pool's parameters (or a deep copy).
+
+        Built once per path and cached: switching descendants per request costs
+        a dictionary lookup (see docs/pools.md, "Serving"). The cache follows the
+        pool: assigning a new stitch layer, row, block or head anywhere in the
+        pool rebuilds the descendants on their next use.
+        """
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(self.paths):
+            path = self.paths[key]  # the fast path of per-request switching
+        else:
+            path = self.path(key)
         if copy:
             import copy as _copy
 
-            d = _copy.deepcopy(d)
+            return _copy.deepcopy(build_descendant(self.adapters, self.stitches, path))
+        if self._cache_owner != id(self):  # a copy of another pool (copy.deepcopy): its entries watch nothing
+            self.forget_descendants()
+        hit = self._descendants.get(path)
+        if hit is not None and hit[0] == _generation:
+            return hit[1]
+        if self._watched_in != _generation:
+            _watch(self)
+            self._watched_in = _generation
+        d = build_descendant(self.adapters, self.stitches, path).train(self.training)
+        self._descendants[path] = (_generation, d)
         return d
+
+    def train(self, mode: bool = True) -> Pool:
+        """Set training mode on the pool and on its cached descendants (their stem and head wrappers)."""
+        super().train(mode)
+        for _, d in self.__dict__.get("_descendants", {}).values():
+            d.train(mode)
+        return self
+
+    def replace_row(self, index: int, adapter: AncestryAdapter) -> None:
+        """Put ``adapter`` (a row of the same shape) in row ``index``; descendants are rebuilt on their next use."""
+        if not 0 <= index < len(self.adapters):
+            raise ConfigError(f"row {index} does not exist: the pool has {len(self.adapters)} rows")
+        if adapter.shape != self.adapters[index].shape:
+            raise ConfigError(f"row {index} is {self.adapters[index].shape}; a replacement must have that shape, not {adapter.shape}")
+        self.adapters[index] = adapter
+        self.rows[index] = adapter.model
+
+    def forget_descendants(self) -> None:
+        """Empty the descendant cache (needed only after removing a module: ``del``, ``pop``, ``insert``)."""
+        self._descendants = {}
+        self._cache_owner = id(self)
+        self._watched_in = -1
 
     # -- size ------------------------------------------------------------------
     def storage_params(self) -> int:
