@@ -295,16 +295,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(f"stitchkit: error: {' '.join(message.split())}", file=sys.stderr)  # one line, always
+    from ..console import error
+
+    error(f"error: {' '.join(message.split())}")  # one line, always; rank 0 only under torchrun
     return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..console import error, rank, setup
+
     p = parser()
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()
         return 0
+    setup()
     try:
         return int(args.func(args) or 0)
     except StitchkitError as exc:
@@ -318,8 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _fail(describe_os_error(exc))
     except KeyboardInterrupt:
-        print("stitchkit: interrupted", file=sys.stderr)
+        error("interrupted")
         return 130
+    except Exception as exc:
+        if rank() == 0 or args.traceback:
+            raise
+        # another rank's failure (e.g. rank 0 stopped and closed the process group): one line, not a traceback
+        print(f"stitchkit: rank {rank()}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
