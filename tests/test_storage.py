@@ -397,11 +397,17 @@ def test_failed_save_leaves_the_old_file_intact(pool, tmp_path, monkeypatch):
     save_pool(pool, target)
     before = target.read_bytes()
 
-    def half_write(tensors, filename, metadata=None):
-        pathlib.Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
+    n = len(pool.state_dict()) + len(pool.extras)
+    calls = []
+    real = storage._raw
 
-    monkeypatch.setattr(storage, "save_file", half_write)
+    def half_write(t):  # the first n calls hash the tensors; fail while writing them, the temp file half full
+        calls.append(1)
+        if len(calls) > n + 3:
+            raise OSError("disk full")
+        return real(t)
+
+    monkeypatch.setattr(storage, "_raw", half_write)
     with pytest.raises(OSError, match="disk full"):
         save_pool(pool, target, provenance={"changed": True})  # new content: an unchanged pool is not rewritten at all
     assert target.read_bytes() == before

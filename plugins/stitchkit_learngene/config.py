@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stitchkit.errors import ConfigError
+from stitchkit.files import is_plain_file_name
 from stitchkit.spec import parse_rows
 
 from .designs import INITS
@@ -106,7 +107,7 @@ class LearngeneConfig:
             (self.stitch_rank >= 0, f"stitch_rank must be >= 0 (0: full-rank stitch layers), got {self.stitch_rank}"),
             (self.stitch_alpha > 0, f"stitch_alpha must be > 0, got {self.stitch_alpha}"),
             (self.eval_split in ("test", "val"), f"eval_split must be 'test' or 'val', got {self.eval_split!r}"),
-            (bool(self.pool_file) and "/" not in self.pool_file, f"pool_file must be a file name, got {self.pool_file!r}"),
+            (is_plain_file_name(self.pool_file), f"pool_file must be a plain file name (no '/', not '.' or '..'), got {self.pool_file!r}"),
         ]
         for ok, problem in checks:
             if not ok:

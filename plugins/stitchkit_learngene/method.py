@@ -67,6 +67,13 @@ class LearngenePoolMethod(Method):
         return sequential_paths(rows)
 
     @override
+    def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
+        """The ``[learngene]`` section, its components and every phase's ``[train]`` overrides."""
+        from .pipeline import check_config
+
+        check_config(self, config, registry)
+
+    @override
     def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
         """The ancestry, one distillation per row, stitch init, fine-tuning, evaluation; see :mod:`.cost`."""
         from .cost import learngene_training_phases

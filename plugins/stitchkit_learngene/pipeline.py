@@ -56,8 +56,8 @@ from .losses import AttentionLoss, BlockLoss, LearngeneDistillation
 from .method import LearngenePoolMethod
 
 
-def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
-    """Build a learngene pool from a resolved config; return the pool file."""
+def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str, Any], LearngeneConfig, Any, dict[str, Any]]:  # noqa: ANN001
+    """The resolved config, its ``[learngene]`` section, the method and the components, all checked; trains nothing."""
     config = resolve(config)
     lg = section(config, "learngene", LearngeneConfig)
     if method.fixed_paths:  # learngene-pool-sliding-window: the method name decides
@@ -68,6 +68,13 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     base = TrainConfig.from_config(config)
     for phase in ("ancestry", "distill", "finetune"):
         lg.train_config(base, phase)
+    return config, lg, method, parts
+
+
+def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
+    """Build a learngene pool from a resolved config; return the pool file."""
+    config, lg, method, parts = check_config(method, config, registry)
+    base = TrainConfig.from_config(config)
     out_dir = pathlib.Path(out_dir)
     data = build_data(DataConfig.from_config(config))
     ctx = dist_context(base.device)

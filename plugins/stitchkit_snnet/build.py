@@ -39,6 +39,23 @@ def _accuracies(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return {name: float(r["top1"]) for name, r in results.items()}
 
 
+def check_snnet_config(
+    config: Mapping[str, Any], registry: Any, name: str = "snnet", config_cls: type[SNNetConfig] = SNNetConfig
+) -> None:
+    """Everything :func:`build_snnet` checks before its first phase, without training or writing."""
+    from stitchkit.engine import TrainConfig, section
+    from stitchkit.engine.config import resolve
+
+    config = resolve(config)
+    cfg = section(config, name, config_cls)
+    base = TrainConfig.from_config(config)
+    for phase in ("anchor_training", "finetune"):
+        cfg.train_config(base, phase)
+    registry.get("initializer", cfg.initializer)
+    if getattr(cfg, "sampler", ""):
+        registry.get("sampler", cfg.sampler)
+
+
 def build_snnet(
     config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Any, name: str = "snnet", config_cls: type[SNNetConfig] = SNNetConfig
 ) -> pathlib.Path:

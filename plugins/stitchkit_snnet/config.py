@@ -16,6 +16,7 @@ from typing import Any
 
 from stitchkit.engine.model import ModelConfig
 from stitchkit.errors import ConfigError
+from stitchkit.files import is_plain_file_name
 from stitchkit.spec import parse_rows
 
 TRAINABLE = ("all", "stitches")
@@ -58,6 +59,7 @@ class AnchorConfig(ModelConfig):
                 f"{where}: say how to get the anchor's weights: pretrained = true (timm), "
                 f"checkpoint = \"FILE\", or train = true (train it on [data] here)"
             )
+        super().validate(where)  # the [model] checks: sizes within stitchkit.limits, heads dividing the width
 
     def model_section(self) -> dict[str, Any]:
         """The engine's ``[model]`` table for this anchor."""
@@ -126,7 +128,7 @@ class SNNetConfig:
             (self.tau > 0, f"tau must be > 0, got {self.tau}"),
             (bool(self.teacher), "teacher must be 'largest-anchor', 'timm:NAME' or a model file"),
             (self.eval_split in ("test", "val"), f"eval_split must be 'test' or 'val', got {self.eval_split!r}"),
-            (bool(self.pool_file) and "/" not in self.pool_file, f"pool_file must be a file name, got {self.pool_file!r}"),
+            (is_plain_file_name(self.pool_file), f"pool_file must be a plain file name (no '/', not '.' or '..'), got {self.pool_file!r}"),
         ]
         for ok, problem in checks:
             if not ok:
@@ -151,6 +153,10 @@ class SNNetConfig:
     def anchor_configs(self, where: str = "snnet") -> list[AnchorConfig]:
         from stitchkit.engine.config import from_mapping
 
+        from stitchkit.limits import MAX_ROWS
+
+        if len(self.anchors) > MAX_ROWS:
+            raise ConfigError(f"{where}.anchors: {len(self.anchors)} anchors; a pool has at most {MAX_ROWS} rows (stitchkit.limits.MAX_ROWS)")
         out = []
         for i, table in enumerate(self.anchors):
             if not isinstance(table, Mapping):

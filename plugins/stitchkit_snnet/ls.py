@@ -127,7 +127,7 @@ class LeastSquaresInitializer(StitchInitializer):
         if self.max_images is not None:
             images = images[: self.max_images]
 
-        def solve(front: torch.Tensor, end: torch.Tensor, _layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        def solve(front: torch.Tensor, end: torch.Tensor, _layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
             return solve_affine(front, end)
 
         # Places come grouped by row pair, so at most two rows' features are alive at once.

@@ -59,6 +59,13 @@ class SNNetMethod(Method):
         return paths
 
     @override
+    def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
+        """The ``[snnet]`` section, its anchors, components and every phase's ``[train]`` overrides."""
+        from .build import check_snnet_config
+
+        check_snnet_config(config, registry)
+
+    @override
     def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
         """Anchors, LS feature pass, fine-tuning, evaluation; see :mod:`.cost`."""
         from .cost import snnet_training_phases

@@ -48,6 +48,14 @@ class SNNetv2Method(Method):
             )
         return snnetv2_paths(rows, self.routes, head_only=self.head_only)
 
+    def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
+        """The ``[snnetv2]`` section, checked as SN-Net's build checks ``[snnet]``."""
+        from stitchkit_snnet.build import check_snnet_config
+
+        from .config import SNNetv2Config
+
+        check_snnet_config(config, registry, name="snnetv2", config_cls=SNNetv2Config)
+
     def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
         """SN-Net's phases from the ``[snnetv2]`` section; see :mod:`stitchkit_snnet.cost`."""
         from stitchkit_snnet.cost import snnet_training_phases

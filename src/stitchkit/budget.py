@@ -16,7 +16,25 @@ import torch
 from .errors import BudgetError, ConfigError
 from .measure import measure_latency
 from .registry import Registry
+from . import limits
 from .report import file_descendants_table
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device that exists here (default: cuda if available, else cpu)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r} is not supported for latency; use cpu or cuda")
+    return dev
 
 
 def select_descendant(
@@ -40,15 +58,21 @@ def select_descendant(
 
     if max_params is None and max_macs is None and max_latency_ms is None:
         raise ConfigError("give at least one budget: max_params, max_macs or max_latency_ms")
+    limits.check_int(batch_size, "batch size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
+    for name, value in (("max_params", max_params), ("max_macs", max_macs)):
+        if value is not None:
+            limits.check_int(value, name, minimum=0, maximum=2**63 - 1)
+    if max_latency_ms is not None:
+        limits.check_number(max_latency_ms, "max_latency_ms", minimum=0.0, exclusive_minimum=True)
+    device = parse_device(device)
     meta = read_pool_metadata(pool_file)
-    rows = file_descendants_table(meta, registry)
+    rows = file_descendants_table(meta, registry, path=pool_file)
     missing = [r["name"] for r in rows if metric not in r]
     if missing:
         raise ConfigError(
             f"{pool_file}: {len(missing)} of {len(rows)} descendants have no stored {metric!r} "
             f"(e.g. {missing[0]}); evaluate the pool first (stitchkit build evaluates every descendant)"
         )
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def fits_static(r: dict[str, Any]) -> bool:
         return (max_params is None or r["params"] <= max_params) and (max_macs is None or r["macs"] <= max_macs)

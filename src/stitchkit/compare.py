@@ -97,9 +97,11 @@ def plot_accuracy(infos: Mapping[str, dict[str, Any]], out: str | os.PathLike, *
         ax.legend()
     if title:
         fig.suptitle(title)
+    from .files import atomic_write
+
     out = pathlib.Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return out

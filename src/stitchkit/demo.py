@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from typing import Any
 from .compare import collect, markdown_report, plot_accuracy
 from .engine.config import load_config, resolve, section
 from .engine.model import train_model
-from .errors import StitchkitError
+from .errors import ConfigError, StitchkitError
+from .files import OutputLock, copy_atomic, write_text_atomic
 from .registry import Registry, default_registry
 from .spec import parse_rows
 
@@ -54,6 +54,19 @@ class DemoConfig:
     snnet_initializer_args: dict[str, Any] = field(default_factory=dict)
     #: Cap on optimizer steps per phase (0: none); the test suite's fast demo uses it.
     max_steps: int = 0
+
+    def validate(self, where: str = "demo") -> None:
+        try:
+            parse_rows(self.rows)
+        except StitchkitError as exc:
+            raise ConfigError(f"{where}.rows: {exc}") from None
+        for key in ("ancestry_epochs", "auxiliary_epochs", "finetune_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_steps < 0:
+            raise ConfigError(f"{where}.max_steps must be >= 0, got {self.max_steps}")
+        if self.finetune_lr <= 0:
+            raise ConfigError(f"{where}.finetune_lr must be positive, got {self.finetune_lr}")
 
 
 def default_config_path() -> pathlib.Path:
@@ -96,18 +109,6 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
     }
 
 
-def _copy_atomic(src: pathlib.Path, dst: pathlib.Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_demo(
     out_dir: str | os.PathLike[str] = "stitchkit-demo",
     overrides: Sequence[str] = (),
@@ -120,12 +121,21 @@ def run_demo(
     for name in METHODS:
         registry.get("method", name)  # fail before any training if a method plugin is missing
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     raw = load_config(config_path or default_config_path(), overrides)
     demo = section(raw, "demo", DemoConfig)
     registry.check("initializer", demo.learngene_initializer, demo.learngene_initializer_args,
                    where="demo.learngene_initializer_args")
     registry.check("initializer", demo.snnet_initializer, demo.snnet_initializer_args, where="demo.snnet_initializer_args")
+    # the whole config, both methods' included, before the first phase
+    for name, cfg in method_configs(raw, demo, out / "ancestry" / "ancestry.safetensors").items():
+        if "snnet" in cfg:  # the teacher is the ancestry this demo trains first; the check must not need it
+            cfg["snnet"]["teacher"] = "largest-anchor"
+        registry.method(name).check_config(resolve(cfg), registry=registry)
+    with OutputLock(out, "stitchkit demo"):
+        return _run_demo(out, raw, demo, registry)
+
+
+def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry: Registry) -> dict[str, Any]:
     phases: list[tuple[str, float]] = []
 
     t0 = time.perf_counter()
@@ -140,7 +150,7 @@ def run_demo(
         t0 = time.perf_counter()
         built = registry.method(name).build(resolve(cfg), out_dir=out / name, registry=registry)
         pools[name] = out / f"{name}.safetensors"
-        _copy_atomic(pathlib.Path(built), pools[name])
+        copy_atomic(pathlib.Path(built), pools[name])
         label = {"learngene-pool": "Learngene Pool: distil rows, TM init, fine-tune, evaluate",
                  "snnet": "SN-Net: train anchors, LS init, fine-tune, evaluate"}[name]
         phases.append((label, time.perf_counter() - t0))
@@ -165,7 +175,7 @@ def run_demo(
     phases.append(("report and plot", time.perf_counter() - t0))
     report = markdown_report(infos, title="stitchkit demo: Learngene Pool vs SN-Net at equal storage",
                              phases=phases, notes=notes, plot=plot.name)
-    _write_atomic(out / "report.md", report)
+    write_text_atomic(out / "report.md", report)
     summary = {
         "out_dir": str(out),
         "ancestry": str(ancestry),
@@ -176,5 +186,5 @@ def run_demo(
         "phases": [{"phase": p, "seconds": s} for p, s in phases],
         "total_seconds": sum(s for _, s in phases),
     }
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

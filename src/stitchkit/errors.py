@@ -84,3 +84,13 @@ class CheckpointError(StitchkitError):
 
 class BudgetError(StitchkitError):
     """No descendant fits the requested budget."""
+
+
+class FileError(StitchkitError):
+    """A path cannot be used: a special file, an output that would destroy an input,
+    an output directory locked by another process, or an OS error reading or writing it."""
+
+
+class LimitError(ConfigError):
+    """A size (depth, width, heads, image size, classes, rows, paths, batch size) is
+    outside the documented limits of :mod:`stitchkit.limits`."""

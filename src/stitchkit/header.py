@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import os
 import pathlib
 import re
@@ -20,8 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, PathError, PoolFormatError
-from .spec import LAYOUTS, Path, RowShape, StitchSpec
+from . import limits
+from .errors import ConfigError, FileError, LimitError, PathError, PoolFormatError
+from .files import open_regular
+from .spec import LAYOUTS, Path, RowShape, StitchSpec, find_path
 
 POOL_FORMAT = "stitchkit-pool"
 DESCENDANT_FORMAT = "stitchkit-descendant"
@@ -240,6 +243,16 @@ def _loads(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constant)
 
 
+def _check_containers(p: pathlib.Path, text: str, what: str) -> None:
+    """Refuse JSON with more objects and arrays than any real pool needs, before parsing it (a cheap count)."""
+    n = text.count("{") + text.count("[")
+    if n > limits.MAX_JSON_CONTAINERS:
+        raise PoolFormatError(
+            p, f"{what} holds {n:,} JSON objects and arrays, above the limit of {limits.MAX_JSON_CONTAINERS:,} "
+            "(stitchkit.limits.MAX_JSON_CONTAINERS); not a file stitchkit wrote"
+        )
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"), sort_keys=False)
 
@@ -248,7 +261,11 @@ def _read_header(path: PathLike) -> _Header:
     """Read and check the 8-byte length and the JSON header; never touches tensor data."""
     p = pathlib.Path(path)
     try:
-        with open(p, "rb") as f:
+        fd = open_regular(p, "pool file")
+    except FileError as exc:
+        raise PoolFormatError(p, str(exc).removeprefix(f"{p}: ")) from None
+    try:
+        with open(fd, "rb") as f:  # the builtin takes the checked descriptor
             file_size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
@@ -277,6 +294,7 @@ def _read_header(path: PathLike) -> _Header:
         raise PoolFormatError(p, "header is not UTF-8 text: not a safetensors file") from None
     if not text.startswith("{"):
         raise PoolFormatError(p, "header does not start with '{': not a safetensors file")
+    _check_containers(p, text, "the header")
     try:
         header = _loads(text)
     except (ValueError, RecursionError) as exc:
@@ -359,7 +377,57 @@ def _check_metadata(h: _Header, fmt: str) -> tuple[dict[str, Any], dict[str, dic
     desc = _parse_json(p, meta, key, schema)
     index = _parse_json(p, meta, "tensors", TENSORS_SCHEMA, lambda v: _repeats_header(v, h.entries))
     _match_index(p, index, {n: (e["dtype"], e["shape"]) for n, e in h.entries.items()}, "the file", "the metadata")
+    _check_bounds(p, desc, index, fmt)
     return desc, index
+
+
+def _check_bounds(p: pathlib.Path, desc: Mapping[str, Any], index: Mapping[str, Any], fmt: str) -> None:
+    """Bound before you build: sizes within :mod:`stitchkit.limits`, and as many blocks declared as the file holds.
+
+    A row declaring ``depth`` blocks needs at least one tensor per block in the
+    file, whatever the family; so metadata can never make a reader build more
+    modules than the file has tensors.
+    """
+    try:
+        for r, row in enumerate(desc["rows"]):
+            where = f"row {row.get('row', r)}"
+            limits.check_row(row["depth"], row["width"], row["heads"], where)
+            limits.check_arch(row["arch"], where)
+        limits.check_int(sum(row["depth"] for row in desc["rows"]), "the rows' blocks together",
+                         maximum=limits.MAX_TOTAL_BLOCKS, limit="MAX_TOTAL_BLOCKS")
+    except LimitError as exc:
+        raise PoolFormatError(p, f"metadata is out of bounds: {exc}") from None
+    if fmt == POOL_FORMAT:
+        per_row = Counter(n.split(".", 2)[1] for n in index if n.startswith("rows."))
+        for r, row in enumerate(desc["rows"]):
+            if per_row[str(r)] < row["depth"]:
+                raise PoolFormatError(
+                    p, f"row {r} declares {row['depth']} blocks but the file holds only {per_row[str(r)]} tensors "
+                    "for it (every block has at least one); the metadata does not describe this file"
+                )
+    else:
+        blocks = {tuple(n.split(".", 3)[1:3]) for n in index if n.startswith("segments.")}
+        for i, (_, start, stop) in enumerate(desc["path"]["segments"]):
+            missing = [j for j in range(min(max(stop - start, 0), limits.MAX_DEPTH + 1)) if (str(i), str(j)) not in blocks]
+            if missing:
+                raise PoolFormatError(
+                    p, f"segment {i} declares {stop - start} blocks but the file has no tensors 'segments.{i}.{missing[0]}.*'; "
+                    "the metadata does not describe this file"
+                )
+    for key, value in desc.get("evaluation", {}).items() if fmt == POOL_FORMAT else ():
+        _check_results(p, key, value)
+    if fmt == DESCENDANT_FORMAT and desc.get("evaluation") is not None:
+        _check_results(p, desc["name"], desc["evaluation"])
+
+
+#: Result keys whose values must be numbers (readers format and compare them).
+NUMERIC_RESULTS = ("top1", "top5", "params", "macs", "latency_ms", "loss")
+
+
+def _check_results(p: pathlib.Path, name: str, results: Mapping[str, Any]) -> None:
+    for key in NUMERIC_RESULTS:
+        if key in results and not _JSON_TYPES["number"](results[key]):
+            raise PoolFormatError(p, f"evaluation of {name}: {key!r} must be a number, got {_type_name(results[key])}")
 
 
 def _parse_json(
@@ -369,10 +437,15 @@ def _parse_json(
     """Parse ``meta[key]`` and check it against ``schema``, unless ``passes(value)`` already proves it fits."""
     if key not in meta:
         raise PoolFormatError(p, f"__metadata__ has no {key!r} entry")
+    _check_containers(p, meta[key], f"metadata {key!r}")
     try:
         value = _loads(meta[key])
     except (ValueError, RecursionError) as exc:
         raise PoolFormatError(p, f"metadata {key!r} is not valid JSON: {exc}") from None
+    for field, limit in (("rows", limits.MAX_ROWS), ("paths", limits.MAX_PATHS), ("stitches", limits.MAX_STITCHES)):
+        items = value.get(field) if isinstance(value, dict) else None
+        if isinstance(items, list) and len(items) > limit:  # before the schema walks them all
+            raise PoolFormatError(p, f"metadata {key!r} lists {len(items):,} {field}, above the limit of {limit:,} (stitchkit.limits)")
     try:
         if passes is None or not passes(value):
             _check_schema(value, schema)
@@ -477,18 +550,8 @@ def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mappin
 
 
 def _find_path(paths: list[Path], key: Path | int | str) -> Path:
-    """The path for ``key`` (as :meth:`Pool.path` resolves it), from metadata alone."""
-    if isinstance(key, Path):
-        key = key.name
-    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
-        i = int(key)
-        if not 0 <= i < len(paths):
-            raise PathError(f"descendant index {i} out of range: the pool has {len(paths)} descendants (0..{len(paths) - 1})")
-        return paths[i]
-    for path in paths:
-        if key in (path.name, path.label):
-            return path
-    raise PathError(f"no descendant named {key!r}; run 'stitchkit info' on the pool to list them")
+    """The path for ``key`` (as :meth:`Pool.path` resolves it: names, then labels, then indices), from metadata alone."""
+    return find_path(paths, key.name if isinstance(key, Path) else key)
 
 
 class PoolHeader:

@@ -460,6 +460,14 @@ class Method(ABC):
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         """Every descendant the method allows, in a stable order."""
 
+    def check_config(self, config: Mapping[str, Any], *, registry: Registry) -> None:
+        """Raise :class:`~stitchkit.errors.ConfigError` for a config :meth:`build` would refuse.
+
+        Called by ``stitchkit build`` and the demo before the first phase, so a
+        typo is reported in a second, not after hours of training. Must not
+        train, download or write anything. The default checks nothing.
+        """
+
     def training_phases(
         self, config: Mapping[str, Any], *, spec: Any, registry: Registry, eval_images: int, pretrain_epochs: int
     ) -> TrainingPlan:

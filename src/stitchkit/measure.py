@@ -130,7 +130,8 @@ def measure_latency(
         input_size = module.input_size  # type: ignore[assignment]
     param = next(module.parameters(), None)
     device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
-    x = torch.randn((batch_size, *input_size), device=device)  # type: ignore[misc]
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    x = torch.randn((batch_size, *input_size), device=device, dtype=dtype)  # type: ignore[misc]  # the weights' dtype (bf16, f64 pools)
     was_training = module.training
     module.eval()
     times = []

@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from .errors import ConfigError
+from .files import atomic_write, refuse_overwrite
 
 
 def _load_model(path: str | os.PathLike, timm_state_dict: bool) -> tuple[torch.nn.Module, tuple[int, ...], dict[str, str]]:
@@ -56,20 +57,24 @@ def export_onnx(model_file: str | os.PathLike, onnx_path: str | os.PathLike, *, 
     model.eval()
     x = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(0))
     out = pathlib.Path(onnx_path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript exporter is deprecated but needs no onnxscript and handles ViTs exactly
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-        expected = model(x)
-    if props:  # the preprocessing (timm's data config) and class names, readable with onnxruntime's custom_metadata_map
-        import onnx
+    refuse_overwrite(out, [model_file], "ONNX output")
 
-        proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, props)
-        onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    def write(tmp: str) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter is deprecated but needs no onnxscript and handles ViTs exactly
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), tmp, input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        if props:  # the preprocessing (timm's data config) and class names, readable with onnxruntime's custom_metadata_map
+            import onnx
+
+            proto = onnx.load(tmp)
+            onnx.helper.set_model_props(proto, props)
+            onnx.save(proto, tmp)
+
+    atomic_write(out, write)
+    with torch.no_grad():
+        expected = model(x)
     try:
         import onnxruntime as ort
     except ImportError:

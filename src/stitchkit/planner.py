@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 
-from .errors import ConfigError
+from . import limits
+from .errors import ConfigError, LimitError
 from .interfaces import AncestryAdapter
 from .measure import count_params
 from .pool import Pool
@@ -47,6 +48,14 @@ def plan(
     kwargs = dict(model_kwargs or {})
     if (anchors is None) == (ancestry is None):
         raise ConfigError("give either an ancestry with rows, or anchors")
+    if "img_size" in kwargs:
+        limits.check_int(kwargs["img_size"], "image size", maximum=limits.MAX_IMG_SIZE, limit="MAX_IMG_SIZE")
+    if "num_classes" in kwargs:
+        limits.check_int(kwargs["num_classes"], "number of classes", maximum=limits.MAX_CLASSES, limit="MAX_CLASSES")
+    if len(rows or ()) + len(anchors or ()) > limits.MAX_ROWS:
+        raise LimitError(f"{len(rows or ()) + len(anchors or ())} rows given; a pool has at most {limits.MAX_ROWS} (stitchkit.limits.MAX_ROWS)")
+    for s in rows or ():
+        limits.check_row(s.depth, s.width, s.heads, f"row {s}")
     with meta_skeleton():
         if anchors is not None:
             if rows:

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, PathError
+from .errors import ConfigError
 from .interfaces import AncestryAdapter, Method
 from .measure import count_macs, count_params
 from .lowrank import low_rank_params
-from .spec import FeatureSignature, Path, RowShape, StitchSpec
+from .spec import FeatureSignature, Path, RowShape, StitchSpec, find_path
 from .stitch_layers import make_stitch, stitch_layouts
 from .stitched import Descendant, build_descendant
 
@@ -120,19 +120,12 @@ class Pool(nn.Module):
         return [a.shape for a in self.adapters]
 
     def path(self, key: Path | int | str) -> Path:
-        """A path by object, index in :attr:`paths`, name (``r0[0:3]+...``) or label."""
+        """A path by object, index in :attr:`paths`, name (``r0[0:3]+...``) or label
+        (strings: names, then labels, then ``"3"``/``"#3"`` as an index; see :func:`~stitchkit.spec.find_path`)."""
         if isinstance(key, Path):
             key.validate([s.depth for s in self.shapes], self.stitch_specs)
             return key
-        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
-            i = int(key)
-            if not 0 <= i < len(self.paths):
-                raise PathError(f"descendant index {i} out of range: the pool has {len(self.paths)} descendants (0..{len(self.paths) - 1})")
-            return self.paths[i]
-        for p in self.paths:
-            if key in (p.name, p.label):
-                return p
-        raise PathError(f"no descendant named {key!r}; run 'stitchkit info' on the pool to list them")
+        return find_path(self.paths, key)
 
     def descendant(self, key: Path | int | str, *, copy: bool = False) -> Descendant:
         """The descendant for a path, sharing this pool's parameters (or a deep copy).

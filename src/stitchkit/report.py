@@ -37,32 +37,64 @@ def pool_sizes(pool: Pool) -> dict[str, Any]:
     }
 
 
-def pool_from_metadata(meta: dict[str, Any], registry: Registry | None = None) -> Pool:
-    """The pool a file describes, on the meta device (structure only, no weights)."""
+def pool_from_metadata(meta: dict[str, Any], registry: Registry | None = None, *, path: object = "pool file") -> Pool:
+    """The pool a file describes, on the meta device (structure only, no weights).
+
+    An arch that cannot be built is the file's fault: a PoolFormatError naming ``path``.
+    """
+    from .errors import PoolFormatError, StitchkitError
     from .metainit import meta_skeleton
     from .pool import Pool
     from .registry import default_registry
 
     registry = registry or default_registry()
     desc = meta["pool"]
-    with meta_skeleton():
-        rows = [registry.ancestry(r["adapter"]).from_arch(r["arch"]) for r in desc["rows"]]
-        pool = Pool(
-            rows,
-            [StitchSpec.from_json(s) for s in desc["stitches"]],
-            [Path.from_json(p) for p in desc["paths"]],
-            method=desc["method"],
-            info=desc.get("info", {}),
-        )
+    rows = []
+    for i, r in enumerate(desc["rows"]):
+        cls = registry.ancestry(r["adapter"])
+        try:
+            with meta_skeleton():
+                rows.append(cls.from_arch(r["arch"]))
+        except Exception as exc:  # noqa: BLE001 - any failure to build a file-supplied arch is a file problem
+            raise PoolFormatError(path, f"row {i}: adapter {r['adapter']!r} cannot build its arch: {exc}") from exc
+    try:
+        with meta_skeleton():
+            pool = Pool(
+                rows,
+                [StitchSpec.from_json(s) for s in desc["stitches"]],
+                [Path.from_json(p) for p in desc["paths"]],
+                method=desc["method"],
+                info=desc.get("info", {}),
+            )
+    except StitchkitError as exc:
+        raise PoolFormatError(path, f"metadata describes an invalid pool: {exc}") from None
     pool.evaluation = dict(desc.get("evaluation", {}))
     return pool
 
 
-def stored_sizes(meta: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+def _valid_sizes(sizes: Any, desc: Mapping[str, Any]) -> bool:
+    """Stored sizes of the right form: a count per row and params/MACs per path, all integers."""
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    return (
+        isinstance(sizes, dict) and isinstance(sizes.get("rows"), list) and len(sizes["rows"]) == len(desc["rows"])
+        and all(count(v) for v in sizes["rows"]) and count(sizes.get("storage_params"))
+        and isinstance(sizes.get("descendants"), list) and len(sizes["descendants"]) == len(desc["paths"])
+        and all(isinstance(d, dict) and count(d.get("params")) and count(d.get("macs")) for d in sizes["descendants"])
+    )
+
+
+def stored_sizes(meta: dict[str, Any], registry: Registry | None = None, *, path: object = "pool file") -> dict[str, Any]:
     """The sizes stored in a pool file's metadata; recomputed (importing torch) only if absent."""
+    from .errors import PoolFormatError
+
     sizes = meta["pool"].get("sizes")
-    if sizes is None or sizes.get("convention") != SIZES_CONVENTION:
-        sizes = pool_sizes(pool_from_metadata(meta, registry))
+    if sizes is None or (isinstance(sizes, dict) and sizes.get("convention") != SIZES_CONVENTION):
+        sizes = pool_sizes(pool_from_metadata(meta, registry, path=path))
+    if not _valid_sizes(sizes, meta["pool"]):
+        raise PoolFormatError(path, "metadata 'sizes' is not a params count per row and params/MACs per descendant; "
+                              "the file is damaged (rewrite it with save_pool)")
     return sizes
 
 
@@ -86,10 +118,10 @@ def descendants_table(pool: Pool) -> list[dict[str, Any]]:
     return _table(pool.paths, pool_sizes(pool)["descendants"], pool.evaluation)
 
 
-def file_descendants_table(meta: dict[str, Any], registry: Registry | None = None) -> list[dict[str, Any]]:
+def file_descendants_table(meta: dict[str, Any], registry: Registry | None = None, *, path: object = "pool file") -> list[dict[str, Any]]:
     """:func:`descendants_table` of a pool file, from its metadata (stored sizes, no torch if present)."""
     desc = meta["pool"]
-    sizes = stored_sizes(meta, registry)
+    sizes = stored_sizes(meta, registry, path=path)
     return _table([Path.from_json(p) for p in desc["paths"]], sizes["descendants"], desc.get("evaluation", {}))
 
 
@@ -99,7 +131,7 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
 
     meta = read_pool_metadata(path)
     desc = meta["pool"]
-    sizes = stored_sizes(meta, registry)
+    sizes = stored_sizes(meta, registry, path=path)
     return {
         "file": str(path),
         "bytes": pathlib.Path(path).stat().st_size,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, PathError
+from .limits import MAX_ROWS, check_row
 
 
 #: Tensor layouts a block boundary can have (batch dimension first):
@@ -154,7 +155,7 @@ class RowShape:
         return "/".join(f"{d}x{w}:{h}" if h else f"{d}x{w}" for d, w, h in self.stage_shapes)
 
 
-_STAGE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*(?::\s*(\d+)\s*)?$")
+_STAGE_RE = re.compile(r"^\s*(\d{1,100})\s*x\s*(\d{1,100})\s*(?::\s*(\d{1,100})\s*)?$")
 
 
 def parse_row(text: str) -> RowShape:
@@ -167,14 +168,46 @@ def parse_row(text: str) -> RowShape:
                 f"cannot parse row {text.strip()!r}: expected DEPTHxWIDTH:HEADS (e.g. 6x192:3), or stages "
                 f"DEPTHxWIDTH[:HEADS] joined by '/' (e.g. 2x64/2x128/2x256/2x512 for a ResNet-18)"
             )
-        stages.append((int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)))
+        depth, width, heads = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+        check_row(depth, width, heads, f"row {text.strip()!r}")
+        stages.append((depth, width, heads))
+    check_row(sum(d for d, _, _ in stages), stages[-1][1], stages[-1][2], f"row {text.strip()!r}")
     return RowShape.staged(stages)
+
+
+def find_path(paths: list[Path] | tuple[Path, ...], key: int | str) -> Path:
+    """The descendant a user means by ``key``: an int index, or a string.
+
+    A string is matched, in this order, against path names, then labels, then
+    read as an index (``"3"`` or ``"#3"``): so a descendant labelled ``"0"`` is
+    reachable by its label, and ``"#0"`` always means index 0.
+    """
+    if isinstance(key, str):
+        for p in paths:
+            if key == p.name:
+                return p
+        for p in paths:
+            if p.label and key == p.label:
+                return p
+        digits = key[1:] if key.startswith("#") else key
+        if not (digits.isascii() and digits.isdigit()):
+            raise PathError(f"no descendant named {key!r} (no name, label or index matches); run 'stitchkit info' on the pool to list them")
+        key = int(digits)
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise PathError(f"a descendant key is an index, a name or a label, got {type(key).__name__}")
+    if not 0 <= key < len(paths):
+        raise PathError(f"descendant index {key} out of range: the pool has {len(paths)} descendants (0..{len(paths) - 1})")
+    return paths[key]
 
 
 def parse_rows(text: str) -> list[RowShape]:
     """Parse ``"6x192:3,6x768:12"`` (rows DEPTHxWIDTH:HEADS, comma separated; a hierarchical row
-    joins its stages with ``/``, see :func:`parse_row`)."""
-    rows = [parse_row(part) for part in text.split(",")]
+    joins its stages with ``/``, see :func:`parse_row`). Sizes are checked against
+    :mod:`stitchkit.limits` before anything is built."""
+    parts = text.split(",")
+    if len(parts) > MAX_ROWS:
+        raise ConfigError(f"{len(parts)} rows given; a pool has at most {MAX_ROWS} (stitchkit.limits.MAX_ROWS)")
+    rows = [parse_row(part) for part in parts]
     if not rows:
         raise ConfigError("no rows given")
     return rows

@@ -13,21 +13,22 @@ modules and reads and writes tensors.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pathlib
 import shutil
 import struct
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from .errors import ConfigError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
+from .errors import ConfigError, FileError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
+from .files import atomic_write, open_regular, refuse_overwrite
 from .lowrank import merge_low_rank
 from .header import (  # noqa: F401 - re-exported: the format's constants and schemas are part of this module's API
     DESCENDANT_FORMAT,
@@ -96,12 +97,54 @@ def _adapter_class(p: pathlib.Path, registry: Any, name: str, where: str) -> typ
         ) from exc
 
 
-def _build_row(p: pathlib.Path, cls: Any, arch: Mapping[str, Any], shape: RowShape | None, where: str) -> Any:
-    """An adapter built on the meta device from a file-supplied arch (no weights, no memory)."""
+class _TooManyTensors(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _at_most(n: int) -> Iterator[None]:
+    """Abort a module build once it has registered more than ``n`` parameters and buffers.
+
+    Building costs a few milliseconds per block even on the meta device, so a
+    file-supplied arch is only built as far as the file's own tensors justify:
+    a crafted header cannot buy more construction than it lists tensors.
+    """
+    count = 0
+
+    def hook(_module: torch.nn.Module, _name: str, value: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > n:
+            raise _TooManyTensors(n)
+
+    from torch.nn.modules import module as _m
+
+    handles = [_m.register_module_parameter_registration_hook(hook), _m.register_module_buffer_registration_hook(hook)]
     try:
-        with meta_skeleton():
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _build_row(
+    p: pathlib.Path, cls: Any, arch: Mapping[str, Any], shape: RowShape | None, where: str, max_tensors: int | None = None
+) -> Any:
+    """An adapter built on the meta device from a file-supplied arch (no weights, no memory).
+
+    ``max_tensors``: how many state-dict tensors the file holds for this row;
+    the build stops at twice that (non-persistent buffers are registered too).
+    """
+    limit = 2 * max_tensors + 64 if max_tensors is not None else 1 << 62
+    try:
+        with meta_skeleton(), _at_most(limit):
             adapter = cls.from_arch(arch)
         built = adapter.shape
+    except _TooManyTensors:
+        raise PoolFormatError(
+            p, f"{where}: its arch builds far more tensors than the file holds for it ({max_tensors}); "
+            "the metadata does not describe this file"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to build a file-supplied arch is a file problem
         raise PoolFormatError(p, f"{where}: adapter {cls.name!r} cannot build arch {dict(arch)}: {exc}") from exc
     if shape is not None and built != shape:
@@ -121,7 +164,8 @@ class _PoolFile(PoolHeader):
         adapters = []
         for r, row in enumerate(desc["rows"]):
             cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
-            adapters.append(_build_row(p, cls, row["arch"], RowShape.from_json(dict(row)), f"row {r}"))
+            held = sum(1 for n in self.index if n.startswith(f"rows.{r}."))
+            adapters.append(_build_row(p, cls, row["arch"], RowShape.from_json(dict(row)), f"row {r}", held))
         try:
             with meta_skeleton():
                 pool = Pool(
@@ -190,13 +234,35 @@ def _load_into(p: pathlib.Path, module: torch.nn.Module, state: Mapping[str, tor
         )
 
 
-def load_pool(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu") -> Pool:
+def read_pool_structure(path: PathLike, registry: Any = None) -> tuple[dict[str, Any], Pool]:
+    """The checked metadata (as :func:`read_pool_metadata`) and the pool on the meta device.
+
+    Every row is rebuilt from its arch (within :mod:`stitchkit.limits`) and its
+    tensor names and shapes matched to the file's, so the structure is exactly
+    what :func:`load_pool` would load; no tensor is read. ``info`` and
+    ``select`` count params and MACs on it.
+    """
+    f = _PoolFile(path)
+    meta = f.header.metadata or {}
+    return {
+        "format": meta["format"],
+        "format_version": meta["format_version"],
+        "writer": meta.get("writer", ""),
+        "pool": f.desc,
+        "tensors": f.index,
+    }, f.skeleton(registry)
+
+
+def load_pool(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False) -> Pool:
     """Rebuild a pool, bit-exact: rows from their adapters' archs, then the stored tensors.
 
     Rows are built on the meta device (no random init, no memory) and take the
-    file's tensors by assignment, so dtypes are kept as stored.
+    file's tensors by assignment, so dtypes are kept as stored. ``verify=True``
+    first checks the data section against its stored sha256 (:func:`verify_data`).
     """
     f = _PoolFile(path)
+    if verify:
+        verify_data(f.path)
     pool = f.skeleton(registry)
     state = f.read(f.index, str(device), None)
     extras = {n[len("extras."):]: state.pop(n) for n in list(state) if n.startswith("extras.")}
@@ -234,7 +300,8 @@ def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_
 
     def build_row(r: int, cls: type, arch: dict[str, Any]) -> Any:
         """The row on the meta device, checked against the shape the metadata gives it."""
-        return _build_row(p, cls, arch, RowShape.from_json(dict(desc_rows[r])), f"row {r}")
+        held = sum(1 for n in f.index if n.startswith(f"rows.{r}."))
+        return _build_row(p, cls, arch, RowShape.from_json(dict(desc_rows[r])), f"row {r}", held)
 
     mapping: dict[str, str] = {}
     skeleton = descendant_skeleton(
@@ -282,20 +349,8 @@ def _prepare(p: pathlib.Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def _atomic_write(p: pathlib.Path, write: Callable[[str], None]) -> None:
-    """Write to a temporary file next to ``p``, then rename over it: ``p`` is never half-written."""
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        write(str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write through :func:`stitchkit.files.atomic_write`: ``p`` is never half-written."""
+    atomic_write(p, write)
 
 
 def _encode(p: pathlib.Path, key: str, value: Any, schema: Mapping[str, Any]) -> str:
@@ -324,8 +379,69 @@ def _write(
     }
     if _same_file(p, metadata, prepared):  # a rerun that changed nothing leaves the file (and its mtime) alone
         return p
-    _atomic_write(p, lambda tmp: save_file(dict(prepared), tmp, metadata=metadata))
+    _save(p, prepared, metadata)
     return p
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    """A contiguous CPU tensor's bytes, little-endian as safetensors stores them."""
+    return t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
+
+
+def _save(p: pathlib.Path, prepared: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors file whose ``__metadata__`` carries ``data_sha256``, the sha256 of its data section.
+
+    The layout is safetensors' own (tensors sorted by element size, largest
+    first, then by name, so every tensor is aligned; header padded to 8 bytes);
+    writing it here lets the checksum of the data go into the header.
+    """
+    order = sorted(prepared, key=lambda n: (-prepared[n].element_size(), n))
+    digest = hashlib.sha256()
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        t = prepared[name]
+        raw = _raw(t)
+        digest.update(raw)
+        header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + raw.nbytes]}
+        offset += raw.nbytes
+    text = _dumps({"__metadata__": {**metadata, "data_sha256": digest.hexdigest()}, **header}).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "xb") as fh:
+            fh.write(struct.pack("<Q", len(text)))
+            fh.write(text)
+            for name in order:
+                fh.write(_raw(prepared[name]))
+
+    _atomic_write(p, write)
+
+
+def verify_data(path: PathLike) -> str:
+    """Check a pool or descendant file's data section against the sha256 stored at write time; return it.
+
+    Raises :class:`PoolFormatError` if the bytes differ (a flipped weight bit
+    passes every structural check, but not this one) or no checksum is stored.
+    """
+    h = _read_header(path)
+    stored = (h.metadata or {}).get("data_sha256")
+    if stored is None:
+        raise PoolFormatError(h.path, "no data_sha256 in __metadata__ to verify against (written by an older stitchkit or another tool)")
+    digest = hashlib.sha256()
+    try:
+        with open(open_regular(h.path, "pool file"), "rb") as fh:
+            fh.seek(h.data_start)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except (OSError, FileError) as exc:
+        raise PoolFormatError(h.path, f"cannot read the file: {exc}") from None
+    if digest.hexdigest() != stored:
+        raise PoolFormatError(
+            h.path, f"the tensor data does not match the checksum stored when the file was written "
+            f"(sha256 {digest.hexdigest()[:16]}... vs {stored[:16]}...): the weights are damaged; restore the file"
+        )
+    return stored
 
 
 def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
@@ -334,7 +450,7 @@ def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[st
         return False
     try:
         with safe_open(str(p), framework="pt") as fh:
-            if (fh.metadata() or {}) != dict(metadata) or set(fh.keys()) != set(tensors):
+            if {k: v for k, v in (fh.metadata() or {}).items() if k != "data_sha256"} != dict(metadata) or set(fh.keys()) != set(tensors):
                 return False
             return all(torch.equal(fh.get_tensor(k), t) for k, t in tensors.items())
     except Exception:  # noqa: BLE001 - unreadable or truncated: rewrite it
@@ -417,6 +533,11 @@ def _source(pool_or_path: Pool | PathLike, key: Path | int | str, registry: Any,
     return f.desc, target, lambda: _lazy_descendant(f, target, registry, device, None), f
 
 
+def _refuse_input(out: pathlib.Path, pool_or_path: Pool | PathLike) -> None:
+    """An export must never replace its own pool file (same name, symlink or hard link)."""
+    refuse_overwrite(out, [] if isinstance(pool_or_path, Pool) else [pool_or_path], "export output")
+
+
 def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, Any]:
     rows = sorted({s.row for s in target.segments})
     stitches = {s["name"]: s for s in desc["stitches"]}
@@ -442,8 +563,9 @@ def export_descendant(
     From a pool file only the descendant's tensors are read. Tensor names are
     the descendant's own (``stem.*``, ``segments.<i>.<j>.*``, ``stitches.<i>.*``, ``head.*``).
     """
-    desc, target, make, _ = _source(pool_or_path, key, registry, "cpu")
     out = pathlib.Path(out_path)
+    _refuse_input(out, pool_or_path)
+    desc, target, make, _ = _source(pool_or_path, key, registry, "cpu")
     prepared = _prepare(out, merge_low_rank(make()).state_dict())
     return _write(out, DESCENDANT_FORMAT, "descendant", _descendant_description(desc, target), DESCENDANT_SCHEMA, prepared)
 
@@ -481,13 +603,14 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
     return target, rows, specs
 
 
-def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu") -> Descendant:
+def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False) -> Descendant:
     """Load a file written by :func:`export_descendant`; no pool needed.
 
     The model is in eval mode and carries what inference needs: ``transform``
     (timm's evaluation transform for an image file), ``classes`` (names in label
     order), ``preprocessing`` (timm's data config, also as ``pretrained_cfg``);
-    None for files exported from pools that did not record them.
+    None for files exported from pools that did not record them. ``verify``: as
+    in :func:`load_pool`.
     """
     from .registry import default_registry
 
@@ -495,11 +618,15 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
     h = _read_header(path)
     p = h.path
     desc, index = _check_metadata(h, DESCENDANT_FORMAT)
+    if verify:
+        verify_data(p)
     target, rows, specs = _descendant_parts(p, desc)
     types = {}
     for r, row in rows.items():
         types[r] = _adapter_class(p, registry, row["adapter"], f"row {r}")
-        _build_row(p, types[r], row["arch"], RowShape.from_json(dict(row)), f"row {r}")
+        used = sum(s.stop - s.start for s in target.segments if s.row == r)
+        held = len(index) * -(-row["depth"] // max(used, 1))  # the file holds `used` of the row's blocks
+        _build_row(p, types[r], row["arch"], RowShape.from_json(dict(row)), f"row {r}", held)
     try:
         skeleton = descendant_skeleton(
             types, {r: row["arch"] for r, row in rows.items()}, specs, target,
@@ -528,8 +655,9 @@ def export_timm_state_dict(
     ``TimmViT.load_checkpoint``. Returns the row's arch (the model's kwargs,
     also stored in the metadata as ``stitchkit_arch``).
     """
-    desc, target, _, source = _source(pool_or_path, key, registry, "cpu")
     out = pathlib.Path(out_path)
+    _refuse_input(out, pool_or_path)
+    desc, target, _, source = _source(pool_or_path, key, registry, "cpu")
     if not target.is_single_row:
         raise PathError(
             f"descendant {target.name} is stitched from rows {list(target.rows)}: only a single-row descendant "
@@ -554,5 +682,5 @@ def export_timm_state_dict(
         extra["stitchkit_classes"] = _dumps(data.get("classes") or [])
     prepared = _prepare(out, tensors)
     metadata = {"format": "pt", **extra}
-    _atomic_write(out, lambda tmp: save_file(prepared, tmp, metadata=metadata))
+    _save(out, prepared, metadata)
     return dict(row["arch"])

@@ -16,7 +16,7 @@ from timm.layers import LayerScale
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, StitchkitError
 from .interfaces import AncestryAdapter
 from .spec import RowShape
 
@@ -109,8 +109,9 @@ class TimmViT(AncestryAdapter):
             kwargs.setdefault("weight_init", "skip")  # no values to initialise; timm's init is slow on meta
         try:
             model = VisionTransformer(**kwargs)
-        except TypeError as exc:
+        except (TypeError, ValueError, AssertionError) as exc:
             raise ConfigError(f"cannot build a timm VisionTransformer from arch {dict(arch)}: {exc}") from exc
+        _check_grid(model, "arch")
         adapter = cls(model)
         if arch.get("timm_name"):  # keep the identity, so from_arch(arch()) round-trips
             adapter.timm_name = arch["timm_name"]
@@ -141,8 +142,13 @@ class TimmViT(AncestryAdapter):
             kwargs.setdefault("weight_init", "skip")
         try:
             model, record = create_timm_model(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
-        except (RuntimeError, TypeError, ValueError) as exc:  # unknown name; kwargs another family refuses
-            raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
+        except StitchkitError:
+            raise
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:  # unknown name; kwargs another family refuses
+            raise ConfigError(f"timm could not create {name!r} as a VisionTransformer for the timm-vit adapter: {exc}") from exc
+        if not isinstance(model, VisionTransformer):
+            raise ConfigError(f"{name!r} is a timm {type(model).__name__}, not a VisionTransformer; the timm-vit adapter needs a ViT (deit_*, vit_*)")
+        _check_grid(model, name)
         adapter = cls(model)
         adapter.weights_record = record
         adapter.timm_name = name
@@ -254,6 +260,17 @@ def _attention_macs(m: nn.Module, inputs: tuple[Any, ...], _out: Any) -> int:
     return 2 * b * n * n * m.num_heads * m.head_dim
 
 
+def _check_grid(model: VisionTransformer, where: str) -> None:
+    """The image must split into whole patches (timm would silently drop the border, or fail at run time)."""
+    pe = model.patch_embed
+    if getattr(pe, "dynamic_img_pad", False) or pe.img_size is None:
+        return
+    for side, patch in zip(pe.img_size, pe.patch_size):
+        if side % patch:
+            raise ConfigError(f"{where}: image size {tuple(pe.img_size)} is not a multiple of the patch size {tuple(pe.patch_size)}; "
+                              "choose an image size divisible by the patch size")
+
+
 def _on_meta() -> bool:
     """True inside ``with torch.device("meta")`` (structure only: planning, lazy loading)."""
     get = getattr(torch, "get_default_device", None)
@@ -262,6 +279,9 @@ def _on_meta() -> bool:
 
 def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a weights-only torch file (:func:`stitchkit.weights.read_state_dict`)."""
+    from .files import check_regular_file
     from .weights import read_state_dict
+
+    check_regular_file(path, "checkpoint file")  # missing, a directory or a FIFO: refused before open
 
     return read_state_dict(path)

@@ -17,6 +17,7 @@ from ..engine.config import config_hash, load_config, save_resolved
 from ..engine.distributed import barrier, dist_context
 from ..engine.runlog import append_run_record
 from ..errors import ConfigError
+from ..files import OutputLock
 from ..registry import Registry, default_registry
 
 
@@ -62,16 +63,22 @@ def build_command(
     method = registry.method(name)
     out = resolve_out_dir(config, config_path, out_dir)
     config["out_dir"] = str(out)
+    method.check_config(config, registry=registry)  # the whole config, before the first phase
     ctx = dist_context(config["train"]["device"])
-    if ctx.is_main:
-        if not resume:
-            clear_checkpoints(out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_resolved(config, out)
-    barrier()
-    started = time.perf_counter()
-    pool = method.build(config, out_dir=out, registry=registry)
-    if ctx.is_main:
-        append_run_record(out, {"event": "build", "method": name, "config_sha256": config_hash(config), "pool": str(pool),
-                                "wall_s": round(time.perf_counter() - started, 3)})
-    return pool
+    lock = OutputLock(out, f"stitchkit build {config_path}") if ctx.is_main else None
+    try:
+        if lock is not None:
+            lock.acquire()  # one writer per output directory; the OS drops it if we die
+            if not resume:
+                clear_checkpoints(out)
+            save_resolved(config, out)
+        barrier()
+        started = time.perf_counter()
+        pool = method.build(config, out_dir=out, registry=registry)
+        if ctx.is_main:
+            append_run_record(out, {"event": "build", "method": name, "config_sha256": config_hash(config), "pool": str(pool),
+                                    "wall_s": round(time.perf_counter() - started, 3)})
+        return pool
+    finally:
+        if lock is not None:
+            lock.release()

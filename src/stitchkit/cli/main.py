@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import StitchkitError
+from ..errors import ConfigError, StitchkitError
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -100,7 +101,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ..report import format_pool_info, pool_info
 
     info = pool_info(args.pool)
+    if args.verify:
+        from ..storage import verify_data
+
+        info["data_sha256"] = verify_data(args.pool)
     print(json.dumps(info, indent=2) if args.json else format_pool_info(info))
+    if args.verify and not args.json:
+        print(f"verified: the tensor data matches its stored sha256 {info['data_sha256']}")
     return 0
 
 
@@ -136,7 +143,17 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .. import storage
+    from ..files import refuse_overwrite
 
+    if args.onnx:  # check everything an output needs before writing anything
+        import importlib.util
+
+        refuse_overwrite(args.onnx, [args.pool, args.output], "--onnx output")
+        if os.path.abspath(args.onnx) == os.path.abspath(args.output):
+            raise ConfigError(f"--onnx {args.onnx} and -o {args.output} name the same file; give two different files")
+        if importlib.util.find_spec("onnx") is None:
+            raise ConfigError("--onnx needs the onnx package: pip install 'stitchkit[onnx]' (nothing was written)")
+    refuse_overwrite(args.output, [args.pool], "-o output")
     if args.timm:
         arch = storage.export_timm_state_dict(args.pool, args.descendant, args.output)
         print(f"wrote {args.output}: plain timm VisionTransformer state dict (arch {json.dumps(arch)})")
@@ -156,8 +173,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from ..demo import run_demo
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..limits import check_int
+
+    torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
     summary = run_demo(args.out, args.set or [], config_path=args.config)
     print(pathlib.Path(summary["report"]).read_text())
     print(f"wrote {summary['report']}, {summary['plot']} and the pool files "
@@ -195,7 +213,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..engine.config import load_config
     from ..engine.model import train_model
 
-    path = train_model(load_config(args.config, args.set or []), args.out, name=args.name)
+    from ..engine.distributed import dist_context
+    from ..files import OutputLock, is_plain_file_name
+
+    if not is_plain_file_name(args.name):
+        raise ConfigError(f"--name {args.name!r} must be a plain file name (no '/', not '.' or '..')")
+    config = load_config(args.config, args.set or [])
+    lock = OutputLock(args.out, f"stitchkit train {args.config}") if dist_context(config["train"]["device"]).is_main else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        path = train_model(config, args.out, name=args.name)
+    finally:
+        if lock is not None:
+            lock.release()
     print(f"model written to {path}")
     return 0
 
@@ -248,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="show a pool file: rows, stitch layers, descendants table")
     pi.add_argument("pool", help="pool file (.safetensors)")
     pi.add_argument("--json", action="store_true")
+    pi.add_argument("--verify", action="store_true", help="also check the tensor data against the sha256 stored at write time")
     pi.set_defaults(func=_cmd_info)
 
     pb = sub.add_parser("build", help="run a method's whole pipeline from a TOML config (resumable)")
@@ -269,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
 
     pe = sub.add_parser("export", help="write one descendant as a standalone model file")
     pe.add_argument("pool", help="pool file (.safetensors)")
-    pe.add_argument("descendant", help="descendant index, name (r0[0:3]+s0_1_3+r1[3:6]) or label")
+    pe.add_argument("descendant", help="descendant name (r0[0:3]+s0_1_3+r1[3:6]), label, or index (3 or #3; a label wins over an index)")
     pe.add_argument("-o", "--output", required=True, help="output .safetensors file")
     pe.add_argument("--timm", action="store_true", help="single-row descendants: write a plain timm state dict")
     pe.add_argument("--onnx", help="also write an ONNX model here (needs the onnx package)")
@@ -301,6 +333,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> int:
+    from ..console import error
+
+    error(f"error: {' '.join(message.split())}")  # one line, always; rank 0 only under torchrun
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..console import error, rank, setup
 
@@ -315,8 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StitchkitError as exc:
         if args.traceback:
             raise
-        error(f"error: {exc}")
-        return 2
+        return _fail(str(exc))
+    except OSError as exc:  # read-only or full disk, permissions, a file where a directory should be, EXDEV, EIO
+        if args.traceback:
+            raise
+        from ..files import describe_os_error
+
+        return _fail(describe_os_error(exc))
     except KeyboardInterrupt:
         error("interrupted")
         return 130

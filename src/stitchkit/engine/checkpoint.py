@@ -6,6 +6,12 @@ RNG states, the run's identity, the sha256 of the tensor file). Both are
 written atomically, tensors first, so the JSON's presence means the
 checkpoint is complete; a run killed at any moment leaves at worst an orphan
 tensor file, which is ignored. Nothing is ever unpickled.
+
+Integrity covers both files: the JSON stores the tensor file's sha256 and
+an ``integrity`` sha256 of its own canonical form (every other field), so an
+edited step count or RNG state is refused like a flipped weight byte; every
+field is type-checked on read, and a bad RNG state is an error, never a
+silent reseed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import pathlib
 import random
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,10 +33,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, FileError
+from ..files import check_regular_file
 from .config import config_hash, differing_keys, write_bytes_atomic, write_json_atomic
 
-FORMAT = 1
+FORMAT = 2  # 2: the JSON carries an integrity hash of itself
 _NAME = re.compile(r"^step-(\d{8,})\.json$")
 
 
@@ -88,6 +96,19 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Restore the optimizer from a checkpoint; anything that does not fit is a :class:`CheckpointError`."""
+    try:
+        _load_optimizer(optimizer, tensors, meta)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint optimizer state does not fit this run's optimizer ({type(exc).__name__}: {exc}); "
+            "delete the phase's checkpoints/ directory (or use --restart) to start over"
+        ) from exc
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -115,6 +136,82 @@ def _sha256(path: pathlib.Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _integrity(meta: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of every field but ``integrity`` itself."""
+    body = {k: v for k, v in meta.items() if k != "integrity"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _is_int(v: Any, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _check_rng(rng: Any) -> None:
+    """Raise ValueError unless ``rng`` is a state this module wrote (so restoring it cannot fail or mislead)."""
+    if not isinstance(rng, dict):
+        raise ValueError("rng is not an object")
+    if not _is_int(rng.get("world_size"), 1):
+        raise ValueError("rng.world_size is not a positive integer")
+    expected = int(torch.get_rng_state().numel())
+    for key in ("torch_cpu", "torch_cuda"):
+        if key not in rng and key == "torch_cuda":
+            continue
+        states = rng.get(key)
+        if not isinstance(states, list) or len(states) != rng["world_size"]:
+            raise ValueError(f"rng.{key} is not a list of {rng['world_size']} states")
+        for s in states:
+            try:
+                raw = base64.b64decode(s, validate=True) if isinstance(s, str) else None
+            except ValueError:
+                raw = None
+            if raw is None or (key == "torch_cpu" and len(raw) != expected):
+                raise ValueError(f"rng.{key} holds a state that is not base64 of a {expected}-byte generator state")
+    py = rng.get("python")
+    if not (isinstance(py, list) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], list) and len(py[1]) == 625
+            and all(_is_int(x) and x < 2**32 for x in py[1]) and (py[2] is None or isinstance(py[2], float))):
+        raise ValueError("rng.python is not a Python random state")
+    npy = rng.get("numpy")
+    if not (isinstance(npy, dict) and npy.get("name") == "MT19937" and isinstance(npy.get("keys"), list)
+            and len(npy["keys"]) == 624 and all(_is_int(x) and x < 2**32 for x in npy["keys"])
+            and _is_int(npy.get("pos")) and npy["pos"] <= 624 and _is_int(npy.get("has_gauss")) and npy["has_gauss"] <= 1
+            and isinstance(npy.get("cached_gaussian"), (int, float)) and not isinstance(npy.get("cached_gaussian"), bool)):
+        raise ValueError("rng.numpy is not a numpy MT19937 state")
+
+
+_TYPES: dict[str, Any] = {
+    "step": _is_int, "epoch": _is_int, "batch": _is_int,
+    "finished": lambda v: isinstance(v, bool),
+    "metrics": lambda v: isinstance(v, dict),
+    "weights": lambda v: isinstance(v, str) and pathlib.Path(v).name == v and v.endswith(".safetensors"),
+    "weights_sha256": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+    "config_hash": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+    "identity": lambda v: isinstance(v, dict),
+    "data_order": lambda v: isinstance(v, dict),
+    "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list) and isinstance(v.get("scalars"), dict),
+    "integrity": lambda v: isinstance(v, str),
+}
+
+
+def _check_meta(meta: Any, path: pathlib.Path) -> None:
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"unsupported checkpoint format {meta.get('format')!r} (this stitchkit reads {FORMAT})")
+    for key, ok in _TYPES.items():
+        if key not in meta:
+            raise ValueError(f"missing field {key!r}")
+        if not ok(meta[key]):
+            raise ValueError(f"field {key!r} has an invalid value {str(meta[key])[:60]!r}")
+    if meta["integrity"] != _integrity(meta):
+        raise ValueError("its integrity hash does not match its content (the JSON was edited or damaged)")
+    if meta["weights"] != path.with_suffix(".safetensors").name:
+        raise ValueError(f"it names tensor file {meta['weights']!r}, not its own {path.with_suffix('.safetensors').name!r}")
+    m = _NAME.match(path.name)
+    if m and int(m.group(1)) != meta["step"]:
+        raise ValueError(f"its file name says step {int(m.group(1))} but it records step {meta['step']}")
+    _check_rng(meta["rng"])
 
 
 # --------------------------------------------------------------------------- files
@@ -163,6 +260,7 @@ def save_checkpoint(
         "data_order": dict(data_order),
         "optimizer": opt_meta,
     }
+    meta["integrity"] = _integrity(meta)
     path = directory / f"{stem}.json"
     write_json_atomic(path, meta)
     _prune(directory, keep, protect=path)
@@ -190,15 +288,12 @@ def read_checkpoint(path: pathlib.Path, identity: Mapping[str, Any] | None = Non
     """
     hint = f"delete {path.parent} (or choose another output directory) to start over"
     try:
+        check_regular_file(path, "checkpoint file")
         meta = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"unsupported checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-        for key in ("step", "epoch", "batch", "weights", "weights_sha256", "config_hash", "identity", "rng", "optimizer"):
-            if key not in meta:
-                raise ValueError(f"missing field {key!r}")
-        if not isinstance(meta["weights"], str) or pathlib.Path(meta["weights"]).name != meta["weights"]:
-            raise ValueError(f"tensor file name {meta['weights']!r} is not a plain file name")
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        _check_meta(meta, path)
+    except FileError as exc:
+        raise CheckpointError(f"{exc}; {hint}") from None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint ({exc}); {hint}") from exc
     if identity is not None and meta["config_hash"] != config_hash(identity):
         keys = differing_keys(meta["identity"], identity)
@@ -207,7 +302,7 @@ def read_checkpoint(path: pathlib.Path, identity: Mapping[str, Any] | None = Non
             f"{', '.join(keys) or 'none listed'}); rerun with the original config, or {hint}"
         )
     weights = path.parent / meta["weights"]
-    if not weights.is_file():
+    if not weights.is_file() or not stat.S_ISREG(os.stat(weights).st_mode):
         raise CheckpointError(f"{path}: its tensor file {weights.name} is missing; {hint}")
     if _sha256(weights) != meta["weights_sha256"]:
         raise CheckpointError(f"{weights}: corrupt checkpoint (sha256 does not match {path.name}); {hint}")

@@ -13,16 +13,17 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import pathlib
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FileError
+from ..files import check_regular_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,6 +81,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -168,8 +171,10 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A config from TOML, or from a resolved ``.json`` written by a previous run."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    try:
+        check_regular_file(path, "config file")
+    except FileError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -178,6 +183,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 data = tomllib.load(fh)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid {'JSON' if path.suffix == '.json' else 'TOML'} file: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: the config nests tables too deeply to read; a config is a few levels deep") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a table at the top level")
     return data
@@ -233,19 +240,10 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], payload: bytes) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` atomically (:func:`stitchkit.files.write_bytes_atomic`)."""
+    from ..files import write_bytes_atomic as write
+
+    write(path, payload)
 
 
 def save_resolved(config: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> pathlib.Path:

@@ -75,8 +75,11 @@ class DataConfig:
     def validate(self, where: str = "data") -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"{where}.source: unknown source {self.source!r}; use one of {', '.join(SOURCES)}")
-        if self.img_size < 1:
-            raise ConfigError(f"{where}.img_size must be positive, got {self.img_size}")
+        from .. import limits
+
+        limits.check_int(self.img_size, f"{where}.img_size", maximum=limits.MAX_IMG_SIZE, limit="MAX_IMG_SIZE")
+        limits.check_int(self.eval_batch_size, f"{where}.eval_batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
+        limits.check_int(self.synthetic_classes, f"{where}.synthetic_classes", minimum=2, maximum=limits.MAX_CLASSES, limit="MAX_CLASSES")
         if self.in_chans not in (1, 3):
             raise ConfigError(f"{where}.in_chans must be 1 or 3, got {self.in_chans}")
         if self.source == "imagefolder" and self.in_chans != 3:

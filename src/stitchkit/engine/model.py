@@ -58,9 +58,12 @@ class ModelConfig:
     drop_path_rate: float = 0.0
 
     def validate(self, where: str = "model") -> None:
-        for key in ("depth", "embed_dim", "num_heads", "patch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        from .. import limits
+
+        for key, top, name in (("depth", limits.MAX_DEPTH, "MAX_DEPTH"), ("embed_dim", limits.MAX_WIDTH, "MAX_WIDTH"),
+                               ("num_heads", limits.MAX_HEADS, "MAX_HEADS"), ("patch_size", limits.MAX_IMG_SIZE, "MAX_IMG_SIZE")):
+            limits.check_int(getattr(self, key), f"{where}.{key}", maximum=top, limit=name)
+        limits.check_number(self.mlp_ratio, f"{where}.mlp_ratio", minimum=0.0, maximum=64.0, exclusive_minimum=True)
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"{where}: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.pretrained and not self.timm_name:
@@ -156,9 +159,13 @@ def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Map
 
 def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAdapter:
     """A network saved by :func:`save_model` (e.g. by ``train_model``), rebuilt through its adapter."""
+    from ..files import check_regular_file
+
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise PoolFormatError(path, "model file not found")
+    try:
+        check_regular_file(path, "model file")
+    except StitchkitError as exc:
+        raise PoolFormatError(path, str(exc).removeprefix(f"{path}: ")) from None
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}

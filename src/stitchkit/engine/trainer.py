@@ -99,6 +99,15 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        from .. import limits
+
+        limits.check_int(self.batch_size, f"{where}.batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
+        if self.tensorboard:  # an optional package the requested output needs: say so now, not at the first phase
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError(f"{where}.tensorboard = true but TensorBoard is not installed; "
+                                  "run 'pip install tensorboard' or set tensorboard = false")
         for key in ("max_steps", "checkpoint_every", "eval_every", "warmup_epochs", "weight_decay", "clip_grad", "min_lr"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
@@ -258,6 +267,13 @@ def _rng_snapshot(ctx: DistContext) -> dict[str, Any]:
 def _restore_rng(rng: Mapping[str, Any], ctx: DistContext, fallback_seed: int) -> bool:
     """Restore this rank's RNG states; reseed from ``fallback_seed`` if the process count changed."""
     if rng.get("world_size") != ctx.world_size:
+        import warnings
+
+        warnings.warn(
+            f"resuming with {ctx.world_size} processes from a checkpoint written by {rng.get('world_size')}: "
+            f"random states cannot carry over, so this run reseeds from {fallback_seed} (the result will differ "
+            "from an uninterrupted run)", stacklevel=2,
+        )
         torch.manual_seed(fallback_seed)
         return False
     torch.set_rng_state(unb64(rng["torch_cpu"][ctx.rank]))
