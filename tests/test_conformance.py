@@ -491,6 +491,19 @@ def test_adapter_with_a_bad_part_of_fails():
     fails("ancestry", OffByOne, "part_of", r"part_of\('blocks.2..*\) = \('block', 3\)")
 
 
+def test_adapter_declaring_wrong_signatures_fails():
+    class ShortCounted(TinyViT):
+        """Forgets the class token when it declares its token count."""
+
+        name = "short-counted"
+
+        def signatures(self):
+            sigs = super().signatures()
+            return [type(s)(s.layout, s.channels, (s.size[0] - 1,)) for s in sigs]
+
+    fails("ancestry", ShortCounted, "stem -> blocks -> head", r"declares tokens16@32 at boundary 0 but the network gives tokens17@32")
+
+
 def test_adapter_without_example_fails():
     class NoExample(stitchkit.AncestryAdapter):
         """Declares nothing beyond the abstract contract."""

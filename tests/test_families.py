@@ -420,3 +420,20 @@ def test_swin_pool_file_round_trip_restores_non_persistent_buffers(tmp_path):
     for i in range(len(pool.paths)):
         with torch.no_grad():
             torch.testing.assert_close(load_descendant(f, i).eval()(x), pool.descendant(i)(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"class_token": False, "global_pool": "avg"}, {"reg_tokens": 4}, {"no_embed_class": True}],
+    ids=["cls", "no-cls", "registers", "no-embed-class"],
+)
+def test_vit_signatures_without_a_forward_pass_equal_the_measured_ones(extra: dict) -> None:
+    """timm-vit reads its signatures off the model; the base class measures them with a meta forward."""
+    from stitchkit.interfaces import AncestryAdapter
+    from stitchkit.vit import TimmViT
+
+    arch = dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=3, num_heads=4, **extra)
+    vit = TimmViT.from_arch(arch)
+    measured = AncestryAdapter.signatures(TimmViT.from_arch(arch))
+    assert vit.signatures() == measured
+    assert [str(s) for s in measured][0] == f"tokens{16 + (0 if extra.get('class_token') is False else 1) + extra.get('reg_tokens', 0)}@32"

@@ -361,9 +361,13 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
         with torch.no_grad():
             want = a.model(x)
             t = a.stem()(x)
+            seen = [FeatureSignature.of(a.feature_layout, tuple(t.shape[1:]))]
             for blk in a.blocks:
                 t = blk(t)
+                seen.append(FeatureSignature.of(a.feature_layout, tuple(t.shape[1:])))
             got = a.head()(t)
+        bad = [i for i, (s, g) in enumerate(zip(sigs, seen)) if s != g]
+        _require(not bad, f"signatures() declares {sigs[bad[0]]} at boundary {bad[0]} but the network gives {seen[bad[0]]}" if bad else "")
         _require(got.shape == want.shape, f"head output {tuple(got.shape)} != model output {tuple(want.shape)}")
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         if a.num_classes:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import ConfigError, StitchkitError
 from .interfaces import AncestryAdapter
-from .spec import RowShape
+from .spec import FeatureSignature, RowShape
 
 
 class ViTStem(nn.Module):
@@ -240,6 +240,17 @@ class TimmViT(AncestryAdapter):
         if param_name.startswith(_HEAD_PREFIXES):
             return "head", None
         return "stem", None
+
+    def signatures(self) -> list[FeatureSignature]:
+        """Every boundary of a plain ViT carries the same tokens: patches plus prefix tokens, at the width.
+
+        Read off the model instead of the base class's meta-device forward pass,
+        because every pool built or loaded asks for them (a 12-block DeiT-B's
+        forward on the meta device costs about 15 ms).
+        """
+        m = self.model
+        sig = FeatureSignature("tokens", int(m.embed_dim), (int(m.patch_embed.num_patches) + int(m.num_prefix_tokens),))
+        return [sig] * (len(m.blocks) + 1)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
