@@ -394,3 +394,23 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch):
     other_rank.record({"step": 1})
     assert not (tmp_path / "r1").exists()
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"phase": "p", "step": 1, "loss": 0.5}
+
+
+def test_weight_decay_follows_the_familys_no_weight_decay() -> None:
+    """The engine names no family's parameters: timm's no_weight_decay() decides, in any wrapping module."""
+    import timm
+
+    from stitchkit.engine.trainer import no_decay_names, param_groups
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=56, window_size=7, num_classes=3, depths=(1, 1, 1, 1))
+    wrapped = torch.nn.ModuleDict({"student": vit, "swin": swin})
+    names = no_decay_names(wrapped)
+    assert {"student.pos_embed", "student.cls_token"} <= names
+    tables = {f"swin.{n}" for n, _ in swin.named_parameters() if "relative_position_bias_table" in n}
+    assert tables and tables <= names
+    decay, no_decay = param_groups(wrapped, 0.05)
+    by_id = {id(p): n for n, p in wrapped.named_parameters()}
+    params = dict(wrapped.named_parameters())  # no_weight_decay() may name tensors a model lacks (timm: dist_token)
+    assert {by_id[id(p)] for p in no_decay["params"]} == (names & set(params)) | {n for n, p in params.items() if p.ndim <= 1}
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0

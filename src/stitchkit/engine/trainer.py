@@ -192,17 +192,38 @@ def learning_rate(step: int, total: int, warmup: int, lr: float, min_lr: float) 
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters the model's family excludes from weight decay, by their names in ``model``.
+
+    timm's own convention (what ``timm.optim.create_optimizer_v2`` reads): a
+    network's ``no_weight_decay()`` names them (a ViT's position embedding and
+    class token, a Swin's relative position bias tables). Every submodule that
+    has the method is asked, so a pool or a student-plus-loss module works too
+    and the engine names no family's parameters itself.
+    """
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        ask = getattr(module, "no_weight_decay", None)
+        if not callable(ask):
+            continue
+        try:
+            keys = ask()
+        except TypeError:  # a method of another meaning that takes arguments
+            continue
+        names |= {f"{prefix}.{k}" if prefix else str(k) for k in keys}
+    return names
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on biases, norms (ndim <= 1) or position/class tokens."""
+    """Weight decay on matrices only: not on biases, norms (ndim <= 1) or what the family's
+    ``no_weight_decay()`` names (:func:`no_decay_names`)."""
+    skip = no_decay_names(model)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.split(".")[-1] in _NO_DECAY_NAMES else decay).append(p)
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -504,4 +525,4 @@ def _fit(
     return result
 
 
-__all__ = ["TrainConfig", "FitResult", "StepState", "fit", "learning_rate", "param_groups", "run_identity"]
+__all__ = ["TrainConfig", "FitResult", "StepState", "fit", "learning_rate", "no_decay_names", "param_groups", "run_identity"]
