@@ -139,7 +139,7 @@ def format_finding(findings: Sequence[GroupFinding], rows: Sequence[Mapping[str,
     for f in findings:
         others = ", ".join(f"{k} {v:.1f}" for k, v in f.means.items() if k != f.best)
         if f.group == "in between":
-            what = f"on the {f.size} stitched descendants in between (mean top-1)"
+            what = f"on the {f.size} stitched descendant{'s' if f.size > 1 else ''} in between (mean top-1)"
             tail = f", best on {f.wins} of {f.size}"
         else:
             row = rows[0] if f.group == "narrowest" else rows[-1]
