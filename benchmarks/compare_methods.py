@@ -1,6 +1,7 @@
 """Method comparison on digits: the Learngene Pool paper's claims at small scale, over seeds.
 
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 9 [--out benchmarks/results/compare]
+    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --finetune-sweep 10 30 50 --out benchmarks/results/sweep
 
 For each seed: one 12-block ancestry (shared by both designs). For each design
 (two rows of 6 or 9 blocks, widths 16 and 64, ratio 4 like DeiT's 192/768):
@@ -11,7 +12,19 @@ For each seed: one 12-block ancestry (shared by both designs). For each design
   without it (the distilled rows are shared by every variant);
 * SN-Net at equal storage: two anchors of the same shapes trained from
   scratch for as many epochs as the distillation, LS init, the same
-  fine-tuning budget and the same teacher (SN-Net's hard distillation).
+  fine-tuning budget and the same teacher (SN-Net's hard distillation);
+* with ``--snnetv2``: SN-Netv2 on SN-Net's trained anchors (the same files),
+  two-way routes, LS-initialised low-rank stitch layers (``--snnetv2-rank``),
+  ``ros`` sampling, the same fine-tuning budget and teacher;
+* with ``--lg-two-way``: Learngene Pool (TM, fine-tuned) with two-way routes
+  on the same distilled rows.
+
+    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --snnetv2 --lg-two-way
+
+``--finetune-sweep E1 E2 ...`` instead fine-tunes TM, TM-pinv, LS (with
+distillation) and SN-Net for each number of epochs (the paper's 50 included) at
+``--finetune-lr``, reusing the distilled rows and trained anchors, and prints
+per descendant the top-1 at each budget and whether TM catches up with LS.
 
 Per descendant the table shows mean and standard deviation of top-1 over the
 seeds. A difference is called only when it exceeds the sum of the two
@@ -49,6 +62,8 @@ LG_VARIANTS = [  # (name, initializer, fine-tuning distillation)
     ("ls-nodistill", "ls", False),
 ]
 AFTER_INIT = ["tm", "tm-pinv", "ls", "random"]
+#: Other runs compared per descendant: (key in a run's results, column prefix).
+OTHERS = [("snnet", "snnet"), ("snnetv2", "snnetv2"), ("lg_two_way", "lg-two-way")]
 
 
 def _link_distilled(base: pathlib.Path, variant: pathlib.Path) -> None:
@@ -60,7 +75,8 @@ def _link_distilled(base: pathlib.Path, variant: pathlib.Path) -> None:
             os.symlink(phase.resolve(), target)
 
 
-def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Namespace, registry: Registry,
+                    variants: list[tuple[str, str, bool]] = LG_VARIANTS) -> dict[str, Any]:
     train = {**BASE["train"], "seed": seed}
     seed_dir = out / f"seed{seed}"
     ancestry = train_model(resolve({**BASE, "train": {**train, "epochs": args.ancestry_epochs}}), seed_dir / "ancestry")
@@ -68,7 +84,7 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
     results: dict[str, Any] = {"seed": seed, "depth": depth, "learngene": {}, "after_init": {}}
     finetune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr}
     base_dir = seed_dir / f"lg{depth}-tm"
-    for name, init, distill in LG_VARIANTS:
+    for name, init, distill in variants:
         vdir = seed_dir / f"lg{depth}-{name}"
         if vdir != base_dir:
             _link_distilled(base_dir, vdir)
@@ -93,7 +109,117 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
     meta = storage.read_pool_metadata(pool)["pool"]
     results["snnet"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
     results["seconds"]["snnet"] = time.perf_counter() - t0
+    run_extras(results, seed_dir, depth, args, registry, ancestry)
     return results
+
+
+SWEEP_VARIANTS = [v for v in LG_VARIANTS if v[2]]  # tm, tm-pinv, ls: with fine-tuning distillation
+
+
+def _link_phases(base: pathlib.Path, variant: pathlib.Path, pattern: str) -> None:
+    """Share finished phases (distilled rows, trained anchors): the engine skips a finished phase with the same identity."""
+    variant.mkdir(parents=True, exist_ok=True)
+    for phase in base.glob(pattern):
+        target = variant / phase.name
+        if not target.exists():
+            os.symlink(phase.resolve(), target)
+
+
+def run_sweep(out: pathlib.Path, seed: int, depth: int, budgets: list[int], args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+    """Fine-tune TM, TM-pinv, LS and SN-Net for each number of epochs in ``budgets`` (shared rows and anchors)."""
+    base = run_seed_design(out, seed, depth, args, registry, [v for v in LG_VARIANTS if v[0] == "tm"])
+    seed_dir = out / f"seed{seed}"
+    ancestry = seed_dir / "ancestry" / "ancestry.safetensors"
+    train = {**BASE["train"], "seed": seed}
+    rows = f"{depth}x16:1,{depth}x64:4"
+    result: dict[str, Any] = {"seed": seed, "depth": depth, "params": base["params"], "budgets": {}}
+    for epochs in budgets:
+        finetune = {"epochs": epochs, "lr": args.finetune_lr}
+        entry: dict[str, Any] = {"learngene": {}}
+        for name, init, _ in SWEEP_VARIANTS:
+            vdir = seed_dir / f"lg{depth}-{name}-ft{epochs}"
+            _link_phases(seed_dir / f"lg{depth}-tm", vdir, "distill-row*")
+            cfg = {"method": "learngene-pool", **BASE, "train": train, "learngene": {
+                "ancestry": str(ancestry), "rows": rows, "initializer": init,
+                "distill": {"epochs": args.aux_epochs}, "finetune": finetune}}
+            pool = registry.method("learngene-pool").build(resolve(cfg), out_dir=vdir, registry=registry)
+            entry["learngene"][name] = {p: e["top1"] for p, e in storage.read_pool_metadata(pool)["pool"]["evaluation"].items()}
+        sdir = seed_dir / f"snnet{depth}-ft{epochs}"
+        _link_phases(seed_dir / f"snnet{depth}", sdir, "anchor[0-9]*")
+        cfg = {"method": "snnet", **BASE, "train": train, "snnet": {
+            "anchors": [{"shape": s, "patch_size": 4, "train": True} for s in rows.split(",")],
+            "initializer": "ls", "teacher": str(ancestry),
+            "anchor_training": {"epochs": args.aux_epochs}, "finetune": finetune}}
+        pool = registry.method("snnet").build(resolve(cfg), out_dir=sdir, registry=registry)
+        entry["snnet"] = {blocks_key(p): e["top1"] for p, e in storage.read_pool_metadata(pool)["pool"]["evaluation"].items()}
+        result["budgets"][str(epochs)] = entry
+        print(f"seed {seed}, {epochs} fine-tuning epochs: done", flush=True)
+    return result
+
+
+def summarise_sweep(runs: list[dict[str, Any]], budgets: list[int]) -> str:
+    params = runs[0]["params"]
+    names = sorted(params, key=lambda n: params[n])
+    cols = [(f"{v}@{e}", v, e) for e in budgets for v in [*(n for n, _, _ in SWEEP_VARIANTS), "snnet"]]
+
+    def value(r: dict[str, Any], v: str, e: int, name: str) -> float | None:
+        b = r["budgets"][str(e)]
+        return b["snnet"].get(blocks_key(name)) if v == "snnet" else b["learngene"][v][name]
+
+    lines = [f"### Fine-tuning budget sweep, rows {runs[0]['depth']}x16:1, {runs[0]['depth']}x64:4 "
+             f"({len(runs)} seeds, lr as given: top-1 mean ± std)", "",
+             "| descendant | params | " + " | ".join(c for c, _, _ in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    stats: dict[tuple[str, str], tuple[float, float] | None] = {}
+    for name in names:
+        cells = []
+        for col, v, e in cols:
+            vals = [value(r, v, e, name) for r in runs]
+            ms = mean_std([x for x in vals if x is not None]) if all(x is not None for x in vals) else None
+            stats[(name, col)] = ms
+            cells.append("-" if ms is None else f"{ms[0]:.1f} ± {ms[1]:.1f}")
+        lines.append(f"| `{name}` | {params[name]:,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for e in budgets:
+        votes = [_beats(stats[(n, f"tm@{e}")], stats[(n, f"ls@{e}")]) for n in names]
+        gap = statistics.fmean(stats[(n, f"tm@{e}")][0] - stats[(n, f"ls@{e}")][0] for n in names)  # type: ignore[index]
+        lines.append(f"- {e} epochs: TM better than LS on {votes.count(1)}, LS better on {votes.count(-1)}, within the "
+                     f"spread on {votes.count(0)} of {len(names)} descendants; mean TM - LS {gap:+.1f} points")
+    return "\n".join(lines) + "\n"
+
+
+def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args: argparse.Namespace,
+               registry: Registry, ancestry: pathlib.Path) -> bool:
+    """The optional SN-Netv2 and two-way Learngene Pool runs missing from ``results``; True if any ran."""
+    train = {**BASE["train"], "seed": results["seed"]}
+    rows = f"{depth}x16:1,{depth}x64:4"
+    finetune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr}
+    ran = False
+    if getattr(args, "snnetv2", False) and "snnetv2" not in results:
+        anchors = [{"shape": s, "patch_size": 4, "train": False,
+                    "checkpoint": str(seed_dir / f"snnet{depth}" / "anchors" / f"anchor{i}.safetensors")}
+                   for i, s in enumerate(rows.split(","))]
+        cfg = {"method": "snnetv2", **BASE, "train": train, "snnetv2": {
+            "anchors": anchors, "initializer": "ls", "teacher": str(ancestry), "evaluate_after_init": True,
+            "stitch_rank": args.snnetv2_rank, "sampler_args": {"gap_fraction": 0.08}, "finetune": finetune}}
+        t0 = time.perf_counter()
+        pool = registry.method("snnetv2").build(resolve(cfg), out_dir=seed_dir / f"snnetv2-{depth}", registry=registry)
+        meta = storage.read_pool_metadata(pool)["pool"]
+        results["snnetv2"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results["seconds"]["snnetv2"] = time.perf_counter() - t0
+        ran = True
+    if getattr(args, "lg_two_way", False) and "lg_two_way" not in results:
+        vdir = seed_dir / f"lg{depth}-tm-two-way"
+        _link_distilled(seed_dir / f"lg{depth}-tm", vdir)
+        cfg = {"method": "learngene-pool", **BASE, "train": train, "learngene": {
+            "ancestry": str(ancestry), "rows": rows, "initializer": "tm", "paths": "two-way",
+            "distill": {"epochs": args.aux_epochs}, "finetune": finetune}}
+        t0 = time.perf_counter()
+        pool = registry.method("learngene-pool").build(resolve(cfg), out_dir=vdir, registry=registry)
+        meta = storage.read_pool_metadata(pool)["pool"]
+        results["lg_two_way"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results["seconds"]["learngene-tm-two-way"] = time.perf_counter() - t0
+        ran = True
+    return ran
 
 
 def blocks_key(name: str) -> str:
@@ -116,20 +242,24 @@ def summarise(runs: list[dict[str, Any]], depth: int) -> tuple[str, list[dict[st
             row[f"init-{init}"] = mean_std([r["after_init"][init][name] for r in runs])
         for variant, _, _ in LG_VARIANTS:
             row[f"lg-{variant}"] = mean_std([r["learngene"][variant][name] for r in runs])
-        # SN-Net at equal storage: its configuration with the same path (same blocks, same stitch position)
-        sn = [r["snnet"].get(blocks_key(name), {}).get("top1") for r in runs]
-        row["snnet-same-path"] = mean_std(sn) if all(v is not None for v in sn) else None
-        # and its best configuration with at most this many params
-        best = [max((v["top1"] for v in r["snnet"].values() if v["params"] <= params[name]), default=None) for r in runs]
-        row["snnet-best-at-size"] = mean_std(best) if all(v is not None for v in best) else None
+        for key, col in OTHERS:
+            if not all(key in r for r in runs):
+                continue
+            # the other method's configuration with the same path (same blocks, same stitch position)
+            sn = [r[key].get(blocks_key(name), {}).get("top1") for r in runs]
+            row[f"{col}-same-path"] = mean_std(sn) if all(v is not None for v in sn) else None
+            # and its best configuration with at most this many params
+            best = [max((v["top1"] for v in r[key].values() if v["params"] <= params[name]), default=None) for r in runs]
+            row[f"{col}-best-at-size"] = mean_std(best) if all(v is not None for v in best) else None
         table.append(row)
-    cols = [f"init-{i}" for i in AFTER_INIT] + [f"lg-{v}" for v, _, _ in LG_VARIANTS] + ["snnet-same-path", "snnet-best-at-size"]
+    cols = [f"init-{i}" for i in AFTER_INIT] + [f"lg-{v}" for v, _, _ in LG_VARIANTS]
+    cols += [f"{col}-{kind}" for key, col in OTHERS if all(key in r for r in runs) for kind in ("same-path", "best-at-size")]
     lines = [f"### rows {depth}x16:1, {depth}x64:4 ({len(runs)} seeds: top-1 mean ± std)", "",
              "| descendant | params | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for row in table:
         cells = ["-" if row[c] is None else f"{row[c][0]:.1f} ± {row[c][1]:.1f}" for c in cols]
         lines.append(f"| `{row['descendant']}` | {row['params']:,} | " + " | ".join(cells) + " |")
-    lines += ["", claims(table), ""]
+    lines += ["", claims(table, cols), ""]
     return "\n".join(lines), table
 
 
@@ -141,9 +271,13 @@ def _beats(a: tuple[float, float] | None, b: tuple[float, float] | None) -> int:
     return 1 if a[0] - b[0] > margin else (-1 if b[0] - a[0] > margin else 0)
 
 
-def claims(table: list[dict[str, Any]]) -> str:
+def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
     out = []
     for a, b, what in [
+        ("snnetv2-same-path", "snnet-same-path", "SN-Netv2 vs SN-Net, same path, same anchors"),
+        ("lg-tm", "snnetv2-same-path", "Learngene Pool (TM) vs SN-Netv2, same path"),
+        ("lg-tm", "snnetv2-best-at-size", "Learngene Pool (TM) vs SN-Netv2's best configuration at or below the same size"),
+        ("lg-two-way-best-at-size", "lg-tm", "Learngene Pool two-way (best at size) vs one-way (TM)"),
         ("lg-tm", "snnet-same-path", "Learngene Pool (TM, fine-tuned) vs SN-Net, same path, equal storage"),
         ("lg-tm", "snnet-best-at-size", "Learngene Pool (TM) vs SN-Net's best configuration at or below the same size"),
         ("lg-ls", "snnet-same-path", "Learngene Pool (LS, fine-tuned) vs SN-Net, same path, equal storage"),
@@ -155,6 +289,8 @@ def claims(table: list[dict[str, Any]]) -> str:
         ("lg-tm", "lg-tm-nodistill", "TM fine-tuning with vs without distillation"),
         ("lg-ls", "lg-ls-nodistill", "LS fine-tuning with vs without distillation"),
     ]:
+        if a not in cols or b not in cols:
+            continue
         votes = [_beats(r[a], r[b]) for r in table]
         out.append(f"- {what}: first better on {votes.count(1)}, second better on {votes.count(-1)}, "
                    f"within the spread on {votes.count(0)} of {len(votes)} descendants")
@@ -170,34 +306,64 @@ DEMO_RECIPE = {
 }
 
 
-def demo_ranges(saved: dict[str, Any], depth: int = 6) -> dict[str, Any]:
-    """Per-seed top-1 of the demo's three pools (LG-TM, LG-LS, SN-Net on the same blocks) for
-    ``src/stitchkit/configs/demo_ranges.json``, with a one-sentence summary of the claims over seeds."""
+DEMO_POOLS = ("learngene-pool-tm", "learngene-pool-ls", "snnet")
+
+
+def demo_runs(dirs: list[str]) -> list[dict[str, Any]]:
+    """Top-1 per descendant (keyed by blocks) of ``stitchkit demo`` output folders: the same recipe,
+    run by the demo itself (``--set train.seed=N``) on another machine."""
+    out = []
+    for d in dirs:
+        meta = {k: storage.read_pool_metadata(pathlib.Path(d) / f"{k}.safetensors")["pool"] for k in DEMO_POOLS}
+        seed = meta["learngene-pool-tm"]["info"]["provenance"]["config"]["train"]["seed"]
+        summary = json.loads((pathlib.Path(d) / "summary.json").read_text())
+        out.append({"dir": pathlib.Path(d).name, "seed": seed, "cpu_seconds": summary.get("cpu_seconds"),
+                    "top1": {k: {blocks_key(p): e["top1"] for p, e in m["evaluation"].items()} for k, m in meta.items()}})
+    return out
+
+
+def demo_ranges(saved: dict[str, Any], other: dict[str, Any] | None = None, depth: int = 6) -> dict[str, Any]:
+    """Per-run top-1 of the demo's three pools (LG-TM, LG-LS, SN-Net on the same blocks) for
+    ``src/stitchkit/configs/demo_ranges.json``: this benchmark's seeds, then ``other["runs"]`` (the demo
+    run on a second machine), with a summary of the claims over seeds."""
     args, runs = saved["args"], [r for r in saved["runs"] if r["depth"] == depth]
     recipe = {**DEMO_RECIPE, "demo": {
         "rows": f"{depth}x16:1,{depth}x64:4", "ancestry_epochs": args["ancestry_epochs"],
         "auxiliary_epochs": args["aux_epochs"], "finetune_epochs": args["finetune_epochs"],
-        "finetune_lr": args["finetune_lr"], "max_steps": 0, "snnet_initializer": "ls"}}
+        "finetune_lr": args["finetune_lr"], "max_steps": 0, "snnet_initializer": "ls",
+        "snnet_initializer_args": {}, "learngene_initializer_args": {}}}
     names = sorted(runs[0]["learngene"]["tm"], key=lambda n: runs[0]["params"][n])
-    top1: dict[str, dict[str, list[float]]] = {"learngene-pool-tm": {}, "learngene-pool-ls": {}, "snnet": {}}
+    extra = (other or {}).get("runs", [])
+    top1: dict[str, dict[str, list[float]]] = {k: {} for k in DEMO_POOLS}
     for name in names:
         key = blocks_key(name)
         top1["learngene-pool-tm"][key] = [r["learngene"]["tm"][name] for r in runs]
         top1["learngene-pool-ls"][key] = [r["learngene"]["ls"][name] for r in runs]
         top1["snnet"][key] = [r["snnet"][key]["top1"] for r in runs]
+        for k in DEMO_POOLS:
+            top1[k][key] += [r["top1"][k][key] for r in extra]
     _, table = summarise(saved["runs"], depth)
     votes = {v: [_beats(row[f"lg-{v}"], row["snnet-same-path"]) for row in table] for v in ("tm", "ls")}
     wide = table[-1]
     gap = wide["lg-ls"][0] - wide["snnet-same-path"][0]
     n = len(table)
     summary = (
-        f"Over {len(runs)} seeds the same design put Learngene Pool with LS stitches ahead of SN-Net on the same "
+        f"Over {len(runs)} seeds the benchmark put Learngene Pool with LS stitches ahead of SN-Net on the same "
         f"blocks on {votes['ls'].count(1)} of {n} descendants and behind on {votes['ls'].count(-1)} (a difference "
         f"counts when it exceeds the two standard deviations); with TM stitches it was behind on "
         f"{votes['tm'].count(-1)} and ahead on {votes['tm'].count(1)}. The distilled wide row alone averaged "
         f"{gap:.1f} points above SN-Net's anchor of the same shape."
     )
-    return {"source": "benchmarks/results/compare/runs.json, benchmarks/RESULTS.md", "seeds": [r["seed"] for r in runs],
+    if extra:
+        stitched = [blocks_key(nm) for nm in names[1:-1]]
+        pairs = [(r, b) for r in extra for b in stitched]
+        ls_ahead = sum(r["top1"]["learngene-pool-ls"][b] > r["top1"]["snnet"][b] for r, b in pairs)
+        tm_behind = sum(r["top1"]["learngene-pool-tm"][b] < r["top1"]["snnet"][b] for r, b in pairs)
+        summary += (f" On a second machine, {len(extra)} seeds of the demo itself put LS ahead of SN-Net on "
+                    f"{ls_ahead} of {len(pairs)} stitched descendants and TM behind on {tm_behind} of {len(pairs)}.")
+    source = "benchmarks/results/compare/runs.json" + (", demo-runs.json" if extra else "") + " (benchmarks/RESULTS.md)"
+    return {"source": source, "seeds": [r["seed"] for r in runs] + [r["seed"] for r in extra],
+            "machines": ["benchmark machine"] * len(runs) + ["second machine"] * len(extra),
             "recipe": recipe, "summary": summary, "top1": top1}
 
 
@@ -211,20 +377,37 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lr", type=float, default=5e-4)
     p.add_argument("--out", default="benchmarks/results/compare")
     p.add_argument("--demo-ranges", metavar="JSON", help="only write the demo's expected ranges from OUT/runs.json to JSON "
-                   "(src/stitchkit/configs/demo_ranges.json) and stop")
+                   "(src/stitchkit/configs/demo_ranges.json), with OUT/demo-runs.json when present, and stop")
+    p.add_argument("--demo-runs", nargs="+", metavar="DIR", help="with --demo-ranges: first record these `stitchkit demo` "
+                   "output folders (the demo run with --set train.seed=N on another machine) in OUT/demo-runs.json")
+    p.add_argument("--finetune-sweep", type=int, nargs="+", metavar="EPOCHS",
+                   help="instead: fine-tune TM, TM-pinv, LS and SN-Net for each of these numbers of epochs")
+    p.add_argument("--snnetv2", action="store_true", help="also SN-Netv2 on SN-Net's anchors")
+    p.add_argument("--snnetv2-rank", type=int, default=8, help="rank of SN-Netv2's low-rank stitch layers")
+    p.add_argument("--lg-two-way", action="store_true", help="also Learngene Pool (TM) with two-way routes")
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
+    if args.demo_runs:
+        (out / "demo-runs.json").write_text(json.dumps({"runs": demo_runs(args.demo_runs)}, indent=1) + "\n")
     if args.demo_ranges:
-        ranges = demo_ranges(json.loads((out / "runs.json").read_text()))
+        other = out / "demo-runs.json"
+        ranges = demo_ranges(json.loads((out / "runs.json").read_text()), json.loads(other.read_text()) if other.is_file() else None)
         pathlib.Path(args.demo_ranges).write_text(json.dumps(ranges, indent=1) + "\n")
         return 0
     registry = Registry()
+    if args.finetune_sweep:
+        return sweep_main(out, args, registry)
     runs = []
     for seed in args.seeds:
         for depth in args.designs:
             cache = out / f"seed{seed}" / f"results-{depth}.json"
             if cache.is_file():
-                runs.append(json.loads(cache.read_text()))
+                result = json.loads(cache.read_text())
+                ancestry = train_model(resolve({**BASE, "train": {**BASE["train"], "seed": seed, "epochs": args.ancestry_epochs}}),
+                                       out / f"seed{seed}" / "ancestry") if (args.snnetv2 or args.lg_two_way) else None
+                if ancestry is not None and run_extras(result, out / f"seed{seed}", depth, args, registry, ancestry):
+                    cache.write_text(json.dumps(result, indent=2))
+                runs.append(result)
                 continue
             result = run_seed_design(out, seed, depth, args, registry)
             cache.write_text(json.dumps(result, indent=2))
@@ -246,6 +429,26 @@ def main(argv=None) -> int:
         for r in rows:
             w.writerow([r["depth"], r["descendant"], r["params"],
                         *[x for c in cols for x in (r[c] if r[c] is not None else ("", ""))]])
+    return 0
+
+
+def sweep_main(out: pathlib.Path, args: argparse.Namespace, registry: Registry) -> int:
+    start = time.perf_counter()
+    text = []
+    for depth in args.designs:
+        runs = []
+        for seed in args.seeds:
+            cache = out / f"seed{seed}" / f"sweep-{depth}-{'-'.join(map(str, args.finetune_sweep))}.json"
+            if cache.is_file():
+                runs.append(json.loads(cache.read_text()))
+                continue
+            result = run_sweep(out, seed, depth, args.finetune_sweep, args, registry)
+            cache.write_text(json.dumps(result, indent=2))
+            runs.append(result)
+        text.append(summarise_sweep(runs, args.finetune_sweep))
+    report = "\n".join(text) + f"\nWall time of this invocation: {time.perf_counter() - start:.0f} s\n"
+    print(report)
+    (out / "sweep.md").write_text(report)
     return 0
 
 

@@ -33,11 +33,12 @@ from stitchkit.vit import TimmViT
 INSTALLED = Registry(load_entrypoints=True)
 SHIPPED = {
     "stitchkit": {"ancestry:timm-vit", "method:sequential", "initializer:random", "sampler:uniform",
-                  "sampler:flops-grouped", "sampler:sandwich"},
+                  "sampler:flops-grouped", "sampler:sandwich", "sampler:ros"},
     "learngene-pool": {"design:depth-reduced", "design:width-reduced", "design:pool", "loss:prediction",
                        "loss:block", "loss:attention", "loss:learngene", "initializer:tm", "initializer:tm-pinv",
                        "method:learngene-pool", "method:learngene-pool-sliding-window"},
     "snnet": {"method:snnet", "initializer:ls"},
+    "snnetv2": {"method:snnetv2"},
     "procrustes": {"initializer:procrustes"},
 }
 
@@ -58,8 +59,6 @@ NO_BAD_INPUT = {("initializer", "random"), ("initializer", "tm"), ("initializer"
 def test_cases_cover_every_shipped_component():
     cases = {str(c): c.plugin for c in conformance_cases(INSTALLED)}
     for plugin, names in SHIPPED.items():
-        if plugin == "procrustes" and "initializer:procrustes" not in cases:  # pragma: no cover
-            continue  # the example plugin is installed by CI; tests/test_example_plugin.py skips without it
         for name in names:
             assert cases.get(name) == plugin, (name, cases.get(name))
 
@@ -163,6 +162,45 @@ def test_initializer_skipping_a_layer_fails():
                 pool.stitches[first].bias.zero_()
 
     fails("initializer", FirstOnly, "writes every stitch layer", "'s0_1_2' holds NaN or inf")
+
+
+def test_initializer_writing_a_wrong_shape_fails_with_the_shape():
+    class Transposed(Zeros):
+        """Replaces each weight's data by a finite tensor of the transposed shape."""
+
+        name = "transposed-data"
+
+        def initialize(self, pool, context):
+            for layer in pool.stitches.values():
+                layer.weight.data = torch.zeros(layer.in_features, layer.out_features)
+                layer.bias.data.zero_()
+
+    msg = fails("initializer", Transposed, "writes every stitch layer",
+                r"weight of stitch layer 's0_1_1' has shape \(16, 32\), expected \(32, 16\)")
+    assert "NaN" not in msg
+
+
+def test_transposed_solve_is_named_not_a_broadcasting_error():
+    from stitchkit.features import check_images, fit_stitch_layers
+
+    class TransposedSolve(StitchInitializer):
+        """Least squares whose solver returns weight.T (a common slip)."""
+
+        name = "transposed-solve"
+        needs_images = True
+
+        def initialize(self, pool, context):
+            def solve(front, end, layer):
+                x = front.reshape(-1, front.shape[-1]).double()
+                y = end.reshape(-1, end.shape[-1]).double()
+                return torch.linalg.lstsq(x, y).solution, torch.zeros(end.shape[-1])  # (in, out): transposed
+            fit_stitch_layers(pool, check_images(context.images, self.name), solve)
+
+    msg = fails("initializer", TransposedSolve, "writes every stitch layer",
+                r"raised PluginError: weight of stitch layer 's0_1_1' from solve has shape \(16, 32\), expected "
+                r"\(32, 16\) \(at StitchPlace\(front=0, front_block=1, end=1, end_block=1\); transposed\? "
+                r"nn.Linear's weight is \(out, in\)\)")
+    assert "RuntimeError" not in msg and "broadcast" not in msg
 
 
 def test_initializer_on_the_global_rng_fails():
@@ -486,7 +524,6 @@ def test_missing_tap_is_a_stitchkit_error():
 
 
 def test_tm_example_adds_what_distillation_leaves():
-    pytest.importorskip("stitchkit_learngene")
     init_cls = INSTALLED.get("initializer", "tm")
     from stitchkit.pool import Pool
 

@@ -18,7 +18,8 @@ from stitchkit.registry import Registry
 from stitchkit.report import pool_info
 
 FAST = ["demo.max_steps=2", "demo.ancestry_epochs=1", "demo.auxiliary_epochs=1", "demo.finetune_epochs=1",
-        "train.progress=false", "demo.rows=\"3x16:1,3x64:4\"", "model.depth=6"]
+        "train.progress=false", "demo.rows=\"3x16:1,3x64:4\"", "model.depth=6",
+        "demo.snnet_initializer_args.max_images=20"]
 POOLS = {"learngene-pool-tm": "Learngene Pool (TM)", "learngene-pool-ls": "Learngene Pool (LS)", "snnet": "SN-Net"}
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     registry = Registry(load_entrypoints=True)
+    for method in ("learngene-pool", "snnet"):
+        assert method in registry.list("method"), f"the shipped {method} plugin is not installed"
     out = tmp_path_factory.mktemp("demo")
     # two worker processes: the path `stitchkit demo` takes on a 2-core machine
     return run_demo(out, [*FAST, "demo.workers=2"], registry=registry), out
@@ -51,6 +54,11 @@ def test_every_output_exists_and_parses(demo):
 
     assert matplotlib.image.imread(out / "accuracy.png").shape[2] in (3, 4)
     assert (out / "ancestry" / "ancestry.safetensors").is_file()
+    # component options reach the builds (--set demo.<method>_initializer_args...)
+    components = {m: storage.read_pool_metadata(out / f"{m}.safetensors")["pool"]["info"]["components"] for m in POOLS}
+    assert components["snnet"]["initializer"] == {"name": "ls", "options": {"max_images": 20}}
+    assert components["learngene-pool-tm"]["initializer"] == {"name": "tm", "options": {}}
+    assert components["learngene-pool-ls"]["initializer"] == {"name": "ls", "options": {}}
 
 
 def test_equal_storage(demo):
@@ -169,20 +177,25 @@ def test_a_wrong_finding_fails_the_check():
 
 
 def test_shipped_ranges_are_the_benchmark_runs():
-    """configs/demo_ranges.json holds exactly the per-seed top-1 of benchmarks/results/compare/runs.json."""
+    """configs/demo_ranges.json holds exactly the per-seed top-1 of benchmarks/results/compare/runs.json,
+    then of the demo's own runs on a second machine (demo-runs.json)."""
     expected = load_expected_ranges()
-    saved = json.loads((ROOT / "benchmarks" / "results" / "compare" / "runs.json").read_text())
+    compare = ROOT / "benchmarks" / "results" / "compare"
+    saved = json.loads((compare / "runs.json").read_text())
     runs = [r for r in saved["runs"] if r["depth"] == 6]
-    assert expected["seeds"] == [r["seed"] for r in runs] == [0, 1, 2]
+    demo_runs = json.loads((compare / "demo-runs.json").read_text())["runs"]
+    assert expected["seeds"] == [r["seed"] for r in runs] + [r["seed"] for r in demo_runs] == [0, 1, 2, 0, 1, 2]
     for name in runs[0]["learngene"]["tm"]:
-        key = "+".join(t for t in name.split("+") if t.startswith("r"))
-        assert expected["top1"]["learngene-pool-tm"][key] == [r["learngene"]["tm"][name] for r in runs]
-        assert expected["top1"]["learngene-pool-ls"][key] == [r["learngene"]["ls"][name] for r in runs]
-        assert expected["top1"]["snnet"][key] == [r["snnet"][key]["top1"] for r in runs]
+        key = blocks_key(name)
+        for pool, bench in (("learngene-pool-tm", lambda r: r["learngene"]["tm"][name]),
+                            ("learngene-pool-ls", lambda r: r["learngene"]["ls"][name]),
+                            ("snnet", lambda r: r["snnet"][key]["top1"])):
+            assert expected["top1"][pool][key] == [bench(r) for r in runs] + [r["top1"][pool][key] for r in demo_runs]
     a = saved["args"]
     assert expected["recipe"]["demo"] == {"rows": "6x16:1,6x64:4", "ancestry_epochs": a["ancestry_epochs"],
                                           "auxiliary_epochs": a["aux_epochs"], "finetune_epochs": a["finetune_epochs"],
-                                          "finetune_lr": a["finetune_lr"], "max_steps": 0, "snnet_initializer": "ls"}
+                                          "finetune_lr": a["finetune_lr"], "max_steps": 0, "snnet_initializer": "ls",
+                                          "snnet_initializer_args": {}, "learngene_initializer_args": {}}
 
 
 def test_the_shipped_demo_config_is_the_benchmark_recipe():
@@ -198,3 +211,11 @@ def test_bad_demo_config(tmp_path):
         run_demo(tmp_path, ["demo.learngene_initializers=[\"tm\", \"tm\"]"])
     with pytest.raises(ConfigError, match="demo.workers must be >= 0"):
         run_demo(tmp_path, ["demo.workers=-1"])
+
+
+def test_unknown_initializer_option_stops_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"demo.learngene_initializer_args.tm: initializer 'tm' has no option 'ridge'"):
+        run_demo(tmp_path, [*FAST, "demo.learngene_initializer_args.tm.ridge=0.1"], registry=Registry(load_entrypoints=True))
+    with pytest.raises(ConfigError, match=r"demo.learngene_initializer_args: tm-ls is not in demo.learngene_initializers"):
+        run_demo(tmp_path, [*FAST, "demo.learngene_initializer_args.tm-ls.ridge=0.1"], registry=Registry(load_entrypoints=True))
+    assert not (tmp_path / "ancestry").exists()  # refused before the ancestry trained

@@ -156,6 +156,7 @@ def test_classification_learns_and_finished_phase_is_skipped(data, tmp_path):
     fresh = vit(classes=4, seed=9)
     again = fit(ClassificationTask(fresh.model), data, cfg(epochs=4, lr=3e-3, warmup_epochs=0.5), out_dir=tmp_path, phase="anc")
     assert again.steps == res.steps
+    assert list(model.model.state_dict()) == list(fresh.model.state_dict())  # zip below would hide a missing key
     for (n, a), b in zip(model.model.state_dict().items(), fresh.model.state_dict().values()):
         assert torch.equal(a, b), n
     assert len((tmp_path / "anc" / "metrics.jsonl").read_text().splitlines()) == len(lines)
@@ -244,6 +245,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact_with_dropout(data, tmp_
     torch.manual_seed(12345)  # whatever this process did before must not matter
     res = fit(ClassificationTask(resumed.model), data, train, out_dir=tmp_path / "b", phase="p")
     assert res.steps == 8
+    assert list(full.model.state_dict()) == list(resumed.model.state_dict())
     for (n, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), n
 

@@ -155,6 +155,7 @@ def test_tiny_build_writes_a_valid_resumable_pool(tmp_path, data, ancestry_file,
     path2 = method.build(config, out_dir=tmp_path, registry=registry)
     assert {q: (tmp_path / q / "metrics.jsonl").read_text() for q in steps} == steps
     again = load_pool(path2, registry)
+    assert list(pool.state_dict()) == list(again.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(pool.state_dict().values(), again.state_dict().values()))
     # another initializer in the same directory reuses the distilled rows and only fine-tunes again
     path3 = method.build(
@@ -183,6 +184,12 @@ def test_sliding_window_method_builds_its_paths(tmp_path, ancestry_file, registr
         ({"distill": {"epoch": 3}}, "learngene.distill"),
         ({"initializer": "tmm"}, "unknown initializer 'tmm'; did you mean 'tm'"),
         ({"sampler": "unifrom"}, "unknown sampler 'unifrom'"),
+        ({"initializer_args": {"lam": 0.01}}, r"learngene.initializer_args: initializer 'tm' has no option 'lam' \(accepted options: none\)"),
+        ({"initializer": "tm-ls", "initializer_args": {"lam": 0.01}}, r"has no option 'lam' \(accepted options: ridge \(float, default 0.1\)\)"),
+        ({"sampler_args": {"groups": 2}}, "sampler 'uniform' has no option 'groups'"),
+        ({"design": "depth-reduced"}, r"design 'depth-reduced' needs option\(s\) depth"),
+        ({"loss": "blok"}, "unknown loss 'blok'; did you mean 'block'"),
+        ({"loss_args": {"alpha": 0.3}}, r"loss 'learngene' has no option 'alpha' \(accepted options: levels"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, ancestry_file, registry, learngene, match):
@@ -198,3 +205,41 @@ def test_ancestry_that_does_not_fit_the_data(tmp_path, ancestry_file, registry):
     config["data"]["img_size"] = 16
     with pytest.raises(ConfigError, match="does not fit the data"):
         registry.method("learngene-pool").build(config, out_dir=tmp_path, registry=registry)
+
+
+def test_component_options_are_part_of_the_run_identity(tmp_path, ancestry_file, registry, capsys):
+    """Options reach the component, are recorded in the pool, and a rerun with other options in the same
+    directory never reuses a phase trained with the old ones: it stops naming the key."""
+    from stitchkit.cli.main import main
+    from stitchkit.errors import CheckpointError
+
+    one_step = {"distill": {"max_steps": 1}, "finetune": {"max_steps": 1}}
+    config = _config(ancestry_file, initializer="tm-ls", initializer_args={"ridge": 0.5}, loss="learngene",
+                     loss_args={"terms": ["block", "prediction"]}, sampler="flops-grouped", sampler_args={"groups": 2},
+                     **one_step)
+    path = registry.method("learngene-pool").build(config, out_dir=tmp_path, registry=registry)
+    components = read_pool_metadata(path)["pool"]["info"]["components"]
+    assert components == {
+        "ancestry": {"name": "timm-vit", "options": {}},
+        "design": {"name": "pool", "options": {"rows": "3x16:2,3x32:2", "init": "random"}},
+        "loss": {"name": "learngene", "options": {"levels": None, "tau": 1.0, "terms": ["block", "prediction"]}},
+        "initializer": {"name": "tm-ls", "options": {"ridge": 0.5}},
+        "sampler": {"name": "flops-grouped", "options": {"groups": 2}},
+    }
+    # the loss got its terms: only the block and prediction terms were logged while distilling
+    logged = json.loads((tmp_path / "distill-row0" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "block" in logged and "prediction" in logged and "attention" not in logged
+    assert main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["info"]["components"] == components
+    assert main(["info", str(path)]) == 0
+    assert "initializer: tm-ls (ridge=0.5)" in capsys.readouterr().out
+    # another ridge: the finished fine-tuning phase is not reused
+    changed = _config(ancestry_file, initializer="tm-ls", initializer_args={"ridge": 0.25}, loss="learngene",
+                      loss_args={"terms": ["block", "prediction"]}, sampler="flops-grouped", sampler_args={"groups": 2},
+                      **one_step)
+    with pytest.raises(CheckpointError, match=r"finetune-tm-ls.*differing keys: config.learngene.initializer_args.ridge"):
+        registry.method("learngene-pool").build(changed, out_dir=tmp_path, registry=registry)
+    # another loss option: the distilled rows are not reused either
+    changed["learngene"]["loss_args"] = {"terms": ["attention", "block", "prediction"]}
+    with pytest.raises(CheckpointError, match=r"distill-row0.*differing keys: config.learngene.loss_args.terms"):
+        registry.method("learngene-pool").build(changed, out_dir=tmp_path, registry=registry)

@@ -17,8 +17,7 @@ from stitchkit.spec import RowShape
 @pytest.fixture(scope="module")
 def registry():
     reg = Registry(load_entrypoints=True)
-    if "tm-ls" not in reg.list("initializer"):
-        pytest.skip("learngene-pool plugin not installed")
+    assert "tm-ls" in reg.list("initializer"), f"the shipped learngene-pool plugin is not installed ({reg.broken})"
     return reg
 
 
@@ -50,9 +49,26 @@ def test_limits_are_tm_and_ls(registry):
         torch.testing.assert_close(near_tm[name][1], tm[name][1], atol=1e-5, rtol=0)
         torch.testing.assert_close(near_ls[name][0], ls[name][0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(near_ls[name][1], ls[name][1], atol=1e-4, rtol=1e-4)
-        d_tm = (middle[name][0] - tm[name][0]).norm()
-        d_ls = (middle[name][0] - ls[name][0]).norm()
-        assert d_tm > 1e-3 and d_ls > 1e-3  # strictly between the two
+    # strictly between, on the ridge path: theta(r) = argmin ||A theta - y||^2 + lam(r) ||theta - theta_TM||^2
+    # has a fit residual that grows and a distance to TM that shrinks strictly with r (LS != TM here)
+    from stitchkit.features import collect_stitch_features
+
+    feats = {f.name: f for f in collect_stitch_features(make_pool(registry), images)}
+    assert set(feats) == set(tm)  # one place per layer in a sequential pool
+
+    def residual(name, wb):
+        f = feats[name]
+        x, y = f.front.reshape(-1, f.front.shape[-1]).double(), f.end.reshape(-1, f.end.shape[-1]).double()
+        return float(((x @ wb[0].double().T + wb[1].double() - y) ** 2).sum())
+
+    def to_tm(name, wb):
+        return float(torch.cat([(wb[0] - tm[name][0]).flatten(), wb[1] - tm[name][1]]).double().norm())
+
+    for name in tm:
+        r_ls, r_mid, r_tm = residual(name, ls[name]), residual(name, middle[name]), residual(name, tm[name])
+        assert r_ls < r_mid < r_tm, (name, r_ls, r_mid, r_tm)
+        assert 1e-3 < to_tm(name, middle[name]) < to_tm(name, ls[name]), name
+        assert r_mid - r_ls > 1e-6 * r_tm and r_tm - r_mid > 1e-6 * r_tm  # by more than float32 rounding
 
 
 def test_ridge_solution_matches_normal_equations():

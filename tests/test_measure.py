@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -61,6 +62,17 @@ class _Sleeper(nn.Module):
         return x
 
 
-def test_latency_is_the_median_of_timed_runs():
+def test_latency_is_the_median_of_timed_runs(monkeypatch):
+    """A scripted clock: warm-up runs are dropped and the median (not the mean) of the timed runs returned."""
+    import types
+
+    import stitchkit.measure as measure
+
+    ticks = [0.0]  # the warm-up run reads the clock once and is not timed
+    for d in (0.005, 0.001, 0.009, 0.003, 0.100):  # seconds: 5 timed runs, a start and an end read each
+        ticks += [ticks[-1] + 1.0, ticks[-1] + 1.0 + d]
+    clock = iter(ticks)
+    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     ms = measure_latency(_Sleeper(), (1,), warmup=1, repeats=5)
-    assert ms >= 2.0
+    assert ms == pytest.approx(5.0, abs=1e-9)  # median of 5, 1, 9, 3, 100 ms; the mean would be 23.6
+    assert next(clock, None) is None  # every scripted reading used: 1 warm-up + 5 timed runs, none extra

@@ -138,3 +138,92 @@ def test_parse_rows():
         parse_rows("6x192")
     with pytest.raises(ConfigError, match="not divisible"):
         parse_rows("6x190:3")
+
+
+def _cache_pool() -> Pool:
+    rows = [tiny_row(RowShape(3, 16, 2), seed=1), tiny_row(RowShape(3, 32, 4), seed=2)]
+    return Pool.from_method(SequentialMethod(), rows).eval()
+
+
+def test_descendants_are_cached_and_share_the_pools_parameters():
+    pool = _cache_pool()
+    path = pool.path("r0[0:2]+s0_1_2+r1[2:3]")
+    first = pool.descendant(path)
+    # by object, index, name and label: the same module, built once
+    assert pool.descendant(path) is first
+    assert pool.descendant(pool.paths.index(path)) is first
+    assert pool.descendant(path.name) is first
+    pool_params = {id(p) for p in pool.parameters()}
+    assert {id(p) for p in first.parameters()} <= pool_params  # shared, not copied
+    assert pool.descendant(path, copy=True) is not first
+    assert not {id(p) for p in pool.descendant(path, copy=True).parameters()} & pool_params
+    assert pool.descendant(0) is not first and pool.descendant(0) is pool.descendant(0)
+
+
+def _forward(d, x):
+    with torch.no_grad():
+        return d(x)
+
+
+def test_descendant_cache_follows_replaced_stitch_layers_blocks_and_rows():
+    pool = _cache_pool()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    name = "r0[0:2]+s0_1_2+r1[2:3]"
+    old = pool.descendant(name)
+    old_out = _forward(old, x)
+
+    # a new stitch layer: the descendant is rebuilt around it, and computes with it
+    layer = torch.nn.Linear(16, 32)
+    pool.stitches["s0_1_2"] = layer
+    new = pool.descendant(name)
+    assert new is not old and new.stitches[0] is layer
+    assert not torch.equal(_forward(new, x), old_out)
+    assert pool.descendant(name) is new  # and cached again
+
+    # a block replaced inside a row
+    block = torch.nn.Identity()
+    pool.rows[0].blocks[1] = block
+    assert pool.descendant(name).segments[0][1] is block
+    unchanged = pool.descendant("r1[0:3]")
+    assert pool.descendant("r1[0:3]") is unchanged
+
+    # a whole row, through replace_row: every descendant using it changes
+    row = tiny_row(RowShape(3, 32, 4), seed=7)
+    pool.replace_row(1, row)
+    d = pool.descendant("r1[0:3]")
+    assert d is not unchanged and d.segments[0][0] is row.model.blocks[0]
+    with torch.no_grad():
+        assert torch.equal(d(x), row.model.eval()(x))
+    with pytest.raises(ConfigError, match="must have that shape"):
+        pool.replace_row(1, tiny_row(RowShape(3, 16, 2)))
+
+
+def test_deep_copied_pool_has_its_own_cache():
+    import copy
+
+    pool = _cache_pool()
+    d = pool.descendant(1)
+    twin = copy.deepcopy(pool)
+    twin_d = twin.descendant(1)
+    assert twin_d is not d and twin_d.stitches[0] is twin.stitches[twin.paths[1].stitches[0]]
+    layer = torch.nn.Linear(16, 32)
+    twin.stitches[twin.paths[1].stitches[0]] = layer
+    assert twin.descendant(1).stitches[0] is layer
+    # the original keeps its own layer (a change anywhere may rebuild, never mix up, cached descendants)
+    assert pool.descendant(1).stitches[0] is pool.stitches[pool.paths[1].stitches[0]] is d.stitches[0]
+
+
+def test_exporting_from_a_pool_leaves_its_cached_descendants_alone(tmp_path):
+    """Export merges low-rank stitch layers in place: on a fresh module, never the pool's cached one."""
+    from stitchkit.lowrank import LowRankLinear
+    from stitchkit.storage import export_descendant, load_exported
+
+    rows = [tiny_row(RowShape(2, 16, 2), seed=1), tiny_row(RowShape(2, 32, 4), seed=2)]
+    pool = Pool.from_method(SequentialMethod(), rows, stitch_rank=2).eval()
+    d = pool.descendant(1)
+    export_descendant(pool, 1, tmp_path / "d.safetensors")
+    assert pool.descendant(1) is d
+    assert isinstance(d.stitches[0], LowRankLinear) and d.stitches[0] is pool.stitches[pool.paths[1].stitches[0]]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(tmp_path / "d.safetensors").eval()(x), d(x), rtol=1e-5, atol=1e-6)

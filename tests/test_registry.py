@@ -3,6 +3,7 @@ hooks, entry-point discovery, broken-plugin isolation, autoload switch."""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import types
@@ -10,7 +11,7 @@ import types
 import pytest
 
 import stitchkit
-from stitchkit.errors import DuplicateComponentError, PluginError, UnknownComponentError
+from stitchkit.errors import ConfigError, DuplicateComponentError, PluginError, UnknownComponentError
 from stitchkit.interfaces import StitchInitializer
 from stitchkit.registry import AUTOLOAD_ENV, Registry
 
@@ -124,7 +125,7 @@ def fake_site(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
     yield tmp_path
-    for name in ("sk_good_plugin", "sk_broken_plugin", "sk_raising_plugin"):
+    for name in ("sk_good_plugin", "sk_broken_plugin", "sk_raising_plugin", "sk_badsig_plugin", "sk_badinit_plugin"):
         sys.modules.pop(name, None)
 
 
@@ -168,7 +169,200 @@ def test_shipped_methods_come_through_entry_points():
     reg = Registry(load_entrypoints=True)
     assert reg.provider("method", "sequential") == "stitchkit"
     for plugin, method in (("learngene-pool", "learngene-pool"), ("snnet", "snnet")):
-        if method in reg.list("method"):
-            assert reg.provider("method", method) == plugin
-        else:  # pragma: no cover - only while the plugin is absent
-            pytest.skip(f"{plugin} plugin not installed")
+        # a missing shipped plugin is a broken package: fail, never skip
+        assert method in reg.list("method"), f"the shipped {plugin} plugin is not installed ({reg.broken})"
+        assert reg.provider("method", method) == plugin
+
+
+# --------------------------------------------------------------------------- options
+def test_options_come_from_the_factory_signature():
+    reg = Registry(load_entrypoints=True)
+    opts = {(e.kind, e.name): [o.as_dict() for o in e.options] for e in reg.entries()}
+    assert opts[("sampler", "flops-grouped")] == [{"name": "groups", "type": "int", "default": 4, "required": False}]
+    assert opts[("sampler", "uniform")] == []  # paths and macs are context, not options
+    assert opts[("initializer", "tm-ls")] == [{"name": "ridge", "type": "float", "default": 0.1, "required": False}]
+    # losses are made by for_models(teacher, student, **options)
+    assert [o["name"] for o in opts[("loss", "learngene")]] == ["levels", "tau", "terms"]
+    assert [o["name"] for o in opts[("loss", "block")]] == ["levels"]
+    assert [o["name"] for o in opts[("loss", "prediction")]] == ["tau"]  # the base for_models defers to __init__
+    assert opts[("design", "pool")][0] == {"name": "rows", "type": "str | Sequence[RowShape]", "default": None, "required": True}
+
+
+def test_build_passes_options_and_refuses_unknown_ones():
+    reg = Registry(load_entrypoints=True)
+    assert reg.build("initializer", "tm-ls", options={"ridge": 0.25}).ridge == 0.25
+    paths = [stitchkit.Path((stitchkit.Segment(0, 0, 1),))] * 5
+    sampler = reg.build("sampler", "flops-grouped", paths, [1, 2, 3, 4, 5], options={"groups": 5})
+    assert [len(g) for g in sampler.groups] == [1, 1, 1, 1, 1]
+    loss = reg.build("loss", "learngene", stitchkit.RowShape(4, 32, 4), stitchkit.RowShape(2, 16, 2),
+                     options={"terms": ["block"], "levels": 1})
+    assert list(loss.losses) == ["block"] and loss.pairs == [(3, 1)]
+    with pytest.raises(ConfigError) as info:
+        reg.build("initializer", "tm-ls", options={"lam": 0.01}, where="learngene.initializer_args")
+    assert str(info.value) == ("learngene.initializer_args: initializer 'tm-ls' has no option 'lam' "
+                               "(accepted options: ridge (float, default 0.1))")
+    with pytest.raises(ConfigError, match=r"initializer 'random' has no option 'seed' \(accepted options: none\)"):
+        reg.check("initializer", "random", {"seed": 1})
+    with pytest.raises(ConfigError, match=r"design 'pool' needs option\(s\) rows"):
+        reg.check("design", "pool", {})
+
+
+# --------------------------------------------------------------------------- signatures at load time
+class WrongInitialize(StitchInitializer):
+    """Forgets the context argument."""
+
+    name = "wrong-initialize"
+
+    def initialize(self, pool):  # type: ignore[override]
+        pass
+
+
+class ExtraDefaulted(StitchInitializer):
+    """Adds a parameter with a default: still callable as the contract calls it."""
+
+    name = "extra-defaulted"
+
+    def initialize(self, pool, context, verbose=False):
+        pass
+
+
+def test_overrides_are_checked_against_the_contract_when_registering():
+    reg = Registry(load_entrypoints=False)
+    with pytest.raises(PluginError) as info:
+        reg.register_plugin(make_plugin(WrongInitialize), name="bad-sig")
+    msg = str(info.value)
+    assert msg.startswith("plugin 'bad-sig': initializer 'wrong-initialize': WrongInitialize.initialize(self, pool) "
+                          "cannot be called as StitchInitializer.initialize(self, pool, context)")
+    assert "\n" not in msg
+    assert "wrong-initialize" not in reg.list("initializer")
+    reg.register_plugin(make_plugin(ExtraDefaulted), name="fine")
+    assert "extra-defaulted" in reg.list("initializer")
+
+
+BAD_SIGNATURE = """
+    import stitchkit
+    from stitchkit.interfaces import PathSampler
+
+    class Wrong(PathSampler):
+        "Takes no generator."
+        name = "wrong-sampler"
+        def sample(self):
+            return [self.paths[0]]
+
+    @stitchkit.hookimpl
+    def register_samplers(register):
+        register(Wrong)
+"""
+
+
+def test_broken_plugins_are_named_by_unknown_errors_and_fail_the_plugins_command(fake_site, capsys):
+    from stitchkit.cli.main import main
+    from stitchkit.registry import reset_default_registry
+
+    _install_fake_distribution(fake_site, "sk-fake-sig", {"badsig": "sk_badsig_plugin"}, {"sk_badsig_plugin": BAD_SIGNATURE})
+    reg = Registry()
+    (broken,) = [b for b in reg.broken if b.plugin == "badsig"]
+    assert "Wrong.sample(self) cannot be called as PathSampler.sample(self, generator)" in broken.error
+    with pytest.raises(UnknownComponentError) as info:
+        reg.get("sampler", "wrong-sampler")
+    assert "skipped broken plugin(s) that may provide it: badsig (PluginError: plugin 'badsig'" in str(info.value)
+    reset_default_registry()
+    try:
+        assert main(["plugins", "--json"]) == 1
+        out = json.loads(capsys.readouterr().out)
+        assert [b["plugin"] for b in out["broken"]] == ["badsig"] and out["broken"][0]["package"] == "sk-fake-sig"
+        kinds = {c["kind"] for c in out["components"]}
+        assert kinds == {"ancestry", "design", "loss", "initializer", "sampler", "method"}  # still lists everything
+        assert main(["plugins"]) == 1
+        assert "broken plugin: badsig (package sk-fake-sig)" in capsys.readouterr().out
+    finally:
+        reset_default_registry()
+
+
+def test_plugins_command_exits_1_on_a_conflict(monkeypatch, capsys):
+    from stitchkit import registry as registry_module
+    from stitchkit.cli.main import main
+
+    reg = Registry(load_entrypoints=False)
+    reg.register_plugin(make_plugin(Zeros), name="first-plugin")
+
+    class Zeros2(Zeros):
+        """Another zeros."""
+
+    reg.register_plugin(make_plugin(Zeros2), name="second-plugin")
+    monkeypatch.setattr(registry_module, "default_registry", lambda: reg)
+    assert main(["plugins"]) == 1
+    assert "conflict: initializer 'zeros' registered by first-plugin, second-plugin" in capsys.readouterr().out
+    reg.unregister_plugin("second-plugin")
+    assert main(["plugins"]) == 0
+
+
+def test_top_level_list_and_create_shortcuts():
+    from stitchkit.registry import default_registry
+
+    assert stitchkit.list_samplers() == default_registry().list("sampler")
+    assert stitchkit.list_samplers("s*") == ["sandwich"]
+    assert stitchkit.list_ancestries() == default_registry().list("ancestry")
+    assert type(stitchkit.create_initializer("random")).__name__ == "RandomInitializer"
+    assert {f"list_{k}" for k in ("designs", "losses", "initializers", "samplers", "methods", "ancestries")} <= set(stitchkit.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'list_widgets'"):
+        stitchkit.list_widgets  # noqa: B018
+
+
+BAD_INITIALIZE = """
+    import stitchkit
+    from stitchkit.interfaces import StitchInitializer
+
+    class Orthogonal(StitchInitializer):
+        "Forgets the context parameter."
+        name = "orthogonal"
+        def initialize(self, pool):
+            pass
+
+    @stitchkit.hookimpl
+    def register_initializers(register):
+        register(Orthogonal)
+"""
+
+TINY_SNNET = """
+method = "snnet"
+[data]
+source = "digits"
+img_size = 8
+in_chans = 1
+[train]
+max_steps = 2
+batch_size = 32
+progress = false
+[snnet]
+initializer = "orthogonal"
+[[snnet.anchors]]
+shape = "1x16:2"
+patch_size = 4
+train = true
+[[snnet.anchors]]
+shape = "1x32:4"
+patch_size = 4
+train = true
+"""
+
+
+def test_a_build_naming_a_broken_plugins_component_stops_before_training(fake_site, tmp_path, capsys):
+    from stitchkit.cli.main import main
+    from stitchkit.registry import reset_default_registry
+
+    _install_fake_distribution(fake_site, "sk-fake-badinit", {"badinit": "sk_badinit_plugin"},
+                               {"sk_badinit_plugin": BAD_INITIALIZE})
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_SNNET)
+    reset_default_registry()
+    try:
+        assert main(["build", str(config), "--out", str(tmp_path / "run")]) == 2
+    finally:
+        reset_default_registry()
+    err = capsys.readouterr().err
+    assert err.startswith("stitchkit: error: unknown initializer 'orthogonal'") and err.count("\n") == 1
+    assert ("skipped broken plugin(s) that may provide it: badinit (PluginError: plugin 'badinit': initializer "
+            "'orthogonal': Orthogonal.initialize(self, pool) cannot be called as "
+            "StitchInitializer.initialize(self, pool, context)") in err
+    assert not (tmp_path / "run" / "anchors").exists()  # no anchor was trained

@@ -62,6 +62,32 @@ def test_select_latency_budget_measures_here(pool_file):
         select_descendant(path, max_latency_ms=1e-9, device="cpu")
 
 
+def test_latency_budget_that_excludes_some_descendants(pool_file, monkeypatch):
+    """Latencies replaced by known values (MACs / 1e5 ms, measured on the very descendant loaded): a budget
+    between them excludes the larger descendants, and the pick is the brute force over the rest."""
+    import stitchkit.budget as budget
+
+    path, pool = pool_file
+    table = sizes(pool)
+    measured = []
+
+    def fake_latency(model, batch_size=1, device=None):
+        measured.append(count_macs(model))
+        return count_macs(model) / 1e5
+
+    monkeypatch.setattr(budget, "measure_latency", fake_latency)
+    latency = [macs / 1e5 for _, macs in table]
+    cut = sorted(latency)[2]  # admits the three fastest descendants, not the other two
+    got = select_descendant(path, max_latency_ms=cut, device="cpu")
+    allowed = [i for i in range(len(table)) if latency[i] <= cut]
+    assert len(allowed) == 3
+    assert got["index"] == max(allowed, key=lambda i: ACCURACY[i]) != ACCURACY.index(max(ACCURACY))
+    assert got["latency_ms"] == latency[got["index"]]
+    # candidates were measured best-accuracy first, stopping at the first that fits
+    order = sorted(range(len(table)), key=lambda i: -ACCURACY[i])
+    assert measured == [table[i][1] for i in order[: order.index(got["index"]) + 1]]
+
+
 def test_select_errors(pool_file, tmp_path):
     path, pool = pool_file
     smallest = min(range(len(pool.paths)), key=lambda i: sizes(pool)[i][0])
@@ -114,8 +140,8 @@ def test_export_equals_in_pool_output(pool_file, tmp_path, capsys):
 
 
 def test_onnx_export_matches_pytorch(pool_file, tmp_path, capsys):
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
+    import onnx  # noqa: F401 - in the test extra: missing is a failure
+    import onnxruntime  # noqa: F401
     path, pool = pool_file
     out, onnx_file = tmp_path / "d.safetensors", tmp_path / "d.onnx"
     assert main(["export", str(path), "2", "-o", str(out), "--onnx", str(onnx_file)]) == 0

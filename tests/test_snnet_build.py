@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from stitchkit.engine import TrainConfig, build_data, load_config
+from stitchkit.engine import TrainConfig, build_data, evaluate, load_config
 from stitchkit.engine.data import DataConfig
 from stitchkit.errors import ConfigError
 from stitchkit.registry import Registry
@@ -78,8 +78,9 @@ def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
         alone = load_descendant(path, p.label, registry).eval()  # reads only this configuration's tensors
         torch.testing.assert_close(alone(x), logits)
     assert set(pool.evaluation) == {p.name for p in pool.paths}
-    for r in pool.evaluation.values():
-        assert 0.0 <= r["top1"] <= 100.0
+    loader = data.test_loader()
+    for p in pool.paths:  # the stored top-1 is a fresh evaluation's, on the test split
+        assert pool.evaluation[p.name]["top1"] == pytest.approx(evaluate(pool.descendant(p), loader)["top1"])
     info = pool.info["snnet"]
     assert info["finetune_steps"] == 6 and info["teacher"] == "largest-anchor"
     assert [a["shape"] for a in info["anchors"]] == ["2x16:2", "2x32:4"]
@@ -106,7 +107,7 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     anchors = ", ".join(f'{{shape = "2x{w}:{h}", patch_size = 4, checkpoint = "{f}"}}' for (w, h), f in zip([(16, 2), (32, 4)], files))
     config = load_config(
         write_config(tmp_path, trainable="stitches", distillation="soft"),
-        [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"'],
+        [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"', "snnet.initializer_args.max_images=7"],
     )
     out = tmp_path / "run"
     pool = load_pool(registry.method("snnet").build(config, out_dir=out, registry=registry), registry)
@@ -117,6 +118,7 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     info = pool.info["snnet"]
     assert info["teacher"] == str(files[2]) and info["finetune_steps"] == 6
     assert [a["weights"] for a in info["anchors"]] == ["checkpoint", "checkpoint"]
+    assert pool.info["components"]["initializer"] == {"name": "ls", "options": {"max_images": 7}}
 
 
 @pytest.mark.parametrize(
@@ -129,6 +131,9 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
         ({"snnet": {"finetune": {"lrr": 1.0}}}, "did you mean 'lr'"),
         ({"snnet": {"teacher": "missing.safetensors"}}, "neither 'largest-anchor'"),
         ({"snnet": {"anchors": [{"shape": "2x32:4", "train": True}, {"shape": "2x16:2", "train": True}]}}, "ordered by size"),
+        ({"snnet": {"initializer_args": {"lam": 0.01}}},
+         r"snnet.initializer_args: initializer 'ls' has no option 'lam' \(accepted options: max_images"),
+        ({"snnet": {"sampler": "flops-grouped", "sampler_args": {"group": 2}}}, "sampler 'flops-grouped' has no option 'group'"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path, registry, edit, match):

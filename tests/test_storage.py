@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
+import stitchkit.header as header
 import stitchkit.storage as storage
 from helpers import tiny_row
 from stitchkit import hookimpl
@@ -180,12 +181,42 @@ def test_round_trip_keeps_bfloat16(pool, tmp_path, registry):
     path = save_pool(half, tmp_path / "bf16.safetensors")
     assert {e["dtype"] for n, e in read_raw(path)[0].items() if n != "__metadata__"} == {"BF16"}
     loaded = load_pool(path, registry)
+    assert list(half.state_dict()) == list(loaded.state_dict())
     for (n, x), (_, y) in zip(half.state_dict().items(), loaded.state_dict().items()):
         assert y.dtype == torch.bfloat16 and torch.equal(x, y), n
 
 
-def test_read_pool_metadata_reads_the_header_only(pool, pool_file):
+def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
+    """A spy on the file object: exactly the 8-byte length and the JSON header are read, no tensor byte."""
+    reads: list[int] = []
+    real_open = open
+
+    class Spy:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            reads.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    # the header and metadata are read by stitchkit.header (standard library only), re-exported by storage
+    monkeypatch.setattr(header, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
+    for loader in ("load_file", "safe_open"):
+        if hasattr(storage, loader):  # reading tensors is not allowed here
+            monkeypatch.setattr(storage, loader, lambda *a, **k: pytest.fail("read_pool_metadata read tensors"))
+    header_len = struct.unpack("<Q", pool_file.read_bytes()[:8])[0]
     meta = read_pool_metadata(pool_file)
+    assert sum(reads) == 8 + header_len and pool_file.stat().st_size > 8 + header_len + 10_000
     assert meta["format"] == "stitchkit-pool" and meta["format_version"] == "1"
     assert meta["writer"].startswith("stitchkit")
     assert meta["pool"]["evaluation"] == pool.evaluation
@@ -575,10 +606,36 @@ def test_architecture_mismatch_is_a_pool_format_error(pool_file, tmp_path, regis
     bad = tmp_path / "bad.safetensors"
     make(pool_file, bad)
     read_pool_metadata(bad)  # the header alone is consistent
-    for reader in (READERS["load_pool"], READERS["load_descendant"]):
+    # descendant 1, r0[0:2]+s0_1_2+r1[2:3], uses the corrupted row 0 and its block 1
+    for reader in (READERS["load_pool"], lambda f, reg: load_descendant(f, 1, reg)):
         with pytest.raises(PoolFormatError, match=message) as err:
             reader(bad, registry)
         assert err.value.path == str(bad)
+
+
+def test_load_descendant_builds_and_checks_only_its_own_rows(pool, pool_file, tmp_path, registry, images):
+    """A row the descendant does not use is neither built nor checked: a broken row 0 does not stop r1[0:3]."""
+    bad = tmp_path / "bad.safetensors"
+    mutate_meta(pool_file, bad, mutate_pool_json(lambda p: p["rows"][0]["arch"].update(wings=2)))
+    with pytest.raises(PoolFormatError, match="row 0: adapter 'timm-vit' cannot build arch"):
+        load_pool(bad, registry)
+    built: list[tuple[str, int]] = []
+    original = TimmViT.from_arch.__func__
+
+    def spy(cls, arch):
+        built.append((arch["embed_dim"], arch["depth"]))
+        return original(cls, arch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TimmViT, "from_arch", classmethod(spy))
+        single = load_descendant(bad, 3, registry).eval()
+        assert built == [(32, 3)]  # row 1 alone, at the depth the path takes from it
+        built.clear()
+        stitched = load_descendant(pool_file, 5, registry).eval()  # r1[0:2]+s1_2_2+r2[2:3]
+        assert sorted(built) == [(32, 2), (48, 1)]
+    with torch.no_grad():
+        torch.testing.assert_close(single(images), pool.descendant(3).eval()(images), rtol=0, atol=0)
+        torch.testing.assert_close(stitched(images), pool.descendant(5).eval()(images), rtol=0, atol=0)
 
 
 def test_corrupt_descendant_files(pool, tmp_path, registry):

@@ -31,9 +31,15 @@ class LearngeneConfig:
     ancestry: str = ""
     #: ``[train]`` keys overridden while training the ancestry (when it is trained here).
     ancestry_train: dict[str, Any] = field(default_factory=dict)
+    #: Auxiliary design by registered name (``pool``: one auxiliary model per entry of ``rows``).
+    design: str = "pool"
+    #: Options of the design (keyword arguments of its constructor); ``rows`` and ``init`` below are
+    #: passed too when the design takes them and this table does not set them.
+    design_args: dict[str, Any] = field(default_factory=dict)
     #: Auxiliary models, one per row, ``DEPTHxWIDTH:HEADS`` comma-separated; sorted by width.
     rows: str = "6x192:3,6x768:12"
-    #: ``"sequential"`` (k narrow blocks, then l - k wide ones) or ``"sliding-window"`` (official code).
+    #: ``"sequential"`` (k narrow blocks, then l - k wide ones), ``"sliding-window"`` (official code) or
+    #: ``"two-way"`` (two rows, SN-Netv2's routes in both directions; docs/snnetv2.md).
     paths: str = "sequential"
     #: Auxiliary initialisation: ``"random"``, or ``"ancestry"`` (same-width rows copy ancestry blocks).
     init: str = "random"
@@ -46,8 +52,15 @@ class LearngeneConfig:
     tau: float = 1.0
     #: Distillation terms used.
     terms: list[str] = field(default_factory=lambda: list(LearngeneDistillation.TERMS))
+    #: Distillation loss by registered name (``learngene``: ``L_att + L_blk + L_pred``; or one of its terms).
+    loss: str = "learngene"
+    #: Options of the loss (keyword arguments of its ``for_models``); ``levels``, ``tau`` and ``terms``
+    #: above are passed too when the loss takes them and this table does not set them.
+    loss_args: dict[str, Any] = field(default_factory=dict)
     #: Stitch initializer by registered name (``tm``, ``tm-pinv``, ``ls``, ``random``, ...).
     initializer: str = "tm"
+    #: Options of the initializer (keyword arguments of its constructor), e.g. ``{ ridge = 0.05 }`` for ``tm-ls``.
+    initializer_args: dict[str, Any] = field(default_factory=dict)
     #: Training images handed to an initializer that needs them (LS; SN-Net uses 100).
     init_images: int = 100
     #: Also evaluate every descendant right after each of these initializers (before fine-tuning);
@@ -55,6 +68,12 @@ class LearngeneConfig:
     compare_initializers: list[str] = field(default_factory=list)
     #: Path sampler for fine-tuning, by registered name.
     sampler: str = "uniform"
+    #: Options of the sampler (keyword arguments after the paths and MACs), e.g. ``{ groups = 4 }``.
+    sampler_args: dict[str, Any] = field(default_factory=dict)
+    #: Rank of low-rank stitch layers (0: full-rank; see docs/snnetv2.md).
+    stitch_rank: int = 0
+    #: Scale numerator of the low-rank update (scale = stitch_alpha / stitch_rank).
+    stitch_alpha: float = 1.0
     #: Prediction distillation from the ancestry while fine-tuning (``L_cls + L_pred``); false: ``L_cls`` only.
     finetune_distillation: bool = True
     #: Evaluation split for the stored top-1: ``"test"`` or ``"val"``.
@@ -79,6 +98,8 @@ class LearngeneConfig:
             (bool(self.terms) and set(self.terms) <= set(LearngeneDistillation.TERMS),
              f"terms must be a non-empty subset of {list(LearngeneDistillation.TERMS)}, got {self.terms}"),
             (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),
+            (self.stitch_rank >= 0, f"stitch_rank must be >= 0 (0: full-rank stitch layers), got {self.stitch_rank}"),
+            (self.stitch_alpha > 0, f"stitch_alpha must be > 0, got {self.stitch_alpha}"),
             (self.eval_split in ("test", "val"), f"eval_split must be 'test' or 'val', got {self.eval_split!r}"),
             (bool(self.pool_file) and "/" not in self.pool_file, f"pool_file must be a file name, got {self.pool_file!r}"),
         ]

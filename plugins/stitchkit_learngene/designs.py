@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from typing_extensions import override
 
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import AncestryAdapter, AuxiliaryDesign
@@ -63,6 +64,7 @@ class _SingleRow(AuxiliaryDesign):
             raise ConfigError(f"unknown auxiliary initialisation {init!r}; use one of {', '.join(INITS)}")
         self.init = init
 
+    @override
     def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
         if self.init == "ancestry":
             copy_from_ancestry(row, ancestry)
@@ -78,10 +80,12 @@ class DepthReduced(_SingleRow):
         self.depth = int(depth)
 
     @classmethod
+    @override
     def example(cls, *, ancestry: RowShape, **context) -> DepthReduced:  # noqa: ANN003
         """Half the ancestry's blocks, copied from it (``init="ancestry"``)."""
         return cls(max(1, ancestry.depth // 2), init="ancestry")
 
+    @override
     def rows(self, ancestry: RowShape) -> list[RowShape]:
         if not 1 <= self.depth < ancestry.depth:
             raise ConfigError(
@@ -102,10 +106,12 @@ class WidthReduced(_SingleRow):
         self.shape = RowShape(int(depth), int(width), int(heads))
 
     @classmethod
+    @override
     def example(cls, *, ancestry: RowShape, **context) -> WidthReduced:  # noqa: ANN003
         """Half the ancestry's depth and width."""
         return cls(*_half(ancestry))
 
+    @override
     def rows(self, ancestry: RowShape) -> list[RowShape]:
         if self.shape.width >= ancestry.width:
             raise ConfigError(
@@ -134,6 +140,7 @@ class PoolDesign(AuxiliaryDesign):
         self.init = init
 
     @classmethod
+    @override
     def example(cls, *, ancestry: RowShape, **context) -> PoolDesign:  # noqa: ANN003
         """The paper's two rows at half the ancestry's depth: half width, and full width copied from the ancestry."""
         depth, width, heads = _half(ancestry)
@@ -153,9 +160,11 @@ class PoolDesign(AuxiliaryDesign):
                 out.append(WidthReduced(s.depth, s.width, s.heads))
         return out
 
+    @override
     def rows(self, ancestry: RowShape) -> list[RowShape]:
         return [r for d in self.designs(ancestry) for r in d.rows(ancestry)]
 
+    @override
     def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
         if self.init == "ancestry" and row.shape.width == ancestry.shape.width:
             copy_from_ancestry(row, ancestry)

@@ -31,6 +31,7 @@ same weight, as in the official code.
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
 from stitchkit.errors import ConfigError
 from stitchkit.features import check_images, fit_stitch_layers
@@ -45,6 +46,7 @@ class TMInitializer(StitchInitializer):
     name = "tm"
 
     @classmethod
+    @override
     def example(cls, *, pool, **context) -> TMInitializer:  # noqa: ANN001, ANN003
         """An initializer for ``pool``, to which it adds what distillation would have left: the
         ancestry's width (the widest row's) and seeded ``W`` for every narrower row, two levels each."""
@@ -67,6 +69,7 @@ class TMInitializer(StitchInitializer):
         """Map a row feature back to the ancestry's width: ``x_anc ~ x_row @ (this)``."""
         return a.t()
 
+    @override
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
         cache: dict[int, torch.Tensor | None] = {}
         for name in sorted(pool.stitches):
@@ -115,6 +118,7 @@ class TMRidgeInitializer(TMInitializer):
             raise ConfigError(f"tm-ls initializer: ridge must be >= 0, got {ridge}")
         self.ridge = ridge
 
+    @override
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
         images = check_images(context.images, self.name)
         super().initialize(pool, context)

@@ -6,15 +6,22 @@ Paths are ``"sequential"`` by default ("k narrow blocks, then l - k wide
 blocks", narrow to wide, ``l + 1`` descendants for two rows), or the
 official code's ``"sliding-window"`` pairs (see :mod:`.paths`), registered
 also as the method ``learngene-pool-sliding-window`` so the planner and the
-config can name it.
+config can name it, or (beyond the paper) SN-Netv2's ``"two-way"`` routes
+between two rows: narrow -> wide, wide -> narrow and the round trips, with
+stitch layers in both directions (``l (l - 1) + 2`` descendants; see
+docs/snnetv2.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
+from stitchkit.cost import TrainingPlan
 from stitchkit.errors import ConfigError
 from stitchkit.interfaces import Method
 from stitchkit.sequential import sequential_paths, sequential_stitches
@@ -22,7 +29,7 @@ from stitchkit.spec import Path, RowShape, StitchSpec
 
 from .paths import sliding_window_paths
 
-PATH_SETS = ("sequential", "sliding-window")
+PATH_SETS = ("sequential", "sliding-window", "two-way")
 
 
 class LearngenePoolMethod(Method):
@@ -39,16 +46,37 @@ class LearngenePoolMethod(Method):
             raise ConfigError(f"unknown learngene-pool path set {paths!r}; use one of {', '.join(PATH_SETS)}")
         self.path_set = paths
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         _check_sorted(rows)
+        if self.path_set == "two-way":
+            from stitchkit_snnetv2.configurations import snnetv2_stitches
+
+            return snnetv2_stitches(rows)
         return sequential_stitches(rows)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         _check_sorted(rows)
         if self.path_set == "sliding-window":
             return sliding_window_paths(rows)
+        if self.path_set == "two-way":
+            from stitchkit_snnetv2.configurations import snnetv2_paths
+
+            return [dataclasses.replace(p, label=f"row {p.rows[0]}") if p.is_single_row else p for p in snnetv2_paths(rows)]
         return sequential_paths(rows)
 
+    @override
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+        """The ancestry, one distillation per row, stitch init, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import learngene_training_phases
+
+        return learngene_training_phases(
+            config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs,
+            path_set=self.path_set if self.fixed_paths else None,
+        )
+
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         """Distil, build, initialise, fine-tune, evaluate; resumable. See :mod:`.pipeline`."""
         from .pipeline import run_pipeline

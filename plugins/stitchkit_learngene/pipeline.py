@@ -23,6 +23,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from stitchkit.engine import (
     DataConfig,
     ModelConfig,
@@ -41,16 +43,15 @@ from stitchkit.engine import (
 from stitchkit.engine.config import resolve
 from stitchkit.engine.data import Data, derive_seed, seeded
 from stitchkit.errors import ConfigError
-from stitchkit.interfaces import AncestryAdapter, InitContext
+from stitchkit.interfaces import AncestryAdapter, DistillationLoss, InitContext
 from stitchkit.measure import count_macs
 from stitchkit.pool import Pool
 from stitchkit.storage import save_pool
 
 from .config import LearngeneConfig
-from .designs import PoolDesign
 from .distill import AuxiliaryDistillationTask
 from .extras import store_matrices
-from .losses import LearngeneDistillation
+from .losses import AttentionLoss, BlockLoss, LearngeneDistillation
 from .method import LearngenePoolMethod
 
 
@@ -61,10 +62,8 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     if method.fixed_paths:  # learngene-pool-sliding-window: the method name decides
         lg = dataclasses.replace(lg, paths=method.path_set)
     method = LearngenePoolMethod(paths=lg.paths)
-    # unknown component names fail now, not after hours of distillation
-    for name in {lg.initializer, *lg.compare_initializers}:
-        registry.get("initializer", name)
-    registry.get("sampler", lg.sampler)
+    # unknown component names and options fail now, not after hours of distillation
+    parts = components(lg, registry)
     base = TrainConfig.from_config(config)
     for phase in ("ancestry", "distill", "finetune"):
         lg.train_config(base, phase)
@@ -73,13 +72,16 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     ctx = dist_context(base.device)
     ancestry = obtain_ancestry(config, lg, data, base, out_dir, registry)
     rows = distil_rows(config, lg, data, base, ancestry, out_dir, registry)
-    pool = Pool.from_method(method, rows["adapters"], info=rows["info"], extras=rows["extras"])
+    rows["info"]["components"] = {"ancestry": {"name": ancestry.name, "options": {}}, **parts}
+    pool = Pool.from_method(
+        method, rows["adapters"], info=rows["info"], extras=rows["extras"], stitch_rank=lg.stitch_rank, stitch_alpha=lg.stitch_alpha
+    )
     loader = data.eval_loader(lg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
     after_init = {}
     for name in lg.compare_initializers:
-        initialize_stitches(pool, name, lg, data, base, registry)
+        initialize_stitches(pool, name, lg, data, base, registry, lg.initializer_args if name == lg.initializer else {})
         after_init[name] = _top1(evaluate_pool(pool, loader))
-    initialize_stitches(pool, lg.initializer, lg, data, base, registry)
+    initialize_stitches(pool, lg.initializer, lg, data, base, registry, lg.initializer_args)
     if after_init:
         pool.info["learngene"]["after_init"] = after_init
     finetune(pool, config, lg, data, base, ancestry, out_dir, registry)
@@ -92,6 +94,32 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
 
     barrier()
     return path
+
+
+# --------------------------------------------------------------------------- components
+def _with_shorthands(registry, kind: str, name: str, options: Mapping[str, Any], shorthands: Mapping[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+    """``options`` plus those section-level ``shorthands`` the component takes and ``options`` does not set."""
+    accepted = {o.name for o in registry.entry(kind, name).options}
+    return {**{k: v for k, v in shorthands.items() if k in accepted}, **options}
+
+
+def components(lg: LearngeneConfig, registry) -> dict[str, dict[str, Any]]:  # noqa: ANN001
+    """Name and effective options of the design, loss, initializer and sampler, each checked against the
+    registry (unknown name or option: a ConfigError before any training). Recorded in the pool's info."""
+    levels = None if lg.levels == "auto" else lg.levels
+    chosen = {
+        "design": (lg.design, _with_shorthands(registry, "design", lg.design, lg.design_args, {"rows": lg.rows, "init": lg.init})),
+        "loss": (lg.loss, _with_shorthands(registry, "loss", lg.loss, lg.loss_args,
+                                           {"levels": levels, "tau": lg.tau, "terms": list(lg.terms)})),
+        "initializer": (lg.initializer, dict(lg.initializer_args)),
+        "sampler": (lg.sampler, dict(lg.sampler_args)),
+    }
+    for kind, (name, options) in chosen.items():
+        registry.check(kind, name, options, where=f"learngene.{kind}_args")
+    for name in lg.compare_initializers:
+        registry.check("initializer", name, lg.initializer_args if name == lg.initializer else {},
+                       where="learngene.compare_initializers")
+    return {kind: {"name": name, "options": json.loads(json.dumps(options))} for kind, (name, options) in chosen.items()}
 
 
 # --------------------------------------------------------------------------- phases
@@ -121,25 +149,26 @@ def obtain_ancestry(config, lg: LearngeneConfig, data: Data, base: TrainConfig, 
 
 def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ancestry: AncestryAdapter, out_dir: pathlib.Path, registry) -> dict[str, Any]:  # noqa: ANN001
     """Build, initialise and distil every auxiliary model (phase ``distill-row<r>``)."""
-    design = PoolDesign(lg.rows, init=lg.init)
+    parts = components(lg, registry)
+    design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
     train = lg.train_config(base, "distill")
-    adapters, extras, levels, accuracy = [], {}, {}, {}
+    adapters: list[AncestryAdapter] = []
+    extras: dict[str, torch.Tensor] = {}
+    levels: dict[str, list[list[int]]] = {}
+    accuracy: dict[str, float] = {}
     ctx = dist_context(base.device)
     for r, shape in enumerate(shapes):
         with seeded(derive_seed("learngene-row", train.seed, r)):
             row = type(ancestry).from_arch(ancestry.resized(shape))
             design.initialize(row, ancestry)
-            loss = registry.create(
-                "loss", "learngene", ancestry.shape, shape,
-                levels=None if lg.levels == "auto" else lg.levels, tau=lg.tau, terms=tuple(lg.terms),
-            )
+            loss = registry.build("loss", lg.loss, ancestry.shape, shape, options=parts["loss"]["options"],
+                                  where="learngene.loss_args")
         task = AuxiliaryDistillationTask(row, ancestry, loss, alpha=lg.alpha)
         fit(task, data, train, out_dir=out_dir, phase=f"distill-row{r}", config=_phase_config(config, lg, r))
-        assert isinstance(loss, LearngeneDistillation)
-        store_matrices(extras, r, "W", loss.block_matrices())
-        store_matrices(extras, r, "M", loss.attention_matrices())
-        levels[str(r)] = [list(p) for p in loss.pairs]
+        store_matrices(extras, r, "W", learned_matrices(loss, "block"))
+        store_matrices(extras, r, "M", learned_matrices(loss, "attention"))
+        levels[str(r)] = [list(p) for p in getattr(loss, "pairs", [])]
         if len(data.val):  # type: ignore[arg-type]
             accuracy[str(r)] = evaluate(row.model, data.val_loader(rank=ctx.rank, world_size=ctx.world_size))["top1"]
         row.model.to("cpu")
@@ -156,9 +185,19 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     return {"adapters": adapters, "extras": extras, "info": info}
 
 
-def initialize_stitches(pool: Pool, name: str, lg: LearngeneConfig, data: Data, base: TrainConfig, registry) -> None:  # noqa: ANN001
-    """Run the stitch initializer ``name`` on ``pool`` (with ``init_images`` training images if it needs them)."""
-    init = registry.create("initializer", name)
+def learned_matrices(loss: DistillationLoss, term: str) -> list[torch.Tensor]:
+    """The per-level ``W`` (``term="block"``) or ``M`` (``"attention"``) a loss learned; none for a loss without them."""
+    if isinstance(loss, LearngeneDistillation):
+        return loss.block_matrices() if term == "block" else loss.attention_matrices()
+    if isinstance(loss, (BlockLoss if term == "block" else AttentionLoss)):
+        return list(loss.matrices)
+    return []
+
+
+def initialize_stitches(pool: Pool, name: str, lg: LearngeneConfig, data: Data, base: TrainConfig, registry,  # noqa: ANN001
+                        options: Mapping[str, Any] | None = None) -> None:
+    """Run the stitch initializer ``name`` with ``options`` on ``pool`` (with ``init_images`` training images if it needs them)."""
+    init = registry.build("initializer", name, options=options, where="learngene.initializer_args")
     images = None
     if getattr(init, "needs_images", False):
         images, _ = next(iter(data.eval_loader("train", batch_size=lg.init_images)))
@@ -171,7 +210,7 @@ def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainCon
     """Fine-tune the pool, one path per step from the sampler (phase ``finetune-<initializer>``)."""
     train = lg.train_config(base, "finetune")
     macs = [count_macs(pool.descendant(p)) for p in pool.paths]
-    sampler = registry.create("sampler", lg.sampler, pool.paths, macs)
+    sampler = registry.build("sampler", lg.sampler, pool.paths, macs, options=lg.sampler_args, where="learngene.sampler_args")
     task = PoolTask(
         pool, sampler,
         teacher=ancestry if lg.finetune_distillation else None,
@@ -183,7 +222,8 @@ def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainCon
 
 # --------------------------------------------------------------------------- helpers
 _REPORT_ONLY = ("compare_initializers", "eval_split", "pool_file")
-_FINETUNE_ONLY = ("paths", "initializer", "init_images", "sampler", "finetune_distillation", "finetune")
+_FINETUNE_ONLY = ("paths", "initializer", "initializer_args", "init_images", "sampler", "sampler_args",
+                  "stitch_rank", "stitch_alpha", "finetune_distillation", "finetune")
 
 
 def _phase_config(config: Mapping[str, Any], lg: LearngeneConfig, row: int | None) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def obtain_teacher(cfg: SNNetConfig, anchors: list[TimmViT], spec: Any, registry
 
         name = cfg.teacher[len("timm:"):]
         try:
-            teacher = build_model(spec, ModelConfig(timm_name=name, pretrained=True))
+            teacher: AncestryAdapter = build_model(spec, ModelConfig(timm_name=name, pretrained=True))
         except StitchkitError:
             raise
         except Exception as exc:  # noqa: BLE001

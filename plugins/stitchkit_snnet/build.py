@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from stitchkit.errors import ConfigError
 from stitchkit.interfaces import InitContext
 from stitchkit.measure import count_macs, count_params
 from stitchkit.pool import Pool
 
 from .anchors import obtain_anchors, obtain_teacher
 from .config import SNNetConfig
-from .method import SNNetMethod
 
 
 def init_images(data: Any, n: int, seed: int) -> torch.Tensor:
@@ -39,17 +39,26 @@ def _accuracies(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return {name: float(r["top1"]) for name, r in results.items()}
 
 
-def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Any) -> pathlib.Path:
-    """Run the SN-Net pipeline of a resolved config; return the pool file written to ``out_dir``."""
+def build_snnet(
+    config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Any, name: str = "snnet", config_cls: type[SNNetConfig] = SNNetConfig
+) -> pathlib.Path:
+    """Run the SN-Net pipeline of a resolved config; return the pool file written to ``out_dir``.
+
+    ``name`` and ``config_cls`` give the config section and its class: SN-Netv2
+    runs this same pipeline from its ``[snnetv2]`` section.
+    """
     from stitchkit.engine import DataConfig, PoolTask, TrainConfig, build_data, dist_context, evaluate_pool, fit, format_table, section
     from stitchkit.engine.config import write_bytes_atomic, write_json_atomic
     from stitchkit.engine.distributed import barrier
     from stitchkit.storage import save_pool
 
     start = time.perf_counter()
-    cfg = section(config, "snnet", SNNetConfig)
+    cfg = section(config, name, config_cls)
+    # unknown component names and options fail now, before any data is read or anchor trained
+    registry.check("initializer", cfg.initializer, cfg.initializer_args, where=f"{name}.initializer_args")
+    registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
     out_dir = pathlib.Path(out_dir)
-    data = build_data(DataConfig.from_config(config))
+    data = build_data(DataConfig.from_config(dict(config)))
     base = TrainConfig.from_config(config)
     finetune = cfg.train_config(base, "finetune")
     ctx = dist_context(base.device)
@@ -63,7 +72,7 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
 
     # 2. the pool: anchors as rows, SN-Net's stitch layers and configurations
     info: dict[str, Any] = {
-        "snnet": {
+        name: {
             "anchors": [
                 {"source": a.timm_name or a.shape or f"{a.depth}x{a.embed_dim}:{a.num_heads}",
                  "weights": "pretrained" if a.pretrained else ("checkpoint" if a.checkpoint else "random"),
@@ -71,15 +80,21 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
                 for a, r in zip(cfg.anchor_configs(), anchors)
             ],
             "initializer": cfg.initializer, "init_images": cfg.init_images, "sampler": cfg.sampler,
+            "sampler_args": cfg.sampler_args, "stitch_rank": cfg.stitch_rank, "stitch_alpha": cfg.stitch_alpha,
             "trainable": cfg.trainable, "distillation": cfg.distillation, "tau": cfg.tau,
             "teacher": cfg.teacher if teacher is not None else "none",
-        }
+        },
+        "components": {
+            "ancestry": {"name": anchors[0].name, "options": {}},
+            "initializer": {"name": cfg.initializer, "options": dict(cfg.initializer_args)},
+            "sampler": {"name": cfg.sampler, "options": dict(cfg.sampler_args)},
+        },
     }
-    pool = Pool.from_method(SNNetMethod(), anchors, info=info)
+    pool = Pool.from_method(cfg.method(), anchors, info=info, stitch_rank=cfg.stitch_rank, stitch_alpha=cfg.stitch_alpha)
 
     # 3. stitch-layer initialisation
     t = time.perf_counter()
-    initializer = registry.create("initializer", cfg.initializer)
+    initializer = registry.build("initializer", cfg.initializer, options=cfg.initializer_args, where=f"{name}.initializer_args")
     images = init_images(data, cfg.init_images, base.seed) if initializer.needs_images else None
     initializer.initialize(pool, InitContext(images=images, seed=base.seed))
     timings["init_s"] = time.perf_counter() - t
@@ -88,7 +103,7 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
         return data.eval_loader(cfg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
 
     if cfg.evaluate_after_init:
-        info["snnet"]["after_init"] = _accuracies(evaluate_pool(pool, split(), device=ctx.device))
+        info[name]["after_init"] = _accuracies(evaluate_pool(pool, split(), device=ctx.device))
         pool.cpu()
 
     # 4. fine-tuning: one uniformly sampled configuration per step, the same on every rank
@@ -96,7 +111,7 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
     # Anchors alone have nothing to train when only the stitch layers are trainable.
     paths = [p for p in pool.paths if cfg.trainable == "all" or not p.is_single_row]
     macs = [count_macs(pool.descendant(p)) for p in paths]
-    sampler = registry.create("sampler", cfg.sampler, paths, macs)
+    sampler = registry.build("sampler", cfg.sampler, paths, macs, options=cfg.sampler_args, where=f"{name}.sampler_args")
     task = PoolTask(pool, sampler, teacher=teacher, distillation=cfg.distillation, tau=cfg.tau)
     frozen = [p for p in pool.rows.parameters() if p.requires_grad] if cfg.trainable == "stitches" else []
     for p in frozen:
@@ -107,20 +122,20 @@ def build_snnet(config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: A
         for p in frozen:
             p.requires_grad_(True)
     timings["finetune_s"] = time.perf_counter() - t
-    info["snnet"]["finetune_steps"] = result.steps
+    info[name]["finetune_steps"] = result.steps
 
     # 5. evaluate every configuration, then write the pool file
     t = time.perf_counter()
     results = evaluate_pool(pool, split(), store=True, device=ctx.device)
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
-    info["snnet"]["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    info[name]["timings"] = {k: round(v, 3) for k, v in timings.items()}
     pool.info.update(info)
     path = out_dir / cfg.pool_file
     if ctx.is_main:
         pool.cpu()
-        save_pool(pool, path, provenance={"method": "snnet", "data": dict(config.get("data", {})), "eval_split": cfg.eval_split})
-        write_json_atomic(out_dir / "evaluation.json", {"split": cfg.eval_split, "results": results, "timings": info["snnet"]["timings"]})
+        save_pool(pool, path, provenance={"method": pool.method, "data": dict(config.get("data", {})), "eval_split": cfg.eval_split})
+        write_json_atomic(out_dir / "evaluation.json", {"split": cfg.eval_split, "results": results, "timings": info[name]["timings"]})
         write_bytes_atomic(out_dir / "evaluation.md", (format_table(results) + "\n").encode())
     barrier()
     return path

@@ -67,12 +67,20 @@ class SNNetConfig:
     anchors: list[dict[str, Any]] = field(default_factory=list)
     #: Stitch initializer by registered name (``ls`` as SN-Net, ``random``, ...).
     initializer: str = "ls"
+    #: Options of the initializer (keyword arguments of its constructor), e.g. ``{ max_images = 50 }`` for ``ls``.
+    initializer_args: dict[str, Any] = field(default_factory=dict)
     #: Training images handed to an initializer that needs them (SN-Net: 100).
     init_images: int = 100
     #: Also evaluate every configuration right after initialisation (stored in ``info.snnet.after_init``).
     evaluate_after_init: bool = False
     #: Path sampler for fine-tuning, by registered name (SN-Net: uniform, one configuration per step).
     sampler: str = "uniform"
+    #: Options of the sampler (keyword arguments after the paths and MACs), e.g. ``{ groups = 4 }``.
+    sampler_args: dict[str, Any] = field(default_factory=dict)
+    #: Rank of low-rank stitch layers (0: full-rank, trained whole; see docs/snnetv2.md).
+    stitch_rank: int = 0
+    #: Scale numerator of the low-rank update (scale = stitch_alpha / stitch_rank).
+    stitch_alpha: float = 1.0
     #: ``"all"`` (full fine-tuning, as SN-Net) or ``"stitches"`` (anchors frozen, stitch layers only).
     trainable: str = "all"
     #: Distillation while fine-tuning: ``"hard"`` (SN-Net / DeiT), ``"soft"`` (KL at ``tau``) or ``"none"``.
@@ -95,6 +103,8 @@ class SNNetConfig:
             raise ConfigError(f"{where}.anchors: list the anchors smallest first, e.g. [[snnet.anchors]] timm_name = ...")
         checks = [
             (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),
+            (self.stitch_rank >= 0, f"stitch_rank must be >= 0 (0: full-rank stitch layers), got {self.stitch_rank}"),
+            (self.stitch_alpha > 0, f"stitch_alpha must be > 0, got {self.stitch_alpha}"),
             (self.trainable in TRAINABLE, f"trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}"),
             (self.distillation in DISTILLATION, f"distillation must be one of {', '.join(DISTILLATION)}, got {self.distillation!r}"),
             (self.tau > 0, f"tau must be > 0, got {self.tau}"),
@@ -111,6 +121,12 @@ class SNNetConfig:
                     f"{where}.teacher: {self.teacher!r} is neither 'largest-anchor', 'timm:NAME' nor an existing model file"
                 )
         self.anchor_configs(where)
+
+    def method(self) -> Any:
+        """The method whose stitch layers and paths the pool gets."""
+        from .method import SNNetMethod
+
+        return SNNetMethod()
 
     def anchor_configs(self, where: str = "snnet") -> list[AnchorConfig]:
         from stitchkit.engine.config import from_mapping

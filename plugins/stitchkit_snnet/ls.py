@@ -15,6 +15,7 @@ deterministic for a given batch.
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
 from stitchkit.errors import ConfigError
 from stitchkit.features import StitchPlace, check_images, fit_stitch_layers, stitch_places
@@ -59,6 +60,7 @@ class LeastSquaresInitializer(StitchInitializer):
             raise ConfigError(f"ls initializer: max_images must be >= 1, got {max_images}")
         self.max_images = max_images
 
+    @override
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
         images = check_images(context.images, self.name)
         if self.max_images is not None:

@@ -6,6 +6,9 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from typing_extensions import override
+
+from stitchkit.cost import TrainingPlan
 from stitchkit.interfaces import Method
 from stitchkit.spec import Path, RowShape, StitchSpec
 
@@ -26,9 +29,11 @@ class SNNetMethod(Method):
     default_initializer = "ls"
     default_sampler = "uniform"
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         return snnet_stitches(rows)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         paths = snnet_paths(rows)
         names = {s.name for s in stitches}
@@ -42,6 +47,14 @@ class SNNetMethod(Method):
             )
         return paths
 
+    @override
+    def training_phases(self, config: Mapping[str, Any], *, spec: Any, registry: Any, eval_images: int, pretrain_epochs: int) -> TrainingPlan:
+        """Anchors, LS feature pass, fine-tuning, evaluation; see :mod:`.cost`."""
+        from .cost import snnet_training_phases
+
+        return snnet_training_phases(config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs)
+
+    @override
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
         from .build import build_snnet
 

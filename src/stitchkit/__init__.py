@@ -1,8 +1,16 @@
-"""stitchkit: many variable-sized networks from one trained model, by stitching."""
+"""stitchkit: many variable-sized networks from one trained model, by stitching.
+
+The public names below are imported on first use (PEP 562 module
+``__getattr__``), so ``import stitchkit`` does not import torch: the command
+line's ``--help``, ``--version`` and ``info`` answer in a fraction of torch's
+import time.
+"""
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BudgetError,
@@ -15,34 +23,80 @@ from .errors import (
     StitchkitError,
     UnknownComponentError,
 )
-from .hookspecs import hookimpl
-from .interfaces import (
-    AncestryAdapter,
-    AuxiliaryDesign,
-    DistillationLoss,
-    InitContext,
-    Method,
-    PathSampler,
-    StitchInitializer,
-    TapRequest,
-    Taps,
+
+if TYPE_CHECKING:  # the registry shortcuts, resolved on first use by __getattr__ like every public name
+    from .registry import (
+        create_ancestry, create_design, create_initializer, create_loss, create_method, create_sampler,
+        list_ancestries, list_designs, list_initializers, list_losses, list_methods, list_samplers,
+    )
+
+#: ``list_<kind>s(pattern="*")`` and ``create_<kind>(name, *args, **kwargs)`` over the default registry,
+#: the way timm exports ``list_models`` / ``create_model``.
+_REGISTRY_SHORTCUTS = (
+    "create_ancestry", "create_design", "create_initializer", "create_loss", "create_method", "create_sampler",
+    "list_ancestries", "list_designs", "list_initializers", "list_losses", "list_methods", "list_samplers",
 )
-from .pool import Pool
-from .registry import Registry, default_registry
-from .spec import Path, RowShape, Segment, StitchSpec
-from .stitched import Descendant
-from .storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
 
 try:
     __version__ = version("stitchkit")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
+#: public name -> the submodule that defines it (imported when the name is first used)
+_LAZY: dict[str, str] = {
+    "hookimpl": "hookspecs",
+    **dict.fromkeys(
+        ["AncestryAdapter", "AuxiliaryDesign", "DistillationLoss", "InitContext", "Method", "PathSampler",
+         "StitchInitializer", "TapRequest", "Taps"],
+        "interfaces",
+    ),
+    "Pool": "pool",
+    "Registry": "registry",
+    "default_registry": "registry",
+    **dict.fromkeys(["Path", "RowShape", "Segment", "StitchSpec"], "spec"),
+    "Descendant": "stitched",
+    **dict.fromkeys(_REGISTRY_SHORTCUTS, "registry"),
+    **dict.fromkeys(["export_descendant", "load_descendant", "load_exported", "load_pool", "save_pool"], "storage"),
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports these on first use
+    from .hookspecs import hookimpl
+    from .interfaces import (
+        AncestryAdapter,
+        AuxiliaryDesign,
+        DistillationLoss,
+        InitContext,
+        Method,
+        PathSampler,
+        StitchInitializer,
+        TapRequest,
+        Taps,
+    )
+    from .pool import Pool
+    from .registry import Registry, default_registry
+    from .spec import Path, RowShape, Segment, StitchSpec
+    from .stitched import Descendant
+    from .storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stitchkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "AncestryAdapter", "AuxiliaryDesign", "BudgetError", "CheckpointError", "ConfigError",
     "Descendant", "DistillationLoss", "DuplicateComponentError", "InitContext", "Method",
     "Path", "PathError", "PathSampler", "PluginError", "Pool", "PoolFormatError", "Registry",
-    "RowShape", "Segment", "StitchInitializer", "StitchSpec", "StitchkitError", "TapRequest",
+    "RowShape", "Segment", "StitchInitializer", "StitchkitError", "TapRequest",
     "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "load_descendant",
-    "load_exported", "load_pool", "save_pool", "__version__",
+    "load_exported", "load_pool", "save_pool", "__version__", *_REGISTRY_SHORTCUTS,
 ]

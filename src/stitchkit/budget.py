@@ -16,7 +16,7 @@ import torch
 from .errors import BudgetError, ConfigError
 from .measure import measure_latency
 from .registry import Registry
-from .report import descendants_table, pool_from_metadata
+from .report import file_descendants_table
 
 
 def select_descendant(
@@ -41,8 +41,7 @@ def select_descendant(
     if max_params is None and max_macs is None and max_latency_ms is None:
         raise ConfigError("give at least one budget: max_params, max_macs or max_latency_ms")
     meta = read_pool_metadata(pool_file)
-    pool = pool_from_metadata(meta, registry)
-    rows = descendants_table(pool)
+    rows = file_descendants_table(meta, registry)
     missing = [r["name"] for r in rows if metric not in r]
     if missing:
         raise ConfigError(

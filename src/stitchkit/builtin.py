@@ -31,8 +31,9 @@ def register_initializers(register):  # noqa: ANN001
 
 @hookimpl
 def register_samplers(register):  # noqa: ANN001
-    from .samplers import FlopsGroupedSampler, SandwichSampler, UniformSampler
+    from .samplers import FlopsGroupedSampler, ROSSampler, SandwichSampler, UniformSampler
 
     register(UniformSampler)
     register(FlopsGroupedSampler)
     register(SandwichSampler)
+    register(ROSSampler)

@@ -56,7 +56,12 @@ class DemoConfig:
     finetune_lr: float = 5e-4
     #: Learngene Pool is distilled once and fine-tuned from each of these stitch initializers.
     learngene_initializers: list[str] = field(default_factory=lambda: ["tm", "ls"])
+    #: Options per Learngene initializer, e.g. ``--set demo.learngene_initializers='["tm", "tm-ls"]'
+    #: --set demo.learngene_initializer_args.tm-ls.ridge=0.05``.
+    learngene_initializer_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     snnet_initializer: str = "ls"
+    #: Options of the SN-Net initializer, e.g. ``--set demo.snnet_initializer_args.max_images=50``.
+    snnet_initializer_args: dict[str, Any] = field(default_factory=dict)
     #: Processes building the pools after the ancestry (0: one per CPU core, at most 2; 1: all in this process).
     workers: int = 0
     #: Cap on optimizer steps per phase (0: none); the test suite's fast demo uses it.
@@ -68,6 +73,10 @@ class DemoConfig:
             raise ConfigError(f"{where}.learngene_initializers must name distinct initializers, got {inits}")
         if self.workers < 0:
             raise ConfigError(f"{where}.workers must be >= 0 (0: automatic), got {self.workers}")
+        stray = sorted(set(self.learngene_initializer_args) - set(inits))
+        if stray:
+            raise ConfigError(f"{where}.learngene_initializer_args: {', '.join(stray)} is not in {where}.learngene_initializers "
+                              f"{inits}; options are given per initializer, e.g. {where}.learngene_initializer_args.tm-ls.ridge")
 
 
 @dataclass
@@ -115,6 +124,7 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
                 "ancestry": str(ancestry),
                 "rows": demo.rows,
                 "initializer": init,
+                "initializer_args": dict(demo.learngene_initializer_args.get(init, {})),
                 "pool_file": f"pool-{init}.safetensors",
                 "distill": phase,
                 "finetune": finetune,
@@ -126,6 +136,7 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
         "snnet": {
             "anchors": [{"shape": str(r), "patch_size": patch, "train": True} for r in rows],
             "initializer": demo.snnet_initializer,
+            "initializer_args": dict(demo.snnet_initializer_args),
             "teacher": str(ancestry),
             "anchor_training": phase,
             "finetune": finetune,
@@ -257,7 +268,8 @@ def recipe_of(raw: Mapping[str, Any], demo: DemoConfig) -> dict[str, Any]:
         "train": {k: raw["train"].get(k) for k in ("batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing")},
         "demo": {"rows": demo.rows, "ancestry_epochs": demo.ancestry_epochs, "auxiliary_epochs": demo.auxiliary_epochs,
                  "finetune_epochs": demo.finetune_epochs, "finetune_lr": demo.finetune_lr, "max_steps": demo.max_steps,
-                 "snnet_initializer": demo.snnet_initializer},
+                 "snnet_initializer": demo.snnet_initializer, "snnet_initializer_args": dict(demo.snnet_initializer_args),
+                 "learngene_initializer_args": {k: dict(v) for k, v in demo.learngene_initializer_args.items()}},
     }
 
 
@@ -268,10 +280,18 @@ def range_of(expected: Mapping[str, Any], key: str, blocks: str) -> tuple[float,
 
 
 # --------------------------------------------------------------------------- the report
+def _runs(expected: Mapping[str, Any]) -> str:
+    """``6 runs (3 seeds x 2 machines)``, or ``3 seeds``."""
+    seeds, machines = expected["seeds"], expected.get("machines", [])
+    if len(set(machines)) > 1:
+        return f"{len(seeds)} runs ({len(set(seeds))} seeds x {len(set(machines))} machines)"
+    return f"{len(seeds)} seeds"
+
+
 def three_way_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], expected: Mapping[str, Any] | None) -> str:
     """Every Learngene descendant, each pool's top-1 on the same blocks, and the benchmark's range."""
     labels = [pool_label(k) for k in keys]
-    head = ["descendant", "params"] + labels + ([f"{lab}: range over {len(expected['seeds'])} seeds" for lab in labels] if expected else [])
+    head = ["descendant", "params"] + labels + ([f"{lab}: range over {_runs(expected)}" for lab in labels] if expected else [])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
         cells = [f"`{r['blocks']}`", f"{r['params']:,}"]
@@ -299,8 +319,9 @@ def intro(infos: Mapping[str, dict[str, Any]], keys: Sequence[str], expected: Ma
     if expected and recipe_matches:
         lines += [
             f"**Expected spread.** {expected['summary']} The ranges above are the lowest and highest top-1 of "
-            f"{len(expected['seeds'])} seeds ({expected['source']}). A run on another machine gives different "
-            "numbers within these ranges: CPU kernels differ between machines, so float training does.",
+            f"{_runs(expected)} ({expected['source']}). A run on another machine gives different numbers (CPU "
+            "kernels differ between machines, so float training does), scattered like these runs: expect them "
+            "about within these ranges, which are a guide from a few runs, not a bound.",
             "",
         ]
     elif expected:
@@ -334,8 +355,10 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     raw = load_config(config_path or default_config_path(), overrides)
     demo = section(raw, "demo", DemoConfig)  # validated
-    for init in demo.learngene_initializers:
-        registry.get("initializer", init)
+    for init in demo.learngene_initializers:  # unknown components or options stop here, before training
+        registry.check("initializer", init, demo.learngene_initializer_args.get(init, {}),
+                       where=f"demo.learngene_initializer_args.{init}")
+    registry.check("initializer", demo.snnet_initializer, demo.snnet_initializer_args, where="demo.snnet_initializer_args")
     workers = demo.workers or min(2, os.cpu_count() or 1)
     phases: list[tuple[str, float]] = []
 

@@ -32,14 +32,18 @@ class PoolFormatError(StitchkitError):
 class UnknownComponentError(StitchkitError, LookupError):
     """No component of this kind is registered under this name."""
 
-    def __init__(self, kind: str, name: str, available: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: str, available: Iterable[str], broken: Iterable[str] = ()) -> None:
         self.kind, self.name = kind, name
         self.available = sorted(available)
+        self.broken = list(broken)
         close = difflib.get_close_matches(name, self.available, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(self.available) or "none"
+        skipped = (
+            f"; skipped broken plugin(s) that may provide it: {'; '.join(self.broken)}" if self.broken else ""
+        )
         super().__init__(
-            f"unknown {kind} {name!r}{hint} (registered {kind}s: {listing}; "
+            f"unknown {kind} {name!r}{hint} (registered {kind}s: {listing}{skipped}; "
             f"run 'stitchkit plugins' to see where each comes from)"
         )
 

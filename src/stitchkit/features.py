@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 from .interfaces import AncestryAdapter, TapRequest
 
 
@@ -120,7 +120,16 @@ def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noq
     """
     solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
     for feats in collect_stitch_features(pool, images):
-        solutions[feats.name].append(solve(feats.front, feats.end, pool.stitches[feats.name]))
+        layer = pool.stitches[feats.name]
+        weight, bias = solve(feats.front, feats.end, layer)
+        for what, got, want in (("weight", weight, layer.weight), ("bias", bias, layer.bias)):
+            if tuple(got.shape) != tuple(want.shape):
+                hint = "; transposed? nn.Linear's weight is (out, in)" if tuple(got.shape) == tuple(want.shape)[::-1] else ""
+                raise PluginError(
+                    f"{what} of stitch layer {feats.name!r} from solve has shape {tuple(got.shape)}, expected "
+                    f"{tuple(want.shape)} (at {feats.place}{hint})"
+                )
+        solutions[feats.name].append((weight, bias))
     for name, sols in solutions.items():
         layer = pool.stitches[name]
         weight = torch.stack([w for w, _ in sols]).mean(0)

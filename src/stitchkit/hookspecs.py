@@ -6,7 +6,12 @@ through the ``stitchkit`` entry-point group. Each hook receives a ``register``
 callback; call it once per component class. The host owns the tables, checks
 names and reports duplicates. All hooks are called for every plugin (no
 ``firstresult``); their return value is ignored. A function decorated with
-``hookimpl`` whose name matches no spec is an error, not silence.
+``hookimpl`` whose name matches no spec is an error, not silence, and so is a
+registered class whose overridden methods cannot be called the way the
+kind's base class is (:mod:`stitchkit.contract`): the plugin is then skipped
+as broken. A component's options are its constructor's keyword parameters
+(``for_models`` for losses; :mod:`stitchkit.options`), set from a config's
+``<kind>_args`` table.
 
 Example::
 

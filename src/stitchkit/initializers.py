@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
 from .interfaces import InitContext, StitchInitializer
 
@@ -12,6 +13,7 @@ class RandomInitializer(StitchInitializer):
 
     name = "random"
 
+    @override
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed)

@@ -6,7 +6,8 @@ initializers, path samplers and methods. Plugins register subclasses through
 the hooks in :mod:`stitchkit.hookspecs`; the host creates them by name.
 
 Each kind also has a classmethod ``example(**context)`` that returns a small
-working instance; :mod:`stitchkit.testing` (the conformance suite) builds
+working instance (declared ``(*args, **context)`` so that an override may name the
+context keywords it uses); :mod:`stitchkit.testing` (the conformance suite) builds
 components through it. The defaults call the constructor without arguments
 (samplers: with the paths and MACs); a component whose constructor needs
 arguments overrides it.
@@ -20,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from typing_extensions import Self
+
 import torch
 from torch import nn
 
@@ -27,6 +30,7 @@ from .errors import MissingTapError
 from .spec import Path, RowShape, StitchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .cost import TrainingPlan
     from .pool import Pool
     from .registry import Registry
 
@@ -120,7 +124,7 @@ class AncestryAdapter(ABC):
         """
 
     @classmethod
-    def example(cls, **context: Any) -> AncestryAdapter:
+    def example(cls, *args: Any, **context: Any) -> Self:
         """A small randomly initialised network of this family, for :mod:`stitchkit.testing`.
 
         Keep it tiny (a few blocks, narrow, small images); use the global torch
@@ -228,7 +232,7 @@ class AuxiliaryDesign(ABC):
     name: ClassVar[str]
 
     @classmethod
-    def example(cls, **context: Any) -> AuxiliaryDesign:
+    def example(cls, *args: Any, **context: Any) -> Self:
         """An instance for :mod:`stitchkit.testing`; ``context["ancestry"]`` is the ancestry's
         :class:`~stitchkit.spec.RowShape`. The default calls ``cls()``."""
         return cls()
@@ -257,10 +261,18 @@ class DistillationLoss(nn.Module, ABC):
     name: ClassVar[str]
 
     @classmethod
-    def example(cls, **context: Any) -> DistillationLoss:
+    def example(cls, *args: Any, **context: Any) -> Self:
         """An instance for :mod:`stitchkit.testing`; ``context["teacher"]`` and ``context["student"]``
         are the two networks' :class:`~stitchkit.spec.RowShape`. The default calls ``cls()``."""
         return cls()
+
+    @classmethod
+    def for_models(cls, teacher: RowShape, student: RowShape, /, *args: Any, **options: Any) -> Self:
+        """The loss between a teacher and a student of these shapes, with a config's ``loss_args`` as
+        ``options``; this is how a build makes it. The default ignores the shapes and calls
+        ``cls(**options)``; a loss whose size depends on the two networks overrides it, naming its
+        options as keyword parameters (``stitchkit plugins`` lists them)."""
+        return cls(**options)
 
     @abstractmethod
     def teacher_taps(self) -> TapRequest:
@@ -291,7 +303,7 @@ class StitchInitializer(ABC):
     needs_images: ClassVar[bool] = False
 
     @classmethod
-    def example(cls, **context: Any) -> StitchInitializer:
+    def example(cls, *args: Any, **context: Any) -> Self:
         """An instance for :mod:`stitchkit.testing`; ``context["pool"]`` is the pool it will initialise.
 
         An initializer that reads method-specific data from a pool (e.g.
@@ -333,7 +345,7 @@ class PathSampler(ABC):
         self.macs = list(macs) if macs is not None else None
 
     @classmethod
-    def example(cls, paths: Sequence[Path], macs: Sequence[int] | None = None, **context: Any) -> PathSampler:
+    def example(cls, paths: Sequence[Path], macs: Sequence[int] | None = None, **context: Any) -> Self:
         """An instance over ``paths`` for :mod:`stitchkit.testing`. The default calls ``cls(paths, macs)``."""
         return cls(paths, macs)
 
@@ -353,7 +365,7 @@ class Method(ABC):
     default_sampler: ClassVar[str] = "uniform"
 
     @classmethod
-    def example(cls, **context: Any) -> Method:
+    def example(cls, *args: Any, **context: Any) -> Self:
         """An instance for :mod:`stitchkit.testing`. The default calls ``cls()``."""
         return cls()
 
@@ -367,6 +379,21 @@ class Method(ABC):
     @abstractmethod
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         """Every descendant the method allows, in a stable order."""
+
+    def training_phases(
+        self, config: Mapping[str, Any], *, spec: Any, registry: Registry, eval_images: int, pretrain_epochs: int
+    ) -> TrainingPlan:
+        """The phases :meth:`build` runs for ``config``, priced by ``stitchkit cost`` (:mod:`stitchkit.cost`).
+
+        ``spec`` is the data's :class:`~stitchkit.engine.data.DataSpec`. Build
+        networks on the meta device (nothing trained, nothing downloaded); give
+        loaded weights a ``"pretraining"`` phase of ``pretrain_epochs``, and
+        fill :attr:`~stitchkit.cost.TrainingPlan.alone` with each descendant
+        trained on its own by the method's single-network recipe.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(f"method {self.name!r} does not describe its training phases, so 'stitchkit cost' cannot price it")
 
     def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Registry) -> pathlib.Path:
         """Run the method's whole pipeline from a resolved config; return the pool file.

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
 from .errors import ConfigError
 from .interfaces import AncestryAdapter
 from .measure import count_params
 from .pool import Pool
 from .registry import Registry, default_registry
+from .metainit import meta_skeleton
 from .spec import RowShape
 
 
@@ -43,7 +43,7 @@ def plan(
     kwargs = dict(model_kwargs or {})
     if (anchors is None) == (ancestry is None):
         raise ConfigError("give either an ancestry with rows, or anchors")
-    with torch.device("meta"):
+    with meta_skeleton():
         if anchors is not None:
             if rows:
                 raise ConfigError("rows are implied by the anchors; do not pass both")

@@ -10,6 +10,7 @@ self-describing.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,12 +20,43 @@ from torch import nn
 from .errors import ConfigError, PathError
 from .interfaces import AncestryAdapter, Method
 from .measure import count_macs, count_params
+from .lowrank import low_rank_params
 from .spec import Path, RowShape, StitchSpec
-from .stitched import Descendant, _input_size, build_descendant
+from .stitched import Descendant, _input_size, build_descendant, stitch_layer
+
+
+# -- descendant cache invalidation ----------------------------------------------
+# A cached descendant holds the pool's own modules. It goes stale when a
+# module is (re)assigned anywhere inside the pool: a stitch layer, a row, a
+# block of a row, a row's head. torch calls a global hook on every such
+# assignment; the hook bumps a generation counter when the parent is a module
+# of a pool with cached descendants, and a cached entry is used only while the
+# generation it was built in is current. Assignments elsewhere cost one set lookup.
+_generation = 0
+_watched: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_hook: Any = None
+
+
+def _on_module_assigned(parent: nn.Module, name: str, value: nn.Module | None) -> None:
+    global _generation
+    if parent in _watched:
+        _generation += 1
+
+
+def _watch(pool: nn.Module) -> None:
+    global _hook
+    if _hook is None:
+        _hook = torch.nn.modules.module.register_module_module_registration_hook(_on_module_assigned)
+    _watched.update(pool.modules())
 
 
 class Pool(nn.Module):
     """Rows (sorted by width) + stitch layers + the paths the method allows."""
+
+    # the descendant cache (see descendant() and forget_descendants())
+    _descendants: dict[Path, tuple[int, Descendant]]
+    _cache_owner: int
+    _watched_in: int
 
     def __init__(
         self,
@@ -54,7 +86,7 @@ class Pool(nn.Module):
                         f"stitch layer {s.name!r} expects width {width} at row {end}, "
                         f"which {'does not exist' if not 0 <= end < len(rows) else f'has width {rows[end].shape.width}'}"
                     )
-        self.stitches = nn.ModuleDict({s.name: nn.Linear(s.src_width, s.dst_width) for s in stitches})
+        self.stitches = nn.ModuleDict({s.name: stitch_layer(s) for s in stitches})
         depths = [a.shape.depth for a in rows]
         for p in paths:
             p.validate(depths, self.stitch_specs)
@@ -63,13 +95,24 @@ class Pool(nn.Module):
         self.info: dict[str, Any] = dict(info or {})
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.extras: dict[str, torch.Tensor] = dict(extras or {})
+        self.forget_descendants()
 
     @classmethod
-    def from_method(cls, method: Method, rows: Sequence[AncestryAdapter], **kwargs: Any) -> Pool:
-        """A pool whose stitch layers and paths are those ``method`` defines for ``rows``."""
+    def from_method(
+        cls, method: Method, rows: Sequence[AncestryAdapter], *, stitch_rank: int = 0, stitch_alpha: float = 1.0, **kwargs: Any
+    ) -> Pool:
+        """A pool whose stitch layers and paths are those ``method`` defines for ``rows``.
+
+        ``stitch_rank > 0`` makes every stitch layer low-rank (:mod:`stitchkit.lowrank`).
+        """
+        import dataclasses
+
         shapes = [a.shape for a in rows]
         stitches = method.stitches(shapes)
-        return cls(rows, stitches, method.paths(shapes, stitches), method=method.name, **kwargs)
+        paths = method.paths(shapes, stitches)
+        if stitch_rank:
+            stitches = [dataclasses.replace(s, rank=stitch_rank, alpha=stitch_alpha) for s in stitches]
+        return cls(rows, stitches, paths, method=method.name, **kwargs)
 
     # -- access ----------------------------------------------------------------
     @property
@@ -92,13 +135,54 @@ class Pool(nn.Module):
         raise PathError(f"no descendant named {key!r}; run 'stitchkit info' on the pool to list them")
 
     def descendant(self, key: Path | int | str, *, copy: bool = False) -> Descendant:
-        """The descendant for a path, sharing this pool's parameters (or a deep copy)."""
-        d = build_descendant(self.adapters, self.stitches, self.path(key))
+        """The descendant for a path, sharing this pool's parameters (or a deep copy).
+
+        Built once per path and cached: switching descendants per request costs
+        a dictionary lookup (see docs/pools.md, "Serving"). The cache follows the
+        pool: assigning a new stitch layer, row, block or head anywhere in the
+        pool rebuilds the descendants on their next use.
+        """
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(self.paths):
+            path = self.paths[key]  # the fast path of per-request switching
+        else:
+            path = self.path(key)
         if copy:
             import copy as _copy
 
-            d = _copy.deepcopy(d)
+            return _copy.deepcopy(build_descendant(self.adapters, self.stitches, path))
+        if self._cache_owner != id(self):  # a copy of another pool (copy.deepcopy): its entries watch nothing
+            self.forget_descendants()
+        hit = self._descendants.get(path)
+        if hit is not None and hit[0] == _generation:
+            return hit[1]
+        if self._watched_in != _generation:
+            _watch(self)
+            self._watched_in = _generation
+        d = build_descendant(self.adapters, self.stitches, path).train(self.training)
+        self._descendants[path] = (_generation, d)
         return d
+
+    def train(self, mode: bool = True) -> Pool:
+        """Set training mode on the pool and on its cached descendants (their stem and head wrappers)."""
+        super().train(mode)
+        for _, d in self.__dict__.get("_descendants", {}).values():
+            d.train(mode)
+        return self
+
+    def replace_row(self, index: int, adapter: AncestryAdapter) -> None:
+        """Put ``adapter`` (a row of the same shape) in row ``index``; descendants are rebuilt on their next use."""
+        if not 0 <= index < len(self.adapters):
+            raise ConfigError(f"row {index} does not exist: the pool has {len(self.adapters)} rows")
+        if adapter.shape != self.adapters[index].shape:
+            raise ConfigError(f"row {index} is {self.adapters[index].shape}; a replacement must have that shape, not {adapter.shape}")
+        self.adapters[index] = adapter
+        self.rows[index] = adapter.model
+
+    def forget_descendants(self) -> None:
+        """Empty the descendant cache (needed only after removing a module: ``del``, ``pop``, ``insert``)."""
+        self._descendants = {}
+        self._cache_owner = id(self)
+        self._watched_in = -1
 
     # -- size ------------------------------------------------------------------
     def storage_params(self) -> int:
@@ -114,6 +198,7 @@ class Pool(nn.Module):
         """
         param = next(self.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         stems, blocks, heads, tokens = [], [], [], []
         for a in self.adapters:
             size = _input_size(a)
@@ -122,13 +207,13 @@ class Pool(nn.Module):
             with torch.no_grad():
                 was = stem.training
                 stem.eval()
-                shape = tuple(stem(torch.zeros((1, *size), device=device)).shape[1:])
+                shape = tuple(stem(torch.zeros((1, *size), device=device, dtype=dtype)).shape[1:])
                 stem.train(was)
             tokens.append(shape)
             blocks.append([count_macs(b, shape) for b in a.blocks])
             heads.append(count_macs(a.head(), shape))
         stitches = {
-            name: count_macs(layer, (tokens[self.stitch_specs[name].src][0], layer.in_features))
+            name: count_macs(layer, (tokens[self.stitch_specs[name].src][0], self.stitch_specs[name].src_width))
             for name, layer in self.stitches.items()
         }
         return {"stems": stems, "blocks": blocks, "heads": heads, "stitches": stitches}
@@ -153,7 +238,8 @@ class Pool(nn.Module):
                     "label": p.label,
                     "path": p.to_json(),
                     "blocks": p.num_blocks,
-                    "params": count_params(d, convention=convention),  # type: ignore[arg-type]
+                    # as exported: a low-rank stitch merges into a plain layer
+                    "params": count_params(d, convention=convention) - low_rank_params(d),  # type: ignore[arg-type]
                     "macs": self.path_macs(p, parts),
                 }
             )

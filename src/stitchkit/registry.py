@@ -11,19 +11,23 @@ need one, or use :func:`default_registry` for the process-wide one.
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import functools
 import importlib.metadata
+import inspect
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .contract import signature_problem
 from .errors import DuplicateComponentError, PluginError, UnknownComponentError
+from .options import Option, check_options, component_options, factory
 from .interfaces import (
     AncestryAdapter,
     AuxiliaryDesign,
@@ -58,6 +62,17 @@ class Entry:
     cls: type
     plugin: str
 
+    @property
+    def summary(self) -> str:
+        """The first paragraph of the class docstring, on one line."""
+        doc = inspect.cleandoc(self.cls.__doc__ or "")
+        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+
+    @property
+    def options(self) -> builtins.list[Option]:
+        """What a config's ``<kind>_args`` table may set (see :mod:`stitchkit.options`)."""
+        return component_options(self.kind, self.cls)
+
 
 @dataclass(frozen=True)
 class BrokenPlugin:
@@ -81,6 +96,8 @@ class Registry:
         self._tables: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         self._conflicts: dict[tuple[str, str], list[str]] = {}
         self.broken: list[BrokenPlugin] = []
+        #: plugin name -> (distribution name, version), for plugins loaded from entry points and the core
+        self.packages: dict[str, tuple[str, str]] = {CORE_PLUGIN: ("stitchkit", _version("stitchkit"))}
         from . import builtin
 
         self.register_plugin(builtin, name=CORE_PLUGIN)
@@ -93,9 +110,11 @@ class Registry:
     def _load_entrypoints(self) -> None:
         eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
         for ep in eps:
-            package = ep.dist.name if getattr(ep, "dist", None) is not None else ep.value
+            dist = getattr(ep, "dist", None)
+            package = dist.name if dist is not None else ep.value
             if self.pm.has_plugin(ep.name):
                 continue
+            self.packages[ep.name] = (package, dist.version if dist is not None else "")
             try:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - isolation is the point
@@ -145,8 +164,8 @@ class Registry:
             raise PluginError(f"no plugin named {name!r} is registered")
         self.pm.unregister(plugin)
         for table in self._tables.values():
-            for key in [k for k, e in table.items() if e.plugin == name]:
-                del table[key]
+            for comp in [k for k, e in table.items() if e.plugin == name]:
+                del table[comp]
         for key, owners in list(self._conflicts.items()):
             if name in owners:
                 owners.remove(name)
@@ -165,6 +184,9 @@ class Registry:
             comp_name = getattr(cls, "name", None)
             if not isinstance(comp_name, str) or not comp_name:
                 raise PluginError(f"plugin {plugin!r}: {kind} class {cls.__name__} has no 'name' attribute")
+            problem = signature_problem(cls, base)
+            if problem:
+                raise PluginError(f"plugin {plugin!r}: {kind} {comp_name!r}: {problem}")
             staged.append(Entry(kind, comp_name, cls, plugin))
 
         return register
@@ -179,16 +201,16 @@ class Registry:
         table[entry.name] = entry
 
     # -- queries --------------------------------------------------------------
-    def list(self, kind: str, pattern: str = "*") -> list[str]:
+    def list(self, kind: str, pattern: str = "*") -> builtins.list[str]:
         """Names of registered components of ``kind`` matching a shell-style ``pattern``."""
         self._check_kind(kind)
         return sorted(n for n in self._tables[kind] if fnmatch.fnmatchcase(n, pattern))
 
-    def entries(self, kind: str | None = None) -> list[Entry]:
+    def entries(self, kind: str | None = None) -> builtins.list[Entry]:
         kinds = [kind] if kind else list(KINDS)
         return [e for k in kinds for e in sorted(self._tables[k].values(), key=lambda e: e.name)]
 
-    def conflicts(self) -> dict[tuple[str, str], list[str]]:
+    def conflicts(self) -> dict[tuple[str, str], builtins.list[str]]:
         return {k: list(v) for k, v in self._conflicts.items()}
 
     def get(self, kind: str, name: str) -> type:
@@ -200,15 +222,35 @@ class Registry:
         try:
             return self._tables[kind][name].cls
         except KeyError:
-            raise UnknownComponentError(kind, name, self._tables[kind]) from None
+            raise UnknownComponentError(
+                kind, name, self._tables[kind], broken=[f"{b.plugin} ({b.error})" for b in self.broken]
+            ) from None
+
+    def entry(self, kind: str, name: str) -> Entry:
+        """The registration of ``name``: class, providing plugin, summary and options."""
+        self.get(kind, name)
+        return self._tables[kind][name]
 
     def provider(self, kind: str, name: str) -> str:
         self.get(kind, name)
         return self._tables[kind][name].plugin
 
     def create(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Instantiate the component ``name`` with the given arguments."""
+        """Instantiate the component ``name`` with the given arguments (its constructor, as registered)."""
         return self.get(kind, name)(*args, **kwargs)
+
+    def check(self, kind: str, name: str, options: Mapping[str, Any] | None = None, where: str = "") -> type:
+        """The class of ``name``, after checking that it takes ``options`` (a :class:`ConfigError` naming
+        the accepted options if not). Call it for every component of a run before any training."""
+        cls = self.get(kind, name)
+        check_options(kind, name, cls, options or {}, where)
+        return cls
+
+    def build(self, kind: str, name: str, *context: Any, options: Mapping[str, Any] | None = None, where: str = "") -> Any:
+        """Make the component ``name`` from a config: the kind's context arguments (sampler: paths and
+        MACs; loss: teacher and student shapes) and the ``<kind>_args`` table as keyword arguments."""
+        cls = self.check(kind, name, options, where)
+        return factory(kind, cls)(*context, **dict(options or {}))
 
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
@@ -216,10 +258,17 @@ class Registry:
 
     # -- typed shortcuts ------------------------------------------------------
     def method(self, name: str) -> Method:
-        return self.create("method", name)
+        return self.create("method", name)  # type: ignore[no-any-return]
 
     def ancestry(self, name: str) -> type[AncestryAdapter]:
         return self.get("ancestry", name)  # type: ignore[return-value]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree
+        return ""
 
 
 def _describe(exc: BaseException) -> str:
@@ -245,6 +294,7 @@ def _lister(kind: str) -> Callable[..., list[str]]:
         return default_registry().list(kind, pattern)
 
     lister.__doc__ = f"Names of registered {kind} components matching a wildcard pattern."
+    lister.__name__ = lister.__qualname__ = "list_" + ("ancestries" if kind == "ancestry" else f"{kind}s")
     return lister
 
 
@@ -253,6 +303,7 @@ def _creator(kind: str) -> Callable[..., Any]:
         return default_registry().create(kind, name, *args, **kwargs)
 
     creator.__doc__ = f"Create the {kind} registered as ``name``."
+    creator.__name__ = creator.__qualname__ = f"create_{kind}"
     return creator
 
 

@@ -1,28 +1,51 @@
 """What ``stitchkit info`` shows: a pool file's rows, stitch layers and descendants.
 
-Params and MACs are recomputed from the file's metadata on the meta device
-(no tensor is read), so they are shown even for a pool that was never
-evaluated; accuracies come from the evaluation stored in the file.
+Everything comes from the file's header: :func:`~stitchkit.storage.save_pool`
+stores the sizes (parameters of every row and descendant, MACs per image) in
+the pool description, and accuracies come from the stored evaluation. So
+``info`` reads a few kilobytes with the standard library and never imports
+torch. Only for a file written without sizes (older stitchkit) are they
+recomputed, on the meta device, from the rows' architectures.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .pool import Pool
-from .registry import Registry, default_registry
 from .spec import Path, RowShape, StitchSpec
+
+if TYPE_CHECKING:
+    from .pool import Pool
+    from .registry import Registry
+
+#: How parameters are counted in stored sizes (see :func:`stitchkit.measure.count_params`).
+SIZES_CONVENTION = "true"
+
+
+def pool_sizes(pool: Pool) -> dict[str, Any]:
+    """The sizes a pool file stores: parameters per row and in all, params and MACs per descendant."""
+    from .measure import count_params
+
+    return {
+        "convention": SIZES_CONVENTION,
+        "storage_params": pool.storage_params(),
+        "rows": [count_params(row) for row in pool.rows],
+        "descendants": [{"params": c["params"], "macs": c["macs"]} for c in pool.costs(convention=SIZES_CONVENTION)],
+    }
 
 
 def pool_from_metadata(meta: dict[str, Any], registry: Registry | None = None) -> Pool:
     """The pool a file describes, on the meta device (structure only, no weights)."""
+    from .metainit import meta_skeleton
+    from .pool import Pool
+    from .registry import default_registry
+
     registry = registry or default_registry()
     desc = meta["pool"]
-    with torch.device("meta"):
+    with meta_skeleton():
         rows = [registry.ancestry(r["adapter"]).from_arch(r["arch"]) for r in desc["rows"]]
         pool = Pool(
             rows,
@@ -35,12 +58,22 @@ def pool_from_metadata(meta: dict[str, Any], registry: Registry | None = None) -
     return pool
 
 
-def descendants_table(pool: Pool) -> list[dict[str, Any]]:
-    """One row per descendant: index, name, label, blocks, params, MACs and stored results."""
+def stored_sizes(meta: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+    """The sizes stored in a pool file's metadata; recomputed (importing torch) only if absent."""
+    sizes = meta["pool"].get("sizes")
+    if sizes is None or sizes.get("convention") != SIZES_CONVENTION:
+        sizes = pool_sizes(pool_from_metadata(meta, registry))
+    return sizes
+
+
+def _table(
+    paths: Sequence[Path], sizes: Sequence[Mapping[str, Any]], evaluation: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     out = []
-    for cost in pool.costs():
-        stored = pool.evaluation.get(cost["name"], {})
-        row = {k: cost[k] for k in ("index", "name", "label", "blocks", "params", "macs")}
+    for i, (p, size) in enumerate(zip(paths, sizes, strict=True)):
+        row: dict[str, Any] = {"index": i, "name": p.name, "label": p.label, "blocks": p.num_blocks,
+                               "params": size["params"], "macs": size["macs"]}
+        stored = evaluation.get(p.name, {})
         for key in ("top1", "top5"):
             if key in stored:
                 row[key] = stored[key]
@@ -48,28 +81,39 @@ def descendants_table(pool: Pool) -> list[dict[str, Any]]:
     return out
 
 
+def descendants_table(pool: Pool) -> list[dict[str, Any]]:
+    """One row per descendant: index, name, label, blocks, params, MACs and stored results."""
+    return _table(pool.paths, pool_sizes(pool)["descendants"], pool.evaluation)
+
+
+def file_descendants_table(meta: dict[str, Any], registry: Registry | None = None) -> list[dict[str, Any]]:
+    """:func:`descendants_table` of a pool file, from its metadata (stored sizes, no torch if present)."""
+    desc = meta["pool"]
+    sizes = stored_sizes(meta, registry)
+    return _table([Path.from_json(p) for p in desc["paths"]], sizes["descendants"], desc.get("evaluation", {}))
+
+
 def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict[str, Any]:
     """JSON-ready summary of a pool file (raises PoolFormatError for an invalid file)."""
-    from .storage import read_pool_metadata
+    from .header import read_pool_metadata
 
     meta = read_pool_metadata(path)
-    pool = pool_from_metadata(meta, registry)
     desc = meta["pool"]
+    sizes = stored_sizes(meta, registry)
     return {
         "file": str(path),
         "bytes": pathlib.Path(path).stat().st_size,
         "format_version": meta["format_version"],
         "method": desc["method"],
         "rows": [
-            {"shape": str(RowShape(r["depth"], r["width"], r["heads"])), "adapter": r["adapter"],
-             "params": sum(p.numel() for p in pool.rows[i].parameters())}
-            for i, r in enumerate(desc["rows"])
+            {"shape": str(RowShape(r["depth"], r["width"], r["heads"])), "adapter": r["adapter"], "params": params}
+            for r, params in zip(desc["rows"], sizes["rows"], strict=True)
         ],
-        "stitch_layers": len(pool.stitches),
-        "storage_params": pool.storage_params(),
+        "stitch_layers": len(desc["stitches"]),
+        "storage_params": sizes["storage_params"],
         "extras": desc.get("extras", []),
         "info": desc.get("info", {}),
-        "descendants": descendants_table(pool),
+        "descendants": _table([Path.from_json(p) for p in desc["paths"]], sizes["descendants"], desc.get("evaluation", {})),
     }
 
 
@@ -87,6 +131,9 @@ def format_pool_info(info: dict[str, Any]) -> str:
     anc = info["info"].get("ancestry")
     if anc:
         lines.append(f"ancestry: {anc if isinstance(anc, str) else anc.get('name', anc)}")
+    for kind, comp in (info["info"].get("components") or {}).items():
+        opts = ", ".join(f"{k}={v!r}" for k, v in (comp.get("options") or {}).items())
+        lines.append(f"{kind}: {comp.get('name')}" + (f" ({opts})" if opts else ""))
     lines.append("")
     header = f"{'#':>3}  {'descendant':<40} {'blocks':>6} {'params':>12} {'MACs':>14} {'top1':>7} {'top5':>7}"
     lines += [header, "-" * len(header)]

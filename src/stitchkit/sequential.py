@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from typing_extensions import override
+
 from .errors import ConfigError
 from .interfaces import Method
 from .spec import Path, RowShape, Segment, StitchSpec, stitch_name
@@ -57,8 +59,10 @@ class SequentialMethod(Method):
 
     name = "sequential"
 
+    @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
         return sequential_stitches(rows)
 
+    @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         return sequential_paths(rows)

@@ -58,6 +58,8 @@ class StitchSpec:
     """A stitch layer: ``Linear(src_width, dst_width)`` from row ``src`` to row ``dst``.
 
     ``name`` is the key of the layer in the pool (``stitches.<name>.weight``).
+    ``rank > 0`` makes it a low-rank layer (:mod:`stitchkit.lowrank`): a frozen
+    weight plus a trainable update of that rank scaled by ``alpha / rank``.
     """
 
     name: str
@@ -65,23 +67,33 @@ class StitchSpec:
     dst: int
     src_width: int
     dst_width: int
+    rank: int = 0
+    alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.name):
             raise ConfigError(f"stitch name {self.name!r} may only use letters, digits, _ and -")
+        if self.rank < 0 or not self.alpha > 0:
+            raise ConfigError(f"stitch layer {self.name!r}: rank must be >= 0 and alpha > 0, got rank {self.rank}, alpha {self.alpha}")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "src": self.src,
             "dst": self.dst,
             "src_width": self.src_width,
             "dst_width": self.dst_width,
         }
+        if self.rank:
+            d.update(rank=self.rank, alpha=self.alpha)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StitchSpec:
-        return cls(d["name"], int(d["src"]), int(d["dst"]), int(d["src_width"]), int(d["dst_width"]))
+        return cls(
+            d["name"], int(d["src"]), int(d["dst"]), int(d["src_width"]), int(d["dst_width"]),
+            int(d.get("rank", 0)), float(d.get("alpha", 1.0)),
+        )
 
 
 def stitch_name(src: int, dst: int, index: int) -> str:

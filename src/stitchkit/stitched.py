@@ -10,14 +10,22 @@ module (for export). Its state-dict keys do not depend on the pool:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from .interfaces import AncestryAdapter
+from .lowrank import low_rank, merge_low_rank
+from .metainit import meta_skeleton
 from .spec import Path, StitchSpec
+
+
+def stitch_layer(spec: StitchSpec) -> nn.Module:
+    """The module of a stitch layer: ``nn.Linear``, low-rank when ``spec.rank > 0``."""
+    layer = nn.Linear(spec.src_width, spec.dst_width)
+    return low_rank(layer, spec.rank, spec.alpha) if spec.rank else layer
 
 
 class Descendant(nn.Module):
@@ -48,7 +56,7 @@ class Descendant(nn.Module):
         for i, segment in enumerate(self.segments):
             if i:
                 x = self.stitches[i - 1](x)
-            for block in segment:
+            for block in cast(nn.ModuleList, segment):
                 x = block(x)
         return x
 
@@ -58,7 +66,7 @@ class Descendant(nn.Module):
 
 def build_descendant(
     adapters: Sequence[AncestryAdapter],
-    stitch_layers: Mapping[str, nn.Module],
+    stitch_layers: Mapping[str, nn.Module] | nn.ModuleDict,
     path: Path,
 ) -> Descendant:
     """A descendant sharing the modules of ``adapters`` (rows) and ``stitch_layers``."""
@@ -73,59 +81,68 @@ def descendant_skeleton(
     archs: Mapping[int, Mapping[str, Any]],
     stitch_specs: Mapping[str, StitchSpec],
     path: Path,
+    *,
+    pool_keys: dict[str, str] | None = None,
+    build_row: Callable[[int, type[AncestryAdapter], dict[str, Any]], AncestryAdapter] | None = None,
 ) -> Descendant:
     """An uninitialised descendant (on the meta device) with the right module tree.
 
     Each row the path uses is rebuilt with only as many blocks as the path
     takes from it; blocks are structurally identical, so their weights can be
-    loaded into any position. Load weights with ``load_state_dict(..., assign=True)``.
+    loaded into any position. Nothing else of the pool is built, which is what
+    makes loading one descendant from a pool file cheap. Load weights with
+    ``load_state_dict(..., assign=True)``. ``pool_keys``, when given, is filled
+    with the map from the pool's tensor names the descendant needs to its own.
     """
     counts: dict[int, int] = {}
     for seg in path.segments:
         counts[seg.row] = counts.get(seg.row, 0) + len(seg)
     counts.setdefault(path.segments[0].row, 0)
     counts.setdefault(path.segments[-1].row, 0)
-    with torch.device("meta"):
-        rows = {r: adapter_types[r].from_arch({**archs[r], "depth": n}) for r, n in counts.items()}
+    with meta_skeleton():
+        build = build_row or (lambda r, cls, arch: cls.from_arch(arch))
+        rows = {r: build(r, adapter_types[r], {**archs[r], "depth": n}) for r, n in counts.items()}
         taken = {r: 0 for r in rows}
         segments = []
         for seg in path.segments:
             blocks = rows[seg.row].blocks
             segments.append([blocks[taken[seg.row] + j] for j in range(len(seg))])
             taken[seg.row] += len(seg)
-        stitches = [
-            nn.Linear(stitch_specs[n].src_width, stitch_specs[n].dst_width) for n in path.stitches
-        ]
+        stitches = [stitch_layer(stitch_specs[n]) for n in path.stitches]
+    if pool_keys is not None:
+        pool_keys.update(_skeleton_keys(rows, stitches, path))
     first, last = rows[path.segments[0].row], rows[path.segments[-1].row]
     return Descendant(first.stem(), segments, stitches, last.head(), path, _input_size(first))
 
 
-def pool_key_map(
-    adapters_part_of: Mapping[int, Any],
-    row_keys: Mapping[int, Sequence[str]],
-    path: Path,
-) -> dict[str, str]:
-    """Map the pool's tensor names a descendant needs to the descendant's own names.
+def _skeleton_keys(rows: Mapping[int, AncestryAdapter], stitches: Sequence[nn.Module], path: Path) -> dict[str, str]:
+    """Pool tensor name -> descendant tensor name, for the shortened rows of :func:`descendant_skeleton`.
 
-    ``adapters_part_of[r]`` is row ``r``'s ``part_of`` function and
-    ``row_keys[r]`` its state-dict keys (without the ``rows.<r>.`` prefix).
+    Shortened row ``r`` holds the blocks the path takes from it in path order;
+    its block ``k`` is the pool's block ``start + j`` of the segment it serves.
+    Stitch layer ``i`` keeps its own keys (``weight``, ``bias``; low-rank layers add ``lora_A``, ``lora_B``).
     """
-    mapping: dict[str, str] = {}
     first, last = path.segments[0].row, path.segments[-1].row
-    for key in row_keys[first]:
-        if adapters_part_of[first](key)[0] == "stem":
-            mapping[f"rows.{first}.{key}"] = f"stem.{key}"
-    for key in row_keys[last]:
-        if adapters_part_of[last](key)[0] == "head":
-            mapping[f"rows.{last}.{key}"] = f"head.{key}"
+    place: dict[tuple[int, int], tuple[int, int]] = {}  # (row, shortened index) -> (segment, position)
+    taken = {r: 0 for r in rows}
     for i, seg in enumerate(path.segments):
-        for key in row_keys[seg.row]:
-            part, index = adapters_part_of[seg.row](key)
-            if part == "block" and seg.start <= index < seg.stop:  # type: ignore[operator]
-                rest = key.split(".", 2)[2]
-                mapping[f"rows.{seg.row}.{key}"] = f"segments.{i}.{index - seg.start}.{rest}"
-    for i, name in enumerate(path.stitches):
-        for p in ("weight", "bias"):
+        for j in range(len(seg)):
+            place[(seg.row, taken[seg.row])] = (i, j)
+            taken[seg.row] += 1
+    mapping: dict[str, str] = {}
+    for r, adapter in rows.items():
+        for key in adapter.model.state_dict():
+            part, index = adapter.part_of(key)
+            if part == "stem" and r == first:
+                mapping[f"rows.{r}.{key}"] = f"stem.{key}"
+            elif part == "head" and r == last:
+                mapping[f"rows.{r}.{key}"] = f"head.{key}"
+            elif part == "block":
+                i, j = place[(r, index)]  # type: ignore[index]
+                prefix, _, rest = key.split(".", 2)
+                mapping[f"rows.{r}.{prefix}.{path.segments[i].start + j}.{rest}"] = f"segments.{i}.{j}.{rest}"
+    for i, (name, layer) in enumerate(zip(path.stitches, stitches, strict=True)):
+        for p in layer.state_dict():
             mapping[f"stitches.{name}.{p}"] = f"stitches.{i}.{p}"
     return mapping
 

@@ -6,14 +6,13 @@ reads only its own bytes. stitchkit checks the header itself before
 safetensors sees the file, so every kind of damage surfaces as one documented
 error, :class:`~stitchkit.errors.PoolFormatError`, naming the file and the
 problem. The byte layout, the metadata schema and the versioning policy are
-specified in ``docs/format.md``; the schemas below are the ones printed there.
+specified in ``docs/format.md``. Reading and checking the header and metadata
+needs no torch and lives in :mod:`stitchkit.header`; this module builds
+modules and reads and writes tensors.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import os
 import pathlib
 import shutil
@@ -21,7 +20,6 @@ import struct
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -30,26 +28,42 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import ConfigError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
+from .lowrank import merge_low_rank
+from .header import (  # noqa: F401 - re-exported: the format's constants and schemas are part of this module's API
+    DESCENDANT_FORMAT,
+    DESCENDANT_SCHEMA,
+    DTYPE_SIZES,
+    FORMAT_VERSION,
+    MAX_HEADER_BYTES,
+    PATH_SCHEMA,
+    POOL_FORMAT,
+    POOL_SCHEMA,
+    STITCH_SCHEMA,
+    SUPPORTED_VERSIONS,
+    SIZES_SCHEMA,
+    TENSORS_SCHEMA,
+    PathLike,
+    _FLOAT_DTYPES,
+    _check_metadata,
+    _check_pool_description,
+    _check_schema,
+    _dumps,
+    _few,
+    _find_path,
+    _Header,
+    _match_index,
+    _read_header,
+    _SchemaError,
+    PoolHeader,
+    read_pool_metadata,
+)
 from .pool import Pool
+from .metainit import meta_skeleton
 from .spec import Path, RowShape, StitchSpec
-from .stitched import Descendant, descendant_skeleton, pool_key_map
+from .stitched import Descendant, build_descendant, descendant_skeleton
 
-POOL_FORMAT = "stitchkit-pool"
-DESCENDANT_FORMAT = "stitchkit-descendant"
-FORMAT_VERSION = "1"
-#: format_version values this reader understands.
-SUPPORTED_VERSIONS = ("1",)
-#: The same limit safetensors itself enforces on the JSON header.
-MAX_HEADER_BYTES = 100_000_000
-
-PathLike = str | os.PathLike
 OnRead = Callable[[str], None]
 
-#: Every dtype the format allows: safetensors name -> bytes per element.
-DTYPE_SIZES: dict[str, int] = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}
 # safetensors dtype name -> torch dtype (those this torch build has)
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, attr)
@@ -62,7 +76,6 @@ DTYPES: dict[str, torch.dtype] = {
     if hasattr(torch, attr)
 }
 _DTYPE_NAMES = {dt: name for name, dt in DTYPES.items()}
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
 def _writer() -> str:
@@ -70,375 +83,6 @@ def _writer() -> str:
         return f"stitchkit {version('stitchkit')}"
     except PackageNotFoundError:  # pragma: no cover - source tree without metadata
         return "stitchkit"
-
-
-# --------------------------------------------------------------------------- schemas
-# A small JSON-Schema subset (type, properties, required, additionalProperties,
-# items, minItems, maxItems, minimum, minLength, pattern, enum), checked by
-# _check_schema. Unknown keys are allowed everywhere: see "Versioning" in docs/format.md.
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
-_COUNT = {"type": "integer", "minimum": 0}
-_POSITIVE = {"type": "integer", "minimum": 1}
-STITCH_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["name", "src", "dst", "src_width", "dst_width"],
-    "properties": {"name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE},
-}
-PATH_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["segments", "stitches"],
-    "properties": {
-        "segments": {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 3, "maxItems": 3, "items": _COUNT}},
-        "stitches": {"type": "array", "items": _NAME},
-        "label": {"type": "string"},
-    },
-}
-_ROW_PROPERTIES = {
-    "adapter": {"type": "string", "minLength": 1},
-    "arch": {"type": "object"},
-    "depth": _POSITIVE,
-    "width": _POSITIVE,
-    "heads": _POSITIVE,
-}
-POOL_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["method", "rows", "stitches", "paths", "info", "evaluation", "extras"],
-    "properties": {
-        "method": {"type": "string", "minLength": 1},
-        "rows": {
-            "type": "array",
-            "minItems": 1,
-            "items": {"type": "object", "required": ["adapter", "arch", "depth", "width", "heads"], "properties": _ROW_PROPERTIES},
-        },
-        "stitches": {"type": "array", "items": STITCH_SCHEMA},
-        "paths": {"type": "array", "items": PATH_SCHEMA},
-        "info": {"type": "object"},
-        "evaluation": {"type": "object", "additionalProperties": {"type": "object"}},
-        "extras": {"type": "array", "items": {"type": "string", "minLength": 1}},
-    },
-}
-DESCENDANT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["name", "path", "method", "rows", "stitches", "info", "evaluation"],
-    "properties": {
-        "name": {"type": "string"},
-        "path": PATH_SCHEMA,
-        "method": {"type": "string", "minLength": 1},
-        "rows": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["row", "adapter", "arch", "depth", "width", "heads"],
-                "properties": {"row": _COUNT, **_ROW_PROPERTIES},
-            },
-        },
-        "stitches": {"type": "array", "items": STITCH_SCHEMA},
-        "info": {"type": "object"},
-        "evaluation": {"type": ["object", "null"]},
-    },
-}
-TENSORS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": {
-        "type": "object",
-        "required": ["dtype", "shape"],
-        "properties": {"dtype": {"type": "string", "enum": sorted(DTYPE_SIZES)}, "shape": {"type": "array", "items": _COUNT}},
-    },
-}
-
-_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-}
-
-
-class _SchemaError(Exception):
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"at {where or 'the top level'}: {problem}")
-
-
-def _type_name(value: Any) -> str:
-    for name, test in _JSON_TYPES.items():
-        if name != "number" and test(value):
-            return name
-    return "number" if _JSON_TYPES["number"](value) else type(value).__name__
-
-
-def _check_schema(value: Any, schema: Mapping[str, Any], where: str = "") -> None:
-    """Raise :class:`_SchemaError` where ``value`` breaks ``schema`` (the subset above)."""
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(_JSON_TYPES[t](value) for t in types):
-            raise _SchemaError(where, f"expected {' or '.join(types)}, got {_type_name(value)}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise _SchemaError(where, f"{value!r} is not one of {schema['enum']}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            raise _SchemaError(where, "empty string")
-        if "pattern" in schema and not re.search(schema["pattern"], value):  # JSON Schema: search
-            raise _SchemaError(where, f"{value!r} does not match {schema['pattern']}")
-    if _JSON_TYPES["number"](value) and "minimum" in schema and value < schema["minimum"]:
-        raise _SchemaError(where, f"{value} is below the minimum {schema['minimum']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            raise _SchemaError(where, f"needs at least {schema['minItems']} items, has {len(value)}")
-        if len(value) > schema.get("maxItems", math.inf):
-            raise _SchemaError(where, f"allows at most {schema['maxItems']} items, has {len(value)}")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                _check_schema(item, schema["items"], f"{where}[{i}]")
-    if isinstance(value, dict):
-        for key in schema.get("required", ()):
-            if key not in value:
-                raise _SchemaError(where, f"missing required key {key!r}")
-        props = schema.get("properties", {})
-        for key, item in value.items():
-            sub = props.get(key, schema.get("additionalProperties"))
-            if sub is not None:
-                _check_schema(item, sub, f"{where}.{key}" if where else key)
-
-
-# --------------------------------------------------------------------------- header
-@dataclass
-class _Header:
-    """A safetensors header that passed stitchkit's byte-level checks."""
-
-    path: pathlib.Path
-    length: int  # N, the JSON header's byte length
-    entries: dict[str, dict[str, Any]]  # tensor name -> {dtype, shape, data_offsets}
-    metadata: dict[str, str] | None
-
-    @property
-    def data_start(self) -> int:
-        return 8 + self.length
-
-
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _loads(text: str) -> Any:
-    """Strict JSON: no duplicate keys, no NaN/Infinity (what other languages' parsers accept)."""
-    return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constant)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"), sort_keys=False)
-
-
-def _read_header(path: PathLike) -> _Header:
-    """Read and check the 8-byte length and the JSON header; never touches tensor data."""
-    p = pathlib.Path(path)
-    try:
-        with open(p, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise PoolFormatError(
-                    p, f"file is {file_size} bytes, too short for a safetensors file "
-                    "(it starts with an 8-byte header length); truncated or not a pool file"
-                )
-            (n,) = struct.unpack("<Q", prefix)
-            if n > file_size - 8:
-                raise PoolFormatError(
-                    p, f"header length field says {n} bytes but only {file_size - 8} bytes follow it; "
-                    "the file is truncated or not a safetensors file"
-                )
-            if n > MAX_HEADER_BYTES:
-                raise PoolFormatError(p, f"header of {n} bytes exceeds the safetensors limit of {MAX_HEADER_BYTES}")
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise PoolFormatError(p, "file not found") from None
-    except IsADirectoryError:
-        raise PoolFormatError(p, "is a directory, not a pool file") from None
-    except OSError as exc:
-        raise PoolFormatError(p, f"cannot read the file: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PoolFormatError(p, "header is not UTF-8 text: not a safetensors file") from None
-    if not text.startswith("{"):
-        raise PoolFormatError(p, "header does not start with '{': not a safetensors file")
-    try:
-        header = _loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise PoolFormatError(p, f"header is not valid JSON ({exc}): not a safetensors file") from None
-    if not isinstance(header, dict):
-        raise PoolFormatError(p, "header JSON is not an object: not a safetensors file")
-    metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (
-        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
-    ):
-        raise PoolFormatError(p, "__metadata__ must map strings to strings")
-    entries: dict[str, dict[str, Any]] = {}
-    spans = []
-    for name, entry in header.items():
-        entries[name] = _check_entry(p, name, entry)
-        spans.append((*entry["data_offsets"], name))
-    expected = 0
-    for begin, end, name in sorted(spans):
-        if begin != expected:
-            raise PoolFormatError(
-                p, f"tensor {name!r} starts at data byte {begin}, expected {expected}: "
-                "tensors overlap or leave a gap"
-            )
-        expected = end
-    data = file_size - 8 - n
-    if expected > data:
-        raise PoolFormatError(
-            p, f"truncated: the tensors need {expected} bytes of data after the header but the file holds {data}"
-        )
-    if expected < data:
-        raise PoolFormatError(p, f"{data - expected} unexplained bytes after the last tensor")
-    return _Header(p, n, entries, metadata)
-
-
-def _check_entry(p: pathlib.Path, name: str, entry: Any) -> dict[str, Any]:
-    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
-        raise PoolFormatError(p, f"header entry {name!r} needs dtype, shape and data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
-        raise PoolFormatError(p, f"tensor {name!r} has unsupported dtype {dtype!r} (supported: {', '.join(DTYPE_SIZES)})")
-    if not isinstance(shape, list) or not all(_JSON_TYPES["integer"](d) and d >= 0 for d in shape):
-        raise PoolFormatError(p, f"tensor {name!r} has an invalid shape {shape!r} (a list of non-negative integers)")
-    if not (
-        isinstance(offsets, list) and len(offsets) == 2 and all(_JSON_TYPES["integer"](o) for o in offsets)
-        and 0 <= offsets[0] <= offsets[1]
-    ):
-        raise PoolFormatError(p, f"tensor {name!r} has invalid data_offsets {offsets!r} (two integers, begin <= end)")
-    need = math.prod(shape) * DTYPE_SIZES[dtype]
-    if offsets[1] - offsets[0] != need:
-        raise PoolFormatError(
-            p, f"tensor {name!r}: data_offsets span {offsets[1] - offsets[0]} bytes but "
-            f"{dtype} {shape} needs {need}"
-        )
-    return entry
-
-
-# --------------------------------------------------------------------------- metadata
-def _check_metadata(h: _Header, fmt: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Check format and version, parse the description and the tensor index, match them to the header."""
-    p, meta = h.path, h.metadata or {}
-    found = meta.get("format")
-    if found != fmt:
-        if found in (POOL_FORMAT, DESCENDANT_FORMAT):
-            hint = "use load_pool / load_descendant" if found == POOL_FORMAT else "use load_exported"
-            raise PoolFormatError(p, f"is a {found} file, not a {fmt} file; {hint}")
-        what = "no 'format' key in __metadata__" if found is None else f"its format is {found!r}"
-        raise PoolFormatError(
-            p, f"a safetensors file that stitchkit did not write as a {fmt} ({what}); "
-            "plain model weights load with TimmViT.load_checkpoint"
-        )
-    ver = meta.get("format_version")
-    if ver is None:
-        raise PoolFormatError(p, "missing format_version in __metadata__")
-    if ver not in SUPPORTED_VERSIONS:
-        raise PoolFormatError(
-            p, f"format_version {ver!r} is not supported by this stitchkit (it reads {', '.join(SUPPORTED_VERSIONS)}); "
-            "upgrade stitchkit to read it"
-        )
-    key, schema = ("pool", POOL_SCHEMA) if fmt == POOL_FORMAT else ("descendant", DESCENDANT_SCHEMA)
-    desc = _parse_json(p, meta, key, schema)
-    index = _parse_json(p, meta, "tensors", TENSORS_SCHEMA)
-    _match_index(p, index, {n: (e["dtype"], e["shape"]) for n, e in h.entries.items()}, "the file", "the metadata")
-    return desc, index
-
-
-def _parse_json(p: pathlib.Path, meta: Mapping[str, str], key: str, schema: Mapping[str, Any]) -> Any:
-    if key not in meta:
-        raise PoolFormatError(p, f"__metadata__ has no {key!r} entry")
-    try:
-        value = _loads(meta[key])
-    except (ValueError, RecursionError) as exc:
-        raise PoolFormatError(p, f"metadata {key!r} is not valid JSON: {exc}") from None
-    try:
-        _check_schema(value, schema)
-    except _SchemaError as exc:
-        raise PoolFormatError(p, f"metadata {key!r} fails the schema {exc}") from None
-    return value
-
-
-def _match_index(
-    p: pathlib.Path,
-    index: Mapping[str, Mapping[str, Any]],
-    found: Mapping[str, tuple[str | None, list[int]]],
-    found_in: str,
-    listed_in: str,
-) -> None:
-    """Every tensor ``listed_in`` must be ``found_in`` with the same shape (and dtype, where known)."""
-    missing = sorted(set(index) - set(found))
-    if missing:
-        raise PoolFormatError(
-            p, f"{len(missing)} tensor(s) listed in {listed_in} are missing from {found_in}: {_few(missing)}"
-        )
-    extra = sorted(set(found) - set(index))
-    if extra:
-        raise PoolFormatError(p, f"{len(extra)} tensor(s) in {found_in} are not listed in {listed_in}: {_few(extra)}")
-    for name, entry in index.items():
-        dtype, shape = found[name]
-        if list(shape) != list(entry["shape"]):
-            raise PoolFormatError(
-                p, f"tensor {name!r} has shape {list(shape)} in {found_in} but {list(entry['shape'])} in {listed_in}"
-            )
-        if dtype is not None and dtype != entry["dtype"]:
-            raise PoolFormatError(p, f"tensor {name!r} has dtype {dtype} in {found_in} but {entry['dtype']} in {listed_in}")
-
-
-def _few(names: list[str]) -> str:
-    return ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
-
-
-def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mapping[str, Mapping[str, Any]]) -> list[Path]:
-    """Checks that need no adapter: paths, stitch tensors, extras and evaluation keys fit."""
-    try:
-        shapes = [RowShape(r["depth"], r["width"], r["heads"]) for r in desc["rows"]]
-        specs = {s["name"]: StitchSpec.from_json(s) for s in desc["stitches"]}
-        paths = [Path.from_json(d) for d in desc["paths"]]
-        for path in paths:
-            path.validate([s.depth for s in shapes], specs)
-    except (ConfigError, PathError) as exc:
-        raise PoolFormatError(p, f"metadata describes an invalid pool: {exc}") from None
-    if len(specs) != len(desc["stitches"]):
-        raise PoolFormatError(p, "metadata lists a stitch layer name twice")
-    for s in specs.values():
-        for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
-            if end >= len(shapes) or shapes[end].width != width:
-                raise PoolFormatError(p, f"stitch layer {s.name!r} expects width {width} at row {end}, which the rows do not have")
-        for suffix, shape in (("weight", [s.dst_width, s.src_width]), ("bias", [s.dst_width])):
-            entry = index.get(f"stitches.{s.name}.{suffix}")
-            if entry is None:
-                raise PoolFormatError(p, f"stitch layer {s.name!r} has no tensor 'stitches.{s.name}.{suffix}'")
-            if entry["shape"] != shape:
-                raise PoolFormatError(
-                    p, f"tensor 'stitches.{s.name}.{suffix}' has shape {entry['shape']}, but the stitch layer "
-                    f"maps width {s.src_width} to {s.dst_width} and needs {shape}"
-                )
-    extras = {n[len("extras."):] for n in index if n.startswith("extras.")}
-    if extras != set(desc["extras"]) or len(desc["extras"]) != len(extras):
-        raise PoolFormatError(
-            p, f"metadata lists extras {sorted(desc['extras'])} but the file holds extras {sorted(extras)}"
-        )
-    names = {path.name for path in paths}
-    unknown = sorted(set(desc["evaluation"]) - names)
-    if unknown:
-        raise PoolFormatError(p, f"evaluation results for descendants the pool does not have: {_few(unknown)}")
-    return paths
 
 
 # --------------------------------------------------------------------------- reading
@@ -452,10 +96,10 @@ def _adapter_class(p: pathlib.Path, registry: Any, name: str, where: str) -> typ
         ) from exc
 
 
-def _build_row(p: pathlib.Path, cls: type, arch: Mapping[str, Any], shape: RowShape | None, where: str) -> Any:
+def _build_row(p: pathlib.Path, cls: Any, arch: Mapping[str, Any], shape: RowShape | None, where: str) -> Any:
     """An adapter built on the meta device from a file-supplied arch (no weights, no memory)."""
     try:
-        with torch.device("meta"):
+        with meta_skeleton():
             adapter = cls.from_arch(arch)
         built = adapter.shape
     except Exception as exc:  # noqa: BLE001 - any failure to build a file-supplied arch is a file problem
@@ -465,14 +109,8 @@ def _build_row(p: pathlib.Path, cls: type, arch: Mapping[str, Any], shape: RowSh
     return adapter
 
 
-class _PoolFile:
-    """A pool file whose header, metadata and tensor names/shapes have all been checked."""
-
-    def __init__(self, path: PathLike) -> None:
-        self.header = _read_header(path)
-        self.path = self.header.path
-        self.desc, self.index = _check_metadata(self.header, POOL_FORMAT)
-        self.paths = _check_pool_description(self.path, self.desc, self.index)
+class _PoolFile(PoolHeader):
+    """A checked pool file (:class:`~stitchkit.header.PoolHeader`) that can build modules and read tensors."""
 
     def skeleton(self, registry: Any) -> Pool:
         """The pool on the meta device, its tensor names and shapes matched to the file's."""
@@ -485,7 +123,7 @@ class _PoolFile:
             cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
             adapters.append(_build_row(p, cls, row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}"))
         try:
-            with torch.device("meta"):
+            with meta_skeleton():
                 pool = Pool(
                     adapters, [StitchSpec.from_json(s) for s in desc["stitches"]], self.paths,
                     method=desc["method"], info=desc["info"],
@@ -546,26 +184,6 @@ def _load_into(p: pathlib.Path, module: torch.nn.Module, state: Mapping[str, tor
         )
 
 
-def read_pool_metadata(path: PathLike) -> dict[str, Any]:
-    """The checked metadata of a pool file, from its header alone (no tensor is read).
-
-    Returns ``{"format", "format_version", "writer", "pool", "tensors"}``:
-    ``pool`` is the description written by :func:`save_pool` (method, rows,
-    stitches, paths, info, evaluation, extras), ``tensors`` maps each tensor
-    name to its dtype and shape. Needs no plugin: the architecture check
-    against the adapters happens when tensors are loaded.
-    """
-    f = _PoolFile(path)
-    meta = f.header.metadata or {}
-    return {
-        "format": meta["format"],
-        "format_version": meta["format_version"],
-        "writer": meta.get("writer", ""),
-        "pool": f.desc,
-        "tensors": f.index,
-    }
-
-
 def load_pool(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu") -> Pool:
     """Rebuild a pool, bit-exact: rows from their adapters' archs, then the stored tensors.
 
@@ -596,34 +214,50 @@ def load_descendant(
     every pool tensor read, so callers can see that nothing else was touched.
     """
     f = _PoolFile(path)
-    pool = f.skeleton(registry)
-    target = pool.path(key)
-    return _lazy_descendant(f, pool, target, str(device), on_read)
+    return _lazy_descendant(f, f.resolve(key), registry, str(device), on_read)
 
 
-def _lazy_descendant(f: _PoolFile, pool: Pool, target: Path, device: str, on_read: OnRead | None) -> Descendant:
+def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None) -> Descendant:
+    """Build only the descendant's own modules (shortened rows on the meta device), then read only its tensors."""
+    from .registry import default_registry
+
+    registry = registry if registry is not None else default_registry()
+    p, desc_rows = f.path, f.desc["rows"]
     rows = sorted({s.row for s in target.segments})
-    mapping = pool_key_map(
-        {r: pool.adapters[r].part_of for r in rows},
-        {r: list(pool.rows[r].state_dict()) for r in rows},
-        target,
-    )
-    desc_rows = f.desc["rows"]
+    types = {r: _adapter_class(p, registry, desc_rows[r]["adapter"], f"row {r}") for r in rows}
+
+    def build_row(r: int, cls: type, arch: dict[str, Any]) -> Any:
+        """A shortened row, checked against the width and heads the metadata gives the full row."""
+        row = desc_rows[r]
+        adapter = _build_row(p, cls, arch, None, f"row {r}")
+        built = adapter.shape
+        if (built.depth, built.width, built.heads) != (arch["depth"], row["width"], row["heads"]):
+            raise PoolFormatError(
+                p, f"row {r}: its arch builds a {row['depth']}x{built.width}:{built.heads} row but the metadata says "
+                f"{row['depth']}x{row['width']}:{row['heads']}"
+            )
+        return adapter
+
+    mapping: dict[str, str] = {}
     skeleton = descendant_skeleton(
-        {r: type(pool.adapters[r]) for r in rows},
-        {r: desc_rows[r]["arch"] for r in rows},
-        pool.stitch_specs,
-        target,
+        types, {r: desc_rows[r]["arch"] for r in rows}, f.stitch_specs, target, pool_keys=mapping, build_row=build_row
     )
-    wanted = set(skeleton.state_dict())
-    if set(mapping.values()) != wanted:
+    state = skeleton.state_dict()
+    if set(mapping.values()) != set(state):
         raise PoolFormatError(
-            f.path, f"descendant {target.name}: the pool's tensor names do not cover its modules "
-            f"(unmapped: {_few(sorted(wanted - set(mapping.values())))})"
+            p, f"descendant {target.name}: the pool's tensor names do not cover its modules "
+            f"(unmapped: {_few(sorted(set(state) - set(mapping.values())))})"
         )
+    by_pool_name = {n: state[own] for n, own in mapping.items()}
+    missing = sorted(set(mapping) - set(f.index))
+    if missing:
+        raise PoolFormatError(p, f"descendant {target.name} needs {len(missing)} tensor(s) the file lacks: {_few(missing)}")
+    _match_index(p, {n: f.index[n] for n in mapping}, {n: (None, list(t.shape)) for n, t in by_pool_name.items()},
+                 "the rows' architectures", "the file")
+    _check_float(p, f.index, by_pool_name)
     tensors = f.read(mapping, device, on_read)
-    _load_into(f.path, skeleton, {mapping[n]: t for n, t in tensors.items()})
-    return skeleton
+    _load_into(p, skeleton, {mapping[n]: t for n, t in tensors.items()})
+    return merge_low_rank(skeleton)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- writing
@@ -701,6 +335,8 @@ def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | Non
     (any JSON object: where the ancestry and data came from) is stored as
     ``info.provenance``.
     """
+    from .report import pool_sizes
+
     p = pathlib.Path(path)
     desc = pool.describe()
     if provenance is not None:
@@ -713,6 +349,8 @@ def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | Non
         _check_pool_description(p, desc, _index(prepared))
     except PoolFormatError as exc:
         raise PoolFormatError(p, f"cannot write: {exc.problem}") from None
+    with torch.no_grad():
+        desc["sizes"] = pool_sizes(pool)  # so that 'stitchkit info' needs no torch
     return _write(p, POOL_FORMAT, "pool", desc, POOL_SCHEMA, prepared)
 
 
@@ -752,32 +390,17 @@ def update_evaluation(
     return evaluation
 
 
-def _find_path(paths: list[Path], key: Path | int | str) -> Path:
-    """The path for ``key`` (as :meth:`Pool.path` resolves it), from metadata alone."""
-    if isinstance(key, Path):
-        key = key.name
-    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
-        i = int(key)
-        if not 0 <= i < len(paths):
-            raise PathError(f"descendant index {i} out of range: the pool has {len(paths)} descendants (0..{len(paths) - 1})")
-        return paths[i]
-    for path in paths:
-        if key in (path.name, path.label):
-            return path
-    raise PathError(f"no descendant named {key!r}; run 'stitchkit info' on the pool to list them")
-
-
 # --------------------------------------------------------------------------- export
 def _source(pool_or_path: Pool | PathLike, key: Path | int | str, registry: Any, device: str) -> tuple[dict[str, Any], Path, Callable[[], Descendant], Any]:
     """(pool description, path, descendant factory, file or pool) for an in-memory pool or a pool file."""
     if isinstance(pool_or_path, Pool):
         pool = pool_or_path
         target = pool.path(key)
-        return pool.describe(), target, lambda: pool.descendant(target), pool
+        # a fresh module, not the pool's cached one: exporting merges low-rank stitch layers in place
+        return pool.describe(), target, lambda: build_descendant(pool.adapters, pool.stitches, target), pool
     f = _PoolFile(pool_or_path)
-    pool = f.skeleton(registry)
-    target = pool.path(key)
-    return f.desc, target, lambda: _lazy_descendant(f, pool, target, device, None), f
+    target = f.resolve(key)
+    return f.desc, target, lambda: _lazy_descendant(f, target, registry, device, None), f
 
 
 def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, Any]:
@@ -789,7 +412,8 @@ def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, 
         "path": target.to_json(),
         "method": desc["method"],
         "rows": [{"row": r, **desc["rows"][r]} for r in rows],
-        "stitches": [stitches[n] for n in target.stitches],
+        # exported stitch layers are merged: plain layers, whatever the pool's rank
+        "stitches": [{k: v for k, v in stitches[n].items() if k not in ("rank", "alpha")} for n in target.stitches],
         "info": desc["info"],
         "evaluation": evaluation,
     }
@@ -805,7 +429,7 @@ def export_descendant(
     """
     desc, target, make, _ = _source(pool_or_path, key, registry, "cpu")
     out = pathlib.Path(out_path)
-    prepared = _prepare(out, make().state_dict())
+    prepared = _prepare(out, merge_low_rank(make()).state_dict())
     return _write(out, DESCENDANT_FORMAT, "descendant", _descendant_description(desc, target), DESCENDANT_SCHEMA, prepared)
 
 

@@ -137,7 +137,7 @@ class _Checker:
 
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
-        self.cls: type = type(None)
+        self.cls: Any = type(None)  # the component class under test, whatever its kind
         self.passed: list[str] = []
 
     @contextlib.contextmanager
@@ -407,7 +407,7 @@ def _check_design(c: _Checker, registry: Registry) -> None:
         design = _seeded(0, lambda: c.example(ancestry=ANCESTRY))
     with c.check("rows"):
         rows = design.rows(ANCESTRY)
-        _require(isinstance(rows, list) and rows and all(isinstance(r, RowShape) for r in rows),
+        _require(isinstance(rows, list) and bool(rows) and all(isinstance(r, RowShape) for r in rows),
                  f"rows({ANCESTRY}) returned {rows!r}; expected a non-empty list of RowShape")
         _require([r.width for r in rows] == sorted(r.width for r in rows), f"rows are not sorted narrow first: {[str(r) for r in rows]}")
     with c.check("deterministic"):
@@ -510,6 +510,7 @@ def _check_initializer(c: _Checker, registry: Registry) -> None:
         pool = _pool(dtype)
         init = c.example(pool=pool)
         objects = {n: (layer, layer.weight, layer.bias) for n, layer in pool.stitches.items()}
+        shapes = {n: (tuple(layer.weight.shape), tuple(layer.bias.shape)) for n, layer in pool.stitches.items()}
         with torch.no_grad():
             for layer in pool.stitches.values():
                 layer.weight.fill_(math.nan)
@@ -521,7 +522,9 @@ def _check_initializer(c: _Checker, registry: Registry) -> None:
         for n, (layer, w, b) in objects.items():
             _require(pool.stitches[n] is layer and layer.weight is w and layer.bias is b,
                      f"stitch layer {n!r} was replaced; write the existing parameters in place (with torch.no_grad(): .copy_())")
-            for t in (layer.weight, layer.bias):
+            for what, t, shape in (("weight", layer.weight, shapes[n][0]), ("bias", layer.bias, shapes[n][1])):
+                _require(tuple(t.shape) == shape,
+                         f"{what} of stitch layer {n!r} has shape {tuple(t.shape)}, expected {shape} (nn.Linear: (out, in))")
                 _require(t.dtype == dtype, f"stitch layer {n!r} became {t.dtype} on a {dtype} pool")
                 _require(_finite(t), f"stitch layer {n!r} holds NaN or inf after initialize (not written, or a degenerate solve)")
         _require(_same_state(rows, _state(pool.rows)) is None, "initialize changed the rows' weights; it may only write stitch layers")
@@ -567,7 +570,7 @@ def _check_sampler(c: _Checker, registry: Registry) -> None:
         g = torch.Generator().manual_seed(0)
         for _ in range(16):
             got = sampler.sample(g)
-            _require(isinstance(got, list) and got, f"sample() returned {got!r}; expected a non-empty list of Path")
+            _require(isinstance(got, list) and bool(got), f"sample() returned {got!r}; expected a non-empty list of Path")
             for p in got:
                 _require(isinstance(p, Path) and p in paths and p.name in names,
                          f"sample() returned {p.name if isinstance(p, Path) else repr(p)}, not one of the given paths")
@@ -602,7 +605,7 @@ def _check_method(c: _Checker, registry: Registry) -> None:
                      f"stitch layer {s} does not fit rows {[str(r) for r in shapes]}")
     with c.check("paths validate"):
         paths = method.paths(shapes, specs)
-        _require(isinstance(paths, list) and paths and all(isinstance(p, Path) for p in paths), f"paths() returned {paths!r}")
+        _require(isinstance(paths, list) and bool(paths) and all(isinstance(p, Path) for p in paths), f"paths() returned {paths!r}")
         table = {s.name: s for s in specs}
         for p in paths:
             try:

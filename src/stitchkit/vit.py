@@ -73,6 +73,10 @@ class TimmViT(AncestryAdapter):
     """timm ``VisionTransformer``: DeiT and ViT of any width, depth, heads, patch and image size."""
 
     name = "timm-vit"
+    #: The wrapped ``VisionTransformer``; ``Any`` because timm builds its submodules dynamically.
+    model: Any
+    #: The timm model name it was created from, if any (kept in :meth:`arch`).
+    timm_name: str = ""
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, VisionTransformer):

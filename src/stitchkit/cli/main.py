@@ -36,34 +36,63 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from ..cost import format_cost, training_cost
+    from ..engine.config import load_config
+
+    config = load_config(args.config, args.set or [])
+    result = training_cost(
+        config,
+        train_images=args.images,
+        eval_images=args.eval_images,
+        num_classes=args.num_classes,
+        pretrain_epochs=args.pretrain_epochs,
+        gpu_tflops=args.gpu_tflops,
+        mfu=args.mfu,
+        alone=args.alone,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_cost(result))
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    """List every component; exit 1 when a plugin is broken or two plugins register one name."""
     from ..registry import KINDS, default_registry
 
     reg = default_registry()
     if args.json:
         out = {
             "components": [
-                {"kind": e.kind, "name": e.name, "plugin": e.plugin, "class": f"{e.cls.__module__}.{e.cls.__qualname__}"}
+                {
+                    "kind": e.kind, "name": e.name, "plugin": e.plugin,
+                    "package": reg.packages.get(e.plugin, ("", ""))[0],
+                    "version": reg.packages.get(e.plugin, ("", ""))[1],
+                    "summary": e.summary,
+                    "class": f"{e.cls.__module__}.{e.cls.__qualname__}",
+                    "options": [o.as_dict() for o in e.options],
+                }
                 for e in reg.entries()
             ],
-            "broken": [vars(b) if not hasattr(b, "__dataclass_fields__") else b.__dict__ for b in reg.broken],
+            "broken": [{"plugin": b.plugin, "package": b.package, "error": b.error} for b in reg.broken],
             "conflicts": [{"kind": k, "name": n, "plugins": p} for (k, n), p in reg.conflicts().items()],
         }
         print(json.dumps(out, indent=2))
-        return 0
-    for kind in KINDS:
-        entries = reg.entries(kind)
-        print(f"{kind}:")
-        if not entries:
-            print("  (none)")
-        for e in entries:
-            doc = (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else ""
-            print(f"  {e.name:<22} [{e.plugin}]  {doc}")
-    for (kind, name), plugins in reg.conflicts().items():
-        print(f"conflict: {kind} {name!r} registered by {', '.join(plugins)} (unusable until one is removed)")
-    for b in reg.broken:
-        print(f"broken plugin: {b.plugin} (package {b.package}): {b.error}")
-    return 0
+    else:
+        for kind in KINDS:
+            entries = reg.entries(kind)
+            print(f"{kind}:")
+            if not entries:
+                print("  (none)")
+            for e in entries:
+                print(f"  {e.name:<22} [{e.plugin}]  {e.summary}")
+                if e.options:
+                    opts = ", ".join(o.name + ("" if o.required else f"={o.default!r}") for o in e.options)
+                    print(f"  {'':<22} options: {opts}")
+        for (kind, name), plugins in reg.conflicts().items():
+            print(f"conflict: {kind} {name!r} registered by {', '.join(plugins)} (unusable until one is removed)")
+        for b in reg.broken:
+            print(f"broken plugin: {b.plugin} (package {b.package}): {b.error}")
+    return 1 if reg.broken or reg.conflicts() else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -167,7 +196,22 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_plan)
 
-    pg = sub.add_parser("plugins", help="list registered components and the plugin providing each")
+    pc = sub.add_parser("cost", help="training compute of a build config on paper (FLOPs per phase; --alone)")
+    pc.add_argument("config", help="TOML build config")
+    pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
+    pc.add_argument("--images", type=int, help="training images (default: read from the data source)")
+    pc.add_argument("--eval-images", type=int, help="evaluation images (default: the test split's size)")
+    pc.add_argument("--num-classes", type=int, help="classes (default: read from the data source)")
+    pc.add_argument("--pretrain-epochs", type=int, default=300,
+                    help="epochs at which loaded (pretrained) networks are priced (default 300, DeiT's recipe)")
+    pc.add_argument("--alone", action="store_true", help="also the cost of training every descendant on its own")
+    pc.add_argument("--gpu-tflops", type=float, help="peak TFLOP/s of one GPU (with --mfu: adds GPU hours)")
+    pc.add_argument("--mfu", type=float, help="fraction of the peak reached, e.g. 0.4")
+    pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pc.set_defaults(func=_cmd_cost)
+
+    pg = sub.add_parser("plugins", help="list registered components, their options and the plugin providing each "
+                        "(exit 1 if a plugin is broken or two register one name)")
     pg.add_argument("--json", action="store_true")
     pg.set_defaults(func=_cmd_plugins)
 

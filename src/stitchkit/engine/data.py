@@ -228,16 +228,16 @@ def split_indices(labels: Sequence[int], val_fraction: float, test_fraction: flo
     """
     from sklearn.model_selection import train_test_split
 
-    labels = np.asarray(labels)
-    n = len(labels)
+    labels_np = np.asarray(labels)
+    n = len(labels_np)
     n_test, n_val = round(test_fraction * n), round(val_fraction * n)
     idx = np.arange(n)
     try:
-        rest, test = (idx, idx[:0]) if n_test == 0 else train_test_split(idx, test_size=n_test, random_state=seed, stratify=labels)
-        train, val = (rest, rest[:0]) if n_val == 0 else train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=labels[rest])
+        rest, test = (idx, idx[:0]) if n_test == 0 else train_test_split(idx, test_size=n_test, random_state=seed, stratify=labels_np)
+        train, val = (rest, rest[:0]) if n_val == 0 else train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=labels_np[rest])
     except ValueError as exc:  # a split too small to hold every class once
         raise ConfigError(
-            f"data: cannot split {n} images of {len(set(labels.tolist()))} classes into {n_val} val and {n_test} test "
+            f"data: cannot split {n} images of {len(set(labels_np.tolist()))} classes into {n_val} val and {n_test} test "
             f"images with every class in each ({exc}); raise data.val_fraction / data.test_fraction or set them to 0"
         ) from None
     return np.sort(train), np.sort(val), np.sort(test)
@@ -287,7 +287,7 @@ class Data:
 
     def train_sampler(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> DistributedSampler:
         """This rank's share of epoch ``epoch``'s order: a function of ``(seed, epoch)``."""
-        sampler = DistributedSampler(self.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        sampler: DistributedSampler = DistributedSampler(self.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         sampler.set_epoch(epoch)
         return sampler
 

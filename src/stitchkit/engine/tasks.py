@@ -158,6 +158,8 @@ class PoolTask(TrainTask):
 
     def eval_model(self, model: nn.Module) -> nn.Module | None:
         """The pool's largest descendant (most MACs if the sampler knows them, else the last path)."""
+        if self.sampler is None:
+            return None
         paths = self.sampler.paths
         macs = self.sampler.macs
         path = paths[max(range(len(paths)), key=lambda i: (macs[i], i))] if macs else paths[-1]

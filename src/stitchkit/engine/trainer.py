@@ -155,7 +155,8 @@ _NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only: not on biases, norms (ndim <= 1) or position/class tokens."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -430,7 +431,7 @@ def _fit(
                     summed = all_reduce_sum(torch.tensor([window_loss, *extra.values()], dtype=torch.float64, device=device)) / ctx.world_size
                     now = time.perf_counter()
                     ips = window_steps * train.batch_size / max(now - window_t, 1e-9)
-                    rec = {"step": state.step, "epoch": epoch, "lr": lr, "loss": float(summed[0]) / window_steps, "images_per_s": ips}
+                    rec: dict[str, Any] = {"step": state.step, "epoch": epoch, "lr": lr, "loss": float(summed[0]) / window_steps, "images_per_s": ips}
                     rec.update({k: float(v) / window_steps for k, v in zip(extra, summed[1:].tolist())})
                     if names:
                         rec["paths"] = names
