@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import stitchkit
+from stitchkit.engine.transforms import TransformConfig
 from stitchkit.cli.build import build_command
 from stitchkit.engine.config import (
     apply_overrides,
@@ -66,7 +67,8 @@ def test_load_config_resolves_defaults_and_overrides(tmp_path):
     cfg = load_config(path, ["train.epochs=5", "data.in_chans=3"])
     assert cfg["train"]["epochs"] == 5 and cfg["train"]["lr"] == 0.001
     assert cfg["train"]["batch_size"] == TrainConfig().batch_size  # default filled in
-    assert cfg["data"] == {**json.loads(json.dumps(DataConfig().__dict__)), "img_size": 16, "in_chans": 3}
+    transform = json.loads(json.dumps(TransformConfig().__dict__))  # the [data.transform] table, defaults filled in too
+    assert cfg["data"] == {**json.loads(json.dumps(DataConfig().__dict__)), "img_size": 16, "in_chans": 3, "transform": transform}
     assert cfg["mine"] == {"anything": 1}  # method sections pass through for the method to check
     # the resolved config is itself a config: reloading it gives the same thing
     saved = tmp_path / "resolved.json"

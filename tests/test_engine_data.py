@@ -139,7 +139,7 @@ def test_imagefolder_source(tmp_path):
                 Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
     d = build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=16))
     assert d.spec == DataSpec(3, 16, 2)
-    assert (len(d.train), len(d.val), len(d.test)) == (6, 4, 4)
+    assert (len(d.train), len(d.val), len(d.test)) == (6, 4, 4)  # val/ is the test split too
     x, y = d.train[0]
     assert x.shape == (3, 16, 16) and y == 0
     d.train.set_epoch(1, seed=0)
@@ -206,3 +206,100 @@ def test_batched_fetch_is_the_per_image_draw():
     batch = next(iter(d.train_loader(8, epoch=3, seed=7)))
     order = list(d.train_sampler(3, 7))[:8]
     assert torch.equal(batch[0], torch.stack([d.train[i][0] for i in order]))
+
+
+# --------------------------------------------------------------------------- ImageFolder layouts, splits, transforms
+def _folder(root, classes=("a", "b", "c"), n=10, size=12):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+
+
+def _labels(ds):
+    return sorted(int(ds[i][1]) for i in range(len(ds)))
+
+
+def test_a_flat_class_folder_is_split_stratified_seeded_and_recorded(tmp_path):
+    _folder(tmp_path, n=10)  # 30 images, 10 per class
+    cfg = dict(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=8, val_fraction=0.2, test_fraction=0.3)
+    d = build_data(DataConfig(**cfg))
+    # round(0.3 * 30) = 9 test, round(0.2 * 30) = 6 val, 15 train; stratified: 3 / 2 / 5 per class
+    assert (len(d.train), len(d.val), len(d.test)) == (15, 6, 9)
+    assert _labels(d.test) == [0] * 3 + [1] * 3 + [2] * 3 and _labels(d.val) == [0] * 2 + [1] * 2 + [2] * 2
+    assert d.classes == ["a", "b", "c"] and d.spec == DataSpec(3, 8, 3)
+    assert d.splits["val"] | {"sha256": None} == {"from": "root (split)", "images": 6, "fraction": 0.2, "seed": 0, "stratified": True, "sha256": None}
+    assert d.splits["train"]["from"] == "root" and d.splits["train"]["images"] == 15
+    # the splits are disjoint and cover the folder; the same seed gives the same split, another seed another
+    members = [set(s.indices) for s in (d.train.base, d.val, d.test)]
+    assert sum(map(len, members)) == 30 and len(set.union(*members)) == 30
+    assert build_data(DataConfig(**cfg)).splits == d.splits
+    assert build_data(DataConfig(**cfg, split_seed=1)).splits["test"]["sha256"] != d.splits["test"]["sha256"]
+
+
+def test_imagefolder_layouts_decide_which_splits_are_made(tmp_path):
+    _folder(tmp_path / "train", n=10)
+    _folder(tmp_path / "val", n=2)
+    d = build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=8))
+    assert (len(d.train), len(d.val), len(d.test)) == (30, 6, 6) and d.test is d.val  # ImageNet layout: val/ is the test split too
+    assert d.splits["test"]["from"] == "val/ (also the test split)"
+    with pytest.raises(ConfigError, match=r"data.test_fraction does not apply: .* has val/ \(it is also the test split\)"):
+        build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=8, test_fraction=0.3))
+    with pytest.raises(ConfigError, match=r"data.val_fraction does not apply: .* has val/"):
+        build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=8, val_fraction=0.3))
+    (tmp_path / "val").rename(tmp_path / "test")  # train/ + test/: val is split off train/
+    d = build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=8, val_fraction=0.2))
+    assert (len(d.train), len(d.val), len(d.test)) == (24, 6, 6) and d.splits["val"]["from"] == "train/ (split)"
+
+
+def test_a_class_mismatch_names_the_differing_classes(tmp_path):
+    _folder(tmp_path / "train", classes=("cat", "dog", "eel", "fox", "gnu", "hen"), n=2)
+    _folder(tmp_path / "val", classes=("cat", "dog", "eel", "fox", "gnu", "owl"), n=1)
+    with pytest.raises(ConfigError) as err:
+        build_data(DataConfig(source="imagefolder", root=str(tmp_path), in_chans=3, img_size=8))
+    assert "train/ has ['hen'] that val/ lacks; val/ has ['owl'] that train/ lacks" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"source": "digits", "root": "/data"}, ["data.root", "does not apply to source 'digits'"]),
+        ({"source": "digits", "transform": {"hflip": 0.0}}, ["data.transform", "only to imagefolder"]),
+        ({"source": "imagefolder", "root": "/x", "in_chans": 3, "max_shift": 0.2}, ["data.max_shift", "only to digits / synthetic"]),
+        ({"source": "digits", "synthetic_classes": 4}, ["data.synthetic_classes"]),
+        ({"source": "imagefolder", "root": "/x", "in_chans": 3, "transform": {"scale": [0.5, 2.0]}}, ["data.transform.scale", "at most 1.0"]),
+        ({"source": "imagefolder", "root": "/x", "in_chans": 3, "transform": {"interpolation": "cubic"}}, ["data.transform.interpolation", "bicubic"]),
+        ({"source": "imagefolder", "root": "/x", "in_chans": 3, "transform": {"auto_augment": "bogus"}}, ["data.transform.auto_augment", "bogus"]),
+        ({"source": "imagefolder", "root": "/x", "in_chans": 3, "transform": {"hlfip": 0.0}}, ["data.transform", "'hflip'"]),
+    ],
+)
+def test_options_that_do_not_apply_or_are_wrong_are_refused(kwargs, words):
+    from stitchkit.engine.config import from_mapping
+
+    with pytest.raises(ConfigError) as info:
+        from_mapping(DataConfig, kwargs, "data")
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_transform_defaults_depend_on_the_image_size():
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    from torchvision import transforms as T
+
+    from stitchkit.engine.transforms import TransformConfig, create_eval_transform, create_train_transform, preprocessing
+
+    cfg = TransformConfig()
+    for size, scale, resize in ((32, (0.5, 1.0), 32), (64, (0.5, 1.0), 64), (224, (0.08, 1.0), 256)):  # 224 / 0.875 = 256
+        pre = preprocessing(cfg, size)
+        crop = next(t for t in create_train_transform(cfg, pre).transforms if isinstance(t, RandomResizedCropAndInterpolation))
+        assert crop.scale == scale and crop.size == (size, size)
+        ev = create_eval_transform(pre).transforms
+        assert isinstance(ev[0], T.Resize) and ev[0].size == resize and ev[1].size == (size, size)
+    assert preprocessing(cfg, 32) == {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+                                      "std": [0.229, 0.224, 0.225], "crop_pct": 1.0, "crop_mode": "center"}
+    mine = TransformConfig(scale=[0.9, 1.0], crop_pct=0.5, mean=[0.5], std=[0.25], interpolation="bicubic")
+    assert preprocessing(mine, 32, 1)["crop_pct"] == 0.5
+    ev = create_eval_transform(preprocessing(mine, 32, 1)).transforms
+    assert ev[0].size == 64 and ev[-1].mean.tolist() == [0.5] and ev[-1].std.tolist() == [0.25]

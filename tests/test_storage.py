@@ -403,9 +403,19 @@ def test_failed_save_leaves_the_old_file_intact(pool, tmp_path, monkeypatch):
 
     monkeypatch.setattr(storage, "save_file", half_write)
     with pytest.raises(OSError, match="disk full"):
-        save_pool(pool, target)
+        save_pool(pool, target, provenance={"changed": True})  # new content: an unchanged pool is not rewritten at all
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.safetensors"]
+
+
+def test_saving_an_unchanged_pool_leaves_the_file_alone(pool, tmp_path):
+    target = tmp_path / "pool.safetensors"
+    save_pool(pool, target, provenance={"run": 1})
+    stat = target.stat()
+    save_pool(pool, target, provenance={"run": 1})
+    assert target.stat().st_mtime_ns == stat.st_mtime_ns and target.stat().st_ino == stat.st_ino
+    save_pool(pool, target, provenance={"run": 2})  # other metadata: written (atomically: a new inode)
+    assert target.stat().st_ino != stat.st_ino
 
 
 def test_failed_evaluation_update_leaves_the_old_file_intact(pool, pool_file, tmp_path, monkeypatch):

@@ -76,6 +76,7 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     pool = Pool.from_method(
         method, rows["adapters"], info=rows["info"], extras=rows["extras"], stitch_rank=lg.stitch_rank, stitch_alpha=lg.stitch_alpha
     )
+    pool.info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes, "splits": data.splits}  # exports carry them
     loader = data.eval_loader(lg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
     after_init = {}
     for name in lg.compare_initializers:
@@ -89,7 +90,10 @@ def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, re
     path = out_dir / lg.pool_file
     if ctx.is_main:
         pool.to("cpu")
-        save_pool(pool, path, provenance={"config": dict(config), "eval_split": lg.eval_split})
+        provenance = {"config": dict(config), "eval_split": lg.eval_split}
+        if ancestry.weights_record is not None:  # what timm adapted when loading the ancestry's weights
+            provenance["ancestry_weights"] = ancestry.weights_record
+        save_pool(pool, path, provenance=provenance)
     from stitchkit.engine.distributed import barrier
 
     barrier()
@@ -134,7 +138,7 @@ def obtain_ancestry(config, lg: LearngeneConfig, data: Data, base: TrainConfig, 
         else:
             train = lg.train_config(base, "ancestry")
             sub = {"data": config["data"], "model": config["model"], "train": dataclasses.asdict(train)}
-            adapter = load_model(train_model(sub, out_dir, name="ancestry"), registry)
+            adapter = load_model(train_model(sub, out_dir, name="ancestry", save_config=False), registry)
     spec = data.spec
     if adapter.num_classes != spec.num_classes or tuple(getattr(adapter, "input_size", spec.input_size)) != spec.input_size:
         raise ConfigError(

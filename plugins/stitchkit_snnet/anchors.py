@@ -43,9 +43,9 @@ def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> Tim
 
 
 def obtain_anchors(
-    cfg: SNNetConfig, config: Mapping[str, Any], data: Any, base: Any, out_dir: pathlib.Path
+    cfg: SNNetConfig, config: Mapping[str, Any], data: Any, base: Any, out_dir: pathlib.Path, seconds: list[float] | None = None
 ) -> list[TimmViT]:
-    """Every anchor, in order, trained on ``data`` first where ``train = true``."""
+    """Every anchor, in order, trained on ``data`` first where ``train = true`` (each phase's training time appended to ``seconds``)."""
     from stitchkit.engine import ClassificationTask, dist_context, fit, save_model
 
     ctx = dist_context(base.device)
@@ -57,6 +57,8 @@ def obtain_anchors(
         if anchor.train:
             identity = {"data": config.get("data", {}), "anchor": dataclasses.asdict(anchor)}
             result = fit(ClassificationTask(adapter.model), data, train_cfg, out_dir=out_dir, phase=f"anchor{i}", config=identity)
+            if seconds is not None:
+                seconds.append(result.seconds)
             if ctx.is_main:
                 save_model(adapter, out_dir / "anchors" / f"anchor{i}.safetensors", {"snnet_anchor": i, "steps": result.steps, "last": result.last_metrics})
         adapter.model.cpu()

@@ -108,6 +108,8 @@ class AncestryAdapter(ABC):
     """
 
     name: ClassVar[str]
+    #: Where the starting weights came from and what timm adapted (:func:`stitchkit.weights.create_timm_model`); None: random.
+    weights_record: dict[str, Any] | None = None
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

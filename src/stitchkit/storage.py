@@ -323,8 +323,23 @@ def _write(
         key: _encode(p, key, desc, schema),
         "tensors": _dumps(_index(prepared)),
     }
+    if _same_file(p, metadata, prepared):  # a rerun that changed nothing leaves the file (and its mtime) alone
+        return p
     _atomic_write(p, lambda tmp: save_file(dict(prepared), tmp, metadata=metadata))
     return p
+
+
+def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
+    """True if ``p`` already holds exactly this metadata and these tensors (compared one tensor at a time)."""
+    if not p.is_file():
+        return False
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            if (fh.metadata() or {}) != dict(metadata) or set(fh.keys()) != set(tensors):
+                return False
+            return all(torch.equal(fh.get_tensor(k), t) for k, t in tensors.items())
+    except Exception:  # noqa: BLE001 - unreadable or truncated: rewrite it
+        return False
 
 
 def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | None = None) -> pathlib.Path:
@@ -471,7 +486,13 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
 
 
 def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu") -> Descendant:
-    """Load a file written by :func:`export_descendant`; no pool needed."""
+    """Load a file written by :func:`export_descendant`; no pool needed.
+
+    The model is in eval mode and carries what inference needs: ``transform``
+    (timm's evaluation transform for an image file), ``classes`` (names in label
+    order), ``preprocessing`` (timm's data config, also as ``pretrained_cfg``);
+    None for files exported from pools that did not record them.
+    """
     from .registry import default_registry
 
     registry = registry if registry is not None else default_registry()
@@ -491,7 +512,10 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
     _match_index(p, index, {n: (None, list(t.shape)) for n, t in state.items()}, "the descendant's architecture", "the file")
     _check_float(p, index, state)
     _load_into(p, skeleton, _read_tensors(p, index, str(device), None))
-    return skeleton
+    from .preprocessing import attach
+
+    # ready for inference: eval mode, with the transform and class names the pool was built with
+    return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
 
 
 def export_timm_state_dict(
@@ -525,6 +549,10 @@ def export_timm_state_dict(
         "stitchkit_arch": _dumps(row["arch"]),
         "stitchkit_descendant": _encode(out, "descendant", _descendant_description(desc, target), DESCENDANT_SCHEMA),
     }
+    data = (desc.get("info") or {}).get("data") or {}
+    if data.get("preprocessing"):  # timm's data config and the class names, for inference without stitchkit
+        extra["stitchkit_preprocessing"] = _dumps(data["preprocessing"])
+        extra["stitchkit_classes"] = _dumps(data.get("classes") or [])
     prepared = _prepare(out, tensors)
     metadata = {"format": "pt", **extra}
     _atomic_write(out, lambda tmp: save_file(prepared, tmp, metadata=metadata))

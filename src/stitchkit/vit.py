@@ -16,7 +16,7 @@ from timm.layers import LayerScale
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .errors import ConfigError, StitchkitError
+from .errors import ConfigError
 from .interfaces import AncestryAdapter
 from .spec import RowShape
 
@@ -129,17 +129,16 @@ class TimmViT(AncestryAdapter):
         """Create a registered timm model (``pretrained`` downloads timm's weights),
         optionally loading a local checkpoint file (safetensors, or a ``.pth``
         read with ``weights_only=True``)."""
-        import timm
+        from .weights import create_timm_model
 
-        if _on_meta() and not pretrained:
+        if _on_meta() and not pretrained and checkpoint is None:
             kwargs.setdefault("weight_init", "skip")
         try:
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            model, record = create_timm_model(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
         except RuntimeError as exc:
             raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
         adapter = cls(model)
-        if checkpoint is not None:
-            adapter.load_checkpoint(checkpoint)
+        adapter.weights_record = record
         adapter.timm_name = name
         return adapter
 
@@ -148,14 +147,10 @@ class TimmViT(AncestryAdapter):
         return cls.from_timm(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
 
     def load_checkpoint(self, path: str | pathlib.Path) -> None:
-        """Load weights from a local file into the model, with a clear error on mismatch."""
-        state = load_state_file(path)
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise StitchkitError(
-                f"{path}: checkpoint does not fit {self.shape} "
-                f"(missing keys: {missing[:5]}, unexpected keys: {unexpected[:5]})"
-            )
+        """Load weights from a local file into the model; they must fit it exactly."""
+        from .weights import load_strict
+
+        load_strict(self.model, path, f"a ViT of shape {self.shape}")
 
     def arch(self) -> dict[str, Any]:
         m = self.model
@@ -240,22 +235,7 @@ def _on_meta() -> bool:
 
 
 def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a weights-only torch file; never unpickles objects."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise StitchkitError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Read a state dict from safetensors or a weights-only torch file (:func:`stitchkit.weights.read_state_dict`)."""
+    from .weights import read_state_dict
 
-        return load_file(str(path))
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise StitchkitError(f"{path}: not a weights-only torch checkpoint ({exc})") from exc
-    for key in ("model", "state_dict", "model_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise StitchkitError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
+    return read_state_dict(path)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 from collections.abc import Sequence
 
-from ..engine.config import load_config, save_resolved
+from ..engine.config import config_hash, load_config, save_resolved
 from ..engine.distributed import barrier, dist_context
+from ..engine.runlog import append_run_record
 from ..errors import ConfigError
 from ..registry import Registry, default_registry
 
@@ -67,4 +69,9 @@ def build_command(
         out.mkdir(parents=True, exist_ok=True)
         save_resolved(config, out)
     barrier()
-    return method.build(config, out_dir=out, registry=registry)
+    started = time.perf_counter()
+    pool = method.build(config, out_dir=out, registry=registry)
+    if ctx.is_main:
+        append_run_record(out, {"event": "build", "method": name, "config_sha256": config_hash(config), "pool": str(pool),
+                                "wall_s": round(time.perf_counter() - started, 3)})
+    return pool

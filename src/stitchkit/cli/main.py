@@ -263,21 +263,30 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..console import error, rank, setup
+
     p = parser()
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()
         return 0
+    setup()
     try:
         return int(args.func(args) or 0)
     except StitchkitError as exc:
         if args.traceback:
             raise
-        print(f"stitchkit: error: {exc}", file=sys.stderr)
+        error(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("stitchkit: interrupted", file=sys.stderr)
+        error("interrupted")
         return 130
+    except Exception as exc:
+        if rank() == 0 or args.traceback:
+            raise
+        # another rank's failure (e.g. rank 0 stopped and closed the process group): one line, not a traceback
+        print(f"stitchkit: rank {rank()}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,6 @@ runs alone or under ``torchrun --nproc_per_node N -m stitchkit.engine train ...`
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from ..errors import StitchkitError
@@ -23,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pt.add_argument("--out", default=None, help="output folder (default: the config's out_dir, else runs/<config name>)")
     pt.add_argument("--name", default="ancestry", help="phase and file name (default: ancestry)")
     args = p.parse_args(argv)
+    from ..console import error, setup
+
+    setup()
     try:
         from ..cli.build import resolve_out_dir
         from .config import load_config
@@ -31,8 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.set)
         path = train_model(config, resolve_out_dir(config, args.config, args.out), name=args.name)
     except StitchkitError as exc:
-        print(f"stitchkit: error: {exc}", file=sys.stderr)
+        error(f"error: {exc}")
         return 2
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
     print(f"model written to {path}")
     return 0
 

@@ -15,19 +15,22 @@ exactly the images an uninterrupted one would: data order depends on
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import pathlib
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from ..errors import ConfigError
+from .transforms import TransformConfig, create_eval_transform, create_train_transform, preprocessing
 
 SOURCES = ("digits", "imagefolder", "synthetic")
 
@@ -50,19 +53,19 @@ class DataConfig:
     """The ``[data]`` section."""
 
     source: str = "digits"
-    #: ImageFolder root holding ``train/`` and ``val/`` (and optionally ``test/``).
+    #: ImageFolder root: ``train/`` (+ ``val/``, ``test/``), or one folder per class (split here).
     root: str = ""
     img_size: int = 32
     in_chans: int = 1
-    #: Fractions of the whole set held out (digits and synthetic; ImageFolder has its own dirs).
+    #: Fractions of the whole set held out (digits, synthetic, and an ImageFolder's missing val/ or test/).
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
     augment: bool = True
     #: Largest random shift, as a fraction of the image side (digits / synthetic).
     max_shift: float = 0.125
-    #: timm's auto-augment policy for ImageFolder, e.g. "rand-m9-mstd0.5-inc1" ("" = none).
-    auto_augment: str = ""
+    #: ImageFolder transforms: the ``[data.transform]`` table (:class:`~stitchkit.engine.transforms.TransformConfig`).
+    transform: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     eval_batch_size: int = 256
     #: Synthetic source only.
@@ -92,6 +95,32 @@ class DataConfig:
             raise ConfigError(f"{where}: num_workers must be >= 0 and eval_batch_size >= 1")
         if self.synthetic_samples < 2 or self.synthetic_classes < 2:
             raise ConfigError(f"{where}: synthetic_samples and synthetic_classes must be >= 2")
+        from .config import from_mapping, to_mapping
+
+        self.transform = to_mapping(from_mapping(TransformConfig, self.transform, f"{where}.transform"))
+        self._check_applicable(where)
+
+    def _check_applicable(self, where: str) -> None:
+        """Options of another source, set to a non-default value, are an error rather than ignored."""
+        default = DataConfig()
+        only = {
+            "root": ("imagefolder",),
+            "transform": ("imagefolder",),
+            "max_shift": ("digits", "synthetic"),
+            "synthetic_samples": ("synthetic",),
+            "synthetic_classes": ("synthetic",),
+        }
+        for key, sources in only.items():
+            value = getattr(self, key)
+            unset = value == getattr(default, key) or (key == "transform" and value == dataclasses.asdict(TransformConfig()))
+            if self.source not in sources and not unset:
+                raise ConfigError(
+                    f"{where}.{key} = {value!r} does not apply to source {self.source!r} (only to {' / '.join(sources)}); remove it"
+                )
+
+    @property
+    def transforms(self) -> TransformConfig:
+        return TransformConfig(**self.transform)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DataConfig:
@@ -284,6 +313,23 @@ class Data:
     spec: DataSpec
     config: DataConfig
     train_eval: Dataset | None = None
+    #: Where each split came from: a folder, or a stratified seeded share (fraction, seed, images, sha256 of the members).
+    splits: dict[str, Any] = field(default_factory=dict)
+    #: Class names in label order.
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The evaluation transform as timm's data config (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``).
+
+        Digits and synthetic images are already tensors here; the config describes the
+        equivalent transform of an image file (bilinear resize, mean 0.5 / std 0.5, no crop).
+        """
+        if self.config.source == "imagefolder":
+            return preprocessing(self.config.transforms, self.spec.img_size, self.spec.in_chans)
+        n = self.spec.in_chans
+        return {"input_size": [n, self.spec.img_size, self.spec.img_size], "interpolation": "bilinear",
+                "mean": [0.5] * n, "std": [0.5] * n, "crop_pct": 1.0, "crop_mode": "center"}
 
     def train_sampler(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> DistributedSampler:
         """This rank's share of epoch ``epoch``'s order: a function of ``(seed, epoch)``."""
@@ -373,6 +419,7 @@ def _tensor_data(images: torch.Tensor, labels: torch.Tensor, num_classes: int, c
         t = torch.as_tensor(idx, dtype=torch.long)
         return TensorImages(images[t], labels[t], max_shift=max_shift)
 
+    names = {i: f"{cfg.source}[{i}]" for i in range(len(labels))}
     return Data(
         train=EpochSeeded(part(train_i, shift)),
         val=part(val_i, 0),
@@ -380,40 +427,97 @@ def _tensor_data(images: torch.Tensor, labels: torch.Tensor, num_classes: int, c
         spec=DataSpec(cfg.in_chans, cfg.img_size, num_classes),
         config=cfg,
         train_eval=part(train_i, 0),
+        splits=_split_record(cfg, {"train": train_i, "val": val_i, "test": test_i}, names, cfg.source, cfg.source),
+        classes=[str(c) for c in range(num_classes)],
     )
 
 
+def _split_record(cfg: DataConfig, parts: dict[str, np.ndarray], names: Any, origin: str, shared: str) -> dict[str, Any]:
+    """Each split's origin, size and a sha256 of its members (to check two runs used the same images)."""
+    record: dict[str, Any] = {}
+    for split, idx in parts.items():
+        members = "\n".join(names[int(i)] for i in idx)
+        entry: dict[str, Any] = {"from": origin, "images": int(len(idx)), "sha256": hashlib.sha256(members.encode()).hexdigest()}
+        if split != "train":
+            entry.update(fraction=getattr(cfg, f"{split}_fraction"), seed=cfg.split_seed, stratified=True)
+        record[split] = entry
+    return record
+
+
+def _class_difference(a: list[str], b: list[str], name_a: str, name_b: str) -> str:
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    parts = [f"{name_a} has {only_a} that {name_b} lacks" if only_a else "", f"{name_b} has {only_b} that {name_a} lacks" if only_b else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def _imagefolder_data(cfg: DataConfig) -> Data:
-    from timm.data import create_transform
+    """train/ (+ val/, test/), or a flat class folder; a missing val/ or test/ is split off the training images.
+
+    With train/ and val/ but no test/ (ImageNet's layout), val/ is the test split too.
+    """
     from torchvision.datasets import ImageFolder
 
     root = pathlib.Path(cfg.root).expanduser()
-    dirs = {name: root / name for name in ("train", "val", "test")}
-    for name in ("train", "val"):
-        if not dirs[name].is_dir():
+    if not root.is_dir():
+        raise ConfigError(f"data.root: {root} is not a directory; give an ImageFolder root (train/, val/, test/ or one folder per class)")
+    has = {name: (root / name).is_dir() for name in ("train", "val", "test")}
+    if not has["train"] and (has["val"] or has["test"]):
+        raise ConfigError(f"data.root: {root} has {'val/' if has['val'] else 'test/'} but no train/; add train/ with one folder of images per class")
+    base = root / "train" if has["train"] else root
+    origin = "train/" if has["train"] else "root"
+    fractions = {"val": cfg.val_fraction if not has["val"] else 0.0, "test": cfg.test_fraction if not (has["test"] or has["val"]) else 0.0}
+    default = DataConfig()
+    for split, reason in (("val", "val/"), ("test", "test/" if has["test"] else "val/ (it is also the test split)")):
+        if fractions[split] == 0.0 and getattr(cfg, f"{split}_fraction") != getattr(default, f"{split}_fraction") and (has[split] or has["val"]):
             raise ConfigError(
-                f"data.root: {dirs[name]} is not a directory; an ImageFolder root needs train/ and val/ "
-                f"with one subdirectory of images per class (ImageNet layout)"
+                f"data.{split}_fraction does not apply: {root} has {reason}; remove the key, or remove {split}/ to split it off {origin}"
             )
-    train_tf = create_transform(cfg.img_size, is_training=cfg.augment, auto_augment=cfg.auto_augment or None)
-    eval_tf = create_transform(cfg.img_size, is_training=False)
+    tcfg = cfg.transforms
+    pre = preprocessing(tcfg, cfg.img_size, 3)
+    eval_tf = create_eval_transform(pre)
+    train_tf = create_train_transform(tcfg, pre) if cfg.augment else eval_tf
     try:
-        train = ImageFolder(str(dirs["train"]), transform=train_tf)
-        val = ImageFolder(str(dirs["val"]), transform=eval_tf)
-        test = ImageFolder(str(dirs["test"]), transform=eval_tf) if dirs["test"].is_dir() else val
+        full = ImageFolder(str(base), transform=train_tf)
+        folders = {name: ImageFolder(str(root / name), transform=eval_tf) for name in ("val", "test") if has[name]}
     except (FileNotFoundError, RuntimeError) as exc:
-        raise ConfigError(f"data.root: cannot read ImageFolder under {root}: {exc}") from exc
-    for name, ds in (("val", val), ("test", test)):
-        if ds.classes != train.classes:
+        raise ConfigError(
+            f"data.root: cannot read ImageFolder under {root} ({str(exc).splitlines()[0]}); it needs train/ (+ val/, test/) "
+            "or one folder of images per class"
+        ) from None
+    for name, ds in folders.items():
+        if ds.classes != full.classes:
             raise ConfigError(
-                f"data.root: {dirs[name] if ds is not val or name == 'val' else dirs['val']} has classes "
-                f"{ds.classes[:5]}... but train/ has {train.classes[:5]}...; every split needs the same class folders"
+                f"data.root: {name}/ and {origin} have different class folders ({_class_difference(full.classes, ds.classes, origin, name + '/')}); "
+                "every split needs the same class folders"
             )
+    full_eval = copy.copy(full)
+    full_eval.transform = eval_tf
+    labels = [t for _, t in full.samples]
+    train_i, val_i, test_i = split_indices(labels, fractions["val"], fractions["test"], cfg.split_seed)
+    names = [str(pathlib.Path(p).relative_to(base)) for p, _ in full.samples]
+    splits = _split_record(cfg, {"train": train_i}, names, origin, origin)
+    if not has["val"]:
+        splits.update(_split_record(cfg, {"val": val_i}, names, f"{origin} (split)", origin))
+    if not (has["test"] or has["val"]):
+        splits.update(_split_record(cfg, {"test": test_i}, names, f"{origin} (split)", origin))
+    for name, ds in folders.items():
+        rel = "\n".join(str(pathlib.Path(p).relative_to(root / name)) for p, _ in ds.samples)
+        splits[name] = {"from": f"{name}/", "images": len(ds), "sha256": hashlib.sha256(rel.encode()).hexdigest()}
+    if has["val"] and not has["test"]:
+        splits["test"] = {**splits["val"], "from": "val/ (also the test split)"}
+
+    def subset(ds: Dataset, idx: np.ndarray) -> Dataset:
+        return ds if len(idx) == len(full) else Subset(ds, idx.tolist())
+
+    val = folders.get("val") or subset(full_eval, val_i)
+    test = folders.get("test") or (folders["val"] if has["val"] else subset(full_eval, test_i))
     return Data(
-        train=EpochSeeded(train),
+        train=EpochSeeded(subset(full, train_i)),
         val=val,
         test=test,
-        spec=DataSpec(3, cfg.img_size, len(train.classes)),
+        spec=DataSpec(3, cfg.img_size, len(full.classes)),
         config=cfg,
-        train_eval=ImageFolder(str(dirs["train"]), transform=eval_tf),
+        train_eval=subset(full_eval, train_i),
+        splits=splits,
+        classes=list(full.classes),
     )

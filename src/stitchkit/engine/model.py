@@ -41,7 +41,8 @@ class ModelConfig:
     timm_name: str = ""
     #: Download timm's pretrained weights (needs network access; timm_name only).
     pretrained: bool = False
-    #: Local weights to start from (safetensors, or a weights-only .pth).
+    #: Local weights to start from (safetensors, or a weights-only .pth, optionally under 'model' /
+    #: 'state_dict'); with timm_name, adapted by timm to the data like pretrained weights.
     checkpoint: str = ""
     depth: int = 12
     embed_dim: int = 64
@@ -101,6 +102,7 @@ def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0) -> TimmViT:
             )
             if cfg.checkpoint:
                 adapter.load_checkpoint(cfg.checkpoint)
+                adapter.weights_record = {"source": "file", "file": cfg.checkpoint, "adapted": []}
     return adapter
 
 
@@ -155,10 +157,13 @@ def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PoolFormatError(path, f"unreadable model file ({exc})") from exc
 
 
-def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry") -> pathlib.Path:
+def train_model(
+    config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry", save_config: bool = True
+) -> pathlib.Path:
     """Train the ``[model]`` ViT on the ``[data]`` with the ``[train]`` settings; return ``out_dir/<name>.safetensors``.
 
-    Resumes (or skips) like any phase; safe to run under torchrun.
+    Resumes (or skips) like any phase; safe to run under torchrun. ``save_config=False``
+    when it is one phase of a larger build, whose ``resolved.json`` holds the whole config.
     """
     resolved = resolve(config)
     out = pathlib.Path(out_dir)
@@ -171,12 +176,19 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "ru
     test = evaluate(adapter.model, data.test_loader(rank=ctx.rank, world_size=ctx.world_size), device=ctx.device) if len(data.test) else {}  # type: ignore[arg-type]
     path = out / f"{name}.safetensors"
     if ctx.is_main:
-        save_resolved(resolved, out)
+        if save_config:
+            save_resolved(resolved, out)
         info = {
-            "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source},
+            "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source,
+                     "splits": data.splits},
+            "classes": data.classes,
+            "preprocessing": data.preprocessing,
             "evaluation": {"test": test, "last": result.last_metrics},
             "steps": result.steps,
+            "train_s": result.seconds,
         }
+        if adapter.weights_record is not None:
+            info["weights"] = adapter.weights_record
         save_model(adapter, path, info)
     from .distributed import barrier
 

@@ -1,14 +1,19 @@
 """What a run reports while it trains: a progress bar, a JSONL metrics file,
-and TensorBoard scalars when TensorBoard is installed and asked for.
+and TensorBoard scalars when TensorBoard is installed and asked for; and the
+build's history, ``runs.jsonl``, one appended line per phase session and per
+build (so a rerun that skips finished phases adds records instead of
+replacing the original timings).
 
 Only the main process reports; the others get a silent :class:`RunLog`.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -83,3 +88,37 @@ class RunLog:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+
+
+RUNS_FILE = "runs.jsonl"
+
+
+def append_run_record(out_dir: str | pathlib.Path, record: Mapping[str, Any]) -> None:
+    """Append one line to ``out_dir/runs.jsonl`` (the caller is the main process), stamped with UTC time."""
+    path = pathlib.Path(out_dir) / RUNS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"time": stamp, **record}, sort_keys=True) + "\n")
+
+
+def read_run_records(out_dir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The records of ``out_dir/runs.jsonl``, oldest first (a line cut by a kill is skipped)."""
+    path = pathlib.Path(out_dir) / RUNS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def phase_seconds(out_dir: str | pathlib.Path) -> dict[str, float]:
+    """Each phase's training time from ``runs.jsonl`` (the latest record; a skipped phase repeats the original).
+
+    What a report's wall-time table should show on a rerun that skipped finished phases.
+    """
+    return {r["phase"]: float(r["train_s"]) for r in read_run_records(out_dir) if "phase" in r and "train_s" in r}

@@ -42,7 +42,7 @@ from .config import write_json_atomic
 from .data import Data, derive_seed
 from .distributed import DistContext, all_gather_bytes, all_reduce_sum, barrier, dist_context
 from .evaluate import evaluate
-from .runlog import RunLog
+from .runlog import RunLog, append_run_record
 from .tasks import Batch, TrainTask
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -140,6 +140,10 @@ class FitResult:
     epochs: int
     last_metrics: dict[str, Any]
     checkpoint: pathlib.Path | None
+    #: Training wall time of the phase, summed over resumed sessions (a skipped phase keeps its original time).
+    seconds: float = 0.0
+    #: True when the phase had already finished and was skipped.
+    skipped: bool = False
 
 
 def learning_rate(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -340,6 +344,7 @@ def _fit(
     optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas))  # type: ignore[arg-type]
 
     state = TrainState()
+    started = time.perf_counter()
     found = checkpoint_files(ckpt_dir)
     last_ckpt: pathlib.Path | None = None
     if found:
@@ -351,9 +356,12 @@ def _fit(
         _restore_rng(meta["rng"], ctx, derive_seed("train", train.seed, phase, ctx.rank, state.step))
     else:
         torch.manual_seed(derive_seed("train", train.seed, phase, ctx.rank))
+    seconds_before = float(state.metrics.get("train_s", 0.0))
     if state.finished:
+        if ctx.is_main:
+            append_run_record(out_dir, {"phase": phase, "event": "skipped", "steps": state.step, "train_s": seconds_before})
         barrier()
-        return FitResult(state.step, state.epoch, state.metrics, last_ckpt)
+        return FitResult(state.step, state.epoch, state.metrics, last_ckpt, seconds_before, skipped=True)
 
     log = RunLog(phase_dir, phase=phase, total_steps=total, initial_step=state.step, active=ctx.is_main, progress=train.progress, tensorboard=train.tensorboard)
     if ctx.is_main:
@@ -377,6 +385,7 @@ def _fit(
 
     def save(finished: bool = False) -> pathlib.Path:
         state.finished = finished
+        state.metrics["train_s"] = round(seconds_before + time.perf_counter() - started, 3)  # kept across resumes
         rng = _rng_snapshot(ctx)  # collective: every rank takes part
         path = ckpt_dir / f"step-{state.step:08d}.json"
         if ctx.is_main:
@@ -438,6 +447,7 @@ def _fit(
                     log.record(rec)
                     log.progress(window_steps, epoch=epoch, loss=f"{rec['loss']:.4f}", img_s=f"{ips:.0f}")
                     state.metrics = {k: v for k, v in rec.items() if k != "paths"}
+                    state.metrics["train_s"] = round(seconds_before + now - started, 3)
                     window_loss, window_steps, window_t, extra = 0.0, 0, now, {}
                 if callbacks:
                     st = StepState(state.step, epoch, state.batch, loss_value, names, ctx.rank, ctx.world_size, model, dict(state.metrics))
@@ -467,7 +477,11 @@ def _fit(
         st = StepState(state.step, state.epoch, state.batch, float("nan"), [], ctx.rank, ctx.world_size, model, dict(state.metrics))
         for cb in callbacks:
             cb("fit_end", st)
-    return FitResult(state.step, state.epoch, dict(state.metrics), last_ckpt)
+    result = FitResult(state.step, state.epoch, dict(state.metrics), last_ckpt, float(state.metrics.get("train_s", 0.0)))
+    if ctx.is_main:
+        append_run_record(out_dir, {"phase": phase, "event": "resumed" if found else "trained", "steps": state.step,
+                                    "train_s": result.seconds, "session_s": round(time.perf_counter() - started, 3)})
+    return result
 
 
 __all__ = ["TrainConfig", "FitResult", "StepState", "fit", "learning_rate", "param_groups", "run_identity"]

@@ -1,0 +1,73 @@
+"""Run records: ``resolved.json`` holds the whole config of a build and replays it; reruns that skip
+phases append records, keep the original timings and leave an unchanged pool file untouched."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from stitchkit.cli.build import build_command
+from stitchkit.engine import load_config
+from stitchkit.engine.runlog import phase_seconds, read_run_records
+from stitchkit.registry import Registry
+from stitchkit.storage import load_pool, read_pool_metadata
+
+CONFIG = """
+method = "learngene-pool"
+[data]
+source = "digits"
+img_size = 8
+in_chans = 1
+[model]
+depth = 4
+embed_dim = 32
+num_heads = 2
+patch_size = 2
+[train]
+batch_size = 32
+lr = 2e-3
+progress = false
+eval_every = 0
+[learngene]
+rows = "2x16:2,2x32:2"
+init_images = 40
+ancestry_train = { max_steps = 3 }
+distill = { max_steps = 2 }
+finetune = { max_steps = 2 }
+"""
+
+PHASES = ["ancestry", "distill-row0", "distill-row1", "finetune-tm"]
+
+
+def test_resolved_json_replays_a_learngene_build_and_reruns_keep_their_records(tmp_path):
+    registry = Registry()
+    toml = tmp_path / "lg.toml"
+    toml.write_text(CONFIG)
+    out = tmp_path / "run"
+    pool_path = build_command(toml, out_dir=out, registry=registry)
+
+    # one resolved.json for the build, holding the whole config (the ancestry phase did not overwrite it)
+    resolved = json.loads((out / "resolved.json").read_text())
+    assert resolved == {**load_config(toml), "out_dir": str(out)}
+    assert resolved["method"] == "learngene-pool" and resolved["learngene"]["rows"] == "2x16:2,2x32:2"
+    records = read_run_records(out)
+    assert [(r["phase"], r["event"]) for r in records[:-1]] == [(p, "trained") for p in PHASES]
+    assert records[-1]["event"] == "build" and records[-1]["pool"] == str(pool_path)
+    trained = {r["phase"]: r["train_s"] for r in records[:-1]}
+    assert all(s > 0 for s in trained.values())
+
+    # a rerun skips every phase: records appended with the original training times; the pool file is not rewritten
+    stat = pool_path.stat()
+    before = (out / "resolved.json").read_bytes()
+    build_command(toml, out_dir=out, registry=registry)
+    again = read_run_records(out)[len(records):]
+    assert [(r["phase"], r["event"], r["train_s"]) for r in again[:-1]] == [(p, "skipped", trained[p]) for p in PHASES]
+    assert pool_path.stat().st_mtime_ns == stat.st_mtime_ns and (out / "resolved.json").read_bytes() == before
+    assert phase_seconds(out) == trained
+
+    # resolved.json passed back as the config repeats the build exactly, in a fresh directory
+    replay = build_command(out / "resolved.json", out_dir=tmp_path / "replay", registry=registry)
+    a, b = load_pool(pool_path, registry), load_pool(replay, registry)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert read_pool_metadata(replay)["pool"]["evaluation"] == read_pool_metadata(pool_path)["pool"]["evaluation"]
