@@ -39,7 +39,7 @@ from .spec import parse_rows
 
 METHODS = ("learngene-pool", "snnet")
 #: Where the report links for why TM-initialised stitches start at chance at this scale.
-TM_DOCS = "docs/learngene_pool.md#stitch-initialisation-tm-and-tm-pinv"
+TM_DOCS = "docs/learngene_pool.md#measured-the-digits-config-cpu, 'Why TM fails here'"
 
 
 @dataclass
@@ -333,7 +333,7 @@ def intro(infos: Mapping[str, dict[str, Any]], keys: Sequence[str], expected: Ma
             "distillation matrix into the ancestry's feature space and hands them to the wide row, but the wide "
             "row was distilled on its last block only, so its intermediate features are not the ancestry's and "
             "the stitched descendants start near chance (10%) until fine-tuning repairs them; LS fits each stitch "
-            f"to the features the next row actually computes ({TM_DOCS}).",
+            f"to the features the next row actually computes (see {TM_DOCS}).",
             "",
         ]
     return "\n".join(lines)
