@@ -9,6 +9,7 @@ import pathlib
 import re
 
 import pytest
+import torch
 
 from stitchkit import storage
 from stitchkit.compare import blocks_key, compare_by_blocks, find_best, format_finding
@@ -30,7 +31,7 @@ def demo(tmp_path_factory):
     for method in ("learngene-pool", "snnet"):
         assert method in registry.list("method"), f"the shipped {method} plugin is not installed"
     out = tmp_path_factory.mktemp("demo")
-    # two worker processes: the path `stitchkit demo` takes on a 2-core machine
+    # two processes (SN-Net in a worker): the path `stitchkit demo` takes on a 2-core machine
     return run_demo(out, [*FAST, "demo.workers=2"], registry=registry), out
 
 
@@ -59,6 +60,19 @@ def test_every_output_exists_and_parses(demo):
     assert components["snnet"]["initializer"] == {"name": "ls", "options": {"max_images": 20}}
     assert components["learngene-pool-tm"]["initializer"] == {"name": "tm", "options": {}}
     assert components["learngene-pool-ls"]["initializer"] == {"name": "ls", "options": {}}
+
+
+def test_one_process_builds_the_same_pools(demo, tmp_path):
+    """SN-Net built in a worker process side by side, or everything here in order: the same pool files."""
+    from safetensors.torch import load_file
+
+    _, out = demo
+    run_demo(tmp_path, [*FAST, "demo.workers=1"], registry=Registry(load_entrypoints=True))
+    for key in POOLS:
+        a, b = load_file(out / f"{key}.safetensors"), load_file(tmp_path / f"{key}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), key
+        evaluation = [storage.read_pool_metadata(d / f"{key}.safetensors")["pool"]["evaluation"] for d in (out, tmp_path)]
+        assert evaluation[0] == evaluation[1]
 
 
 def test_equal_storage(demo):

@@ -11,8 +11,9 @@ run's own numbers and the spread the benchmark measured over seeds, and an
 accuracy plot. Both methods are reached through the registry by name, like
 any plugin.
 
-After the ancestry the pools are built side by side in ``demo.workers``
-processes (each one torch thread; results do not depend on the number).
+After the ancestry the Learngene builds run here while SN-Net is built side
+by side in a worker process (``demo.workers``: 2 by default on two or more
+cores; each process one torch thread; the results do not depend on it).
 Every phase is resumable: rerunning the same command continues where a killed
 run stopped and skips finished phases.
 """
@@ -202,51 +203,72 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
+def _chain(jobs: Sequence[Job]) -> list[Job]:
+    """The first job and every job that waits on one of the chain (the Learngene builds sharing rows)."""
+    chain = [jobs[0]]
+    for job in jobs[1:]:
+        if any(a in {c.key for c in chain} for a in job.after):
+            chain.append(job)
+    return chain
+
+
 def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pathlib.Path) -> dict[str, tuple[pathlib.Path, float, float]]:
-    """Run ``jobs`` in ``workers`` processes (1: here, in order), each once every job it waits for is done.
+    """Run ``jobs``: all here, in order (``workers`` 1); or the first job and the jobs waiting on it here
+    while up to ``workers - 1`` worker processes build the others side by side.
 
     Workers are fresh interpreters (``subprocess``, not ``multiprocessing``: nothing of the
-    caller's ``__main__`` is re-imported) that find the methods through entry points.
+    caller's ``__main__`` is re-imported) that find the methods through entry points; only
+    the jobs off the chain go there, so one interpreter start-up (seconds of CPU) is paid
+    per worker and none on the critical path.
     """
     import subprocess
 
     import torch
 
     done: dict[str, tuple[pathlib.Path, float, float]] = {}
-    if workers <= 1:
-        for job in jobs:
+    local = list(jobs) if workers <= 1 else _chain(jobs)
+    queue = [j for j in jobs if j not in local]
+    if any(j.after for j in queue):
+        raise ValueError(f"demo jobs off the first job's chain must wait on nothing: {[(j.key, j.after) for j in queue]}")
+    running: dict[str, tuple[subprocess.Popen[bytes], Job, pathlib.Path]] = {}
+
+    def launch() -> None:
+        while queue and len(running) < workers - 1:
+            job = queue.pop(0)
+            scratch.mkdir(parents=True, exist_ok=True)
+            spec = scratch / f"job-{job.key}.json"
+            config = {**job.config, "train": {**job.config["train"], "progress": False}}  # the bars here are this process's
+            _write_atomic(spec, json.dumps({"method": job.method, "config": config, "out_dir": str(job.out_dir)}))
+            spec.with_name(spec.name + ".result").unlink(missing_ok=True)
+            cmd = [sys.executable, "-c", "import stitchkit.demo as d; raise SystemExit(d.worker_main())", str(spec), str(torch.get_num_threads())]
+            running[job.key] = (subprocess.Popen(cmd), job, spec)
+            _say(f"{job.label}: building in a worker process")
+
+    def reap() -> None:
+        for key, (proc, job, spec) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            result = spec.with_name(spec.name + ".result")
+            if proc.returncode != 0 or not result.is_file():
+                raise StitchkitError(f"demo: building {job.label} failed (worker exit status {proc.returncode}, its error is "
+                                     f"printed above); rerun the same command to resume, or set demo.workers = 1")
+            path, wall, cpu = json.loads(result.read_text())
+            done[key] = (pathlib.Path(path), wall, cpu)
+            _say(f"{job.label}: done in {wall:.0f} s")
+
+    try:
+        launch()
+        for job in local:
             _say(f"{job.label}: building")
             path, wall, cpu = _build(job.method, job.config, str(job.out_dir), registry)
             done[job.key] = (pathlib.Path(path), wall, cpu)
-        return done
-    scratch.mkdir(parents=True, exist_ok=True)
-    pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen[bytes], Job, pathlib.Path]] = {}
-    try:
-        while pending or running:
-            for job in [j for j in pending if all(a in done for a in j.after)]:
-                if len(running) >= workers:
-                    break
-                spec = scratch / f"job-{job.key}.json"
-                config = {**job.config, "train": {**job.config["train"], "progress": False}}  # bars of two processes would clash
-                _write_atomic(spec, json.dumps({"method": job.method, "config": config, "out_dir": str(job.out_dir)}))
-                spec.with_name(spec.name + ".result").unlink(missing_ok=True)
-                cmd = [sys.executable, "-c", "import stitchkit.demo as d; raise SystemExit(d.worker_main())", str(spec), str(torch.get_num_threads())]
-                running[job.key] = (subprocess.Popen(cmd), job, spec)
-                pending.remove(job)
-                _say(f"{job.label}: building in a worker process")
+            reap()
+            launch()
+        while running or queue:
             time.sleep(0.2)
-            for key, (proc, job, spec) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[key]
-                result = spec.with_name(spec.name + ".result")
-                if proc.returncode != 0 or not result.is_file():
-                    raise StitchkitError(f"demo: building {job.label} failed (worker exit status {proc.returncode}, its error is "
-                                         f"printed above); rerun the same command to resume, or set demo.workers = 1")
-                path, wall, cpu = json.loads(result.read_text())
-                done[key] = (pathlib.Path(path), wall, cpu)
-                _say(f"{job.label}: done in {wall:.0f} s")
+            reap()
+            launch()
     finally:
         for proc, _, _ in running.values():  # only on an error or an interrupt
             proc.terminate()
@@ -400,8 +422,9 @@ def run_demo(
         f"Stitch initialisation: {', '.join(i.upper() for i in demo.learngene_initializers)} (Learngene Pool, one pool "
         f"each), {demo.snnet_initializer.upper()} (SN-Net).",
         "Every pool stores exactly the same number of parameters (rows + stitch layers).",
-        f"The pools were built in {workers} process{'es' if workers > 1 else ''} side by side after the ancestry, so "
-        "the phase times overlap; the total is the run's wall time.",
+        (f"After the ancestry, SN-Net was built in a worker process side by side with the Learngene builds, so the "
+         "phase times overlap; the total is the run's wall time." if workers > 1 else
+         "Every phase ran in this process, one after another."),
     ]
     phases.append(("report and plot", time.perf_counter() - t0))
     total = time.perf_counter() - start
