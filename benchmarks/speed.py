@@ -13,6 +13,8 @@
     the official SN-Net switches with ``reset_stitch_id``, an attribute assignment, timed alongside), and
     serving one image per request from a different descendant each time / the same requests on a prebuilt
     list of descendants (target <= 1.03)
+--families adds (a) and (b) for a stitched descendant of each hierarchical family (Swin, ResNet,
+ConvNeXt; 64x64 images, two rows of four stages): python benchmarks/speed.py --only-families
 
 Each pair is timed alternately (A, B, A, B, ...) and the ratio of medians is
 reported, so machine noise hits both sides alike. Results are printed as a
@@ -271,6 +273,54 @@ def lazy_load(registry: Registry, tmp: pathlib.Path, repeats: int) -> list[dict]
     ]
 
 
+FAMILIES = {
+    # adapter module, class, base arch (widths of the narrow row; the wide row doubles every stage), image size
+    "swin": ("stitchkit.swin", "TimmSwin", dict(img_size=64, patch_size=4, embed_dim=32, depths=[2, 2, 2, 2],
+                                               num_heads=[1, 2, 4, 8], window_size=4, drop_path_rate=0.0)),
+    "resnet": ("stitchkit.resnet", "TimmResNet", dict(block="basic", layers=[2, 2, 2, 2], channels=[16, 32, 64, 128],
+                                                     img_size=64)),
+    "convnext": ("stitchkit.convnext", "TimmConvNeXt", dict(depths=[2, 2, 2, 2], dims=[16, 32, 64, 128], img_size=64)),
+}
+
+
+def family_ratios(args: argparse.Namespace) -> list[dict]:
+    """(a) and (b) for one stitched descendant of each hierarchical family (``--families``)."""
+    import importlib
+
+    device = torch.device(args.device)
+    registry = Registry()
+    results = []
+    for fam, (module, cls_name, base) in FAMILIES.items():
+        cls = getattr(importlib.import_module(module), cls_name)
+        torch.manual_seed(0)
+        narrow = cls.from_arch({**base, "num_classes": 10})
+        wide_shape = RowShape.staged([(d, 2 * w, 2 * h) for d, w, h in narrow.shape.stage_shapes])
+        rows = [narrow, cls.from_arch(narrow.resized(wide_shape))]
+        pool = Pool.from_method(registry.method("sequential"), rows).to(device).eval()
+        size = narrow.input_size
+        x = torch.randn(args.family_batch, *size, device=device)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"stitchkit-speed-{fam}-"))
+        storage.save_pool(pool, tmp / "pool.safetensors")
+        mid = pool.path(f"r0[0:3]+s0_1_3+r1[3:{wide_shape.depth}]")
+        storage.export_descendant(tmp / "pool.safetensors", mid, tmp / "mid.safetensors")
+        inpool = pool.descendant(mid).eval()
+        exported = storage.load_exported(tmp / "mid.safetensors").to(device).eval()
+        with torch.inference_mode(), autocast(device, args.bf16):
+            ta, tb = paired(lambda: inpool(x), lambda: exported(x), device, args.repeats)
+        results.append({"benchmark": f"a-{fam}", "what": f"{fam}: in-pool stitched path / exported descendant (forward)",
+                        "a": ta, "b": tb, "ratio": ta / tb, "target": 1.03, "meets_target": ta / tb <= 1.03, "unit": "s"})
+        single = pool.path(f"r1[0:{wide_shape.depth}]")
+        storage.export_descendant(tmp / "pool.safetensors", single, tmp / "single.safetensors")
+        exported1 = storage.load_exported(tmp / "single.safetensors").to(device).eval()
+        plain = cls.from_arch(rows[1].arch()).model.to(device).eval()
+        plain.load_state_dict(pool.rows[1].state_dict())
+        with torch.inference_mode(), autocast(device, args.bf16):
+            ta, tb = paired(lambda: exported1(x), lambda: plain(x), device, args.repeats)
+        results.append({"benchmark": f"b-{fam}", "what": f"{fam}: exported single-row descendant / timm {type(plain).__name__} (forward)",
+                        "a": ta, "b": tb, "ratio": ta / tb, "target": 1.03, "meets_target": ta / tb <= 1.03, "unit": "s"})
+    return results
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -279,10 +329,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default=None, help="JSON output (CSV written next to it)")
+    p.add_argument("--families", action="store_true", help="also (a) and (b) for Swin, ResNet and ConvNeXt descendants")
+    p.add_argument("--only-families", action="store_true", help="only the per-family ratios")
+    p.add_argument("--family-batch", type=int, default=16)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = run(args)
+    results = [] if args.only_families else run(args)
+    if args.families or args.only_families:
+        results += family_ratios(args)
     env = {"device": args.device, "scale": args.scale, "bf16": args.bf16, "torch": torch.__version__,
            "machine": platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,

@@ -52,7 +52,7 @@ def test_plan_table_output(capsys):
 def test_bad_input_is_one_line_error(capsys):
     assert main(["plan", "--ancestry", "deit_base_patch16_224", "--rows", "6x192"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("stitchkit: error: cannot parse row '6x192'") and err.count("\n") == 1
+    assert err.startswith("stitchkit: error: a timm-vit row is one stage with attention heads") and err.count("\n") == 1
     assert main(["plan", "--method", "sequentail", "--ancestry", "deit_base_patch16_224", "--rows", "6x192:3"]) == 2
     assert "did you mean 'sequential'" in capsys.readouterr().err
     assert main(["plan", "--ancestry", "not_a_timm_model", "--rows", "6x192:3"]) == 2

@@ -79,11 +79,33 @@ def test_prediction_loss_is_soft_cross_entropy(tau):
     expected = float(-(p * log_q).sum(1).mean())
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert list(PredictionLoss().parameters()) == []
+    # the official code's reduction: the mean over all 4 x 5 elements, 1/5 of the above
+    mean = PredictionLoss(tau, reduction="mean")(_taps(s), _taps(t))
+    assert mean.item() == pytest.approx(float(-(p * log_q).mean()), rel=1e-5)
+    assert mean.item() == pytest.approx(expected / 5, rel=1e-5)
 
 
-def test_prediction_loss_rejects_bad_tau():
+def test_prediction_loss_rejects_bad_tau_and_reduction():
     with pytest.raises(ConfigError, match="tau"):
         PredictionLoss(0.0)
+    with pytest.raises(ConfigError, match="reduction must be one of sum-classes, mean, got 'sum'"):
+        PredictionLoss(reduction="sum")
+
+
+def test_reduction_reaches_distillation_and_finetuning():
+    """The [learngene] key reaches L_pred in distillation (the loss) and in fine-tuning (PoolTask)."""
+    from stitchkit.engine.tasks import PoolTask, soft_cross_entropy
+    from stitchkit_learngene.config import LearngeneConfig
+
+    loss = LearngeneDistillation(RowShape(2, 8, 2), RowShape(2, 4, 2), terms=("prediction",), reduction="mean")
+    assert loss.losses["prediction"].reduction == "mean"
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(3, 10, generator=g), torch.randn(3, 10, generator=g)
+    assert soft_cross_entropy(s, t, reduction="mean").item() == pytest.approx(soft_cross_entropy(s, t).item() / 10, rel=1e-6)
+    with pytest.raises(ConfigError, match="reduction must be one of"):
+        PoolTask(None, None, reduction="none")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="learngene.prediction_reduction must be one of"):
+        LearngeneConfig(prediction_reduction="sum").validate()
 
 
 @pytest.mark.parametrize("cls,tap", [(BlockLoss, "blocks"), (AttentionLoss, "attentions")])

@@ -222,7 +222,8 @@ def test_component_options_are_part_of_the_run_identity(tmp_path, ancestry_file,
     assert components == {
         "ancestry": {"name": "timm-vit", "options": {}},
         "design": {"name": "pool", "options": {"rows": "3x16:2,3x32:2", "init": "random"}},
-        "loss": {"name": "learngene", "options": {"levels": None, "tau": 1.0, "terms": ["block", "prediction"]}},
+        "loss": {"name": "learngene", "options": {"levels": None, "tau": 1.0, "terms": ["block", "prediction"],
+                                                  "reduction": "sum-classes"}},
         "initializer": {"name": "tm-ls", "options": {"ridge": 0.5}},
         "sampler": {"name": "flops-grouped", "options": {"groups": 2}},
     }

@@ -135,7 +135,12 @@ def test_pool_validation_errors():
 def test_parse_rows():
     assert parse_rows("6x192:3, 6x768:12") == [RowShape(6, 192, 3), RowShape(6, 768, 12)]
     with pytest.raises(ConfigError, match="DEPTHxWIDTH:HEADS"):
-        parse_rows("6x192")
+        parse_rows("6by192")
+    assert parse_rows("6x192") == [RowShape(6, 192, 0)]  # no heads: blocks without attention (a CNN)
+    swin_t = parse_rows("2x96:3/2x192:6/6x384:12/2x768:24")[0]
+    assert (swin_t.depth, swin_t.width, swin_t.heads, swin_t.stage_starts) == (12, 768, 24, [0, 2, 4, 10])
+    assert str(swin_t) == "2x96:3/2x192:6/6x384:12/2x768:24" and RowShape.from_json(swin_t.to_json()) == swin_t
+    assert [swin_t.width_at(b) for b in (0, 1, 2, 3, 5, 10, 11, 12)] == [96, 96, 96, 192, 384, 384, 768, 768]
     with pytest.raises(ConfigError, match="not divisible"):
         parse_rows("6x190:3")
 

@@ -182,9 +182,9 @@ def test_options_come_from_the_factory_signature():
     assert opts[("sampler", "uniform")] == []  # paths and macs are context, not options
     assert opts[("initializer", "tm-ls")] == [{"name": "ridge", "type": "float", "default": 0.1, "required": False}]
     # losses are made by for_models(teacher, student, **options)
-    assert [o["name"] for o in opts[("loss", "learngene")]] == ["levels", "tau", "terms"]
-    assert [o["name"] for o in opts[("loss", "block")]] == ["levels"]
-    assert [o["name"] for o in opts[("loss", "prediction")]] == ["tau"]  # the base for_models defers to __init__
+    assert [o["name"] for o in opts[("loss", "learngene")]] == ["levels", "tau", "terms", "layout", "reduction"]
+    assert [o["name"] for o in opts[("loss", "block")]] == ["levels", "layout"]  # layout: the ancestry's feature layout
+    assert [o["name"] for o in opts[("loss", "prediction")]] == ["tau", "reduction"]  # the base for_models defers to __init__
     assert opts[("design", "pool")][0] == {"name": "rows", "type": "str | Sequence[RowShape]", "default": None, "required": True}
 
 

@@ -107,7 +107,8 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     anchors = ", ".join(f'{{shape = "2x{w}:{h}", patch_size = 4, checkpoint = "{f}"}}' for (w, h), f in zip([(16, 2), (32, 4)], files))
     config = load_config(
         write_config(tmp_path, trainable="stitches", distillation="soft"),
-        [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"', "snnet.initializer_args.max_images=7"],
+        [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"', "snnet.kernel_size=1", "snnet.initializer_args.max_images=7",
+         'snnet.initializer_args.mode="train"'],
     )
     out = tmp_path / "run"
     pool = load_pool(registry.method("snnet").build(config, out_dir=out, registry=registry), registry)
@@ -118,7 +119,11 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     info = pool.info["snnet"]
     assert info["teacher"] == str(files[2]) and info["finetune_steps"] == 6
     assert [a["weights"] for a in info["anchors"]] == ["checkpoint", "checkpoint"]
-    assert pool.info["components"]["initializer"] == {"name": "ls", "options": {"max_images": 7}}
+    # kernel_size 1 on 2 blocks: windows [0] and [1] give (0,0) and (1,1), one layer each
+    assert info["stitching"] == {"kernel_size": 1, "stride": 1, "nearest": True}
+    assert [p.label for p in pool.paths] == ["anchor 0", "anchor 1", "0->1 (0,0)", "0->1 (1,1)"]
+    assert sorted(pool.stitches) == ["s0_1_0", "s0_1_1"]
+    assert pool.info["components"]["initializer"] == {"name": "ls", "options": {"max_images": 7, "mode": "train"}}
 
 
 @pytest.mark.parametrize(
@@ -128,6 +133,7 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
         ({"snnet": {"anchors": [{"shape": "2x16:2"}]}}, "say how to get the anchor's weights"),
         ({"snnet": {"anchors": [{"shape": "2x16:2", "pretrained": True}]}}, "needs snnet.anchors\\[0\\].timm_name"),
         ({"snnet": {"trainable": "heads"}}, "trainable must be one of"),
+        ({"snnet": {"kernel_size": 0}}, "snnet.kernel_size must be >= 1"),
         ({"snnet": {"finetune": {"lrr": 1.0}}}, "did you mean 'lr'"),
         ({"snnet": {"teacher": "missing.safetensors"}}, "neither 'largest-anchor'"),
         ({"snnet": {"anchors": [{"shape": "2x32:4", "train": True}, {"shape": "2x16:2", "train": True}]}}, "ordered by size"),
@@ -154,7 +160,7 @@ def test_shipped_configs_resolve_and_validate(registry):
     from stitchkit_snnet.method import SNNetMethod
 
     names = sorted(p.name for p in CONFIGS.glob("*.toml"))
-    assert names == ["deit-imagenet.toml", "digits.toml", "equal-storage-digits.toml"]
+    assert names == ["deit-imagenet.toml", "digits-resnet.toml", "digits.toml", "equal-storage-digits.toml"]
     for name in names:
         config = load_config(CONFIGS / name)
         assert config["method"] == "snnet"
@@ -167,3 +173,9 @@ def test_shipped_configs_resolve_and_validate(registry):
     rows = [RowShape(a.depth, a.embed_dim, a.num_heads) for a in equal]
     assert rows == [RowShape(3, 32, 2), RowShape(3, 64, 4)]
     assert len(SNNetMethod().stitches(rows)) == 2
+    # the ResNet digits anchors: timm-resnet networks given by arch, stitched in stages 1 and 2
+    # (stage depths 2 -> 4 and 2 -> 6: 3 + 5 configurations on 2 + 2 layers, as ResNet-18 -> ResNet-50)
+    resnets = section(load_config(CONFIGS / "digits-resnet.toml"), "snnet", SNNetConfig).anchor_configs()
+    assert [(a.adapter, a.arch["layers"]) for a in resnets] == [("timm-resnet", [2, 2, 2, 2]), ("timm-resnet", [2, 4, 6, 2])]
+    shapes = [RowShape.staged([(d, w, 0) for d, w in zip(a.arch["layers"], a.arch["channels"])]) for a in resnets]
+    assert len(SNNetMethod().paths(shapes, SNNetMethod().stitches(shapes))) == 2 + 3 + 5

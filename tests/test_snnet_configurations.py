@@ -131,3 +131,68 @@ def test_registered_through_entry_point_and_plugin_module():
     iso.register_plugin(plugin, name="snnet-test")
     assert isinstance(iso.method("snnet"), SNNetMethod)
     assert iso.get("initializer", "ls").needs_images is True
+
+
+# --------------------------------------------------------------------------- stitching options
+def test_window_by_hand():
+    """Depth 4, kernel 3, stride 2: window [0,1,2] gives its 9 pairs (layer 0); window [2,3]
+    adds (2,3) (3,2) (3,3) (layer 1); the next start, 4, is past the end."""
+    first = [(j, k) for j in range(3) for k in range(3)]
+    assert paired_stitching(4, 3, 2) == [(p, 0) for p in first] + [((2, 3), 1), ((3, 2), 1), ((3, 3), 1)]
+    # stride > kernel skips blocks: windows [0] and [2]
+    assert paired_stitching(4, 1, 2) == [((0, 0), 0), ((2, 2), 1)]
+    with pytest.raises(ConfigError, match="kernel_size and stride must be >= 1"):
+        SNNetMethod(kernel_size=0)
+
+
+# (configurations incl. the 3 anchors, stitch layers) for DeiT-Ti/S/B (12 blocks), as the
+# official get_stitch_configs(12, kernel, stride, 3, nearest) returns them (run on ziplab/SN-Net,
+# stitching_deit/utils.py; the official code holds num_stitches layers per anchor pair).
+OFFICIAL_COUNTS = {
+    (2, 1, True): (71, 11), (2, 1, False): (732, 11), (3, 1, True): (111, 10), (3, 2, True): (91, 6),
+    (2, 2, True): (51, 6), (4, 2, True): (131, 5), (3, 1, False): (1748, 10), (1, 1, True): (27, 12),
+    (2, 3, True): (35, 4),
+}
+
+
+@pytest.mark.parametrize("options", sorted(OFFICIAL_COUNTS))
+def test_official_counts(options):
+    kernel, stride, nearest = options
+    m = SNNetMethod(kernel, stride, nearest)
+    rows = rows3()
+    stitches = m.stitches(rows)
+    configs, layers = OFFICIAL_COUNTS[options]
+    assert len(m.paths(rows, stitches)) == configs
+    assert len(stitches) == layers * (2 if nearest else 3)
+
+
+def test_non_neighbouring_by_hand():
+    """nearest = False on three 12-block anchors: 3 anchors + 3 pairs x 34 + 627 chains.
+
+    Chains (j,k)(m,e) need m >= k. Paired configurations with first id j number 2 for
+    j in {0, 11} and 3 otherwise, and so do those with second id k. Given k, the second
+    stitch has 34 - (configurations with m < k) choices: 34 for k = 0, 32 - 3(k - 1) for
+    k = 1..11. Sum: 2*34 + 3*sum_{k=1..10} (32 - 3(k-1)) + 2*2 = 68 + 555 + 4 = 627.
+    """
+    m = SNNetMethod(nearest_stitching=False)
+    rows = rows3()
+    stitches = m.stitches(rows)
+    paths = m.paths(rows, stitches)
+    assert len(paths) == 3 + 3 * 34 + 627
+    assert len(stitches) == 33 and {s.name[:4] for s in stitches} == {"s0_1", "s0_2", "s1_2"}
+    labels = [p.label for p in paths]
+    assert labels[3 + 34] == "0->2 (0,0)" and labels[3 + 68] == "1->2 (0,0)"
+    chain = paths[3 + 3 * 34]
+    assert chain.label == "0->1->2 (0,0)(0,0)"
+    assert chain.segments == (Segment(0, 0, 1), Segment(1, 0, 1), Segment(2, 0, 12))
+    assert chain.stitches == ("s0_1_0", "s1_2_0")
+    last = paths[-1]
+    assert last.label == "0->1->2 (11,11)(11,11)"
+    assert last.segments == (Segment(0, 0, 12), Segment(1, 11, 12), Segment(2, 11, 12))
+    for p in paths:  # the middle anchor never runs backwards
+        if len(p.segments) == 3:
+            assert p.segments[1].start < p.segments[1].stop
+    # two anchors: nearest or not, the same single pair
+    two = rows[:2]
+    assert [p.name for p in SNNetMethod(nearest_stitching=False).paths(two, SNNetMethod(nearest_stitching=False).stitches(two))] == \
+        [p.name for p in SNNetMethod().paths(two, SNNetMethod().stitches(two))]

@@ -160,3 +160,89 @@ def test_ls_is_deterministic_and_needs_images():
         LeastSquaresInitializer().initialize(pool, InitContext(images=None))
     with pytest.raises(ConfigError, match="max_images"):
         LeastSquaresInitializer(max_images=0)
+
+
+# --------------------------------------------------------------------------- mode = "train" (the official fit)
+def drop_path_rows(rate: float) -> list[TimmViT]:
+    out = []
+    for width, heads, seed in ((8, 2, 0), (16, 4, 1)):
+        torch.manual_seed(seed)
+        out.append(TimmViT.from_arch(dict(img_size=8, patch_size=4, num_classes=5, embed_dim=width, depth=3,
+                                          num_heads=heads, mlp_ratio=2.0, drop_path_rate=rate)))
+    return out
+
+
+def stitch_state(pool: Pool) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in pool.stitches.state_dict().items()}
+
+
+def test_mix_images_is_timm_mixup_or_cutmix_of_reversed_pairs():
+    from stitchkit_snnet.ls import mix_images, seeded_rngs
+
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with seeded_rngs(0):
+        mixed = mix_images(x, mixup_alpha=0.8, cutmix_alpha=0.0, switch_prob=0.5)
+    # mixup: one lam for the batch, image i mixed with image B-1-i; solve lam from the pixels
+    d = (x - x.flip(0)).flatten()
+    lam = float((mixed - x.flip(0)).flatten() @ d / (d @ d))
+    assert 0.0 <= lam <= 1.0
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.flip(0), atol=1e-5, rtol=0)
+    with seeded_rngs(1):
+        cut = mix_images(x, mixup_alpha=0.0, cutmix_alpha=1.0, switch_prob=0.5)
+    # cutmix: every pixel is either its own or its partner's, in one box shared by the batch
+    own, other = cut == x, cut == x.flip(0)
+    assert bool((own | other).all())
+    box = other.all(dim=(0, 1)) & ~own.all(dim=(0, 1))
+    rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+    if len(rows):
+        assert bool(box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all())
+    assert len(mix_images(x[:5], 0.8, 1.0, 0.5)) == 4  # an odd batch loses its last image
+    assert torch.equal(mix_images(x, 0.0, 0.0, 0.5), x)
+
+
+def test_train_mode_without_noise_equals_eval_mode_on_the_mixed_batch():
+    """Rows without drop-path run the same in both modes, so train mode = eval mode on the mixed images."""
+    from stitchkit_snnet.ls import mix_images, seeded_rngs
+
+    images = torch.randn(10, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    train = Pool.from_method(SNNetMethod(), drop_path_rows(0.0))
+    LeastSquaresInitializer(mode="train").initialize(train, InitContext(images=images, seed=7))
+    with seeded_rngs(7):
+        mixed = mix_images(images, 0.8, 1.0, 0.5)
+    assert not torch.equal(mixed, images[:10])
+    evalp = Pool.from_method(SNNetMethod(), drop_path_rows(0.0))
+    LeastSquaresInitializer().initialize(evalp, InitContext(images=mixed))
+    for k, v in stitch_state(evalp).items():
+        assert torch.equal(stitch_state(train)[k], v), k
+
+
+def test_train_mode_runs_drop_path_seeded_and_restores_rng_and_modes():
+    images = torch.randn(10, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    no_mix = dict(mixup_alpha=0.0, cutmix_alpha=0.0)
+    results = []
+    for seed in (3, 3, 4):
+        pool = Pool.from_method(SNNetMethod(), drop_path_rows(0.5))
+        pool.eval()
+        torch.manual_seed(123)
+        LeastSquaresInitializer(mode="train", **no_mix).initialize(pool, InitContext(images=images, seed=seed))
+        after = torch.rand(3)
+        torch.manual_seed(123)
+        assert torch.equal(after, torch.rand(3))  # the global generator is left as it was
+        assert not any(m.training for m in pool.modules())  # modes restored
+        results.append(stitch_state(pool))
+    evalp = Pool.from_method(SNNetMethod(), drop_path_rows(0.5))
+    LeastSquaresInitializer().initialize(evalp, InitContext(images=images))
+    key = "s0_1_0.weight"
+    assert torch.equal(results[0][key], results[1][key])  # same seed, same drop-path draws
+    assert not torch.equal(results[0][key], results[2][key])  # another seed, other draws
+    assert not torch.equal(results[0][key], stitch_state(evalp)[key])  # drop-path changed the fit
+
+
+def test_ls_options_are_checked():
+    with pytest.raises(ConfigError, match="mode must be one of eval, train, got 'training'"):
+        LeastSquaresInitializer(mode="training")
+    with pytest.raises(ConfigError, match="mixup_alpha and cutmix_alpha must be >= 0"):
+        LeastSquaresInitializer(mixup_alpha=-1.0)
+    pool = Pool.from_method(SNNetMethod(), drop_path_rows(0.0))
+    with pytest.raises(ConfigError, match="needs at least 2"):
+        LeastSquaresInitializer(mode="train").initialize(pool, InitContext(images=torch.zeros(1, 3, 8, 8)))

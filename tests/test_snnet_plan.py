@@ -92,3 +92,10 @@ def test_cli_plan_lists_snnet_configurations(capsys):
     assert out["storage_params"] == anchor_params(192) + anchor_params(384) + 11 * (192 * 384 + 384)
     assert [d["params_published"] for d in out["descendants"]] == OFFICIAL_PARAMS[:2] + OFFICIAL_PARAMS[3:37]  # official ids 3..36 are Ti->S
     assert out["descendants"][3]["label"] == "0->1 (0,1)"
+    # method options: kernel 3 on 12 blocks gives 54 configurations on 10 layers (the official count)
+    assert main(["plan", "--method", "snnet", "--anchors", "deit_tiny_patch16_224,deit_small_patch16_224",
+                 "--option", "kernel_size=3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["descendants"]) == 2 + 54 and out["stitch_layers"] == 10
+    assert main(["plan", "--method", "snnet", "--anchors", "deit_tiny_patch16_224", "--option", "kernel=3"]) == 2
+    assert "does not take the options ['kernel']" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from stitchkit.spec import parse_rows
 
 from .designs import INITS
 from .levels import resolve_levels
-from .losses import LearngeneDistillation
+from .losses import REDUCTIONS, LearngeneDistillation
 from .method import PATH_SETS
 
 
@@ -50,6 +50,9 @@ class LearngeneConfig:
     alpha: float = 0.5
     #: Temperature of prediction distillation (and of fine-tuning distillation).
     tau: float = 1.0
+    #: How L_pred (distillation and fine-tuning) is reduced: ``"sum-classes"`` (summed over classes,
+    #: batch mean: the paper's Eq. 3 as written) or ``"mean"`` (over all elements: the official code, 1/C as large).
+    prediction_reduction: str = "sum-classes"
     #: Distillation terms used.
     terms: list[str] = field(default_factory=lambda: list(LearngeneDistillation.TERMS))
     #: Distillation loss by registered name (``learngene``: ``L_att + L_blk + L_pred``; or one of its terms).
@@ -95,6 +98,8 @@ class LearngeneConfig:
             (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
             (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
             (self.tau > 0, f"tau must be > 0, got {self.tau}"),
+            (self.prediction_reduction in REDUCTIONS,
+             f"prediction_reduction must be one of {', '.join(REDUCTIONS)}, got {self.prediction_reduction!r}"),
             (bool(self.terms) and set(self.terms) <= set(LearngeneDistillation.TERMS),
              f"terms must be a non-empty subset of {list(LearngeneDistillation.TERMS)}, got {self.terms}"),
             (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),

@@ -2,9 +2,11 @@
 
 - :class:`DepthReduced` -- ``l < L`` blocks at the ancestry's width and heads;
 - :class:`WidthReduced` -- ``l`` blocks at a lower width, with its own heads;
+- :class:`StagedRow` -- one auxiliary of a hierarchical family (Swin, ResNet,
+  ConvNeXt) with per-stage depths and widths, ``3x128/4x256/6x512/3x1024``;
 - :class:`PoolDesign` -- any number of such rows, e.g. ``"6x192:3,6x768:12"``,
   sorted by width (narrow first), each row the depth- or width-reduced design
-  its width implies.
+  its width implies (a staged row for hierarchical families).
 
 Initialisation is not specified by the paper: ``"random"`` (the baseline) or,
 for a same-width auxiliary only, ``"ancestry"``: blocks copied from a uniform
@@ -150,6 +152,9 @@ class PoolDesign(AuxiliaryDesign):
         """One single-row design per row, in width order."""
         out: list[AuxiliaryDesign] = []
         for s in self.shapes:
+            if s.stages or ancestry.stages:
+                out.append(StagedRow(s, self.init if s.stage_shapes == ancestry.stage_shapes else "random"))
+                continue
             if s.width == ancestry.width:
                 if s.heads != ancestry.heads:
                     raise ConfigError(
@@ -166,5 +171,42 @@ class PoolDesign(AuxiliaryDesign):
 
     @override
     def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
-        if self.init == "ancestry" and row.shape.width == ancestry.shape.width:
+        if self.init == "ancestry" and row.shape.stage_shapes == ancestry.shape.stage_shapes:
             copy_from_ancestry(row, ancestry)
+        elif self.init == "ancestry" and not row.shape.stages and row.shape.width == ancestry.shape.width:
+            copy_from_ancestry(row, ancestry)
+
+
+class StagedRow(_SingleRow):
+    """One auxiliary of a hierarchical family, per-stage depths and widths given
+    (``3x128/4x256/6x512/3x1024`` for a width-halved ResNet-50).
+
+    Its stages must match the ancestry's in number, none deeper than the
+    ancestry's; widths at most the ancestry's, stage by stage. ``init
+    "ancestry"`` copies the ancestry only for a row of the ancestry's own
+    shape; other rows start random.
+    """
+
+    name = "staged-row"
+
+    def __init__(self, shape: RowShape | str, init: str = "random") -> None:
+        super().__init__(init)
+        self.shape = parse_rows(shape)[0] if isinstance(shape, str) else shape
+
+    @classmethod
+    def example(cls, *, ancestry: RowShape, **context) -> StagedRow:  # noqa: ANN003
+        """The ancestry's stages at half their width (at least 1)."""
+        return cls(RowShape.staged([(d, max(1, w // 2), h // 2 if h % 2 == 0 and h else h) for d, w, h in ancestry.stage_shapes]))
+
+    def rows(self, ancestry: RowShape) -> list[RowShape]:
+        mine, theirs = self.shape.stage_shapes, ancestry.stage_shapes
+        if len(mine) != len(theirs):
+            raise ConfigError(f"auxiliary {self.shape} has {len(mine)} stages, the ancestry {ancestry} has {len(theirs)}")
+        for i, ((d, w, _), (ad, aw, _)) in enumerate(zip(mine, theirs)):
+            if d > ad or w > aw:
+                raise ConfigError(
+                    f"auxiliary {self.shape}: stage {i} ({d}x{w}) is deeper or wider than the ancestry's ({ad}x{aw})"
+                )
+        if mine == theirs:
+            raise ConfigError(f"auxiliary {self.shape} is the ancestry's own shape: reduce a depth or a width")
+        return [self.shape]

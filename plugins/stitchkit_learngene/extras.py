@@ -54,17 +54,37 @@ def ancestry_width(info: dict[str, Any]) -> int | None:
     return int(anc["width"]) if isinstance(anc, dict) and "width" in anc else None
 
 
-def averaged_transform(pool, row: int) -> torch.Tensor | None:  # noqa: ANN001
+def _same_stage_widths(info: dict[str, Any], shape: Any) -> bool:
+    """A row as wide as the ancestry in every stage (plain ViTs: one stage) has identity transforms."""
+    anc = info.get("learngene", {}).get("ancestry", {})
+    stages = anc.get("stages") if isinstance(anc, dict) else None
+    if not stages:
+        return not shape.stages
+    return [int(w) for _, w, _ in stages] == [w for _, w, _ in shape.stage_shapes]
+
+
+def averaged_transform(pool, row: int, width: int | None = None) -> torch.Tensor | None:  # noqa: ANN001
     """The row's ``W`` averaged over its levels (``d x d_r``), or ``None`` for the identity.
 
-    Raises :class:`ConfigError` when the pool has no matrices for a row that
-    is narrower than the ancestry (it was not distilled by learngene-pool).
+    ``width``: the row's channels at the stitched boundary (default: its
+    width); in a hierarchical family only the levels distilled at that width
+    are averaged (TM exists where matrices were learned). Raises
+    :class:`ConfigError` when the pool has no matrices for a row that is
+    narrower than the ancestry (it was not distilled by learngene-pool).
     """
     ws = row_matrices(pool.extras, row, "W")
-    width = pool.shapes[row].width
+    if width is not None and pool.shapes[row].stages:
+        at = [w for w in ws if w.shape[1] == width]
+        if ws and not at:
+            raise ConfigError(
+                f"the tm initializer needs a block-based transformation matrix of row {row} at width {width}, but "
+                f"its levels were distilled at widths {sorted({int(w.shape[1]) for w in ws})}; use 'ls' for this pool"
+            )
+        ws = at
+    width = width if width is not None else pool.shapes[row].width
     if not ws:
         anc = ancestry_width(pool.info)
-        if anc is not None and anc == width:
+        if anc is not None and anc == pool.shapes[row].width and _same_stage_widths(pool.info, pool.shapes[row]):
             return None
         raise ConfigError(
             f"the tm initializer needs the block-based transformation matrices of row {row} "

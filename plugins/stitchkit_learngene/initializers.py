@@ -36,6 +36,7 @@ from typing_extensions import override
 from stitchkit.errors import ConfigError
 from stitchkit.features import check_images, fit_stitch_layers
 from stitchkit.interfaces import InitContext, StitchInitializer
+from stitchkit.stitch_layers import affine_weight, set_affine
 
 from .extras import averaged_transform
 
@@ -71,17 +72,15 @@ class TMInitializer(StitchInitializer):
 
     @override
     def initialize(self, pool, context: InitContext) -> None:  # noqa: ANN001
-        cache: dict[int, torch.Tensor | None] = {}
+        cache: dict[tuple[int, int], torch.Tensor | None] = {}
         for name in sorted(pool.stitches):
             spec = pool.stitch_specs[name]
-            for r in (spec.src, spec.dst):
-                if r not in cache:
-                    cache[r] = averaged_transform(pool, r)
-            t = self.transfer(cache[spec.src], cache[spec.dst], spec.src_width, spec.dst_width)
+            for r, w in ((spec.src, spec.src_width), (spec.dst, spec.dst_width)):
+                if (r, w) not in cache:  # per width: a hierarchical row has one per stage
+                    cache[(r, w)] = averaged_transform(pool, r, w)
+            t = self.transfer(cache[(spec.src, spec.src_width)], cache[(spec.dst, spec.dst_width)], spec.src_width, spec.dst_width)
             layer = pool.stitches[name]
-            with torch.no_grad():
-                layer.weight.copy_(t.t().to(layer.weight))
-                layer.bias.zero_()
+            set_affine(layer, t.t(), torch.zeros_like(layer.bias))
 
 
 class TMPinvInitializer(TMInitializer):
@@ -123,4 +122,4 @@ class TMRidgeInitializer(TMInitializer):
         images = check_images(context.images, self.name)
         super().initialize(pool, context)
         fit_stitch_layers(pool, images, lambda front, end, layer: solve_ridge_towards(
-            front, end, layer.weight, layer.bias, self.ridge))
+            front, end, affine_weight(layer), getattr(layer, "bias"), self.ridge))

@@ -57,8 +57,11 @@ def resolve_levels(levels: int | str) -> int:
 def default_levels(ancestry: RowShape, auxiliary: RowShape) -> int:
     """The paper's ablation: dense (3 levels) for a width-reduced auxiliary, last block for a same-width one.
 
-    An auxiliary of fewer than three blocks gets one level per block.
+    An auxiliary of fewer than three blocks gets one level per block. Hierarchical families
+    (stages) narrower than the ancestry get one level per stage, at each stage's last block.
     """
     if ancestry.width == auxiliary.width:
         return 1
+    if ancestry.stages and len(auxiliary.stage_shapes) == len(ancestry.stage_shapes):
+        return len(ancestry.stage_shapes)
     return min(LEVEL_NAMES["dense"], auxiliary.depth, ancestry.depth)

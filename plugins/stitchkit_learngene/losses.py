@@ -1,10 +1,12 @@
 """The paper's distillation losses, each usable on its own.
 
-``L_dis = L_att + L_blk + L_pred`` (TinyBERT-style layer distillation):
+``L_dis = L_att + L_blk + L_pred`` (the paper's Eqs. 3-5):
 
 - :class:`PredictionLoss` -- soft cross-entropy between the ancestry's and the
-  auxiliary's logits, both divided by ``tau``;
-- :class:`BlockLoss` -- ``MSE(B_anc @ W, B_aux)`` on block output tokens;
+  auxiliary's logits, both divided by ``tau``, summed over classes (Eq. 3) or
+  averaged over all elements (the official code; ``reduction = "mean"``);
+- :class:`BlockLoss` -- ``MSE(B_anc @ W, B_aux)`` on block output tokens (on the
+  channels of every pixel for CNN feature maps, ``layout="map"``);
 - :class:`AttentionLoss` -- ``MSE(A_anc @ M, A_aux)`` on the attention-sublayer
   output (after the output projection, before the residual add).
 
@@ -28,25 +30,42 @@ from stitchkit.errors import ConfigError
 from stitchkit.interfaces import DistillationLoss, TapRequest, Taps
 from stitchkit.spec import RowShape
 
-from .levels import default_levels, level_pairs
+from .levels import default_levels, level_pairs, resolve_levels
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """``mean_b( -sum_c softmax(t/tau) * log_softmax(s/tau) )``."""
+#: L_pred reductions (the same names as the engine's ``stitchkit.engine.tasks.REDUCTIONS``).
+REDUCTIONS = ("sum-classes", "mean")
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0, reduction: str = "sum-classes"
+) -> torch.Tensor:
+    """``"sum-classes"``: ``mean_b( -sum_c softmax(t/tau) * log_softmax(s/tau) )`` (the paper's Eq. 3);
+    ``"mean"``: the same terms averaged over batch and classes (the official code), 1/C as large."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"prediction loss reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     target = F.softmax(teacher_logits / tau, dim=-1)
-    return -(target * F.log_softmax(student_logits / tau, dim=-1)).sum(-1).mean()
+    per_element = -(target * F.log_softmax(student_logits / tau, dim=-1))
+    return per_element.sum(-1).mean() if reduction == "sum-classes" else per_element.mean()
 
 
 class PredictionLoss(DistillationLoss):
-    """Prediction-layer distillation: soft cross-entropy of logits / tau (tau = 1 in the paper)."""
+    """Prediction-layer distillation: soft cross-entropy of logits / tau (tau = 1 in the paper).
+
+    ``reduction``: ``"sum-classes"`` (Eq. 3 as written, default) or ``"mean"``
+    (the official code's average over all elements).
+    """
 
     name = "prediction"
 
-    def __init__(self, tau: float = 1.0) -> None:
+    def __init__(self, tau: float = 1.0, reduction: str = "sum-classes") -> None:
         super().__init__()
         if not tau > 0:
             raise ConfigError(f"prediction distillation temperature tau must be > 0, got {tau}")
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"prediction loss reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         self.tau = float(tau)
+        self.reduction = reduction
 
     @override
     def teacher_taps(self) -> TapRequest:
@@ -58,7 +77,7 @@ class PredictionLoss(DistillationLoss):
 
     @override
     def forward(self, student: Taps, teacher: Taps) -> torch.Tensor:  # type: ignore[override]
-        return soft_cross_entropy(student.logits, teacher.logits.detach(), self.tau)
+        return soft_cross_entropy(student.logits, teacher.logits.detach(), self.tau, self.reduction)
 
 
 class _TransformedMSE(DistillationLoss):
@@ -66,18 +85,34 @@ class _TransformedMSE(DistillationLoss):
 
     tap: str  # "blocks" or "attentions"
 
-    def __init__(self, ancestry_width: int, auxiliary_width: int, pairs: Sequence[Sequence[int]]) -> None:
+    def __init__(
+        self,
+        ancestry_width: int,
+        auxiliary_width: int,
+        pairs: Sequence[Sequence[int]],
+        *,
+        level_widths: Sequence[Sequence[int]] | None = None,
+        layout: str = "tokens",
+    ) -> None:
         super().__init__()
         if not pairs:
             raise ConfigError(f"{self.name} distillation needs at least one (ancestry block, auxiliary block) pair")
         self.ancestry_width, self.auxiliary_width = int(ancestry_width), int(auxiliary_width)
         self.pairs = [(int(t), int(s)) for t, s in pairs]
+        #: ``(d, d')`` per level: the channels of the compared blocks (stage widths in hierarchical families).
+        self.level_widths = [(int(a), int(b)) for a, b in (level_widths or [(ancestry_width, auxiliary_width)] * len(self.pairs))]
+        #: ``map``: features are ``(B, C, H, W)`` and ``W`` acts on the channels of every pixel.
+        self.layout = layout
+        equal = [a == b for a, b in self.level_widths]
+        if any(equal) and not all(equal):
+            raise ConfigError(
+                f"{self.name} distillation: the auxiliary is as wide as the ancestry at some compared levels and "
+                f"narrower at others ({self.level_widths}); reduce the width of every stage, or of none"
+            )
         #: Identity when the widths match: nothing to learn, no parameter.
-        self.learned = self.ancestry_width != self.auxiliary_width
+        self.learned = not all(equal)
         self.matrices = nn.ParameterList(
-            [nn.Parameter(_linear_like_init(self.ancestry_width, self.auxiliary_width)) for _ in self.pairs]
-            if self.learned
-            else []
+            [nn.Parameter(_linear_like_init(a, b)) for a, b in self.level_widths] if self.learned else []
         )
 
     @classmethod
@@ -88,10 +123,23 @@ class _TransformedMSE(DistillationLoss):
 
     @classmethod
     @override
-    def for_models(cls, ancestry: RowShape, auxiliary: RowShape, levels: int | str | None = None) -> _TransformedMSE:
-        """The loss between two networks of these shapes, on ``levels`` (default: the paper's ablation)."""
+    def for_models(
+        cls, ancestry: RowShape, auxiliary: RowShape, levels: int | str | None = None, *, layout: str = "tokens"
+    ) -> _TransformedMSE:
+        """The loss between two networks of these shapes, on ``levels`` (default: the paper's ablation).
+
+        Hierarchical shapes compare each level at the widths of its two blocks' stages; ``layout``
+        is the ancestry adapter's ``feature_layout``."""
         levels = levels if levels is not None else default_levels(ancestry, auxiliary)
-        return cls(ancestry.width, auxiliary.width, level_pairs(ancestry.depth, auxiliary.depth, levels))
+        n_stages = len(ancestry.stage_shapes)
+        if ancestry.stages and len(auxiliary.stage_shapes) == n_stages and resolve_levels(levels) == n_stages:
+            # hierarchical families: one level per stage, at the last block of each (same resolution on both sides)
+            pairs = [(a + d - 1, b + e - 1) for a, (d, _, _), b, (e, _, _) in zip(
+                ancestry.stage_starts, ancestry.stage_shapes, auxiliary.stage_starts, auxiliary.stage_shapes)]
+        else:
+            pairs = level_pairs(ancestry.depth, auxiliary.depth, levels)
+        widths = [(ancestry.width_at(t + 1), auxiliary.width_at(s + 1)) for t, s in pairs]
+        return cls(ancestry.width, auxiliary.width, pairs, level_widths=widths, layout=layout)
 
     def matrix(self, level: int) -> torch.Tensor | None:
         """The ``d x d'`` matrix of ``level``, or ``None`` for the identity."""
@@ -110,10 +158,18 @@ class _TransformedMSE(DistillationLoss):
         s_table, t_table = getattr(student, self.tap), getattr(teacher, self.tap)
         total = torch.zeros(())
         for level, (t, s) in enumerate(self.pairs):
-            target = t_table[t].detach()
+            target, student_feats = t_table[t].detach(), s_table[s]
+            if self.layout == "map":  # W acts on the channels of every pixel
+                target, student_feats = target.movedim(1, -1), student_feats.movedim(1, -1)
             if self.learned:
                 target = target @ self.matrices[level]
-            total = total + F.mse_loss(target, s_table[s])
+            if target.shape != student_feats.shape:
+                raise ConfigError(
+                    f"{self.name} distillation level {level}: ancestry block {t} gives {tuple(target.shape)} after W, "
+                    f"auxiliary block {s} gives {tuple(student_feats.shape)}; compare blocks at the same resolution "
+                    f"(give the auxiliary the ancestry's stage structure, or other levels)"
+                )
+            total = total + F.mse_loss(target, student_feats)
         return total
 
 
@@ -156,6 +212,8 @@ class LearngeneDistillation(DistillationLoss):
         levels: int | str | None = None,
         tau: float = 1.0,
         terms: Sequence[str] = TERMS,
+        layout: str = "tokens",
+        reduction: str = "sum-classes",
     ) -> None:
         super().__init__()
         unknown = sorted(set(terms) - set(self.TERMS))
@@ -168,11 +226,17 @@ class LearngeneDistillation(DistillationLoss):
         self.levels = levels if levels is not None else default_levels(ancestry, auxiliary)
         parts: dict[str, DistillationLoss] = {}
         if "attention" in terms:
-            parts["attention"] = AttentionLoss.for_models(ancestry, auxiliary, self.levels)
+            if not ancestry.heads or not auxiliary.heads:
+                raise ConfigError(
+                    f"the attention-level distillation loss needs attention, and the "
+                    f"{'ancestry ' + str(ancestry) if not ancestry.heads else 'auxiliary ' + str(auxiliary)} has none "
+                    f"(a CNN); leave 'attention' out of learngene.terms, e.g. terms = [\"block\", \"prediction\"]"
+                )
+            parts["attention"] = AttentionLoss.for_models(ancestry, auxiliary, self.levels, layout=layout)
         if "block" in terms:
-            parts["block"] = BlockLoss.for_models(ancestry, auxiliary, self.levels)
+            parts["block"] = BlockLoss.for_models(ancestry, auxiliary, self.levels, layout=layout)
         if "prediction" in terms:
-            parts["prediction"] = PredictionLoss(tau)
+            parts["prediction"] = PredictionLoss(tau, reduction)
         # an nn.ModuleDict (so the terms' parameters are the loss's), read as the mapping it is
         self.losses: Mapping[str, DistillationLoss] = nn.ModuleDict(parts)  # type: ignore[assignment]
 
@@ -180,10 +244,11 @@ class LearngeneDistillation(DistillationLoss):
     @override
     def for_models(
         cls, teacher: RowShape, student: RowShape, *, levels: int | str | None = None, tau: float = 1.0,
-        terms: Sequence[str] = TERMS,
+        terms: Sequence[str] = TERMS, layout: str = "tokens", reduction: str = "sum-classes",
     ) -> LearngeneDistillation:
-        """The loss between the ancestry (``teacher``) and an auxiliary model (``student``)."""
-        return cls(teacher, student, levels=levels, tau=tau, terms=terms)
+        """The loss between the ancestry (``teacher``) and an auxiliary model (``student``); ``layout``:
+        the ancestry adapter's ``feature_layout`` (``map``: block features are CNN maps, W acts on channels)."""
+        return cls(teacher, student, levels=levels, tau=tau, terms=terms, layout=layout, reduction=reduction)
 
     @classmethod
     @override

@@ -18,6 +18,7 @@ fine-tunes again.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import pathlib
 from collections.abc import Mapping
@@ -114,7 +115,8 @@ def components(lg: LearngeneConfig, registry) -> dict[str, dict[str, Any]]:  # n
     chosen = {
         "design": (lg.design, _with_shorthands(registry, "design", lg.design, lg.design_args, {"rows": lg.rows, "init": lg.init})),
         "loss": (lg.loss, _with_shorthands(registry, "loss", lg.loss, lg.loss_args,
-                                           {"levels": levels, "tau": lg.tau, "terms": list(lg.terms)})),
+                                           {"levels": levels, "tau": lg.tau, "terms": list(lg.terms),
+                                            "reduction": lg.prediction_reduction})),
         "initializer": (lg.initializer, dict(lg.initializer_args)),
         "sampler": (lg.sampler, dict(lg.sampler_args)),
     }
@@ -140,9 +142,9 @@ def obtain_ancestry(config, lg: LearngeneConfig, data: Data, base: TrainConfig, 
             sub = {"data": config["data"], "model": config["model"], "train": dataclasses.asdict(train)}
             adapter = load_model(train_model(sub, out_dir, name="ancestry", save_config=False), registry)
     spec = data.spec
-    if adapter.num_classes != spec.num_classes or tuple(getattr(adapter, "input_size", spec.input_size)) != spec.input_size:
+    if adapter.num_classes != spec.num_classes or tuple(adapter.input_size) != spec.input_size:
         raise ConfigError(
-            f"the ancestry ({adapter.num_classes} classes, input {getattr(adapter, 'input_size', '?')}) does not fit the data "
+            f"the ancestry ({adapter.num_classes} classes, input {adapter.input_size}) does not fit the data "
             f"({spec.num_classes} classes, input {spec.input_size}); set [data] img_size / in_chans or use another ancestry"
         )
     adapter.model.eval()
@@ -166,7 +168,10 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
         with seeded(derive_seed("learngene-row", train.seed, r)):
             row = type(ancestry).from_arch(ancestry.resized(shape))
             design.initialize(row, ancestry)
-            loss = registry.build("loss", lg.loss, ancestry.shape, shape, options=parts["loss"]["options"],
+            options = dict(parts["loss"]["options"])
+            if "layout" in inspect.signature(registry.get("loss", lg.loss).for_models).parameters:
+                options["layout"] = ancestry.feature_layout  # W acts on channels: last dim, or dim 1 of a CNN map
+            loss = registry.build("loss", lg.loss, ancestry.shape, shape, options=options,
                                   where="learngene.loss_args")
         task = AuxiliaryDistillationTask(row, ancestry, loss, alpha=lg.alpha)
         fit(task, data, train, out_dir=out_dir, phase=f"distill-row{r}", config=_phase_config(config, lg, r))
@@ -179,7 +184,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
         adapters.append(row)
     info = {
         "learngene": {
-            "ancestry": {"depth": ancestry.shape.depth, "width": ancestry.shape.width, "heads": ancestry.shape.heads, "arch": ancestry.arch()},
+            "ancestry": {**ancestry.shape.to_json(), "arch": ancestry.arch()},
             "levels": levels,
             "alpha": lg.alpha,
             "terms": list(lg.terms),
@@ -220,6 +225,7 @@ def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainCon
         teacher=ancestry if lg.finetune_distillation else None,
         distillation="soft" if lg.finetune_distillation else "none",
         tau=lg.tau,
+        reduction=lg.prediction_reduction,
     )
     fit(task, data, train, out_dir=out_dir, phase=f"finetune-{lg.initializer}", config=_phase_config(config, lg, None))
 

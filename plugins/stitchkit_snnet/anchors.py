@@ -15,7 +15,6 @@ from typing import Any
 
 from stitchkit.errors import ConfigError, StitchkitError
 from stitchkit.interfaces import AncestryAdapter
-from stitchkit.vit import TimmViT
 
 from .config import AnchorConfig, SNNetConfig
 from .configurations import check_anchors
@@ -25,7 +24,7 @@ def _describe(anchor: AnchorConfig) -> str:
     return anchor.timm_name or f"{anchor.depth}x{anchor.embed_dim}:{anchor.num_heads}"
 
 
-def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> TimmViT:
+def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> AncestryAdapter:
     """The anchor's network for data of shape ``spec``, with its configured weights loaded."""
     from stitchkit.engine import ModelConfig, build_model
     from stitchkit.engine.config import from_mapping
@@ -44,7 +43,7 @@ def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> Tim
 
 def obtain_anchors(
     cfg: SNNetConfig, config: Mapping[str, Any], data: Any, base: Any, out_dir: pathlib.Path, seconds: list[float] | None = None
-) -> list[TimmViT]:
+) -> list[AncestryAdapter]:
     """Every anchor, in order, trained on ``data`` first where ``train = true`` (each phase's training time appended to ``seconds``)."""
     from stitchkit.engine import ClassificationTask, dist_context, fit, save_model
 
@@ -65,32 +64,20 @@ def obtain_anchors(
     return anchors
 
 
-def obtain_teacher(cfg: SNNetConfig, anchors: list[TimmViT], spec: Any, registry: Any) -> AncestryAdapter | None:
-    """The frozen teacher of fine-tuning (``None`` without distillation)."""
+def obtain_teacher(cfg: SNNetConfig, anchors: list[AncestryAdapter], spec: Any, registry: Any) -> Any:
+    """The frozen teacher of fine-tuning (``None`` without distillation).
+
+    ``"largest-anchor"``, ``"timm:NAME"`` (any timm classifier, e.g. DeiT's
+    ``regnety_160``; timm's weights or ``teacher_checkpoint``) or a model file.
+    """
     if cfg.distillation == "none":
         return None
     if cfg.teacher == "largest-anchor":
         # A copy: the engine freezes its teacher, and the anchor itself is fine-tuned.
-        return TimmViT(copy.deepcopy(anchors[-1].model))
-    if cfg.teacher.startswith("timm:"):
-        from stitchkit.engine import ModelConfig, build_model
+        return copy.deepcopy(anchors[-1])
+    from stitchkit.engine import load_teacher
 
-        name = cfg.teacher[len("timm:"):]
-        try:
-            teacher: AncestryAdapter = build_model(spec, ModelConfig(timm_name=name, pretrained=True))
-        except StitchkitError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"snnet.teacher: cannot create timm:{name} with pretrained weights: {type(exc).__name__}: {exc}") from None
-        return teacher  # type: ignore[return-value]
-    from stitchkit.engine import load_model
-
-    path = pathlib.Path(cfg.teacher).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"snnet.teacher: {cfg.teacher!r} is neither 'largest-anchor', 'timm:NAME' nor an existing model file"
-        )
-    teacher = load_model(path, registry)
-    if teacher.num_classes != spec.num_classes:
-        raise ConfigError(f"snnet.teacher: {path} predicts {teacher.num_classes} classes, the data has {spec.num_classes}")
-    return teacher
+    try:
+        return load_teacher(cfg.teacher, spec, checkpoint=cfg.teacher_checkpoint, registry=registry)
+    except ConfigError as exc:
+        raise ConfigError(f"snnet.teacher: {exc}") from None

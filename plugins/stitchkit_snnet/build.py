@@ -72,6 +72,7 @@ def build_snnet(
     timings["anchors_s"] = time.perf_counter() - t
 
     # 2. the pool: anchors as rows, SN-Net's stitch layers and configurations
+    method = cfg.method()
     info: dict[str, Any] = {
         name: {
             "anchors": [
@@ -80,6 +81,7 @@ def build_snnet(
                  "trained_here": a.train, "shape": str(r.shape), "params": count_params(r.model)}
                 for a, r in zip(cfg.anchor_configs(), anchors)
             ],
+            "stitching": method.stitching.to_json() if hasattr(method, "stitching") else None,
             "initializer": cfg.initializer, "init_images": cfg.init_images, "sampler": cfg.sampler,
             "sampler_args": cfg.sampler_args, "stitch_rank": cfg.stitch_rank, "stitch_alpha": cfg.stitch_alpha,
             "trainable": cfg.trainable, "distillation": cfg.distillation, "tau": cfg.tau,
@@ -92,7 +94,7 @@ def build_snnet(
         },
     }
     info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes, "splits": data.splits}  # exports carry them
-    pool = Pool.from_method(cfg.method(), anchors, info=info, stitch_rank=cfg.stitch_rank, stitch_alpha=cfg.stitch_alpha)
+    pool = Pool.from_method(method, anchors, info=info, stitch_rank=cfg.stitch_rank, stitch_alpha=cfg.stitch_alpha)
 
     # 3. stitch-layer initialisation
     t = time.perf_counter()

@@ -45,6 +45,11 @@ class AnchorConfig(ModelConfig):
                 (row,) = parse_rows(self.shape)
             except ValueError:
                 raise ConfigError(f"{where}.shape: expected one DEPTHxWIDTH:HEADS, got {self.shape!r}") from None
+            if row.stages or not row.heads or self.adapter != "timm-vit":
+                raise ConfigError(
+                    f"{where}.shape is a ViT shorthand (DEPTHxWIDTH:HEADS); give another family by adapter and arch "
+                    f"(e.g. adapter = \"timm-resnet\", arch = {{block = \"basic\", layers = [2, 2, 2, 2], channels = [8, 16, 32, 64]}})"
+                )
             self.depth, self.embed_dim, self.num_heads = row.depth, row.width, row.heads
         if self.pretrained and not self.timm_name:
             raise ConfigError(f"{where}.pretrained needs {where}.timm_name (whose timm weights to download)")
@@ -65,6 +70,12 @@ class SNNetConfig:
 
     #: The anchors, smallest first (``[[snnet.anchors]]`` tables, see :class:`AnchorConfig`).
     anchors: list[dict[str, Any]] = field(default_factory=list)
+    #: Paired stitching's sliding window over block ids (official ``--stitch_kernel_size``, ``--stitch_stride``).
+    kernel_size: int = 2
+    stride: int = 1
+    #: ``true``: stitch each anchor to the next one only; ``false``: also non-neighbouring
+    #: pairs (Ti->B) and three-anchor chains (Ti->S->B), as the official ``nearest_stitching``.
+    nearest_stitching: bool = True
     #: Stitch initializer by registered name (``ls`` as SN-Net, ``random``, ...).
     initializer: str = "ls"
     #: Options of the initializer (keyword arguments of its constructor), e.g. ``{ max_images = 50 }`` for ``ls``.
@@ -87,8 +98,11 @@ class SNNetConfig:
     distillation: str = "hard"
     tau: float = 1.0
     #: The teacher: ``"largest-anchor"`` (a frozen copy taken before fine-tuning),
-    #: ``"timm:NAME"`` (timm pretrained weights) or the path of a model file (``stitchkit train-ancestry``).
+    #: ``"timm:NAME"`` (any timm classifier, e.g. ``timm:regnety_160`` as DeiT/SN-Net) or the path
+    #: of a stitchkit model file (``stitchkit train``).
     teacher: str = "largest-anchor"
+    #: Local weights for a ``timm:NAME`` teacher (safetensors or weights-only .pth) instead of timm's download.
+    teacher_checkpoint: str = ""
     #: Evaluation split for the stored accuracy: ``"test"`` or ``"val"``.
     eval_split: str = "test"
     #: Pool file name inside the output directory.
@@ -103,6 +117,8 @@ class SNNetConfig:
             raise ConfigError(f"{where}.anchors: list the anchors smallest first, e.g. [[snnet.anchors]] timm_name = ...")
         checks = [
             (self.init_images >= 1, f"init_images must be >= 1, got {self.init_images}"),
+            (self.kernel_size >= 1, f"kernel_size must be >= 1, got {self.kernel_size}"),
+            (self.stride >= 1, f"stride must be >= 1, got {self.stride}"),
             (self.stitch_rank >= 0, f"stitch_rank must be >= 0 (0: full-rank stitch layers), got {self.stitch_rank}"),
             (self.stitch_alpha > 0, f"stitch_alpha must be > 0, got {self.stitch_alpha}"),
             (self.trainable in TRAINABLE, f"trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}"),
@@ -115,6 +131,10 @@ class SNNetConfig:
         for ok, problem in checks:
             if not ok:
                 raise ConfigError(f"{where}.{problem}")
+        if self.teacher_checkpoint and not self.teacher.startswith("timm:"):
+            raise ConfigError(f"{where}.teacher_checkpoint applies to a teacher = \"timm:NAME\" only, not to {self.teacher!r}")
+        if self.teacher_checkpoint and not pathlib.Path(self.teacher_checkpoint).expanduser().is_file():
+            raise ConfigError(f"{where}.teacher_checkpoint: no such file {self.teacher_checkpoint!r}")
         if self.teacher != "largest-anchor" and not self.teacher.startswith("timm:"):
             if not pathlib.Path(self.teacher).expanduser().is_file():
                 raise ConfigError(
@@ -123,10 +143,10 @@ class SNNetConfig:
         self.anchor_configs(where)
 
     def method(self) -> Any:
-        """The method whose stitch layers and paths the pool gets."""
+        """The method whose stitch layers and paths the pool gets (with this section's stitching options)."""
         from .method import SNNetMethod
 
-        return SNNetMethod()
+        return SNNetMethod(self.kernel_size, self.stride, self.nearest_stitching)
 
     def anchor_configs(self, where: str = "snnet") -> list[AnchorConfig]:
         from stitchkit.engine.config import from_mapping

@@ -33,6 +33,11 @@ class SNNetv2Config(SNNetConfig):
         bad = sorted(set(self.routes) - set(ROUTES))
         if bad or not self.routes:
             raise ConfigError(f"{where}.routes: give a non-empty list among {', '.join(ROUTES)}, got {self.routes!r}")
+        if (self.kernel_size, self.stride, self.nearest_stitching) != (2, 1, True):
+            raise ConfigError(
+                f"{where}: kernel_size, stride and nearest_stitching are SN-Net's stitching options; "
+                "SN-Netv2 enumerates its routes itself (choose them with routes = [...])"
+            )
         if len(self.anchors) != 2:
             raise ConfigError(
                 f"{where}.anchors: SN-Netv2 stitches exactly two anchors (small first), got {len(self.anchors)}; "

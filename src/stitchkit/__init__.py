@@ -55,6 +55,7 @@ _LAZY: dict[str, str] = {
     "default_registry": "registry",
     **dict.fromkeys(["Path", "RowShape", "Segment", "StitchSpec"], "spec"),
     "Descendant": "stitched",
+    **dict.fromkeys(["import_checkpoint", "import_snnet"], "importing"),
     **dict.fromkeys(_REGISTRY_SHORTCUTS, "registry"),
     **dict.fromkeys(["export_descendant", "load_descendant", "load_exported", "load_pool", "save_pool"], "storage"),
 }
@@ -75,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .pool import Pool
     from .registry import Registry, default_registry
     from .spec import Path, RowShape, Segment, StitchSpec
+    from .importing import import_checkpoint, import_snnet
     from .stitched import Descendant
     from .storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
 
@@ -97,6 +99,6 @@ __all__ = [
     "Descendant", "DistillationLoss", "DuplicateComponentError", "InitContext", "Method",
     "Path", "PathError", "PathSampler", "PluginError", "Pool", "PoolFormatError", "Registry",
     "RowShape", "Segment", "StitchInitializer", "StitchkitError", "TapRequest",
-    "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "load_descendant",
-    "load_exported", "load_pool", "save_pool", "__version__", *_REGISTRY_SHORTCUTS,
+    "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "import_checkpoint",
+    "import_snnet", "load_descendant", "load_exported", "load_pool", "save_pool", "__version__", *_REGISTRY_SHORTCUTS,
 ]

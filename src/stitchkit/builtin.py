@@ -1,4 +1,4 @@
-"""The core's own plugin: the timm ViT adapter, the sequential path set, the
+"""The core's own plugin: the timm ViT, Swin, ResNet and ConvNeXt adapters, the sequential path set, the
 random initializer and the generic path samplers. Registered like any other
 plugin, under the name ``stitchkit``.
 """
@@ -10,9 +10,15 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def register_ancestries(register):  # noqa: ANN001
+    from .convnext import TimmConvNeXt
+    from .resnet import TimmResNet
+    from .swin import TimmSwin
     from .vit import TimmViT
 
     register(TimmViT)
+    register(TimmSwin)
+    register(TimmResNet)
+    register(TimmConvNeXt)
 
 
 @hookimpl

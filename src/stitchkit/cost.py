@@ -276,7 +276,7 @@ def network_macs(adapter: Any) -> int:
     """Forward MACs per image of one network (on any device, the meta device included)."""
     from .measure import count_macs
 
-    return count_macs(adapter.model, tuple(adapter.input_size))
+    return count_macs(adapter)  # the adapter declares what hooks cannot count (attention matmuls)
 
 
 def path_macs(pool: Any) -> list[int]:

@@ -6,9 +6,17 @@ used: segment ``i`` ends at ``stop`` in the front row, so the layer's input is
 the front row's input of block ``stop`` (the output of block ``stop - 1``);
 segment ``i + 1`` starts at ``start`` in the end row, so its output should be
 the end row's input of block ``start``. Running one batch of images through
-both rows gives, per place, matching front and end tokens. SN-Net's ``ls``
+both rows gives, per place, matching front and end features. SN-Net's ``ls``
 initializer and the example ``procrustes`` plugin both fit a map on them; it
 lives in the core so that plugins share it without importing each other.
+
+Features come channels-last, whatever the family: tokens ``(B, N, C)`` as
+they are, Swin grids ``(B, H, W, C)`` as they are, CNN feature maps
+``(B, C, H, W)`` moved to ``(B, H, W, C)``. So ``reshape(-1, C)`` gives one
+row per token or per pixel on both sides, in the same order (a map stitched
+into tokens lines up pixel ``(h, w)`` with token ``h * W + w``, as the official
+``cnn_to_vit`` stitch does), and every stitch layer is fitted as one
+``(dst, src)`` matrix plus a bias (written into a 1x1 convolution as such).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch
 
 from .errors import ConfigError, PluginError
 from .interfaces import AncestryAdapter, TapRequest
+from .stitch_layers import affine_weight, set_affine
 
 
 @dataclass(frozen=True, order=True)
@@ -35,7 +44,8 @@ class StitchPlace:
 
 @dataclass(frozen=True)
 class StitchFeatures:
-    """Matching tokens at one place of stitch layer ``name``: ``front`` ``(B, N, C_src)``, ``end`` ``(B, N, C_dst)``."""
+    """Matching features at one place of stitch layer ``name``, channels-last: ``front`` ``(B, ..., C_src)``,
+    ``end`` ``(B, ..., C_dst)`` with the same number of positions (tokens or pixels) per image."""
 
     name: str
     place: StitchPlace
@@ -53,16 +63,20 @@ def stitch_places(pool) -> dict[str, list[StitchPlace]]:  # noqa: ANN001 - a sti
     return {name: sorted(places[name]) for name in pool.stitches if name in places}
 
 
-def row_inputs(adapter: AncestryAdapter, images: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:
+def row_inputs(
+    adapter: AncestryAdapter, images: torch.Tensor, blocks: Iterable[int], *, training: bool = False
+) -> dict[int, torch.Tensor]:
     """The row's input tokens of each block in ``blocks`` (``0`` = the stem output), from one forward pass.
 
     The row runs in eval mode (no dropout, no drop-path) without gradients,
     on its own device and dtype; its previous mode is restored.
+    ``training=True`` runs it in training mode instead (dropout and drop-path
+    as the row was built with), as the official SN-Net code fits LS.
     """
     blocks = sorted(set(blocks))
     model = adapter.model
     was_training = model.training
-    model.eval()
+    model.train(training)
     try:
         param = next(model.parameters())
         with torch.no_grad():
@@ -75,7 +89,7 @@ def row_inputs(adapter: AncestryAdapter, images: torch.Tensor, blocks: Iterable[
     return {b: taps.block_input(b) for b in blocks}
 
 
-def collect_stitch_features(pool, images: torch.Tensor) -> Iterator[StitchFeatures]:  # noqa: ANN001
+def collect_stitch_features(pool, images: torch.Tensor, *, training: bool = False) -> Iterator[StitchFeatures]:  # noqa: ANN001
     """Front and end features of every place of every used stitch layer, on one batch of ``images``.
 
     Places are grouped by row pair, so at most two rows' features are alive at
@@ -87,11 +101,18 @@ def collect_stitch_features(pool, images: torch.Tensor) -> Iterator[StitchFeatur
         for p in places:
             by_pair[(p.front, p.end)].append((name, p))
     for (front, end), uses in sorted(by_pair.items()):
-        f_feats = row_inputs(pool.adapters[front], images, (p.front_block for _, p in uses))
-        e_feats = row_inputs(pool.adapters[end], images, (p.end_block for _, p in uses))
+        f_feats = row_inputs(pool.adapters[front], images, (p.front_block for _, p in uses), training=training)
+        e_feats = row_inputs(pool.adapters[end], images, (p.end_block for _, p in uses), training=training)
         for name, p in uses:
-            yield StitchFeatures(name, p, f_feats[p.front_block], e_feats[p.end_block])
+            spec = pool.stitch_specs[name]
+            front_t = _channels_last(f_feats[p.front_block], spec.src_layout)
+            end_t = _channels_last(e_feats[p.end_block], spec.dst_layout)
+            yield StitchFeatures(name, p, front_t, end_t)
         del f_feats, e_feats
+
+
+def _channels_last(features: torch.Tensor, layout: str) -> torch.Tensor:
+    return features.movedim(1, -1) if layout == "map" else features
 
 
 def check_images(images: torch.Tensor | None, initializer: str) -> torch.Tensor:
@@ -106,23 +127,25 @@ def check_images(images: torch.Tensor | None, initializer: str) -> torch.Tensor:
     return images
 
 
-Solver = Callable[[torch.Tensor, torch.Tensor, torch.nn.Linear], "tuple[torch.Tensor, torch.Tensor]"]
+Solver = Callable[[torch.Tensor, torch.Tensor, torch.nn.Module], "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noqa: ANN001 - a stitchkit Pool
+def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver, *, training: bool = False) -> None:  # noqa: ANN001 - a stitchkit Pool
     """Fit every used stitch layer of ``pool`` in place with ``solve(front, end, layer) -> (weight, bias)``.
 
-    ``solve`` runs once per place and sees the layer as it was before the fit
-    (a prior, for solvers that refine a starting point); a layer used at
+    ``solve`` runs once per place on channels-last features and sees the layer
+    as it was before the fit (a prior, for solvers that refine a starting point;
+    :func:`stitchkit.stitch_layers.affine_weight` reads any layer's weight as a
+    ``(dst, src)`` matrix); ``weight`` is returned as ``(dst, src)``; a layer used at
     several places gets the mean of their solutions (the official SN-Net rule
     for shared layers). A layer no path uses keeps its weights; the pool's
-    dtype and device are kept.
+    dtype and device are kept. ``training``: rows run in training mode (see :func:`row_inputs`).
     """
     solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-    for feats in collect_stitch_features(pool, images):
+    for feats in collect_stitch_features(pool, images, training=training):
         layer = pool.stitches[feats.name]
         weight, bias = solve(feats.front, feats.end, layer)
-        for what, got, want in (("weight", weight, layer.weight), ("bias", bias, layer.bias)):
+        for what, got, want in (("weight", weight, affine_weight(layer)), ("bias", bias, layer.bias)):
             if tuple(got.shape) != tuple(want.shape):
                 hint = "; transposed? nn.Linear's weight is (out, in)" if tuple(got.shape) == tuple(want.shape)[::-1] else ""
                 raise PluginError(
@@ -131,9 +154,6 @@ def fit_stitch_layers(pool, images: torch.Tensor, solve: Solver) -> None:  # noq
                 )
         solutions[feats.name].append((weight, bias))
     for name, sols in solutions.items():
-        layer = pool.stitches[name]
         weight = torch.stack([w for w, _ in sols]).mean(0)
         bias = torch.stack([b for _, b in sols]).mean(0)
-        with torch.no_grad():
-            layer.weight.copy_(weight.to(layer.weight.device, layer.weight.dtype))
-            layer.bias.copy_(bias.to(layer.bias.device, layer.bias.dtype))
+        set_affine(pool.stitches[name], weight, bias)

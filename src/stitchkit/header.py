@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, PathError, PoolFormatError
-from .spec import Path, RowShape, StitchSpec
+from .spec import LAYOUTS, Path, RowShape, StitchSpec
 
 POOL_FORMAT = "stitchkit-pool"
 DESCENDANT_FORMAT = "stitchkit-descendant"
-FORMAT_VERSION = "1"
-#: format_version values this reader understands.
-SUPPORTED_VERSIONS = ("1",)
+FORMAT_VERSION = "2"
+#: format_version values this reader understands ("1": ViT-only pools, before
+#: hierarchical rows and convolutional stitch layers; read as all-token stitches).
+SUPPORTED_VERSIONS = ("1", "2")
 #: The same limit safetensors itself enforces on the JSON header.
 MAX_HEADER_BYTES = 100_000_000
 
@@ -53,6 +54,7 @@ STITCH_SCHEMA: dict[str, Any] = {
     "required": ["name", "src", "dst", "src_width", "dst_width"],
     "properties": {
         "name": _NAME, "src": _COUNT, "dst": _COUNT, "src_width": _POSITIVE, "dst_width": _POSITIVE,
+        "src_layout": {"type": "string", "enum": list(LAYOUTS)}, "dst_layout": {"type": "string", "enum": list(LAYOUTS)},
         # low-rank stitch layers (an extension of version 1): tensors lora_A, lora_B beside weight, bias
         "rank": _POSITIVE, "alpha": {"type": "number"},
     },
@@ -71,7 +73,8 @@ _ROW_PROPERTIES = {
     "arch": {"type": "object"},
     "depth": _POSITIVE,
     "width": _POSITIVE,
-    "heads": _POSITIVE,
+    "heads": _COUNT,
+    "stages": {"type": "array", "items": {"type": "array", "minItems": 3, "maxItems": 3, "items": _COUNT}},
 }
 #: Optional ``sizes`` of a pool description (written since stitchkit 0.1; ``info`` recomputes them when absent).
 SIZES_SCHEMA: dict[str, Any] = {
@@ -103,6 +106,7 @@ POOL_SCHEMA: dict[str, Any] = {
         "evaluation": {"type": "object", "additionalProperties": {"type": "object"}},
         "extras": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "sizes": SIZES_SCHEMA,
+        "stitched_final_norm": {"type": "boolean"},
     },
 }
 DESCENDANT_SCHEMA: dict[str, Any] = {
@@ -124,6 +128,7 @@ DESCENDANT_SCHEMA: dict[str, Any] = {
         "stitches": {"type": "array", "items": STITCH_SCHEMA},
         "info": {"type": "object"},
         "evaluation": {"type": ["object", "null"]},
+        "stitched_final_norm": {"type": "boolean"},
     },
 }
 TENSORS_SCHEMA: dict[str, Any] = {
@@ -426,7 +431,7 @@ def _few(names: list[str]) -> str:
 def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mapping[str, Mapping[str, Any]]) -> list[Path]:
     """Checks that need no adapter: paths, stitch tensors, extras and evaluation keys fit."""
     try:
-        shapes = [RowShape(r["depth"], r["width"], r["heads"]) for r in desc["rows"]]
+        shapes = [RowShape.from_json(r) for r in desc["rows"]]
         specs = {s["name"]: StitchSpec.from_json(s) for s in desc["stitches"]}
         paths = [Path.from_json(d) for d in desc["paths"]]
         for path in paths:
@@ -436,10 +441,13 @@ def _check_pool_description(p: pathlib.Path, desc: dict[str, Any], index: Mappin
     if len(specs) != len(desc["stitches"]):
         raise PoolFormatError(p, "metadata lists a stitch layer name twice")
     for s in specs.values():
-        for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
-            if end >= len(shapes) or shapes[end].width != width:
-                raise PoolFormatError(p, f"stitch layer {s.name!r} expects width {width} at row {end}, which the rows do not have")
-        tensors = [("weight", [s.dst_width, s.src_width]), ("bias", [s.dst_width])]
+        for end in (s.src, s.dst):
+            if end >= len(shapes):
+                raise PoolFormatError(p, f"stitch layer {s.name!r} joins row {end}, which the pool does not have")
+        # widths against the rows' feature signatures are checked when the pool is rebuilt (Pool.__init__)
+        # a 1x1 convolution from a feature map (stitch_layers.weight_shape; no torch import here)
+        weight = [s.dst_width, s.src_width, 1, 1] if s.src_layout == "map" else [s.dst_width, s.src_width]
+        tensors = [("weight", weight), ("bias", [s.dst_width])]
         if s.rank:
             tensors += [("lora_A", [s.rank, s.src_width]), ("lora_B", [s.dst_width, s.rank])]
         for suffix, shape in tensors:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pathlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import MissingTapError
-from .spec import Path, RowShape, StitchSpec
+from .spec import FeatureSignature, Path, RowShape, StitchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cost import TrainingPlan
@@ -100,14 +100,24 @@ class AncestryAdapter(ABC):
 
     It exposes the network as *input stem -> blocks -> final norm and head*, taps
     for each block's output and each block's attention-sublayer output, and the
-    means to build a same-family network of another depth, width and heads
-    (auxiliary models and pool rows are built this way).
+    means to build a same-family network of another shape (auxiliary models
+    and pool rows are built this way).
 
     ``stem()`` and ``head()`` return modules that *share* the network's
     parameters, so a descendant that runs them trains the row itself.
+
+    The adapter declares everything the core would otherwise have to guess
+    about a family: the input size, the feature signature at every block
+    boundary (:meth:`signatures`), which state-dict key is stem, block or head
+    (:meth:`part_of`), the cost of operations a Linear/Conv hook cannot see
+    (:meth:`uncounted_macs`) and what the published parameter convention
+    leaves out (:meth:`published_exclusions`). The core assumes no key layout
+    and no attribute name of any model library.
     """
 
     name: ClassVar[str]
+    #: Layout of the tensors between blocks: ``tokens`` (B, N, C), ``nhwc`` (B, H, W, C) or ``map`` (B, C, H, W).
+    feature_layout: ClassVar[str] = "tokens"
     #: Where the starting weights came from and what timm adapted (:func:`stitchkit.weights.create_timm_model`); None: random.
     weights_record: dict[str, Any] | None = None
 
@@ -156,18 +166,69 @@ class AncestryAdapter(ABC):
 
     @abstractmethod
     def resized(self, shape: RowShape) -> dict[str, Any]:
-        """The arch of a same-family network with another depth, width and heads."""
+        """The arch of a same-family network of another shape (depth, width and heads; per stage for
+        hierarchical families). A shape the family cannot take raises :class:`~stitchkit.errors.ConfigError`."""
 
     # -- structure ------------------------------------------------------------
     @property
     @abstractmethod
     def shape(self) -> RowShape:
-        """Depth, width and heads."""
+        """Depth, width and heads (per stage for hierarchical families)."""
+
+    @property
+    @abstractmethod
+    def input_size(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input image."""
 
     @property
     @abstractmethod
     def blocks(self) -> nn.ModuleList:
-        """The blocks, in order. Each maps tokens ``(B, N, width)`` to the same shape."""
+        """The blocks, in order, numbered across stages. Block ``i`` maps a tensor of
+        ``signatures()[i]`` to one of ``signatures()[i + 1]`` (the same for a plain ViT)."""
+
+    def signatures(self) -> list[FeatureSignature]:
+        """The feature signature of every block boundary: entry ``i`` is the input of block ``i``
+        (entry 0 the stem output, the last entry the last block's output).
+
+        The default runs a copy of the network on the meta device (no memory,
+        no data) at :attr:`input_size` and reads the shapes in :attr:`feature_layout`.
+        """
+        cached = getattr(self, "_stitchkit_signatures", None)
+        if cached is not None:
+            return list(cached)
+        with torch.device("meta"):
+            twin = type(self).from_arch(self.arch())
+            x = torch.zeros((1, *self.input_size))
+            twin.model.eval()
+            with torch.no_grad():
+                x = twin.stem()(x)
+                shapes = [tuple(x.shape[1:])]
+                for blk in twin.blocks:
+                    x = blk(x)
+                    shapes.append(tuple(x.shape[1:]))
+        sigs = [FeatureSignature.of(self.feature_layout, s) for s in shapes]
+        self._stitchkit_signatures = sigs
+        return list(sigs)
+
+    def uncounted_macs(self) -> dict[nn.Module, MacRule]:
+        """Modules doing multiply-accumulates that hooks on ``nn.Linear`` / ``nn.Conv2d`` do not see
+        (the two attention matmuls), each with a rule ``(module, inputs, output) -> MACs``.
+
+        :func:`stitchkit.measure.count_macs` runs these rules as forward hooks. Default: none.
+        """
+        return {}
+
+    def restore_buffers(self, module: nn.Module) -> None:
+        """Recompute the non-persistent buffers (not in the state dict) inside ``module``, a part of a
+        network of this family built on the meta device whose weights were then assigned (lazy
+        loading). Families whose every tensor is in the state dict keep this default: nothing."""
+
+    def published_exclusions(self) -> tuple[str, ...]:
+        """State-dict keys of this network that a *stitched* descendant starting in it leaves out
+        of the published parameter count, where it runs them: SN-Net's code counts a stitched DeiT
+        without its class token and position embedding, and a stitched Swin without the front
+        anchor's patch-merging layers. Default: none."""
+        return ()
 
     @abstractmethod
     def stem(self) -> nn.Module:
@@ -176,6 +237,20 @@ class AncestryAdapter(ABC):
     @abstractmethod
     def head(self) -> nn.Module:
         """Module mapping the last block's tokens to logits: final norm, pooling, classifier."""
+
+    def head_without_norm(self) -> nn.Module:
+        """The head minus its final norm (same parameters, the norm's kept but unused).
+
+        Only pools imported from the official SN-Net code use it: its stitched
+        forward skips the end anchor's final norm (see docs/snnet.md).
+        Families that cannot leave the norm out keep this default, which refuses.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"ancestry adapter {getattr(self, 'name', type(self).__name__)!r} cannot run its head without the final norm "
+            f"(pool option stitched_final_norm = false); implement head_without_norm() in the adapter"
+        )
 
     @abstractmethod
     def attention(self, index: int) -> nn.Module:
@@ -214,6 +289,9 @@ class AncestryAdapter(ABC):
             for h in handles:
                 h.remove()
         return taps
+
+
+MacRule = Callable[[nn.Module, tuple[Any, ...], Any], int]
 
 
 def _store(table: dict[int, torch.Tensor], key: int):
@@ -406,3 +484,14 @@ class Method(ABC):
         from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} defines paths only and cannot run 'stitchkit build'")
+
+    def import_checkpoint(self, path: pathlib.Path, *, anchors: Sequence[str], registry: Registry) -> Any:
+        """A :class:`~stitchkit.pool.Pool` holding a checkpoint of the method's original code.
+
+        ``anchors`` names the networks the checkpoint holds, smallest first.
+        Methods without an original checkpoint format keep this default;
+        ``stitchkit import`` then says so.
+        """
+        from .errors import ConfigError
+
+        raise ConfigError(f"method {self.name!r} cannot import checkpoints of another code base")

@@ -1,20 +1,25 @@
 """Parameters, MACs and latency, counted the way the papers count them.
 
-MACs are multiply-accumulates of linear and convolution layers plus the two
-attention matmuls (q @ k^T and attn @ v), per image, at the model's input size
-(fvcore's convention, as both papers report). Norms, softmax, GELU and adds
-are not counted. Counting uses forward hooks on shapes only, so it works on
-the meta device without allocating weights.
+MACs are multiply-accumulates of linear and convolution layers plus the
+operations an adapter declares that such hooks cannot see (the two attention
+matmuls q @ k^T and attn @ v: :meth:`~stitchkit.interfaces.AncestryAdapter.uncounted_macs`),
+per image, at the model's input size (fvcore's convention, as both papers
+report). Norms, softmax, GELU, pooling and adds are not counted. Counting uses
+forward hooks on shapes only, so it works on the meta device without
+allocating weights. Nothing here knows a model library's attribute names.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import nn
+
+from .interfaces import AncestryAdapter, MacRule
 
 Convention = Literal["true", "published"]
 
@@ -23,8 +28,9 @@ def count_params(module: nn.Module, *, convention: Convention = "true") -> int:
     """Parameters of ``module``, each shared tensor counted once.
 
     ``convention="published"`` reproduces the SN-Net code: a *stitched*
-    descendant (more than one segment) is counted without its class token
-    and position embedding; a single network is counted whole.
+    descendant (more than one segment) is counted without the parameters its
+    first row's adapter lists in ``published_exclusions`` (a DeiT's class
+    token and position embedding); a single network is counted whole.
     """
     seen: set[int] = set()
     total = 0
@@ -36,22 +42,35 @@ def count_params(module: nn.Module, *, convention: Convention = "true") -> int:
     if convention == "published":
         path = getattr(module, "path", None)
         if path is not None and len(path.segments) > 1:
-            stem = getattr(module, "stem", None)
-            for attr in ("cls_token", "pos_embed"):
-                t = getattr(stem, attr, None)
-                if isinstance(t, torch.Tensor):
-                    total -= t.numel()
+            params = dict(module.named_parameters())
+            for name in getattr(module, "published_exclusions", ()):
+                if name in params:
+                    total -= params[name].numel()
     elif convention != "true":
         raise ValueError(f"unknown counting convention {convention!r}; use 'true' or 'published'")
     return total
 
 
-def _is_attention(m: nn.Module) -> bool:
-    return hasattr(m, "num_heads") and hasattr(m, "qkv") and hasattr(m, "head_dim")
+def count_macs(
+    module: nn.Module | AncestryAdapter,
+    input_size: tuple[int, ...] | None = None,
+    *,
+    extra: Mapping[nn.Module, MacRule] | None = None,
+) -> int:
+    """MACs of one forward pass for one image of ``input_size`` (per-image input shape, e.g. (C, H, W)).
 
-
-def count_macs(module: nn.Module, input_size: tuple[int, ...] | None = None) -> int:
-    """MACs of one forward pass for one image of ``input_size`` (C, H, W)."""
+    ``module`` may be an adapter (its network, input size and declared
+    uncounted MACs are used) or any module; a descendant carries its rows'
+    declarations itself. ``extra`` adds rules ``(module, inputs, output) -> MACs``
+    for modules that Linear/Conv hooks do not see.
+    """
+    rules: dict[nn.Module, MacRule] = {}
+    if isinstance(module, AncestryAdapter):
+        rules.update(module.uncounted_macs())
+        input_size = input_size or module.input_size
+        module = module.model
+    rules.update(getattr(module, "uncounted_macs", None) or {})
+    rules.update(extra or {})
     if input_size is None:
         input_size = getattr(module, "input_size", None)
         if input_size is None:
@@ -67,10 +86,12 @@ def count_macs(module: nn.Module, input_size: tuple[int, ...] | None = None) -> 
         kh, kw = m.kernel_size
         total += out.numel() * (m.in_channels // m.groups) * kh * kw
 
-    def attention(m: nn.Module, inp, out) -> None:
-        nonlocal total
-        b, n, _ = inp[0].shape
-        total += 2 * b * n * n * m.num_heads * m.head_dim
+    def declared(rule: MacRule):  # noqa: ANN202
+        def hook(m: nn.Module, inp, out) -> None:
+            nonlocal total
+            total += int(rule(m, inp, out))
+
+        return hook
 
     handles = []
     for m in module.modules():
@@ -78,8 +99,8 @@ def count_macs(module: nn.Module, input_size: tuple[int, ...] | None = None) -> 
             handles.append(m.register_forward_hook(linear))
         elif isinstance(m, nn.Conv2d):
             handles.append(m.register_forward_hook(conv))
-        if _is_attention(m):
-            handles.append(m.register_forward_hook(attention))
+        if m in rules:
+            handles.append(m.register_forward_hook(declared(rules[m])))
     try:
         param = next(module.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")

@@ -26,20 +26,24 @@ def plan(
     ancestry: str | None = None,
     rows: Sequence[RowShape] | None = None,
     anchors: Sequence[str] | None = None,
-    adapter: str = "timm-vit",
+    adapter: str = "auto",
     model_kwargs: dict[str, Any] | None = None,
     registry: Registry | None = None,
+    method_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plan a pool.
 
     Either ``ancestry`` (a model name) with ``rows`` (the auxiliary shapes,
     built in the ancestry's family), or ``anchors`` (model names, stitched as
-    they are). Returns a JSON-ready dict with ``storage_params`` and
+    they are); ``method_options`` go to the method's constructor (e.g. snnet's
+    ``kernel_size``, ``stride``, ``nearest_stitching``). Returns a JSON-ready dict with ``storage_params`` and
     ``descendants`` (each with ``params``, ``params_published``, ``macs`` and the path).
     """
     registry = registry or default_registry()
-    meth = registry.method(method)
-    adapter_cls: type[AncestryAdapter] = registry.ancestry(adapter)
+    try:
+        meth = registry.create("method", method, **(method_options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"method {method!r} does not take the options {sorted(method_options or {})}: {exc}") from None
     kwargs = dict(model_kwargs or {})
     if (anchors is None) == (ancestry is None):
         raise ConfigError("give either an ancestry with rows, or anchors")
@@ -47,13 +51,13 @@ def plan(
         if anchors is not None:
             if rows:
                 raise ConfigError("rows are implied by the anchors; do not pass both")
-            row_adapters = [adapter_cls.from_name(a, **kwargs) for a in anchors]
+            row_adapters = [create_by_name(a, adapter, registry, **kwargs) for a in anchors]
             source: dict[str, Any] = {"anchors": list(anchors)}
         else:
             if not rows:
                 raise ConfigError("an ancestry needs --rows, e.g. 6x192:3,6x768:12")
-            anc = adapter_cls.from_name(ancestry, **kwargs)  # type: ignore[arg-type]
-            row_adapters = [adapter_cls.from_arch(anc.resized(s)) for s in sorted(rows, key=lambda s: s.width)]
+            anc = create_by_name(ancestry, adapter, registry, **kwargs)  # type: ignore[arg-type]
+            row_adapters = [type(anc).from_arch(anc.resized(s)) for s in sorted(rows, key=lambda s: s.width)]
             source = {
                 "ancestry": ancestry,
                 "ancestry_shape": str(anc.shape),
@@ -61,8 +65,9 @@ def plan(
             }
         row_adapters = sorted(row_adapters, key=lambda a: a.shape.width)
         pool = Pool.from_method(meth, row_adapters)
-        costs = pool.costs()
-        published = pool.costs(convention="published")
+        parts = pool.part_macs()
+        costs = pool.costs(parts=parts)
+        published = pool.costs(convention="published", parts=parts)
     descendants = []
     for c, p in zip(costs, published):
         descendants.append({**c, "params_published": p["params"]})
@@ -71,7 +76,7 @@ def plan(
         "method": method,
         **source,
         "rows": [
-            {"shape": str(a.shape), "depth": a.shape.depth, "width": a.shape.width, "heads": a.shape.heads, "params": count_params(a.model)}
+            {"shape": str(a.shape), "adapter": a.name, **a.shape.to_json(), "params": count_params(a.model)}
             for a in row_adapters
         ],
         "stitch_layers": len(pool.stitches),
@@ -79,6 +84,26 @@ def plan(
         "storage_params": pool.storage_params(),
         "descendants": descendants,
     }
+
+
+def create_by_name(name: str, adapter: str, registry: Registry, **kwargs: Any) -> AncestryAdapter:
+    """A network by model name through ``adapter``; ``"auto"`` asks every registered adapter in
+    turn (built-in timm families first) and takes the first that recognises the model."""
+    if adapter != "auto":
+        return registry.ancestry(adapter).from_name(name, **kwargs)
+    names = registry.list("ancestry")
+    order: list[str] = [n for n in ("timm-vit", "timm-swin", "timm-resnet", "timm-convnext") if n in names]
+    order += [n for n in names if n not in order]
+    refusals = []
+    for n in order:
+        try:
+            return registry.ancestry(n).from_name(name, **kwargs)
+        except ConfigError as exc:
+            refusals.append(f"{n}: {exc}")
+    raise ConfigError(
+        f"no ancestry adapter can create {name!r} ({'; '.join(refusals[:2])}{'; ...' if len(refusals) > 2 else ''}); "
+        "check the model name, or name the adapter with --adapter"
+    )
 
 
 def format_plan(result: dict[str, Any]) -> str:

@@ -3,7 +3,9 @@
 A row is one trained network (an auxiliary model for Learngene Pool, an
 anchor for SN-Net) held through its :class:`~stitchkit.interfaces.AncestryAdapter`;
 its blocks are the learngene instances, and it keeps its own stem, final norm
-and head. Stitch layers are ``nn.Linear`` maps named by the method. Paths are
+and head. Stitch layers are named by the method; their module (``nn.Linear``
+between tokens, a 1x1 ``nn.Conv2d`` from a feature map) is chosen by the
+feature signatures of the boundaries they join (:mod:`stitchkit.stitch_layers`). Paths are
 enumerated by the method once and stored with the pool, so a pool file is
 self-describing.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,8 +24,9 @@ from .errors import ConfigError, PathError
 from .interfaces import AncestryAdapter, Method
 from .measure import count_macs, count_params
 from .lowrank import low_rank_params
-from .spec import Path, RowShape, StitchSpec
-from .stitched import Descendant, _input_size, build_descendant, stitch_layer
+from .spec import FeatureSignature, Path, RowShape, StitchSpec
+from .stitch_layers import make_stitch, stitch_layouts
+from .stitched import Descendant, build_descendant
 
 
 # -- descendant cache invalidation ----------------------------------------------
@@ -67,6 +71,7 @@ class Pool(nn.Module):
         method: str,
         info: Mapping[str, Any] | None = None,
         extras: Mapping[str, torch.Tensor] | None = None,
+        stitched_final_norm: bool = True,
     ) -> None:
         super().__init__()
         if not rows:
@@ -79,22 +84,17 @@ class Pool(nn.Module):
         self.stitch_specs = {s.name: s for s in stitches}
         if len(self.stitch_specs) != len(stitches):
             raise ConfigError("stitch layer names must be unique")
-        for s in stitches:
-            for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
-                if not 0 <= end < len(rows) or rows[end].shape.width != width:
-                    raise ConfigError(
-                        f"stitch layer {s.name!r} expects width {width} at row {end}, "
-                        f"which {'does not exist' if not 0 <= end < len(rows) else f'has width {rows[end].shape.width}'}"
-                    )
-        self.stitches = nn.ModuleDict({s.name: stitch_layer(s) for s in stitches})
         depths = [a.shape.depth for a in rows]
         for p in paths:
             p.validate(depths, self.stitch_specs)
+        self.stitch_specs = _fit_signatures(self.adapters, self.stitch_specs, paths)
+        self.stitches = nn.ModuleDict({n: make_stitch(s) for n, s in self.stitch_specs.items()})
         self.paths = list(paths)
         self.method = method
         self.info: dict[str, Any] = dict(info or {})
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.extras: dict[str, torch.Tensor] = dict(extras or {})
+        self._stitched_final_norm = bool(stitched_final_norm)
         self.forget_descendants()
 
     @classmethod
@@ -149,7 +149,7 @@ class Pool(nn.Module):
         if copy:
             import copy as _copy
 
-            return _copy.deepcopy(build_descendant(self.adapters, self.stitches, path))
+            return _copy.deepcopy(build_descendant(self.adapters, self.stitches, path, stitched_final_norm=self.stitched_final_norm))
         if self._cache_owner != id(self):  # a copy of another pool (copy.deepcopy): its entries watch nothing
             self.forget_descendants()
         hit = self._descendants.get(path)
@@ -158,7 +158,7 @@ class Pool(nn.Module):
         if self._watched_in != _generation:
             _watch(self)
             self._watched_in = _generation
-        d = build_descendant(self.adapters, self.stitches, path).train(self.training)
+        d = build_descendant(self.adapters, self.stitches, path, stitched_final_norm=self.stitched_final_norm).train(self.training)
         self._descendants[path] = (_generation, d)
         return d
 
@@ -184,6 +184,17 @@ class Pool(nn.Module):
         self._cache_owner = id(self)
         self._watched_in = -1
 
+    @property
+    def stitched_final_norm(self) -> bool:
+        """Whether stitched descendants run the end row's final norm (native pools: yes;
+        pools imported from the official SN-Net code: no, as its stitched forward)."""
+        return self._stitched_final_norm
+
+    @stitched_final_norm.setter
+    def stitched_final_norm(self, value: bool) -> None:
+        self._stitched_final_norm = bool(value)
+        self.forget_descendants()  # cached descendants hold the other head
+
     # -- size ------------------------------------------------------------------
     def storage_params(self) -> int:
         """Parameters stored: every row plus every stitch layer (not the ancestry)."""
@@ -196,26 +207,23 @@ class Pool(nn.Module):
         parts; counting parts once instead of whole descendants makes planning
         pools with many paths (SN-Net's 71) fast. Works on the meta device.
         """
-        param = next(self.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        stems, blocks, heads, tokens = [], [], [], []
+        stems, blocks, heads = [], [], []
         for a in self.adapters:
-            size = _input_size(a)
-            stem = a.stem()
-            stems.append(count_macs(stem, size))
-            with torch.no_grad():
-                was = stem.training
-                stem.eval()
-                shape = tuple(stem(torch.zeros((1, *size), device=device, dtype=dtype)).shape[1:])
-                stem.train(was)
-            tokens.append(shape)
-            blocks.append([count_macs(b, shape) for b in a.blocks])
-            heads.append(count_macs(a.head(), shape))
-        stitches = {
-            name: count_macs(layer, (tokens[self.stitch_specs[name].src][0], self.stitch_specs[name].src_width))
-            for name, layer in self.stitches.items()
-        }
+            sigs = a.signatures()
+            extra = a.uncounted_macs()
+            stems.append(count_macs(a.stem(), a.input_size, extra=extra))
+            blocks.append([count_macs(b, sigs[i].tensor_shape(), extra=extra) for i, b in enumerate(a.blocks)])
+            heads.append(count_macs(a.head(), sigs[-1].tensor_shape(), extra=extra))
+        stitches = {}
+        for name, layer in self.stitches.items():
+            spec = self.stitch_specs[name]
+            positions = self.adapters[spec.src].signatures()[0].positions
+            for path in self.paths:
+                if name in path.stitches:
+                    i = path.stitches.index(name)
+                    positions = self.adapters[spec.src].signatures()[path.segments[i].stop].positions
+                    break
+            stitches[name] = positions * spec.src_width * spec.dst_width  # one (src -> dst) product per token / pixel
         return {"stems": stems, "blocks": blocks, "heads": heads, "stitches": stitches}
 
     def path_macs(self, path: Path, parts: Mapping[str, Any] | None = None) -> int:
@@ -225,9 +233,10 @@ class Pool(nn.Module):
         total += sum(parts["blocks"][s.row][b] for s in path.segments for b in range(s.start, s.stop))
         return total + sum(parts["stitches"][n] for n in path.stitches)
 
-    def costs(self, *, convention: str = "true") -> list[dict[str, Any]]:
-        """Params and MACs of every descendant (works on the meta device)."""
-        parts = self.part_macs()
+    def costs(self, *, convention: str = "true", parts: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Params and MACs of every descendant (works on the meta device); ``parts``: a
+        :meth:`part_macs` result to reuse."""
+        parts = parts or self.part_macs()
         out = []
         for i, p in enumerate(self.paths):
             d = self.descendant(p)
@@ -250,7 +259,7 @@ class Pool(nn.Module):
         return {
             "method": self.method,
             "rows": [
-                {"adapter": a.name, "arch": a.arch(), "depth": a.shape.depth, "width": a.shape.width, "heads": a.shape.heads}
+                {"adapter": a.name, "arch": a.arch(), **a.shape.to_json()}
                 for a in self.adapters
             ],
             "stitches": [s.to_json() for s in self.stitch_specs.values()],
@@ -258,4 +267,44 @@ class Pool(nn.Module):
             "info": self.info,
             "evaluation": self.evaluation,
             "extras": sorted(self.extras),
+            "stitched_final_norm": self.stitched_final_norm,
         }
+
+
+def _fit_signatures(
+    adapters: Sequence[AncestryAdapter], specs: Mapping[str, StitchSpec], paths: Sequence[Path]
+) -> dict[str, StitchSpec]:
+    """Check every stitch layer against the signatures of the boundaries it joins; fill in its layouts.
+
+    A layer used at several places must see the same channels and layouts at
+    each; a layer no path uses is checked against the rows' stem outputs.
+    """
+    n = len(adapters)
+    uses: dict[str, list[tuple[FeatureSignature, FeatureSignature, str]]] = {name: [] for name in specs}
+    for p in paths:
+        for i, name in enumerate(p.stitches):
+            a, b = p.segments[i], p.segments[i + 1]
+            front = adapters[a.row].signatures()[a.stop]
+            end = adapters[b.row].signatures()[b.start]
+            uses[name].append((front, end, f"in path {p.name}"))
+    out: dict[str, StitchSpec] = {}
+    for name, s in specs.items():
+        for end_row in (s.src, s.dst):
+            if not 0 <= end_row < n:
+                raise ConfigError(f"stitch layer {name!r} joins row {end_row}, which does not exist (the pool has {n} rows)")
+        places = uses[name] or [(adapters[s.src].signatures()[0], adapters[s.dst].signatures()[0], "(used by no path)")]
+        layouts = None
+        for front, end, where in places:
+            for row, want, sig in ((s.src, s.src_width, front), (s.dst, s.dst_width, end)):
+                if sig.channels != want:
+                    raise ConfigError(
+                        f"stitch layer {name!r} expects width {want} at row {row}, which has "
+                        f"{sig.channels} channels there ({sig}) {where}"
+                    )
+            got = stitch_layouts(name, front, end)
+            if layouts is not None and got != layouts:
+                raise ConfigError(f"stitch layer {name!r} joins {layouts} layouts at one place and {got} at another")
+            layouts = got
+        assert layouts is not None
+        out[name] = replace(s, src_layout=layouts[0], dst_layout=layouts[1])
+    return out

@@ -106,7 +106,7 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
         "format_version": meta["format_version"],
         "method": desc["method"],
         "rows": [
-            {"shape": str(RowShape(r["depth"], r["width"], r["heads"])), "adapter": r["adapter"], "params": params}
+            {"shape": str(RowShape.from_json(r)), "adapter": r["adapter"], "params": params}
             for r, params in zip(desc["rows"], sizes["rows"], strict=True)
         ],
         "stitch_layers": len(desc["stitches"]),

@@ -6,7 +6,10 @@ the output of block ``k`` (1-based) of the narrow row to the input of block
 ``k + 1`` of the wide row. A path climbs through consecutive rows, each
 running a non-empty run of blocks; with two rows this gives the ``l + 1``
 descendants of the Learngene Pool paper (``k = l`` is the narrow row alone,
-``k = 0`` the wide one). Paths are ordered from small to large.
+``k = 0`` the wide one). Paths are ordered from small to large. For
+hierarchical rows (blocks numbered across stages) the stitch at ``k`` joins
+the two rows' widths at that boundary (:meth:`~stitchkit.spec.RowShape.width_at`);
+rows need equal depths per stage, so both sides have the same grid.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def sequential_stitches(rows: Sequence[RowShape]) -> list[StitchSpec]:
         )
     (depth,) = depths
     return [
-        StitchSpec(stitch_name(r, r + 1, k), r, r + 1, rows[r].width, rows[r + 1].width)
+        StitchSpec(stitch_name(r, r + 1, k), r, r + 1, rows[r].width_at(k), rows[r + 1].width_at(k))
         for r in range(len(rows) - 1)
         for k in range(1, depth)
     ]

@@ -15,39 +15,166 @@ from typing import Any
 from .errors import ConfigError, PathError
 
 
+#: Tensor layouts a block boundary can have (batch dimension first):
+#: ``tokens`` ``(B, N, C)``, ``nhwc`` ``(B, H, W, C)`` (channels-last grid, timm's Swin),
+#: ``map`` ``(B, C, H, W)`` (a CNN feature map).
+LAYOUTS = ("tokens", "nhwc", "map")
+
+
+@dataclass(frozen=True)
+class FeatureSignature:
+    """What flows across one block boundary: its layout, channels and token count or grid.
+
+    ``size`` is ``(N,)`` for ``tokens`` and ``(H, W)`` for ``nhwc`` and ``map``.
+    Adapters declare one per boundary (:meth:`~stitchkit.interfaces.AncestryAdapter.signatures`);
+    the stitch layer joining two boundaries is chosen from the two signatures.
+    """
+
+    layout: str
+    channels: int
+    size: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"feature layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        want = 1 if self.layout == "tokens" else 2
+        if len(self.size) != want or self.channels < 1 or any(int(d) < 1 for d in self.size):
+            raise ConfigError(f"a {self.layout} signature needs {want} positive sizes and channels >= 1, got {self}")
+
+    @property
+    def positions(self) -> int:
+        """Tokens or pixels per image."""
+        n = 1
+        for d in self.size:
+            n *= int(d)
+        return n
+
+    def tensor_shape(self) -> tuple[int, ...]:
+        """The per-image tensor shape (without the batch dimension)."""
+        if self.layout == "map":
+            return (self.channels, *self.size)
+        return (*self.size, self.channels)
+
+    def __str__(self) -> str:
+        return f"{self.layout}{'x'.join(map(str, self.size))}@{self.channels}"
+
+    @classmethod
+    def of(cls, layout: str, shape: tuple[int, ...]) -> FeatureSignature:
+        """The signature of a per-image tensor ``shape`` (no batch dimension) in ``layout``."""
+        shape = tuple(int(d) for d in shape)
+        if layout == "map":
+            return cls(layout, shape[0], shape[1:])
+        return cls(layout, shape[-1], shape[:-1])
+
+
 @dataclass(frozen=True)
 class RowShape:
-    """Depth, width and heads of a row; the part of a row a planner needs."""
+    """Depth, width and heads of a row; the part of a row a planner needs.
+
+    A plain ViT is one stage: ``RowShape(12, 768, 12)``, written ``12x768:12``.
+    A hierarchical family (Swin, ResNet, ConvNeXt) has ``stages``, one
+    ``(depth, width, heads)`` per stage; then ``depth`` is the total block
+    count and ``width`` / ``heads`` those of the last stage. ``heads = 0``
+    means the blocks have no attention (a CNN). Build those with
+    :meth:`staged`; text form ``2x96:3/2x192:6/6x384:12/2x768:24`` (Swin-T)
+    or ``3x256/4x512/6x1024/3x2048`` (ResNet-50).
+    """
 
     depth: int
     width: int
     heads: int
+    stages: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.depth < 1 or self.width < 1 or self.heads < 1:
-            raise ConfigError(f"row shape must be positive, got {self}")
-        if self.width % self.heads:
+        if self.depth < 1 or self.width < 1 or self.heads < 0:
+            raise ConfigError(f"row shape must be positive (heads >= 0), got {self}")
+        if self.heads and self.width % self.heads:
             raise ConfigError(
                 f"row width {self.width} is not divisible by its {self.heads} heads"
             )
+        if self.stages:
+            stages = tuple(tuple(int(v) for v in st) for st in self.stages)
+            object.__setattr__(self, "stages", stages)
+            if len(stages) == 1:
+                object.__setattr__(self, "stages", ())
+            for d, w, h in stages:
+                if d < 1 or w < 1 or h < 0 or (h and w % h):
+                    raise ConfigError(f"stage {d}x{w}:{h} of row {self} is not a valid stage")
+            if (sum(d for d, _, _ in stages), *stages[-1][1:]) != (self.depth, self.width, self.heads):
+                raise ConfigError(f"row {self}: depth, width and heads must be the stage total, last width and last heads")
+
+    @classmethod
+    def staged(cls, stages: "list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...]") -> RowShape:
+        """A row of several stages ``[(depth, width, heads), ...]`` (heads 0: no attention)."""
+        stages = tuple(tuple(int(v) for v in st) for st in stages)  # type: ignore[misc]
+        if not stages:
+            raise ConfigError("a row needs at least one stage")
+        return cls(sum(d for d, _, _ in stages), stages[-1][1], stages[-1][2], stages)  # type: ignore[arg-type]
+
+    @property
+    def stage_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """``(depth, width, heads)`` per stage; one stage for a plain ViT."""
+        return self.stages or ((self.depth, self.width, self.heads),)
+
+    @property
+    def stage_starts(self) -> list[int]:
+        """Index of the first block of each stage (blocks are numbered across stages)."""
+        starts, n = [], 0
+        for d, _, _ in self.stage_shapes:
+            starts.append(n)
+            n += d
+        return starts
+
+    def width_at(self, boundary: int) -> int:
+        """Channels entering block ``boundary`` (``depth``: leaving the last block), from the stage
+        widths: the width of the stage of block ``boundary - 1`` (block 0: the first stage's width;
+        the adapter's :meth:`~stitchkit.interfaces.AncestryAdapter.signatures` have the exact value)."""
+        if not 0 <= boundary <= self.depth:
+            raise ConfigError(f"block boundary {boundary} is out of range for row {self}")
+        block = max(boundary - 1, 0)
+        for start, (d, w, _) in zip(self.stage_starts, self.stage_shapes):
+            if block < start + d:
+                return w
+        return self.width  # pragma: no cover - unreachable
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"depth": self.depth, "width": self.width, "heads": self.heads}
+        if self.stages:
+            d["stages"] = [list(s) for s in self.stages]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RowShape:
+        stages = d.get("stages")
+        if stages:
+            return cls(int(d["depth"]), int(d["width"]), int(d["heads"]), tuple(tuple(s) for s in stages))
+        return cls(int(d["depth"]), int(d["width"]), int(d["heads"]))
 
     def __str__(self) -> str:
-        return f"{self.depth}x{self.width}:{self.heads}"
+        return "/".join(f"{d}x{w}:{h}" if h else f"{d}x{w}" for d, w, h in self.stage_shapes)
 
 
-_ROW_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*:\s*(\d+)\s*$")
+_STAGE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*(?::\s*(\d+)\s*)?$")
+
+
+def parse_row(text: str) -> RowShape:
+    """Parse one row: ``6x192:3`` (a ViT) or stages joined by ``/``: ``2x64/2x128/2x256/2x512``."""
+    stages = []
+    for part in text.split("/"):
+        m = _STAGE_RE.match(part)
+        if not m:
+            raise ConfigError(
+                f"cannot parse row {text.strip()!r}: expected DEPTHxWIDTH:HEADS (e.g. 6x192:3), or stages "
+                f"DEPTHxWIDTH[:HEADS] joined by '/' (e.g. 2x64/2x128/2x256/2x512 for a ResNet-18)"
+            )
+        stages.append((int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)))
+    return RowShape.staged(stages)
 
 
 def parse_rows(text: str) -> list[RowShape]:
-    """Parse ``"6x192:3,6x768:12"`` (DEPTHxWIDTH:HEADS, comma separated)."""
-    rows = []
-    for part in text.split(","):
-        m = _ROW_RE.match(part)
-        if not m:
-            raise ConfigError(
-                f"cannot parse row {part.strip()!r}: expected DEPTHxWIDTH:HEADS, e.g. 6x192:3"
-            )
-        rows.append(RowShape(*(int(g) for g in m.groups())))
+    """Parse ``"6x192:3,6x768:12"`` (rows DEPTHxWIDTH:HEADS, comma separated; a hierarchical row
+    joins its stages with ``/``, see :func:`parse_row`)."""
+    rows = [parse_row(part) for part in text.split(",")]
     if not rows:
         raise ConfigError("no rows given")
     return rows
@@ -55,11 +182,16 @@ def parse_rows(text: str) -> list[RowShape]:
 
 @dataclass(frozen=True)
 class StitchSpec:
-    """A stitch layer: ``Linear(src_width, dst_width)`` from row ``src`` to row ``dst``.
+    """A stitch layer from row ``src`` (``src_width`` channels) to row ``dst`` (``dst_width``).
 
     ``name`` is the key of the layer in the pool (``stitches.<name>.weight``).
-    ``rank > 0`` makes it a low-rank layer (:mod:`stitchkit.lowrank`): a frozen
-    weight plus a trainable update of that rank scaled by ``alpha / rank``.
+    ``src_layout`` / ``dst_layout`` are the layouts of the two boundaries it
+    joins (a pool fills them in from its rows' signatures); they choose the
+    module: ``nn.Linear`` between token layouts, a 1x1 ``nn.Conv2d`` from a
+    feature map (see :mod:`stitchkit.stitch_layers`). Methods leave the
+    default ``tokens``. ``rank > 0`` makes it a low-rank layer
+    (:mod:`stitchkit.lowrank`): a frozen weight plus a trainable update of
+    that rank scaled by ``alpha / rank``.
     """
 
     name: str
@@ -67,12 +199,17 @@ class StitchSpec:
     dst: int
     src_width: int
     dst_width: int
+    src_layout: str = "tokens"
+    dst_layout: str = "tokens"
     rank: int = 0
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.name):
             raise ConfigError(f"stitch name {self.name!r} may only use letters, digits, _ and -")
+        for lay in (self.src_layout, self.dst_layout):
+            if lay not in LAYOUTS:
+                raise ConfigError(f"stitch {self.name!r}: layout {lay!r} is not one of {', '.join(LAYOUTS)}")
         if self.rank < 0 or not self.alpha > 0:
             raise ConfigError(f"stitch layer {self.name!r}: rank must be >= 0 and alpha > 0, got rank {self.rank}, alpha {self.alpha}")
 
@@ -83,6 +220,8 @@ class StitchSpec:
             "dst": self.dst,
             "src_width": self.src_width,
             "dst_width": self.dst_width,
+            "src_layout": self.src_layout,
+            "dst_layout": self.dst_layout,
         }
         if self.rank:
             d.update(rank=self.rank, alpha=self.alpha)
@@ -90,8 +229,10 @@ class StitchSpec:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StitchSpec:
+        """Read a stitch description; format-1 files have no layouts (they are all ``tokens``)."""
         return cls(
             d["name"], int(d["src"]), int(d["dst"]), int(d["src_width"]), int(d["dst_width"]),
+            d.get("src_layout", "tokens"), d.get("dst_layout", "tokens"),
             int(d.get("rank", 0)), float(d.get("alpha", 1.0)),
         )
 

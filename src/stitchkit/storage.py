@@ -121,12 +121,13 @@ class _PoolFile(PoolHeader):
         adapters = []
         for r, row in enumerate(desc["rows"]):
             cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
-            adapters.append(_build_row(p, cls, row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}"))
+            adapters.append(_build_row(p, cls, row["arch"], RowShape.from_json(dict(row)), f"row {r}"))
         try:
             with meta_skeleton():
                 pool = Pool(
                     adapters, [StitchSpec.from_json(s) for s in desc["stitches"]], self.paths,
                     method=desc["method"], info=desc["info"],
+                    stitched_final_norm=desc.get("stitched_final_norm", True),
                 )
         except (ConfigError, PathError) as exc:
             raise PoolFormatError(p, f"metadata describes an invalid pool: {exc}") from None
@@ -173,14 +174,19 @@ def _load_into(p: pathlib.Path, module: torch.nn.Module, state: Mapping[str, tor
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:  # only reachable if an adapter's modules disagree with its own state dict
         raise PoolFormatError(p, f"tensors do not fit the rebuilt modules: {exc}") from exc
-    # A tensor outside the state dict (a non-persistent buffer) would stay on the meta device and
-    # fail later, far from here: say now which adapter needs to change.
+    # Non-persistent buffers are recomputed as the adapters say; one still on the meta device
+    # would fail later, far from here: say now which adapter needs to change.
+    if isinstance(module, Descendant):
+        module.restore_buffers()
+    elif isinstance(module, Pool):
+        for adapter in module.adapters:
+            adapter.restore_buffers(adapter.model)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type == "meta"]
     if left:
         raise StitchkitError(
             f"{p}: {_few(left)} are not in the state dict, so they cannot be restored from the file; "
-            "the ancestry adapter must keep such tensors persistent (register_buffer(..., persistent=True)) "
-            "or compute them in forward"
+            "the ancestry adapter must keep such tensors persistent (register_buffer(..., persistent=True)), "
+            "compute them in forward, or recompute them in AncestryAdapter.restore_buffers"
         )
 
 
@@ -227,20 +233,13 @@ def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_
     types = {r: _adapter_class(p, registry, desc_rows[r]["adapter"], f"row {r}") for r in rows}
 
     def build_row(r: int, cls: type, arch: dict[str, Any]) -> Any:
-        """A shortened row, checked against the width and heads the metadata gives the full row."""
-        row = desc_rows[r]
-        adapter = _build_row(p, cls, arch, None, f"row {r}")
-        built = adapter.shape
-        if (built.depth, built.width, built.heads) != (arch["depth"], row["width"], row["heads"]):
-            raise PoolFormatError(
-                p, f"row {r}: its arch builds a {row['depth']}x{built.width}:{built.heads} row but the metadata says "
-                f"{row['depth']}x{row['width']}:{row['heads']}"
-            )
-        return adapter
+        """The row on the meta device, checked against the shape the metadata gives it."""
+        return _build_row(p, cls, arch, RowShape.from_json(dict(desc_rows[r])), f"row {r}")
 
     mapping: dict[str, str] = {}
     skeleton = descendant_skeleton(
-        types, {r: desc_rows[r]["arch"] for r in rows}, f.stitch_specs, target, pool_keys=mapping, build_row=build_row
+        types, {r: desc_rows[r]["arch"] for r in rows}, f.stitch_specs, target, pool_keys=mapping, build_row=build_row,
+        stitched_final_norm=f.desc.get("stitched_final_norm", True),
     )
     state = skeleton.state_dict()
     if set(mapping.values()) != set(state):
@@ -431,6 +430,7 @@ def _descendant_description(desc: Mapping[str, Any], target: Path) -> dict[str, 
         "stitches": [{k: v for k, v in stitches[n].items() if k not in ("rank", "alpha")} for n in target.stitches],
         "info": desc["info"],
         "evaluation": evaluation,
+        "stitched_final_norm": desc.get("stitched_final_norm", True),
     }
 
 
@@ -474,10 +474,6 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
             raise PathError(f"the path uses stitch layers {list(target.stitches)} but the metadata describes {sorted(specs)}")
         depths = [rows[r]["depth"] if r in rows else 0 for r in range(max(rows) + 1)]
         target.validate(depths, specs)
-        for s in specs.values():
-            for end, width in ((s.src, s.src_width), (s.dst, s.dst_width)):
-                if rows[end]["width"] != width:
-                    raise PathError(f"stitch layer {s.name!r} expects width {width} at row {end}, which has width {rows[end]['width']}")
     except (ConfigError, PathError) as exc:
         raise PoolFormatError(p, f"metadata describes an invalid descendant: {exc}") from None
     if desc["name"] != target.name:
@@ -503,9 +499,12 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
     types = {}
     for r, row in rows.items():
         types[r] = _adapter_class(p, registry, row["adapter"], f"row {r}")
-        _build_row(p, types[r], row["arch"], RowShape(row["depth"], row["width"], row["heads"]), f"row {r}")
+        _build_row(p, types[r], row["arch"], RowShape.from_json(dict(row)), f"row {r}")
     try:
-        skeleton = descendant_skeleton(types, {r: row["arch"] for r, row in rows.items()}, specs, target)
+        skeleton = descendant_skeleton(
+            types, {r: row["arch"] for r, row in rows.items()}, specs, target,
+            stitched_final_norm=desc.get("stitched_final_norm", True),
+        )
     except Exception as exc:  # noqa: BLE001 - same reasoning as _build_row
         raise PoolFormatError(p, f"cannot rebuild descendant {target.name}: {exc}") from exc
     state = skeleton.state_dict()

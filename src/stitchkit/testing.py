@@ -56,7 +56,7 @@ from torch import nn
 from .errors import StitchkitError
 from .interfaces import AncestryAdapter, DistillationLoss, InitContext, PathSampler, TapRequest, Taps
 from .registry import KINDS, Registry, default_registry
-from .spec import Path, RowShape, StitchSpec
+from .spec import FeatureSignature, Path, RowShape, StitchSpec
 
 __all__ = [
     "ANCESTRY", "ROWS", "STUDENT", "TEACHER", "ConformanceCase", "check_component", "check_plugin",
@@ -291,9 +291,12 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
     """``example()`` builds the family reproducibly; ``arch()`` is JSON and ``from_arch(arch())``
     rebuilds the same network (also on the meta device); ``part_of`` maps every state-dict key to
     the stem, a block in range or the head; ``stem()`` / ``head()`` share the network's parameters
-    under the network's keys; stem -> blocks -> head computes the model's output; ``forward_taps``
-    gives every block and attention tap as ``(B, N, width)`` and leaves no hooks behind; ``resized``
-    gives the asked shape; float64 works; an unknown arch key raises a StitchkitError."""
+    under the network's keys; ``input_size`` is ``(C, H, W)`` and ``signatures()`` has one entry
+    per block boundary, ending each stage at the stage's width; stem -> blocks -> head computes the
+    model's output; ``forward_taps`` gives every block tap in the shape its signature declares (and
+    every attention tap where the family has heads) and leaves no hooks behind; ``resized`` gives
+    the asked shape (one more block and twice the width per stage); float64 works; an unknown arch
+    key raises a StitchkitError."""
     with c.check("example"):
         a = _seeded(0, c.example)
         a.model.eval()
@@ -341,10 +344,19 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
             _require(set(own) == want, f"{part}() state-dict keys {sorted(set(own) ^ want)[:5]} differ from the network's {part} keys")
             for k, v in own.items():
                 _require(v is full[k], f"{part}() holds a copy of {k!r} instead of the network's own tensor")
-    size = tuple(getattr(a, "input_size", None) or _arch_input_size(arch))
+    with c.check("input size and signatures"):
+        size = tuple(a.input_size)
+        _require(len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size), f"input_size is {size!r}, not (C, H, W)")
+        sigs = a.signatures()
+        _require(len(sigs) == shape.depth + 1, f"signatures() gives {len(sigs)} entries for {shape.depth} blocks (needs depth + 1)")
+        _require(all(isinstance(s, FeatureSignature) for s in sigs), "signatures() must return FeatureSignature objects")
+        _require(sigs[-1].channels == shape.width, f"the last block outputs {sigs[-1].channels} channels but shape.width = {shape.width}")
+        for i, (d, w, _h) in enumerate(shape.stage_shapes):
+            last = shape.stage_starts[i] + d  # the boundary after the stage's last block
+            _require(sigs[last].channels == w, f"stage {i} ends with {sigs[last].channels} channels, its shape says {w}")
     x = _images(2, size)
     depth = shape.depth
-    request = TapRequest(blocks=tuple(range(depth)), attentions=tuple(range(depth)))
+    request = TapRequest(blocks=tuple(range(depth)), attentions=tuple(range(depth)) if shape.heads else ())
     with c.check("stem -> blocks -> head"):
         with torch.no_grad():
             want = a.model(x)
@@ -361,17 +373,19 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
             taps = a.forward_taps(x, request)
         _require(isinstance(taps, Taps), f"forward_taps returned {type(taps).__name__}, not Taps")
         torch.testing.assert_close(taps.logits, want, rtol=1e-5, atol=1e-5)
-        _require(taps.stem is not None and taps.stem.ndim == 3 and taps.stem.shape[0] == 2 and taps.stem.shape[-1] == shape.width,
-                 f"stem tap {None if taps.stem is None else tuple(taps.stem.shape)}, expected (2, N, {shape.width})")
-        tokens = tuple(taps.stem.shape)
-        for table, what in ((taps.blocks, "block"), (taps.attentions, "attention")):
-            _require(sorted(table) == list(range(depth)), f"{what} taps {sorted(table)}, requested {list(range(depth))}")
-            for i, v in table.items():
-                _require(tuple(v.shape) == tokens, f"{what} tap {i} has shape {tuple(v.shape)}, expected {tokens}")
+        want_stem = (2, *sigs[0].tensor_shape())
+        _require(taps.stem is not None and tuple(taps.stem.shape) == want_stem,
+                 f"stem tap {None if taps.stem is None else tuple(taps.stem.shape)}, expected {want_stem} (signature {sigs[0]})")
+        _require(sorted(taps.blocks) == list(range(depth)), f"block taps {sorted(taps.blocks)}, requested {list(range(depth))}")
+        for i, v in taps.blocks.items():
+            want_blk = (2, *sigs[i + 1].tensor_shape())
+            _require(tuple(v.shape) == want_blk, f"block tap {i} has shape {tuple(v.shape)}, expected {want_blk} (signature {sigs[i + 1]})")
+        if shape.heads:
+            _require(sorted(taps.attentions) == list(range(depth)), f"attention taps {sorted(taps.attentions)}, requested {list(range(depth))}")
         leftover = [i for i, blk in enumerate(a.blocks) if any(m._forward_hooks for m in blk.modules())]
         _require(not leftover, f"forward_taps left forward hooks on blocks {leftover}")
     with c.check("resized"):
-        new = RowShape(depth + 1, shape.width * 2, shape.heads)
+        new = _grown(shape)
         arch2 = a.resized(new)
         _require(json.loads(json.dumps(arch2)) == arch2, "resized() is not plain JSON")
         with torch.device("meta"):
@@ -390,10 +404,11 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
                                 "from_arch with an unknown arch key")
 
 
-def _arch_input_size(arch: dict[str, Any]) -> tuple[int, int, int]:
-    img = arch.get("img_size", 224)
-    img = (img, img) if isinstance(img, int) else tuple(img)
-    return (int(arch.get("in_chans", 3)), *img)
+def _grown(shape: RowShape) -> RowShape:
+    """A deeper, wider shape of the same stage structure (heads kept): what ``resized`` is checked with."""
+    if not shape.stages:
+        return RowShape(shape.depth + 1, shape.width * 2, shape.heads)
+    return RowShape.staged([(d + 1, w * 2, h) for d, w, h in shape.stages])
 
 
 # --------------------------------------------------------------------------- design

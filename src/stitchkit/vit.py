@@ -45,10 +45,15 @@ class ViTStem(nn.Module):
 
 
 class ViTHead(nn.Module):
-    """Final norm, token pooling, fc-norm and the classifier."""
+    """Final norm, token pooling, fc-norm and the classifier.
 
-    def __init__(self, model: VisionTransformer) -> None:
+    ``final_norm=False`` keeps the norm's parameters but skips it, as the
+    official SN-Net code's stitched forward does (``forward_head`` only).
+    """
+
+    def __init__(self, model: VisionTransformer, final_norm: bool = True) -> None:
         super().__init__()
+        self.final_norm = final_norm
         self.norm = model.norm
         self.attn_pool = model.attn_pool
         self.fc_norm = model.fc_norm
@@ -59,7 +64,8 @@ class ViTHead(nn.Module):
         self.pool_include_prefix = getattr(model, "pool_include_prefix", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
+        if self.final_norm:
+            x = self.norm(x)
         x = VisionTransformer.pool(self, x)  # type: ignore[arg-type]
         x = self.fc_norm(x)
         x = self.head_drop(x)
@@ -135,7 +141,7 @@ class TimmViT(AncestryAdapter):
             kwargs.setdefault("weight_init", "skip")
         try:
             model, record = create_timm_model(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError, ValueError) as exc:  # unknown name; kwargs another family refuses
             raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
         adapter = cls(model)
         adapter.weights_record = record
@@ -182,6 +188,10 @@ class TimmViT(AncestryAdapter):
         return arch
 
     def resized(self, shape: RowShape) -> dict[str, Any]:
+        if shape.stages or shape.heads < 1:
+            raise ConfigError(
+                f"a timm-vit row is one stage with attention heads, DEPTHxWIDTH:HEADS (e.g. 6x192:3); got {shape}"
+            )
         arch = self.arch()
         arch.pop("timm_name", None)
         arch.update(depth=shape.depth, embed_dim=shape.width, num_heads=shape.heads)
@@ -212,6 +222,9 @@ class TimmViT(AncestryAdapter):
             self._head = ViTHead(self.model)
         return self._head
 
+    def head_without_norm(self) -> nn.Module:
+        return ViTHead(self.model, final_norm=False)
+
     def attention(self, index: int) -> nn.Module:
         return self.model.blocks[index].attn
 
@@ -226,6 +239,19 @@ class TimmViT(AncestryAdapter):
     def input_size(self) -> tuple[int, int, int]:
         pe = self.model.patch_embed
         return (pe.proj.in_channels, *pe.img_size)
+
+    def uncounted_macs(self) -> dict[nn.Module, Any]:
+        """q @ k^T and attn @ v of every block: ``2 * N^2 * heads * head_dim`` per image."""
+        return {blk.attn: _attention_macs for blk in self.model.blocks if hasattr(blk, "attn")}
+
+    def published_exclusions(self) -> tuple[str, ...]:
+        """SN-Net counts a stitched DeiT without its class token and position embedding."""
+        return tuple(k for k in ("cls_token", "pos_embed") if getattr(self.model, k, None) is not None)
+
+
+def _attention_macs(m: nn.Module, inputs: tuple[Any, ...], _out: Any) -> int:
+    b, n, _ = inputs[0].shape
+    return 2 * b * n * n * m.num_heads * m.head_dim
 
 
 def _on_meta() -> bool:

@@ -31,6 +31,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         anchors=[a.strip() for a in args.anchors.split(",") if a.strip()] if args.anchors else None,
         adapter=args.adapter,
         model_kwargs=kwargs,
+        method_options=_options(args.option or []),
     )
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
@@ -164,6 +165,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from ..importing import import_checkpoint
+    from ..storage import save_pool
+
+    options = _options(args.option or [])
+    anchors = [a.strip() for a in args.anchors.split(",") if a.strip()]
+    pool = import_checkpoint(args.method, args.checkpoint, anchors=anchors, **options)
+    out = save_pool(pool, args.output, provenance={"method": args.method, "imported_from": str(args.checkpoint)})
+    print(f"wrote {out}: {len(pool.paths)} descendants on {len(pool.stitches)} stitch layers")
+    return 0
+
+
+def _options(pairs: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs with TOML values (``kernel_size=3``, ``name="x"``), parsed like ``--set``."""
+    from ..engine.config import parse_override
+    from ..errors import ConfigError
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        keys, value = parse_override(pair)
+        if len(keys) != 1:
+            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE with a plain key, e.g. kernel_size=3")
+        out[keys[0]] = value
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..engine.config import load_config
     from ..engine.model import train_model
@@ -188,11 +215,14 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="list a pool design's descendants with params and MACs, no weights")
     pl.add_argument("--method", default="sequential", help="method (path set) name, see 'stitchkit plugins'")
     pl.add_argument("--ancestry", help="ancestry model name, e.g. deit_base_patch16_224")
-    pl.add_argument("--rows", help="auxiliary rows DEPTHxWIDTH:HEADS,..., e.g. 6x192:3,6x768:12")
+    pl.add_argument("--rows", help="auxiliary rows DEPTHxWIDTH:HEADS,..., e.g. 6x192:3,6x768:12; hierarchical rows join "
+                    "stages with '/', e.g. 2x32/2x64/2x128/2x256 (see docs/planner.md)")
     pl.add_argument("--anchors", help="comma-separated anchor model names (methods that stitch pretrained models)")
-    pl.add_argument("--adapter", default="timm-vit", help="ancestry adapter (default timm-vit)")
+    pl.add_argument("--adapter", default="auto", help="ancestry adapter (default auto: the adapter that recognises each model)")
     pl.add_argument("--num-classes", type=int, help="classifier size (default: the model's)")
     pl.add_argument("--img-size", type=int, help="input image size (default: the model's)")
+    pl.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="method option (TOML value), e.g. snnet's nearest_stitching=false, kernel_size=3")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_plan)
 
@@ -244,6 +274,15 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--timm", action="store_true", help="single-row descendants: write a plain timm state dict")
     pe.add_argument("--onnx", help="also write an ONNX model here (needs the onnx package)")
     pe.set_defaults(func=_cmd_export)
+
+    pm = sub.add_parser("import", help="turn a checkpoint of a method's original code into a pool file")
+    pm.add_argument("method", help="method whose original code wrote the checkpoint, e.g. snnet")
+    pm.add_argument("checkpoint", help="checkpoint file (.pth, read weights-only)")
+    pm.add_argument("--anchors", required=True, help="comma-separated model names in the checkpoint, smallest first")
+    pm.add_argument("-o", "--output", required=True, help="pool file to write (.safetensors)")
+    pm.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="method option (TOML value), e.g. snnet's kernel_size=2, stride=1")
+    pm.set_defaults(func=_cmd_import)
 
     pd = sub.add_parser("demo", help="Learngene Pool vs SN-Net at equal storage on the bundled digits (CPU, minutes)")
     pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")

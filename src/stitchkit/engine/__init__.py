@@ -18,13 +18,14 @@ from .data import Data, DataConfig, DataSpec, build_data
 from .distributed import DistContext, dist_context
 from .evaluate import evaluate, evaluate_pool, format_table
 from .model import ModelConfig, build_model, load_model, model_info, save_model, train_model
+from .teacher import LogitsTeacher, load_teacher
 from .tasks import Batch, ClassificationTask, DistillationTask, PoolTask, TrainTask, soft_cross_entropy
 from .trainer import FitResult, StepState, TrainConfig, fit, learning_rate
 
 __all__ = [
     "Batch", "ClassificationTask", "Data", "DataConfig", "DataSpec", "DistContext", "DistillationTask",
-    "FitResult", "ModelConfig", "PoolTask", "StepState", "TrainConfig", "TrainTask", "apply_overrides",
+    "FitResult", "LogitsTeacher", "ModelConfig", "PoolTask", "StepState", "TrainConfig", "TrainTask", "apply_overrides",
     "build_data", "build_model", "check_keys", "config_hash", "dist_context", "evaluate", "evaluate_pool",
-    "fit", "format_table", "learning_rate", "load_config", "load_model", "model_info", "parse_override",
+    "fit", "format_table", "learning_rate", "load_config", "load_model", "load_teacher", "model_info", "parse_override",
     "resolve", "save_model", "save_resolved", "section", "soft_cross_entropy", "train_model",
 ]

@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,9 +35,15 @@ MODEL_FORMAT = "stitchkit-model"
 
 @dataclass
 class ModelConfig:
-    """The ``[model]`` section: a timm ViT by name, or one shaped by the fields below."""
+    """The ``[model]`` section: a timm ViT by name, or one shaped by the fields below; another
+    family through ``adapter`` (by ``timm_name``, or by ``arch``, the adapter's architecture)."""
 
-    #: A registered timm ViT, e.g. "deit_base_patch16_224" ("" builds from depth/embed_dim/...).
+    #: The ancestry adapter (family): "timm-vit" (default), "timm-resnet", "timm-swin", "timm-convnext", a plugin's.
+    adapter: str = "timm-vit"
+    #: For adapters other than timm-vit without a timm_name: the adapter's arch (e.g. timm-resnet:
+    #: block, layers, channels); num_classes, in_chans and img_size come from the data.
+    arch: dict[str, Any] = field(default_factory=dict)
+    #: A registered timm model, e.g. "deit_base_patch16_224" ("" builds from depth/embed_dim/... or arch).
     timm_name: str = ""
     #: Download timm's pretrained weights (needs network access; timm_name only).
     pretrained: bool = False
@@ -61,6 +67,10 @@ class ModelConfig:
             raise ConfigError(f"{where}.pretrained needs {where}.timm_name (which timm model's weights to download)")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"{where}.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.adapter != "timm-vit" and not (self.timm_name or self.arch):
+            raise ConfigError(f"{where}: adapter {self.adapter!r} needs {where}.timm_name or {where}.arch (the network's architecture)")
+        if self.arch and self.adapter == "timm-vit":
+            raise ConfigError(f"{where}.arch is for other adapters; a timm-vit is shaped by depth, embed_dim, num_heads, patch_size")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelConfig:
@@ -69,9 +79,11 @@ class ModelConfig:
         return section(config, "model", cls)
 
 
-def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0) -> TimmViT:
-    """A randomly initialised (seeded) or loaded ViT for data of shape ``spec``."""
+def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0, registry: Any = None) -> AncestryAdapter:
+    """A randomly initialised (seeded) or loaded network for data of shape ``spec``."""
     cfg.validate()
+    if cfg.adapter != "timm-vit":
+        return _build_other(spec, cfg, seed, registry)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.timm_name:
@@ -103,6 +115,27 @@ def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0) -> TimmViT:
             if cfg.checkpoint:
                 adapter.load_checkpoint(cfg.checkpoint)
                 adapter.weights_record = {"source": "file", "file": cfg.checkpoint, "adapted": []}
+    return adapter
+
+
+def _build_other(spec: DataSpec, cfg: ModelConfig, seed: int, registry: Any) -> AncestryAdapter:
+    """A network of another family, through its registered adapter."""
+    if registry is None:
+        from ..registry import default_registry
+
+        registry = default_registry()
+    cls = registry.ancestry(cfg.adapter)
+    data_keys = {"num_classes": spec.num_classes, "in_chans": spec.in_chans, "img_size": spec.img_size}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.timm_name:
+            adapter = cls.from_name(cfg.timm_name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint or None, **data_keys)
+        else:
+            adapter = cls.from_arch({**cfg.arch, **data_keys})
+            if cfg.checkpoint:
+                from ..timm_family import load_checkpoint
+
+                load_checkpoint(adapter.model, cfg.checkpoint, f"{cfg.adapter} {adapter.shape}")
     return adapter
 
 

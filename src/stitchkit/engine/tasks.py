@@ -21,13 +21,19 @@ from ..interfaces import AncestryAdapter, DistillationLoss, PathSampler, TapRequ
 from ..pool import Pool
 from ..spec import Path
 from ..stitched import Descendant
+from .teacher import LogitsTeacher
 
 LossOutput = Union[torch.Tensor, tuple[torch.Tensor, Mapping[str, Any]]]
 
 
 @dataclass
 class Batch:
-    """One batch on the training device; ``label_smoothing`` is the run's setting."""
+    """One batch on the training device; ``label_smoothing`` is the run's setting.
+
+    ``targets`` are class indices, or soft targets ``(B, C)`` when the run
+    mixes batches (``train.mixup``/``cutmix``; smoothing is then already in
+    them and ``label_smoothing`` is 0). ``F.cross_entropy`` takes either.
+    """
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -45,7 +51,8 @@ class TrainTask(ABC):
     engine draws the step's path(s) and calls :meth:`loss` once per path.
     """
 
-    teacher: AncestryAdapter | None = None
+    #: An ancestry adapter, or a :class:`~stitchkit.engine.teacher.LogitsTeacher` for logits-only losses.
+    teacher: AncestryAdapter | LogitsTeacher | None = None
     sampler: PathSampler | None = None
 
     @abstractmethod
@@ -64,10 +71,21 @@ class TrainTask(ABC):
         """The scalar loss of ``batch`` (for ``path`` when sampling paths)."""
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Cross-entropy of ``softmax(teacher / tau)`` against ``log_softmax(student / tau)``, batch mean."""
+#: How a soft cross-entropy is reduced: summed over classes and averaged over the batch
+#: (Learngene Pool's Eq. 3 as written), or averaged over all elements (its official
+#: code, TinyBERT-style: 1/C as large).
+REDUCTIONS = ("sum-classes", "mean")
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0, reduction: str = "sum-classes"
+) -> torch.Tensor:
+    """Cross-entropy of ``softmax(teacher / tau)`` against ``log_softmax(student / tau)``, reduced by ``reduction``."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"soft cross-entropy reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     target = F.softmax(teacher_logits.float() / tau, dim=-1)
-    return -(target * F.log_softmax(student_logits.float() / tau, dim=-1)).sum(-1).mean()
+    per_element = -(target * F.log_softmax(student_logits.float() / tau, dim=-1))
+    return per_element.sum(-1).mean() if reduction == "sum-classes" else per_element.mean()
 
 
 class ClassificationTask(TrainTask):
@@ -129,7 +147,8 @@ class PoolTask(TrainTask):
     """Fine-tune a pool: every step trains the descendant(s) of the sampled path(s).
 
     ``distillation`` from the frozen ``teacher``'s logits: ``"none"`` (CE only),
-    ``"soft"`` (Learngene Pool: ``CE + softCE(teacher / tau, student / tau)``) or
+    ``"soft"`` (Learngene Pool: ``CE + softCE(teacher / tau, student / tau)``, reduced by
+    ``reduction``, see :data:`REDUCTIONS`) or
     ``"hard"`` (DeiT / SN-Net: ``(CE(labels) + CE(teacher argmax)) / 2``).
     """
 
@@ -137,9 +156,10 @@ class PoolTask(TrainTask):
         self,
         pool: Pool,
         sampler: PathSampler,
-        teacher: AncestryAdapter | None = None,
+        teacher: AncestryAdapter | LogitsTeacher | None = None,
         distillation: str = "none",
         tau: float = 1.0,
+        reduction: str = "sum-classes",
     ) -> None:
         if distillation not in DISTILLATION:
             raise ConfigError(f"pool distillation must be one of {', '.join(DISTILLATION)}, got {distillation!r}")
@@ -147,7 +167,10 @@ class PoolTask(TrainTask):
             raise ConfigError(f"pool distillation {distillation!r} needs a teacher (the ancestry)")
         if tau <= 0:
             raise ConfigError(f"distillation temperature tau must be positive, got {tau}")
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"pool distillation reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         self.pool, self.sampler, self.distillation, self.tau = pool, sampler, distillation, tau
+        self.reduction = reduction
         self.teacher = teacher if distillation != "none" else None
         # Every sampled path's descendant built up front (they share the pool's parameters): the cache
         # never changes while training, so a compiled step (train.compile) keeps its guards.
@@ -180,7 +203,7 @@ class PoolTask(TrainTask):
             return ce
         assert teacher is not None
         if self.distillation == "soft":
-            dis = soft_cross_entropy(logits, teacher.logits, self.tau)
+            dis = soft_cross_entropy(logits, teacher.logits, self.tau, self.reduction)
             return ce + dis, {"ce": ce.detach(), "distill": dis.detach()}
         dis = F.cross_entropy(logits, teacher.logits.argmax(-1))
         return (ce + dis) / 2, {"ce": ce.detach(), "distill": dis.detach()}

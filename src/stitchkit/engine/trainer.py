@@ -46,6 +46,7 @@ from .runlog import RunLog, append_run_record
 from .tasks import Batch, TrainTask
 
 PRECISIONS = ("auto", "fp32", "bf16")
+MIXUP_MODES = ("batch", "pair", "elem")
 #: Keys that change how a run reports, never what it computes: left out of a checkpoint's identity.
 OPERATIONAL_KEYS = {
     "train": ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "progress", "tensorboard"),
@@ -72,6 +73,15 @@ class TrainConfig:
     #: Max global grad norm (0: no clipping).
     clip_grad: float = 1.0
     label_smoothing: float = 0.1
+    #: Mixup / CutMix through ``timm.data.Mixup`` (the DeiT recipe: ``mixup = 0.8``, ``cutmix = 1.0``;
+    #: 0 turns each off). Targets become soft (label smoothing folded in) and the loss soft-target CE.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    #: Probability of mixing a batch at all, and of CutMix rather than Mixup when both are on.
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    #: Mixing parameters drawn per ``"batch"``, ``"pair"`` or ``"elem"``.
+    mixup_mode: str = "batch"
     #: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32" or "bf16".
     precision: str = "auto"
     device: str = "auto"
@@ -100,6 +110,13 @@ class TrainConfig:
             raise ConfigError(f"{where}.lr must be positive, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{where}.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError(f"{where}.mixup and {where}.cutmix must be >= 0 (0 turns one off), got {self.mixup}, {self.cutmix}")
+        for key in ("mixup_prob", "mixup_switch_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"{where}.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.mixup_mode not in MIXUP_MODES:
+            raise ConfigError(f"{where}.mixup_mode must be one of {', '.join(MIXUP_MODES)}, got {self.mixup_mode!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"{where}.betas must be two numbers in [0, 1), got {self.betas}")
         if self.precision not in PRECISIONS:
@@ -112,6 +129,22 @@ class TrainConfig:
         from .config import section
 
         return section(config, "train", cls)
+
+    @property
+    def mixing(self) -> bool:
+        """Whether batches are mixed (Mixup or CutMix on)."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    def mixup_fn(self, num_classes: int) -> Any:
+        """timm's ``Mixup`` for this config (``None`` when mixing is off); it also applies label smoothing."""
+        if not self.mixing:
+            return None
+        from timm.data import Mixup
+
+        return Mixup(
+            mixup_alpha=self.mixup, cutmix_alpha=self.cutmix, prob=self.mixup_prob, switch_prob=self.mixup_switch_prob,
+            mode=self.mixup_mode, label_smoothing=self.label_smoothing, num_classes=num_classes,
+        )
 
 
 @dataclass
@@ -324,6 +357,12 @@ def _fit(
     if train.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size {train.batch_size} is not divisible by the {ctx.world_size} processes")
     per_rank = train.batch_size // ctx.world_size
+    mixup = train.mixup_fn(data.spec.num_classes)
+    if mixup is not None and per_rank % 2:  # batches are full (the loader drops the last partial one)
+        raise ConfigError(
+            f"train.mixup/cutmix pair each image with another: the per-process batch ({per_rank}) must be even; "
+            f"change train.batch_size"
+        )
     steps_per_epoch = data.steps_per_epoch(train.batch_size, ctx.world_size)
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {train.batch_size} is larger than the {len(data.train)} training images")  # type: ignore[arg-type]
@@ -356,6 +395,10 @@ def _fit(
         _restore_rng(meta["rng"], ctx, derive_seed("train", train.seed, phase, ctx.rank, state.step))
     else:
         torch.manual_seed(derive_seed("train", train.seed, phase, ctx.rank))
+        if mixup is not None:  # timm's Mixup draws from numpy's global generator
+            import numpy as np
+
+            np.random.seed(derive_seed("mixup", train.seed, phase, ctx.rank) % 2**32)
     seconds_before = float(state.metrics.get("train_s", 0.0))
     if state.finished:
         if ctx.is_main:
@@ -407,6 +450,8 @@ def _fit(
                     g["lr"] = lr
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
+                if mixup is not None:  # soft targets, label smoothing included; the teacher sees the mixed images
+                    images, targets = mixup(images, targets)
                 if task.sampler is not None:
                     path_gen.manual_seed(derive_seed("path", train.seed, state.step))
                     paths: list[Path | None] = list(task.sampler.sample(path_gen))
@@ -417,7 +462,8 @@ def _fit(
                     if teacher is not None:
                         with torch.no_grad():
                             taps = teacher.forward_taps(images, task.teacher_taps())
-                    forward.teacher_taps, forward.paths, forward.label_smoothing = taps, paths, train.label_smoothing
+                    smoothing = 0.0 if mixup is not None else train.label_smoothing
+                    forward.teacher_taps, forward.paths, forward.label_smoothing = taps, paths, smoothing
                     loss = step(images, targets)
                 loss.backward()
                 names = [p.name for p in paths if p is not None]

@@ -1,0 +1,100 @@
+"""Distillation teachers: any timm classifier (by name, with timm's or local weights) or a stitchkit model file.
+
+DeiT (and SN-Net, which follows its recipe) distils from a CNN, RegNetY-160;
+prediction distillation needs only the teacher's logits, so a teacher need
+not be a family stitchkit can stitch. A timm ``VisionTransformer`` comes back
+as the ``timm-vit`` adapter (its block taps stay available); any other timm
+model as a :class:`LogitsTeacher`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, StitchkitError
+from ..interfaces import AncestryAdapter, TapRequest, Taps
+
+
+class LogitsTeacher:
+    """A frozen classifier that gives logits only (no block or attention taps)."""
+
+    def __init__(self, model: nn.Module, name: str = "") -> None:
+        self.model = model
+        self.name = name or type(model).__name__
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.model, "num_classes", 0))
+
+    def forward_taps(self, x: torch.Tensor, request: TapRequest = TapRequest()) -> Taps:
+        if request.blocks or request.attentions:
+            raise ConfigError(
+                f"teacher {self.name} gives logits only, but the loss asks for block/attention taps "
+                f"{request}; use a ViT teacher (or prediction distillation only)"
+            )
+        return Taps(logits=self.model(x))
+
+
+Teacher = AncestryAdapter | LogitsTeacher
+
+
+def load_teacher(source: str, spec: Any, *, checkpoint: str = "", registry: Any = None) -> Teacher:
+    """The teacher named by ``source`` for data of shape ``spec`` (``num_classes``, ``img_size``, ``in_chans``).
+
+    ``"timm:NAME"``: ``timm.create_model(NAME)`` with timm's pretrained
+    weights, or with the weights of ``checkpoint`` (safetensors or a
+    weights-only ``.pth``, optionally under ``model``/``state_dict``) when
+    given. Anything else is the path of a stitchkit model file (``stitchkit
+    train``, a trained ancestry or anchor).
+    """
+    if source.startswith("timm:"):
+        return _timm_teacher(source[len("timm:"):], spec, checkpoint)
+    if checkpoint:
+        raise ConfigError(f"teacher checkpoint {checkpoint!r} applies to a timm:NAME teacher, not to {source!r}")
+    from .model import load_model
+
+    path = pathlib.Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"teacher {source!r} is neither 'timm:NAME' nor an existing model file")
+    teacher = load_model(path, registry)
+    if teacher.num_classes != spec.num_classes:
+        raise ConfigError(f"teacher {path} predicts {teacher.num_classes} classes, the data has {spec.num_classes}")
+    return teacher
+
+
+def _timm_teacher(name: str, spec: Any, checkpoint: str) -> Teacher:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    from ..vit import TimmViT, load_state_file
+
+    kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_chans}
+    try:
+        try:  # ViTs take the data's image size; CNNs have no such argument
+            model = timm.create_model(name, pretrained=not checkpoint, img_size=spec.img_size, **kwargs)
+        except TypeError:
+            model = timm.create_model(name, pretrained=not checkpoint, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - unknown names, no network, missing weights
+        hint = "" if checkpoint else "; without network access, give the weights as a local checkpoint file"
+        raise ConfigError(f"teacher timm:{name}: {type(exc).__name__}: {exc}{hint}") from None
+    if checkpoint:
+        try:
+            state = load_state_file(checkpoint)
+            model.load_state_dict(state, strict=True)
+        except StitchkitError:
+            raise
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"teacher checkpoint {checkpoint} does not fit timm:{name} with {spec.num_classes} classes: {first}"
+            ) from None
+    model.eval()
+    if isinstance(model, VisionTransformer) and getattr(model, "dist_token", None) is None:
+        adapter = TimmViT(model)
+        adapter.timm_name = name  # type: ignore[attr-defined]
+        return adapter
+    return LogitsTeacher(model, f"timm:{name}")
