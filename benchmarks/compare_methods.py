@@ -297,6 +297,76 @@ def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(out)
 
 
+#: The demo's recipe (src/stitchkit/configs/demo.toml) that these runs repeat; the demo shows the
+#: ranges only when its own config matches it.
+DEMO_RECIPE = {
+    "data": {"source": "digits", "img_size": 16, "in_chans": 1},
+    "model": {k: BASE["model"][k] for k in ("depth", "embed_dim", "num_heads", "patch_size")},
+    "train": {k: BASE["train"][k] for k in ("batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing")},
+}
+
+
+DEMO_POOLS = ("learngene-pool-tm", "learngene-pool-ls", "snnet")
+
+
+def demo_runs(dirs: list[str]) -> list[dict[str, Any]]:
+    """Top-1 per descendant (keyed by blocks) of ``stitchkit demo`` output folders: the same recipe,
+    run by the demo itself (``--set train.seed=N``) on another machine."""
+    out = []
+    for d in dirs:
+        meta = {k: storage.read_pool_metadata(pathlib.Path(d) / f"{k}.safetensors")["pool"] for k in DEMO_POOLS}
+        seed = meta["learngene-pool-tm"]["info"]["provenance"]["config"]["train"]["seed"]
+        summary = json.loads((pathlib.Path(d) / "summary.json").read_text())
+        out.append({"dir": pathlib.Path(d).name, "seed": seed, "cpu_seconds": summary.get("cpu_seconds"),
+                    "top1": {k: {blocks_key(p): e["top1"] for p, e in m["evaluation"].items()} for k, m in meta.items()}})
+    return out
+
+
+def demo_ranges(saved: dict[str, Any], other: dict[str, Any] | None = None, depth: int = 6) -> dict[str, Any]:
+    """Per-run top-1 of the demo's three pools (LG-TM, LG-LS, SN-Net on the same blocks) for
+    ``src/stitchkit/configs/demo_ranges.json``: this benchmark's seeds, then ``other["runs"]`` (the demo
+    run on a second machine), with a summary of the claims over seeds."""
+    args, runs = saved["args"], [r for r in saved["runs"] if r["depth"] == depth]
+    recipe = {**DEMO_RECIPE, "demo": {
+        "rows": f"{depth}x16:1,{depth}x64:4", "ancestry_epochs": args["ancestry_epochs"],
+        "auxiliary_epochs": args["aux_epochs"], "finetune_epochs": args["finetune_epochs"],
+        "finetune_lr": args["finetune_lr"], "max_steps": 0, "snnet_initializer": "ls",
+        "snnet_initializer_args": {}, "learngene_initializer_args": {}}}
+    names = sorted(runs[0]["learngene"]["tm"], key=lambda n: runs[0]["params"][n])
+    extra = (other or {}).get("runs", [])
+    top1: dict[str, dict[str, list[float]]] = {k: {} for k in DEMO_POOLS}
+    for name in names:
+        key = blocks_key(name)
+        top1["learngene-pool-tm"][key] = [r["learngene"]["tm"][name] for r in runs]
+        top1["learngene-pool-ls"][key] = [r["learngene"]["ls"][name] for r in runs]
+        top1["snnet"][key] = [r["snnet"][key]["top1"] for r in runs]
+        for k in DEMO_POOLS:
+            top1[k][key] += [r["top1"][k][key] for r in extra]
+    _, table = summarise(saved["runs"], depth)
+    votes = {v: [_beats(row[f"lg-{v}"], row["snnet-same-path"]) for row in table] for v in ("tm", "ls")}
+    wide = table[-1]
+    gap = wide["lg-ls"][0] - wide["snnet-same-path"][0]
+    n = len(table)
+    summary = (
+        f"Over {len(runs)} seeds the benchmark put Learngene Pool with LS stitches ahead of SN-Net on the same "
+        f"blocks on {votes['ls'].count(1)} of {n} descendants and behind on {votes['ls'].count(-1)} (a difference "
+        f"counts when it exceeds the two standard deviations); with TM stitches it was behind on "
+        f"{votes['tm'].count(-1)} and ahead on {votes['tm'].count(1)}. The distilled wide row alone averaged "
+        f"{gap:.1f} points above SN-Net's anchor of the same shape."
+    )
+    if extra:
+        stitched = [blocks_key(nm) for nm in names[1:-1]]
+        pairs = [(r, b) for r in extra for b in stitched]
+        ls_ahead = sum(r["top1"]["learngene-pool-ls"][b] > r["top1"]["snnet"][b] for r, b in pairs)
+        tm_behind = sum(r["top1"]["learngene-pool-tm"][b] < r["top1"]["snnet"][b] for r, b in pairs)
+        summary += (f" On a second machine, {len(extra)} seeds of the demo itself put LS ahead of SN-Net on "
+                    f"{ls_ahead} of {len(pairs)} stitched descendants and TM behind on {tm_behind} of {len(pairs)}.")
+    source = "benchmarks/results/compare/runs.json" + (", demo-runs.json" if extra else "") + " (benchmarks/RESULTS.md)"
+    return {"source": source, "seeds": [r["seed"] for r in runs] + [r["seed"] for r in extra],
+            "machines": ["benchmark machine"] * len(runs) + ["second machine"] * len(extra),
+            "recipe": recipe, "summary": summary, "top1": top1}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -306,6 +376,10 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-lr", type=float, default=5e-4)
     p.add_argument("--out", default="benchmarks/results/compare")
+    p.add_argument("--demo-ranges", metavar="JSON", help="only write the demo's expected ranges from OUT/runs.json to JSON "
+                   "(src/stitchkit/configs/demo_ranges.json), with OUT/demo-runs.json when present, and stop")
+    p.add_argument("--demo-runs", nargs="+", metavar="DIR", help="with --demo-ranges: first record these `stitchkit demo` "
+                   "output folders (the demo run with --set train.seed=N on another machine) in OUT/demo-runs.json")
     p.add_argument("--finetune-sweep", type=int, nargs="+", metavar="EPOCHS",
                    help="instead: fine-tune TM, TM-pinv, LS and SN-Net for each of these numbers of epochs")
     p.add_argument("--snnetv2", action="store_true", help="also SN-Netv2 on SN-Net's anchors")
@@ -313,6 +387,13 @@ def main(argv=None) -> int:
     p.add_argument("--lg-two-way", action="store_true", help="also Learngene Pool (TM) with two-way routes")
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
+    if args.demo_runs:
+        (out / "demo-runs.json").write_text(json.dumps({"runs": demo_runs(args.demo_runs)}, indent=1) + "\n")
+    if args.demo_ranges:
+        other = out / "demo-runs.json"
+        ranges = demo_ranges(json.loads((out / "runs.json").read_text()), json.loads(other.read_text()) if other.is_file() else None)
+        pathlib.Path(args.demo_ranges).write_text(json.dumps(ranges, indent=1) + "\n")
+        return 0
     registry = Registry()
     if args.finetune_sweep:
         return sweep_main(out, args, registry)

@@ -187,6 +187,27 @@ def test_train_split_for_evaluation_is_not_augmented():
         d.eval_loader("dev")
 
 
+def test_batched_fetch_is_the_per_image_draw():
+    """The loader's batched fetch (one private generator) gives exactly the images a per-image
+    ``torch.manual_seed(derive_seed("augment", seed, epoch, i)); base[i]`` gives, labels included."""
+    from stitchkit.engine.data import derive_seed
+
+    d = build_data(DataConfig(img_size=16, max_shift=0.25))  # shifts up to 4 pixels
+    base = _base(d.train)
+    d.train.set_epoch(3, seed=7)
+    idx = [0, 5, 5, 17, len(base) - 1]
+    state = torch.get_rng_state()
+    got = d.train.__getitems__(idx)
+    assert torch.equal(state, torch.get_rng_state())  # no global draw
+    for i, (x, y) in zip(idx, got):
+        torch.manual_seed(derive_seed("augment", 7, 3, i))
+        ref_x, ref_y = base[i]
+        assert torch.equal(x, ref_x) and y == ref_y
+    batch = next(iter(d.train_loader(8, epoch=3, seed=7)))
+    order = list(d.train_sampler(3, 7))[:8]
+    assert torch.equal(batch[0], torch.stack([d.train[i][0] for i in order]))
+
+
 # --------------------------------------------------------------------------- ImageFolder layouts, splits, transforms
 def _folder(root, classes=("a", "b", "c"), n=10, size=12):
     from PIL import Image

@@ -414,3 +414,60 @@ def test_weight_decay_follows_the_familys_no_weight_decay() -> None:
     params = dict(wrapped.named_parameters())  # no_weight_decay() may name tensors a model lacks (timm: dist_token)
     assert {by_id[id(p)] for p in no_decay["params"]} == (names & set(params)) | {n for n, p in params.items() if p.ndim <= 1}
     assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+# --------------------------------------------------------------------------- train.compile
+def _finetune(data, tmp_path, callbacks=(), **kw):
+    pool = tiny_pool()
+    task = PoolTask(pool, REG.create("sampler", "uniform", pool.paths))
+    fit(task, data, cfg(max_steps=8, seed=5, **kw), out_dir=tmp_path, phase="p", callbacks=callbacks)
+    return {n: p.detach().clone() for n, p in pool.named_parameters()}
+
+
+def test_compile_makes_one_graph_per_path_and_trains_the_same_pool(data, tmp_path, monkeypatch):
+    """Dynamo traces each sampled path once and reuses its graph; the run trains what eager does.
+
+    A counting backend stands in for inductor (whose C++ build takes minutes of CPU on this
+    machine; `benchmarks/compile_speed.py` runs the real one)."""
+    from stitchkit.engine import trainer
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(trainer, "COMPILE_OPTIONS", {"backend": counting})
+    eager = _finetune(data, tmp_path / "eager")
+    seen, per_step = [], []
+
+    def cb(event, st):
+        if event == "step_end":
+            per_step.append((tuple(st.paths), len(graphs)))
+
+    compiled = _finetune(data, tmp_path / "compiled", callbacks=[cb], compile=True)
+    for n in eager:
+        torch.testing.assert_close(compiled[n], eager[n], atol=1e-6, rtol=1e-5)
+    before = 0
+    for paths, count in per_step:
+        if paths in seen:
+            assert count == before, f"a graph was compiled again for the already seen path {paths}: {per_step}"
+        else:
+            assert count > before, f"no graph compiled for the new path {paths}"
+            seen.append(paths)
+        before = count
+    assert len(seen) >= 2  # several paths, each with its own graph(s)
+
+
+def test_compile_falls_back_to_eager_with_a_warning(data, tmp_path, monkeypatch):
+    def broken(module, *a, **kw):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no working C++ compiler\nsecond line")
+        return fail
+
+    eager = _finetune(data, tmp_path / "eager")
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match=r"train.compile: torch.compile failed \(RuntimeError: no working C\+\+ compiler\)"):
+        fallback = _finetune(data, tmp_path / "fallback", compile=True)
+    for n in eager:
+        assert torch.equal(fallback[n], eager[n]), n  # eager from the first step on: bit-identical

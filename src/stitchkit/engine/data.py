@@ -141,21 +141,26 @@ def derive_seed(*parts: int | str) -> int:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed torch, ``random`` and numpy inside the block; restore their states after.
+    """Seed torch's CPU generator, ``random`` and numpy inside the block; restore their states after.
 
     Used per image so third-party transforms (timm's) that draw from the
-    global generators become a function of the seed.
+    global generators become a function of the seed. Only the CPU generator
+    is touched: ``torch.manual_seed`` would also queue a reseed of every
+    accelerator, which costs ~2 ms per call (it records a stack trace) and
+    leaks the seed out of the block.
     """
+    gen = torch.default_generator
+    torch_state = gen.get_state()
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    gen.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        gen.set_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class EpochSeeded(Dataset):
@@ -172,9 +177,29 @@ class EpochSeeded(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
+    def item_seed(self, index: int) -> int:
+        return derive_seed("augment", self.seed, self.epoch, index)
+
     def __getitem__(self, index: int) -> Any:
-        with seeded(derive_seed("augment", self.seed, self.epoch, index)):
+        with seeded(self.item_seed(index)):
             return self.base[index]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """A whole batch (the DataLoader's batched fetch): the same items as ``__getitem__``.
+
+        A base with ``seeded_items`` (in-memory tensors) draws each item from
+        a private generator seeded like the global one would be, so nothing
+        global is saved, seeded and restored per image.
+        """
+        seeds = [self.item_seed(i) for i in indices]
+        batched = getattr(self.base, "seeded_items", None)
+        if batched is not None:
+            return batched(indices, seeds)  # type: ignore[no-any-return]
+        out = []
+        for i, seed in zip(indices, seeds):
+            with seeded(seed):
+                out.append(self.base[i])
+        return out
 
 
 # --------------------------------------------------------------------------- tensor images
@@ -200,6 +225,24 @@ class TensorImages(Dataset):
             dy, dx = (int(v) for v in torch.randint(-s, s + 1, (2,)))
             x = torch.roll(F.pad(x, (s, s, s, s)), shifts=(dy, dx), dims=(1, 2))[:, s:-s, s:-s]
         return (x - 0.5) / 0.5, int(self.labels[index])
+
+    def seeded_items(self, indices: Sequence[int], seeds: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """Items ``indices``, item ``k``'s shift drawn as ``__getitem__`` would draw it after
+        ``torch.manual_seed(seeds[k])``, but from a private generator, in one batched pass."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        x = self.images[idx]
+        s = self.max_shift
+        if s:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (s, s, s, s))
+            gen = torch.Generator()
+            for k, seed in enumerate(seeds):
+                gen.manual_seed(seed)
+                dy, dx = torch.randint(-s, s + 1, (2,), generator=gen).tolist()
+                # roll by (dy, dx) then crop the border == this window of the padded image (|d| <= s)
+                x[k] = padded[k, :, s - dy : s - dy + h, s - dx : s - dx + w]
+        x = (x - 0.5) / 0.5
+        return list(zip(x.unbind(0), self.labels[idx].tolist()))
 
 
 def _resize(images: torch.Tensor, size: int, in_chans: int) -> torch.Tensor:

@@ -172,7 +172,9 @@ class PoolTask(TrainTask):
         self.pool, self.sampler, self.distillation, self.tau = pool, sampler, distillation, tau
         self.reduction = reduction
         self.teacher = teacher if distillation != "none" else None
-        self._descendants: dict[str, Descendant] = {}
+        # Every sampled path's descendant built up front (they share the pool's parameters): the cache
+        # never changes while training, so a compiled step (train.compile) keeps its guards.
+        self._descendants: dict[str, Descendant] = {p.name: pool.descendant(p) for p in sampler.paths}
 
     def trainable(self) -> nn.Module:
         return self.pool

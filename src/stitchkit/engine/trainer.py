@@ -93,6 +93,10 @@ class TrainConfig:
     eval_every: int = 1
     progress: bool = True
     tensorboard: bool = False
+    #: Run each step's forward and backward through ``torch.compile`` (one graph per path, cached);
+    #: falls back to eager with a warning where no compiler works. Off by default: on CPU it costs
+    #: tens of seconds per path to compile and saves a few percent per step (benchmarks/RESULTS.md).
+    compile: bool = False
 
     def validate(self, where: str = "train") -> None:
         positive = ("epochs", "batch_size", "keep_checkpoints", "log_every")
@@ -271,6 +275,41 @@ class _TaskForward(nn.Module):
         return total
 
 
+#: Keyword arguments of ``torch.compile`` for ``train.compile`` (the tests swap in a counting backend).
+COMPILE_OPTIONS: dict[str, Any] = {}
+
+
+class _CompiledStep:
+    """``torch.compile`` of the step's module, run eagerly from the first failure on.
+
+    Dynamo keys its cache on the step's paths, so each path (or set of paths) gets
+    its own graph, compiled once; the recompile limit is raised to hold them all.
+    A missing or broken compiler raises on the first call: then one warning, and
+    eager from there on (the same results, only slower).
+    """
+
+    def __init__(self, module: nn.Module, graphs: int) -> None:
+        import torch._dynamo.config as dynamo_config
+
+        for key in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, key):
+                setattr(dynamo_config, key, max(getattr(dynamo_config, key), graphs + 2))
+        self.module = module
+        self.compiled: Callable[..., torch.Tensor] | None = torch.compile(module, **COMPILE_OPTIONS)
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: warn once, run eager
+                import warnings
+
+                warnings.warn(f"train.compile: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                              "training continues without it. Set train.compile = false to skip the attempt.", stacklevel=2)
+                self.compiled = None
+        return self.module(*args)  # type: ignore[no-any-return]
+
+
 def _rng_snapshot(ctx: DistContext) -> dict[str, Any]:
     """Every rank's torch RNG states (gathered, no pickling); rank 0's python/numpy states."""
     cpu = all_gather_bytes(torch.get_rng_state(), ctx.device)
@@ -418,6 +457,9 @@ def _fit(
 
         # Paths leave parameters unused: DDP must look for them every step.
         engine = DDP(forward, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    step: Callable[..., torch.Tensor] = engine
+    if train.compile:
+        step = _CompiledStep(engine, graphs=len(task.sampler.paths) if task.sampler is not None else 1)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     path_gen = torch.Generator()
 
@@ -459,7 +501,7 @@ def _fit(
                             taps = teacher.forward_taps(images, task.teacher_taps())
                     smoothing = 0.0 if mixup is not None else train.label_smoothing
                     forward.teacher_taps, forward.paths, forward.label_smoothing = taps, paths, smoothing
-                    loss = engine(images, targets)
+                    loss = step(images, targets)
                 loss.backward()
                 names = [p.name for p in paths if p is not None]
                 if callbacks:
