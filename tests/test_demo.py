@@ -105,6 +105,8 @@ def test_report_numbers_are_the_pool_files_metadata(demo):
     for phase in summary["phases"]:
         assert f"| {phase['phase']} | {phase['seconds']:.1f} |" in report
     assert f"| **total** | **{summary['total_seconds']:.1f}** |" in report
+    # the pool against each descendant trained alone is the benchmark's job; the report says where
+    assert "`python benchmarks/equal_compute.py`" in report and (pathlib.Path(__file__).parents[1] / "benchmarks" / "equal_compute.py").is_file()
 
 
 def _three_way(report: str) -> list[dict]:

@@ -430,6 +430,11 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
         f"Stitch initialisation: {', '.join(i.upper() for i in demo.learngene_initializers)} (Learngene Pool, one pool "
         f"each), {demo.snnet_initializer.upper()} (SN-Net).",
         "Every pool stores exactly the same number of parameters (rows + stitch layers).",
+        "Each descendant against the same network trained on its own (from scratch and distilled from the "
+        "ancestry, at the pool's fine-tuning epochs and at an equal share of the pool's training FLOPs) is "
+        "measured by `python benchmarks/equal_compute.py` (benchmarks/RESULTS.md, \"What a pool buys\"); it is "
+        "not repeated here because training every descendant alone would double the demo's time. "
+        "`stitchkit cost` prices any build config the same way.",
         (f"After the ancestry, SN-Net was built in a worker process side by side with the Learngene builds, so the "
          "phase times overlap; the total is the run's wall time." if workers > 1 else
          "Every phase ran in this process, one after another."),
