@@ -564,6 +564,17 @@ class PoolHeader:
         self.paths = _check_pool_description(self.path, self.desc, self.index)
         self.stitch_specs = {d["name"]: StitchSpec.from_json(d) for d in self.desc["stitches"]}
 
+    def metadata_summary(self) -> dict[str, Any]:
+        """``{"format", "format_version", "writer", "pool", "tensors"}`` (see :func:`read_pool_metadata`)."""
+        meta = self.header.metadata or {}
+        return {
+            "format": meta["format"],
+            "format_version": meta["format_version"],
+            "writer": meta.get("writer", ""),
+            "pool": self.desc,
+            "tensors": self.index,
+        }
+
     def resolve(self, key: Path | int | str) -> Path:
         """A path by index, name or label (as :meth:`stitchkit.pool.Pool.path`), or any valid path object."""
         if isinstance(key, Path):
@@ -584,12 +595,4 @@ def read_pool_metadata(path: PathLike) -> dict[str, Any]:
     name to its dtype and shape. Needs no plugin: the architecture check
     against the adapters happens when tensors are loaded.
     """
-    f = PoolHeader(path)
-    meta = f.header.metadata or {}
-    return {
-        "format": meta["format"],
-        "format_version": meta["format_version"],
-        "writer": meta.get("writer", ""),
-        "pool": f.desc,
-        "tensors": f.index,
-    }
+    return PoolHeader(path).metadata_summary()

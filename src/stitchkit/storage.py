@@ -243,14 +243,7 @@ def read_pool_structure(path: PathLike, registry: Any = None) -> tuple[dict[str,
     ``select`` count params and MACs on it.
     """
     f = _PoolFile(path)
-    meta = f.header.metadata or {}
-    return {
-        "format": meta["format"],
-        "format_version": meta["format_version"],
-        "writer": meta.get("writer", ""),
-        "pool": f.desc,
-        "tensors": f.index,
-    }, f.skeleton(registry)
+    return f.metadata_summary(), f.skeleton(registry)
 
 
 def load_pool(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False) -> Pool:
