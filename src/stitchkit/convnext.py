@@ -19,35 +19,12 @@ from torch import nn
 from .errors import ConfigError
 from .interfaces import AncestryAdapter
 from .spec import RowShape
-from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, stage_of
+from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, parts_in_order, stage_of
 
 _ARCH_KEYS = {
     "in_chans", "num_classes", "img_size", "global_pool", "depths", "dims", "kernel_sizes", "ls_init_value",
     "patch_size", "conv_mlp", "conv_bias", "use_grn", "drop_rate", "drop_path_rate", "timm_name",
 }
-
-
-class ConvNeXtStem(nn.Module):
-    """The patchify stem (strided conv + norm)."""
-
-    def __init__(self, model: ConvNeXt) -> None:
-        super().__init__()
-        self.stem = model.stem
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stem(x)
-
-
-class ConvNeXtHead(nn.Module):
-    """``norm_pre`` (identity in standard ConvNeXts) and timm's pooling + norm + classifier head."""
-
-    def __init__(self, model: ConvNeXt) -> None:
-        super().__init__()
-        self.norm_pre = model.norm_pre
-        self.head = model.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm_pre(x))
 
 
 class TimmConvNeXt(AncestryAdapter):
@@ -73,8 +50,8 @@ class TimmConvNeXt(AncestryAdapter):
                 has_down = b == 0 and not isinstance(stage.downsample, nn.Identity)
                 blocks.append(StageEntry(stage.downsample, blk) if has_down else blk)
         self._blocks = nn.ModuleList(blocks)
-        self._stem = ConvNeXtStem(model)
-        self._head = ConvNeXtHead(model)
+        self._stem = parts_in_order(model, "stem")  # the patchify stem (strided conv + norm)
+        self._head = parts_in_order(model, "norm_pre", "head")  # norm_pre (identity in standard ConvNeXts), timm's head
 
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> TimmConvNeXt:

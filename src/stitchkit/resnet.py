@@ -22,24 +22,13 @@ from torch import nn
 from .errors import ConfigError
 from .interfaces import AncestryAdapter
 from .spec import RowShape
-from .timm_family import check_kwargs, create_timm, load_checkpoint
+from .timm_family import check_kwargs, create_timm, load_checkpoint, parts_in_order
 
 _BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _ARCH_KEYS = {
     "block", "layers", "channels", "num_classes", "in_chans", "img_size", "stem_width", "stem_type", "avg_down",
     "cardinality", "base_width", "global_pool", "drop_rate", "drop_path_rate", "timm_name",
 }
-
-
-class ResNetStem(nn.Module):
-    """conv1, bn1, act1 and the max-pool: images to the map ``layer1`` takes."""
-
-    def __init__(self, model: ResNet) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.act1, self.maxpool = model.conv1, model.bn1, model.act1, model.maxpool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
 
 class ResNetHead(nn.Module):
@@ -94,7 +83,7 @@ class TimmResNet(AncestryAdapter):
         if not kinds <= {BasicBlock, Bottleneck}:
             raise ConfigError(f"timm-resnet takes basic or bottleneck blocks, got {sorted(k.__name__ for k in kinds)}")
         self._blocks = nn.ModuleList(blocks)
-        self._stem = ResNetStem(model)
+        self._stem = parts_in_order(model, "conv1", "bn1", "act1", "maxpool")  # images to the map layer1 takes
         self._head = ResNetHead(model)
 
     # -- construction -------------------------------------------------------

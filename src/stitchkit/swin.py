@@ -20,35 +20,12 @@ from torch import nn
 from .errors import ConfigError
 from .interfaces import AncestryAdapter
 from .spec import RowShape
-from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, on_meta, restore_timm_buffers, stage_of
+from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, on_meta, parts_in_order, restore_timm_buffers, stage_of
 
 _ARCH_KEYS = {
     "img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depths", "num_heads",
     "window_size", "mlp_ratio", "qkv_bias", "drop_path_rate", "timm_name",
 }
-
-
-class SwinStem(nn.Module):
-    """Patch embedding (with its norm): images to a ``(B, H, W, C)`` grid."""
-
-    def __init__(self, model: SwinTransformer) -> None:
-        super().__init__()
-        self.patch_embed = model.patch_embed
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.patch_embed(x)
-
-
-class SwinHead(nn.Module):
-    """Final norm, average pooling over the grid, classifier."""
-
-    def __init__(self, model: SwinTransformer) -> None:
-        super().__init__()
-        self.norm = model.norm
-        self.head = model.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(x))
 
 
 class TimmSwin(AncestryAdapter):
@@ -72,8 +49,8 @@ class TimmSwin(AncestryAdapter):
                 has_down = b == 0 and not isinstance(stage.downsample, nn.Identity)
                 blocks.append(StageEntry(stage.downsample, blk) if has_down else blk)
         self._blocks = nn.ModuleList(blocks)
-        self._stem = SwinStem(model)
-        self._head = SwinHead(model)
+        self._stem = parts_in_order(model, "patch_embed")  # images to a (B, H, W, C) grid
+        self._head = parts_in_order(model, "norm", "head")  # final norm, pooling over the grid, classifier
 
     # -- construction -------------------------------------------------------
     @classmethod

@@ -12,6 +12,7 @@ and a key of the model belongs to exactly one block.
 from __future__ import annotations
 
 import pathlib
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -30,6 +31,12 @@ class StageEntry(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(self.downsample(x))
+
+
+def parts_in_order(model: nn.Module, *names: str) -> nn.Sequential:
+    """The network's own modules ``names``, run in that order and kept under the same names, so a
+    stem or head built this way shares the network's parameters and its state-dict keys are the network's."""
+    return nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
 
 
 def on_meta() -> bool:
