@@ -17,9 +17,12 @@ For each seed: one 12-block ancestry (shared by both designs). For each design
   two-way routes, LS-initialised low-rank stitch layers (``--snnetv2-rank``),
   ``ros`` sampling, the same fine-tuning budget and teacher;
 * with ``--lg-two-way``: Learngene Pool (TM, fine-tuned) with two-way routes
-  on the same distilled rows.
+  on the same distilled rows;
+* with ``--stitch-variants``: the options measured against their defaults,
+  SN-Netv2 with full-rank stitch layers (LS, trained whole) and Learngene Pool
+  (LS) with two-way routes or with low-rank stitch layers.
 
-    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --snnetv2 --lg-two-way
+    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --snnetv2 --lg-two-way --stitch-variants
 
 ``--finetune-sweep E1 E2 ...`` instead fine-tunes TM, TM-pinv, LS (with
 distillation) and SN-Net for each number of epochs (the paper's 50 included) at
@@ -63,7 +66,8 @@ LG_VARIANTS = [  # (name, initializer, fine-tuning distillation)
 ]
 AFTER_INIT = ["tm", "tm-pinv", "ls", "random"]
 #: Other runs compared per descendant: (key in a run's results, column prefix).
-OTHERS = [("snnet", "snnet"), ("snnetv2", "snnetv2"), ("lg_two_way", "lg-two-way")]
+OTHERS = [("snnet", "snnet"), ("snnetv2", "snnetv2"), ("lg_two_way", "lg-two-way"),
+          ("snnetv2_full_rank", "snnetv2-full-rank"), ("lg_two_way_ls", "lg-two-way-ls"), ("lg_ls_low_rank", "lg-ls-low-rank")]
 
 
 def _link_distilled(base: pathlib.Path, variant: pathlib.Path) -> None:
@@ -219,6 +223,41 @@ def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args
         results["lg_two_way"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
         results["seconds"]["learngene-tm-two-way"] = time.perf_counter() - t0
         ran = True
+    if getattr(args, "stitch_variants", False):
+        ran = _stitch_variants(results, seed_dir, depth, args, registry, ancestry, train, rows, finetune) or ran
+    return ran
+
+
+def _stitch_variants(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args: argparse.Namespace,
+                     registry: Registry, ancestry: pathlib.Path, train: dict[str, Any], rows: str,
+                     finetune: dict[str, Any]) -> bool:
+    """``--stitch-variants``: SN-Netv2 with full-rank stitch layers, and Learngene Pool (LS) with two-way
+    routes or with low-rank stitch layers, each on the same anchors / distilled rows as the defaults."""
+    ran = False
+    builds = []
+    if "snnetv2_full_rank" not in results:
+        anchors = [{"shape": s, "patch_size": 4, "train": False,
+                    "checkpoint": str(seed_dir / f"snnet{depth}" / "anchors" / f"anchor{i}.safetensors")}
+                   for i, s in enumerate(rows.split(","))]
+        builds.append(("snnetv2_full_rank", "snnetv2", f"snnetv2-{depth}-full-rank", None, {"snnetv2": {
+            "anchors": anchors, "initializer": "ls", "teacher": str(ancestry), "stitch_rank": 0,
+            "sampler_args": {"gap_fraction": 0.08}, "finetune": finetune}}))
+    for key, extra in (("lg_two_way_ls", {"paths": "two-way"}), ("lg_ls_low_rank", {"stitch_rank": args.snnetv2_rank})):
+        if key not in results:
+            builds.append((key, "learngene-pool", f"lg{depth}-{key.replace('_', '-')}", seed_dir / f"lg{depth}-tm", {
+                "learngene": {"ancestry": str(ancestry), "rows": rows, "initializer": "ls", **extra,
+                              "distill": {"epochs": args.aux_epochs}, "finetune": finetune}}))
+    for key, method, dirname, distilled, section in builds:
+        vdir = seed_dir / dirname
+        if distilled is not None:
+            _link_distilled(distilled, vdir)
+        t0 = time.perf_counter()
+        pool = registry.method(method).build(resolve({"method": method, **BASE, "train": train, **section}),
+                                             out_dir=vdir, registry=registry)
+        meta = storage.read_pool_metadata(pool)["pool"]
+        results[key] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results["seconds"][key] = time.perf_counter() - t0
+        ran = True
     return ran
 
 
@@ -278,6 +317,10 @@ def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
         ("lg-tm", "snnetv2-same-path", "Learngene Pool (TM) vs SN-Netv2, same path"),
         ("lg-tm", "snnetv2-best-at-size", "Learngene Pool (TM) vs SN-Netv2's best configuration at or below the same size"),
         ("lg-two-way-best-at-size", "lg-tm", "Learngene Pool two-way (best at size) vs one-way (TM)"),
+        ("snnetv2-same-path", "snnetv2-full-rank-same-path", "SN-Netv2 low-rank vs full-rank stitch layers, same path"),
+        ("lg-two-way-ls-same-path", "lg-ls", "Learngene Pool (LS) two-way vs one-way, same path"),
+        ("lg-two-way-ls-best-at-size", "lg-ls", "Learngene Pool (LS) two-way (best at size) vs one-way"),
+        ("lg-ls-low-rank-same-path", "lg-ls", "Learngene Pool (LS) low-rank vs full-rank stitch layers, same path"),
         ("lg-tm", "snnet-same-path", "Learngene Pool (TM, fine-tuned) vs SN-Net, same path, equal storage"),
         ("lg-tm", "snnet-best-at-size", "Learngene Pool (TM) vs SN-Net's best configuration at or below the same size"),
         ("lg-ls", "snnet-same-path", "Learngene Pool (LS, fine-tuned) vs SN-Net, same path, equal storage"),
@@ -385,6 +428,8 @@ def main(argv=None) -> int:
     p.add_argument("--snnetv2", action="store_true", help="also SN-Netv2 on SN-Net's anchors")
     p.add_argument("--snnetv2-rank", type=int, default=8, help="rank of SN-Netv2's low-rank stitch layers")
     p.add_argument("--lg-two-way", action="store_true", help="also Learngene Pool (TM) with two-way routes")
+    p.add_argument("--stitch-variants", action="store_true", help="also SN-Netv2 with full-rank stitch layers and "
+                   "Learngene Pool (LS) with two-way routes or with low-rank stitch layers (rank --snnetv2-rank)")
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
     if args.demo_runs:
@@ -404,7 +449,7 @@ def main(argv=None) -> int:
             if cache.is_file():
                 result = json.loads(cache.read_text())
                 ancestry = train_model(resolve({**BASE, "train": {**BASE["train"], "seed": seed, "epochs": args.ancestry_epochs}}),
-                                       out / f"seed{seed}" / "ancestry") if (args.snnetv2 or args.lg_two_way) else None
+                                       out / f"seed{seed}" / "ancestry") if (args.snnetv2 or args.lg_two_way or args.stitch_variants) else None
                 if ancestry is not None and run_extras(result, out / f"seed{seed}", depth, args, registry, ancestry):
                     cache.write_text(json.dumps(result, indent=2))
                 runs.append(result)

@@ -175,6 +175,39 @@ def test_round_trip_is_bit_exact(pool, pool_file, registry, images):
             assert torch.equal(loaded.descendant(p.name)(images), pool.descendant(p)(images)), p.name
 
 
+@pytest.mark.parametrize("loader", ["pool", "descendant", "exported"])
+def test_loaded_weights_do_not_follow_an_in_place_rewrite(pool, tmp_path, registry, images, loader):
+    """safetensors maps the file; a load copies the weights out, so ``cp other.safetensors this.safetensors``
+    (truncate and rewrite in place, same inode) leaves a loaded model's outputs unchanged. With
+    ``mmap=True`` the weights stay mapped: they equal the default load's until the file changes."""
+    import shutil
+
+    path = next(p for p in pool.paths if len(p.segments) == 3)
+    live, other = tmp_path / "live.safetensors", tmp_path / "other.safetensors"
+    changed = make_pool()
+    for t in changed.state_dict().values():
+        if t.is_floating_point():
+            t.data.add_(1.0)
+    if loader == "exported":
+        export_descendant(pool, path.label, live, registry=registry)
+        export_descendant(changed, path.label, other, registry=registry)
+        load = lambda **kw: load_exported(live, registry, **kw)  # noqa: E731
+    else:
+        save_pool(pool, live)
+        save_pool(changed, other)
+        load = (lambda **kw: load_pool(live, registry, **kw).descendant(path)) if loader == "pool" else (  # noqa: E731
+            lambda **kw: load_descendant(live, path, registry, **kw))
+    model, mapped = load().eval(), load(mmap=True).eval()
+    with torch.no_grad():
+        before = model(images)
+        assert torch.equal(mapped(images), before)
+        inode = live.stat().st_ino
+        shutil.copyfile(other, live)  # in place: same inode, new bytes
+        assert live.stat().st_ino == inode
+        assert torch.equal(model(images), before)
+        assert not torch.equal(load()(images), before)  # the file did change
+
+
 def test_round_trip_keeps_bfloat16(pool, tmp_path, registry):
     half = make_pool().to(torch.bfloat16)
     half.extras = {}

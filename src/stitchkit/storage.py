@@ -182,8 +182,8 @@ class _PoolFile(PoolHeader):
         _check_float(p, self.index, pool.state_dict())
         return pool
 
-    def read(self, names: Iterable[str], device: str, on_read: OnRead | None) -> dict[str, torch.Tensor]:
-        return _read_tensors(self.path, names, device, on_read)
+    def read(self, names: Iterable[str], device: str, on_read: OnRead | None, mmap: bool = False) -> dict[str, torch.Tensor]:
+        return _read_tensors(self.path, names, device, on_read, mmap)
 
 
 def _check_float(p: pathlib.Path, index: Mapping[str, Mapping[str, Any]], expected: Mapping[str, torch.Tensor]) -> None:
@@ -199,12 +199,18 @@ def _check_float(p: pathlib.Path, index: Mapping[str, Mapping[str, Any]], expect
         raise PoolFormatError(p, f"tensor {odd!r} is stored as {index[odd]['dtype']} but the other weights as {main}")
 
 
-def _read_tensors(p: pathlib.Path, names: Iterable[str], device: str, on_read: OnRead | None) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    p: pathlib.Path, names: Iterable[str], device: str, on_read: OnRead | None, mmap: bool = False
+) -> dict[str, torch.Tensor]:
+    """The named tensors. safetensors maps the file: a CPU tensor it returns reads its pages on first
+    use and shows whatever the file holds then, so unless ``mmap`` each is copied into memory of its own
+    (a file rewritten in place later, e.g. by ``cp``, must not change a loaded pool's weights)."""
     out: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(p), framework="pt", device=device) as f:
             for name in names:
-                out[name] = f.get_tensor(name)
+                t = f.get_tensor(name)
+                out[name] = t if mmap or t.device.type != "cpu" else t.clone()
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise PoolFormatError(p, f"safetensors could not read the tensors: {exc}") from exc
     if on_read is not None:
@@ -246,18 +252,25 @@ def read_pool_structure(path: PathLike, registry: Any = None) -> tuple[dict[str,
     return f.metadata_summary(), f.skeleton(registry)
 
 
-def load_pool(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False) -> Pool:
+def load_pool(
+    path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False, mmap: bool = False
+) -> Pool:
     """Rebuild a pool, bit-exact: rows from their adapters' archs, then the stored tensors.
 
     Rows are built on the meta device (no random init, no memory) and take the
     file's tensors by assignment, so dtypes are kept as stored. ``verify=True``
     first checks the data section against its stored sha256 (:func:`verify_data`).
+
+    The weights are read into the process's own memory. ``mmap=True`` (CPU only) leaves them
+    mapped from the file instead: the load returns sooner, pages are read on first use and shared
+    with other processes mapping the file, but the file must then not be rewritten in place while
+    the pool is in use (that changes its weights; stitchkit's own writers replace files atomically).
     """
     f = _PoolFile(path)
     if verify:
         verify_data(f.path)
     pool = f.skeleton(registry)
-    state = f.read(f.index, str(device), None)
+    state = f.read(f.index, str(device), None, mmap)
     extras = {n[len("extras."):]: state.pop(n) for n in list(state) if n.startswith("extras.")}
     _load_into(f.path, pool, state)
     pool.extras = {name: extras[name] for name in f.desc["extras"]}
@@ -271,18 +284,22 @@ def load_descendant(
     *,
     device: str | torch.device = "cpu",
     on_read: OnRead | None = None,
+    mmap: bool = False,
 ) -> Descendant:
     """One descendant from a pool file, reading only its own tensors.
 
     ``key`` is a path, its index in the pool's path list, its name
     (``r0[0:2]+s0_1_2+r1[2:3]``) or its label. ``on_read(name)`` is called for
     every pool tensor read, so callers can see that nothing else was touched.
+    ``mmap``: as in :func:`load_pool`.
     """
     f = _PoolFile(path)
-    return _lazy_descendant(f, f.resolve(key), registry, str(device), on_read)
+    return _lazy_descendant(f, f.resolve(key), registry, str(device), on_read, mmap)
 
 
-def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None) -> Descendant:
+def _lazy_descendant(
+    f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None, mmap: bool = False
+) -> Descendant:
     """Build only the descendant's own modules (shortened rows on the meta device), then read only its tensors."""
     from .registry import default_registry
 
@@ -314,7 +331,7 @@ def _lazy_descendant(f: _PoolFile, target: Path, registry: Any, device: str, on_
     _match_index(p, {n: f.index[n] for n in mapping}, {n: (None, list(t.shape)) for n, t in by_pool_name.items()},
                  "the rows' architectures", "the file")
     _check_float(p, f.index, by_pool_name)
-    tensors = f.read(mapping, device, on_read)
+    tensors = f.read(mapping, device, on_read, mmap)
     _load_into(p, skeleton, {mapping[n]: t for n, t in tensors.items()})
     return merge_low_rank(skeleton)  # type: ignore[return-value]
 
@@ -596,14 +613,16 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
     return target, rows, specs
 
 
-def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False) -> Descendant:
+def load_exported(
+    path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False, mmap: bool = False
+) -> Descendant:
     """Load a file written by :func:`export_descendant`; no pool needed.
 
     The model is in eval mode and carries what inference needs: ``transform``
     (timm's evaluation transform for an image file), ``classes`` (names in label
     order), ``preprocessing`` (timm's data config, also as ``pretrained_cfg``);
-    None for files exported from pools that did not record them. ``verify``: as
-    in :func:`load_pool`.
+    None for files exported from pools that did not record them. ``verify`` and
+    ``mmap``: as in :func:`load_pool`.
     """
     from .registry import default_registry
 
@@ -630,7 +649,7 @@ def load_exported(path: PathLike, registry: Any = None, *, device: str | torch.d
     state = skeleton.state_dict()
     _match_index(p, index, {n: (None, list(t.shape)) for n, t in state.items()}, "the descendant's architecture", "the file")
     _check_float(p, index, state)
-    _load_into(p, skeleton, _read_tensors(p, index, str(device), None))
+    _load_into(p, skeleton, _read_tensors(p, index, str(device), None, mmap))
     from .preprocessing import attach
 
     # ready for inference: eval mode, with the transform and class names the pool was built with
