@@ -50,6 +50,7 @@ from stitchkit import storage
 from stitchkit.engine.config import resolve
 from stitchkit.engine.model import train_model
 from stitchkit.registry import Registry
+from stitchkit.spec import Path
 
 BASE = {
     "data": {"source": "digits", "img_size": 16, "in_chans": 1},
@@ -111,7 +112,7 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
     t0 = time.perf_counter()
     pool = registry.method("snnet").build(resolve(cfg), out_dir=seed_dir / f"snnet{depth}", registry=registry)
     meta = storage.read_pool_metadata(pool)["pool"]
-    results["snnet"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+    results["snnet"] = by_blocks(meta)
     results["seconds"]["snnet"] = time.perf_counter() - t0
     run_extras(results, seed_dir, depth, args, registry, ancestry)
     return results
@@ -208,7 +209,7 @@ def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args
         t0 = time.perf_counter()
         pool = registry.method("snnetv2").build(resolve(cfg), out_dir=seed_dir / f"snnetv2-{depth}", registry=registry)
         meta = storage.read_pool_metadata(pool)["pool"]
-        results["snnetv2"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results["snnetv2"] = by_blocks(meta)
         results["seconds"]["snnetv2"] = time.perf_counter() - t0
         ran = True
     if getattr(args, "lg_two_way", False) and "lg_two_way" not in results:
@@ -220,7 +221,7 @@ def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args
         t0 = time.perf_counter()
         pool = registry.method("learngene-pool").build(resolve(cfg), out_dir=vdir, registry=registry)
         meta = storage.read_pool_metadata(pool)["pool"]
-        results["lg_two_way"] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results["lg_two_way"] = by_blocks(meta)
         results["seconds"]["learngene-tm-two-way"] = time.perf_counter() - t0
         ran = True
     if getattr(args, "stitch_variants", False):
@@ -244,7 +245,7 @@ def _stitch_variants(results: dict[str, Any], seed_dir: pathlib.Path, depth: int
             "sampler_args": {"gap_fraction": 0.08}, "finetune": finetune}}))
     for key, extra in (("lg_two_way_ls", {"paths": "two-way"}), ("lg_ls_low_rank", {"stitch_rank": args.snnetv2_rank})):
         if key not in results:
-            builds.append((key, "learngene-pool", f"lg{depth}-{key.replace('_', '-')}", seed_dir / f"lg{depth}-tm", {
+            builds.append((key, "learngene-pool", f"lg{depth}-{key.removeprefix('lg_').replace('_', '-')}", seed_dir / f"lg{depth}-tm", {
                 "learngene": {"ancestry": str(ancestry), "rows": rows, "initializer": "ls", **extra,
                               "distill": {"epochs": args.aux_epochs}, "finetune": finetune}}))
     for key, method, dirname, distilled, section in builds:
@@ -255,10 +256,18 @@ def _stitch_variants(results: dict[str, Any], seed_dir: pathlib.Path, depth: int
         pool = registry.method(method).build(resolve({"method": method, **BASE, "train": train, **section}),
                                              out_dir=vdir, registry=registry)
         meta = storage.read_pool_metadata(pool)["pool"]
-        results[key] = {blocks_key(p): {"top1": e["top1"], "params": e["params"]} for p, e in meta["evaluation"].items()}
+        results[key] = by_blocks(meta)
         results["seconds"][key] = time.perf_counter() - t0
         ran = True
     return ran
+
+
+def by_blocks(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A pool's evaluated top-1 and deployed size per path, keyed by :func:`blocks_key`. Sizes come from
+    the file's ``sizes`` (as exported: a low-rank stitch merges into a plain layer), not from the
+    evaluation records, which counted the low-rank updates too before issue 15's fix."""
+    sizes = {Path.from_json(p).name: s["params"] for p, s in zip(meta["paths"], meta["sizes"]["descendants"])}
+    return {blocks_key(n): {"top1": e["top1"], "params": sizes[n]} for n, e in meta["evaluation"].items()}
 
 
 def blocks_key(name: str) -> str:

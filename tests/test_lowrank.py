@@ -131,6 +131,23 @@ def test_pool_file_keeps_the_update_and_exports_merge_it(tmp_path):
     assert isinstance(pool.stitches["s0_1_1"], LowRankLinear)  # exporting leaves the pool's layers low-rank
 
 
+def test_evaluation_counts_a_descendant_as_exported():
+    """A pool's evaluation records each descendant's deployed size: its low-rank updates merge away."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from stitchkit.engine.evaluate import evaluate_pool
+
+    pool = lowrank_pool().eval()
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))), batch_size=4)
+    results = evaluate_pool(pool, loader)
+    for path in pool.paths:
+        plain = merge_low_rank(pool.descendant(path, copy=True))
+        assert results[path.name]["params"] == count_params(plain)
+    stitched = [p for p in pool.paths if p.stitches]
+    # hand count: one stitch layer of the 16 -> 32 rows at rank 2 carries 2 * (16 + 32) update parameters
+    assert stitched and all(count_params(pool.descendant(p)) - results[p.name]["params"] == 2 * (16 + 32) for p in stitched)
+
+
 def test_older_full_rank_files_still_load_and_bad_lora_shapes_fail(tmp_path):
     plain = lowrank_pool(rank=0)
     f = save_pool(plain, tmp_path / "plain.safetensors")

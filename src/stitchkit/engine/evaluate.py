@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..lowrank import low_rank_params
 from ..measure import count_macs, count_params
 from ..pool import Pool
 from ..spec import Path
@@ -76,7 +77,7 @@ def evaluate_pool(
         d = pool.descendant(path)
         res: dict[str, Any] = {"index": index.get(path.name, -1), "label": path.label, "blocks": path.num_blocks}
         res.update(evaluate(d, loader, device=device, precision=precision))
-        res["params"] = count_params(d)
+        res["params"] = count_params(d) - low_rank_params(d)  # as exported: low-rank stitches merge
         res["macs"] = count_macs(d)
         results[path.name] = res
     if store:
