@@ -1,7 +1,7 @@
 """Method comparison on digits: the Learngene Pool paper's claims at small scale, over seeds.
 
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 9 [--out benchmarks/results/compare]
-    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --finetune-sweep 10 30 50 --out benchmarks/results/sweep
+    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --finetune-sweep 10 30 50 --out benchmarks/results/methods6
 
 For each seed: one 12-block ancestry (shared by both designs). For each design
 (two rows of 6 or 9 blocks, widths 16 and 64, ratio 4 like DeiT's 192/768):
@@ -22,7 +22,7 @@ For each seed: one 12-block ancestry (shared by both designs). For each design
   SN-Netv2 with full-rank stitch layers (LS, trained whole) and Learngene Pool
   (LS) with two-way routes or with low-rank stitch layers.
 
-    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --snnetv2 --lg-two-way --stitch-variants
+    python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --snnetv2 --lg-two-way --stitch-variants --out benchmarks/results/methods6
 
 ``--finetune-sweep E1 E2 ...`` instead fine-tunes TM, TM-pinv, LS (with
 distillation) and SN-Net for each number of epochs (the paper's 50 included) at
@@ -323,8 +323,11 @@ def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
     out = []
     for a, b, what in [
         ("snnetv2-same-path", "snnet-same-path", "SN-Netv2 vs SN-Net, same path, same anchors"),
+        ("snnetv2-best-at-size", "snnet-best-at-size", "SN-Netv2 vs SN-Net, best configuration at or below the same size"),
         ("lg-tm", "snnetv2-same-path", "Learngene Pool (TM) vs SN-Netv2, same path"),
         ("lg-tm", "snnetv2-best-at-size", "Learngene Pool (TM) vs SN-Netv2's best configuration at or below the same size"),
+        ("lg-ls", "snnetv2-same-path", "Learngene Pool (LS) vs SN-Netv2, same path"),
+        ("lg-ls", "snnetv2-best-at-size", "Learngene Pool (LS) vs SN-Netv2's best configuration at or below the same size"),
         ("lg-two-way-best-at-size", "lg-tm", "Learngene Pool two-way (best at size) vs one-way (TM)"),
         ("snnetv2-same-path", "snnetv2-full-rank-same-path", "SN-Netv2 low-rank vs full-rank stitch layers, same path"),
         ("lg-two-way-ls-same-path", "lg-ls", "Learngene Pool (LS) two-way vs one-way, same path"),
@@ -488,7 +491,7 @@ def main(argv=None) -> int:
 
 def sweep_main(out: pathlib.Path, args: argparse.Namespace, registry: Registry) -> int:
     start = time.perf_counter()
-    text = []
+    text, every = [], []
     for depth in args.designs:
         runs = []
         for seed in args.seeds:
@@ -500,9 +503,11 @@ def sweep_main(out: pathlib.Path, args: argparse.Namespace, registry: Registry) 
             cache.write_text(json.dumps(result, indent=2))
             runs.append(result)
         text.append(summarise_sweep(runs, args.finetune_sweep))
+        every += runs
     report = "\n".join(text) + f"\nWall time of this invocation: {time.perf_counter() - start:.0f} s\n"
     print(report)
     (out / "sweep.md").write_text(report)
+    (out / "sweep-runs.json").write_text(json.dumps({"args": vars(args), "runs": every}, indent=2))
     return 0
 
 
