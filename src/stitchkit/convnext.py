@@ -17,9 +17,8 @@ from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from .errors import ConfigError
-from .interfaces import AncestryAdapter
 from .spec import RowShape
-from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, parts_in_order, stage_of
+from .timm_family import StagedAdapter, check_kwargs, create_timm, load_checkpoint, parts_in_order, planning_size, stage_blocks, stage_of
 
 _ARCH_KEYS = {
     "in_chans", "num_classes", "img_size", "global_pool", "depths", "dims", "kernel_sizes", "ls_init_value",
@@ -27,7 +26,7 @@ _ARCH_KEYS = {
 }
 
 
-class TimmConvNeXt(AncestryAdapter):
+class TimmConvNeXt(StagedAdapter):
     """timm ``ConvNeXt`` (patchify stem, depthwise 7x7 blocks with layer scale)."""
 
     name = "timm-convnext"
@@ -38,20 +37,12 @@ class TimmConvNeXt(AncestryAdapter):
     def __init__(self, model: Any, img_size: int | tuple[int, int] | list[int] = 224) -> None:
         if not isinstance(model, ConvNeXt):
             raise ConfigError(f"the timm-convnext adapter needs a timm ConvNeXt, got {type(model).__name__}")
-        super().__init__(model)
-        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        self._img_size: tuple[int, int] = (int(size[0]), int(size[1]))
-        blocks: list[nn.Module] = []
-        self._starts: list[int] = []
-        stages: Any = model.stages
-        for stage in stages:
-            self._starts.append(len(blocks))
-            for b, blk in enumerate(stage.blocks):
-                has_down = b == 0 and not isinstance(stage.downsample, nn.Identity)
-                blocks.append(StageEntry(stage.downsample, blk) if has_down else blk)
-        self._blocks = nn.ModuleList(blocks)
-        self._stem = parts_in_order(model, "stem")  # the patchify stem (strided conv + norm)
-        self._head = parts_in_order(model, "norm_pre", "head")  # norm_pre (identity in standard ConvNeXts), timm's head
+        super().__init__(
+            model, [stage_blocks(stage) for stage in model.stages],
+            stem=parts_in_order(model, "stem"),  # the patchify stem (strided conv + norm)
+            head=parts_in_order(model, "norm_pre", "head"),  # norm_pre (identity in standard ConvNeXts), timm's head
+        )
+        self._img_size = planning_size(img_size)
 
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> TimmConvNeXt:
@@ -134,16 +125,6 @@ class TimmConvNeXt(AncestryAdapter):
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (int(self.model.stem[0].in_channels), *self._img_size)
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self._blocks
-
-    def stem(self) -> nn.Module:
-        return self._stem
-
-    def head(self) -> nn.Module:
-        return self._head
 
     def attention(self, index: int) -> nn.Module:
         raise ConfigError("timm-convnext blocks have no attention: nothing to tap or distil there (use block-level losses)")

@@ -20,9 +20,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from .errors import ConfigError
-from .interfaces import AncestryAdapter
 from .spec import RowShape
-from .timm_family import check_kwargs, create_timm, load_checkpoint, parts_in_order
+from .timm_family import StagedAdapter, check_kwargs, create_timm, load_checkpoint, parts_in_order, planning_size
 
 _BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _ARCH_KEYS = {
@@ -60,7 +59,7 @@ def _stages(model: Any) -> list[Any]:
     return stages
 
 
-class TimmResNet(AncestryAdapter):
+class TimmResNet(StagedAdapter):
     """timm ``ResNet`` with basic or bottleneck blocks (ResNet-18/34/50/101/152 and any stage depths and widths)."""
 
     name = "timm-resnet"
@@ -71,20 +70,15 @@ class TimmResNet(AncestryAdapter):
     def __init__(self, model: Any, img_size: int | tuple[int, int] | list[int] = 224) -> None:
         if not isinstance(model, ResNet):
             raise ConfigError(f"the timm-resnet adapter needs a timm ResNet, got {type(model).__name__}")
-        super().__init__(model)
-        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        self._img_size: tuple[int, int] = (int(size[0]), int(size[1]))
-        blocks: list[nn.Module] = []
-        self._starts: list[int] = []
-        for stage in _stages(model):
-            self._starts.append(len(blocks))
-            blocks.extend(stage)
-        kinds = {type(b) for b in blocks}
+        super().__init__(
+            model, [list(stage) for stage in _stages(model)],
+            stem=parts_in_order(model, "conv1", "bn1", "act1", "maxpool"),  # images to the map layer1 takes
+            head=ResNetHead(model),
+        )
+        kinds = {type(b) for b in self._blocks}
         if not kinds <= {BasicBlock, Bottleneck}:
             raise ConfigError(f"timm-resnet takes basic or bottleneck blocks, got {sorted(k.__name__ for k in kinds)}")
-        self._blocks = nn.ModuleList(blocks)
-        self._stem = parts_in_order(model, "conv1", "bn1", "act1", "maxpool")  # images to the map layer1 takes
-        self._head = ResNetHead(model)
+        self._img_size = planning_size(img_size)
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -194,16 +188,6 @@ class TimmResNet(AncestryAdapter):
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (int(_first_conv(self.model.conv1).in_channels), *self._img_size)
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self._blocks
-
-    def stem(self) -> nn.Module:
-        return self._stem
-
-    def head(self) -> nn.Module:
-        return self._head
 
     def attention(self, index: int) -> nn.Module:
         raise ConfigError("timm-resnet blocks have no attention: nothing to tap or distil there (use block-level losses)")

@@ -18,9 +18,11 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from .errors import ConfigError
-from .interfaces import AncestryAdapter
 from .spec import RowShape
-from .timm_family import StageEntry, check_kwargs, create_timm, load_checkpoint, on_meta, parts_in_order, restore_timm_buffers, stage_of
+from .timm_family import (
+    StagedAdapter, StageEntry, check_kwargs, create_timm, load_checkpoint, on_meta, parts_in_order, restore_timm_buffers,
+    stage_blocks, stage_of,
+)
 
 _ARCH_KEYS = {
     "img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depths", "num_heads",
@@ -28,7 +30,7 @@ _ARCH_KEYS = {
 }
 
 
-class TimmSwin(AncestryAdapter):
+class TimmSwin(StagedAdapter):
     """timm ``SwinTransformer`` (Swin-T/S/B/L of any depths, widths, heads, window and image size)."""
 
     name = "timm-swin"
@@ -39,18 +41,11 @@ class TimmSwin(AncestryAdapter):
     def __init__(self, model: Any) -> None:
         if not isinstance(model, SwinTransformer):
             raise ConfigError(f"the timm-swin adapter needs a timm SwinTransformer, got {type(model).__name__}")
-        super().__init__(model)
-        blocks: list[nn.Module] = []
-        self._starts: list[int] = []
-        stages: Any = model.layers
-        for stage in stages:
-            self._starts.append(len(blocks))
-            for b, blk in enumerate(stage.blocks):
-                has_down = b == 0 and not isinstance(stage.downsample, nn.Identity)
-                blocks.append(StageEntry(stage.downsample, blk) if has_down else blk)
-        self._blocks = nn.ModuleList(blocks)
-        self._stem = parts_in_order(model, "patch_embed")  # images to a (B, H, W, C) grid
-        self._head = parts_in_order(model, "norm", "head")  # final norm, pooling over the grid, classifier
+        super().__init__(
+            model, [stage_blocks(stage) for stage in model.layers],
+            stem=parts_in_order(model, "patch_embed"),  # images to a (B, H, W, C) grid
+            head=parts_in_order(model, "norm", "head"),  # final norm, pooling over the grid, classifier
+        )
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -144,16 +139,6 @@ class TimmSwin(AncestryAdapter):
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (int(self.model.in_chans), *(int(v) for v in self.model.patch_embed.img_size))  # type: ignore[return-value]
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self._blocks
-
-    def stem(self) -> nn.Module:
-        return self._stem
-
-    def head(self) -> nn.Module:
-        return self._head
 
     def attention(self, index: int) -> nn.Module:
         blk: Any = self._blocks[index]

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import pathlib
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, StitchkitError
+from .interfaces import AncestryAdapter
 
 
 class StageEntry(nn.Module):
@@ -31,6 +33,46 @@ class StageEntry(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(self.downsample(x))
+
+
+def stage_blocks(stage: Any) -> list[nn.Module]:
+    """A stage's blocks, its downsampling layer (``stage.downsample``, unless an identity) joined to the first."""
+    blocks: list[nn.Module] = list(stage.blocks)
+    if blocks and not isinstance(stage.downsample, nn.Identity):
+        blocks[0] = StageEntry(stage.downsample, blocks[0])
+    return blocks
+
+
+def planning_size(img_size: int | Sequence[int]) -> tuple[int, int]:
+    """``224`` or ``[224, 224]`` as ``(224, 224)``: the image size a CNN adapter plans MACs and signatures at."""
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    return (int(size[0]), int(size[1]))
+
+
+class StagedAdapter(AncestryAdapter):
+    """An adapter for a hierarchical family: its stages' blocks numbered across stages as one list,
+    ``_starts[s]`` the index of stage ``s``'s first block, and the stem and head modules it was given."""
+
+    def __init__(self, model: nn.Module, stages: Iterable[Sequence[nn.Module]], stem: nn.Module, head: nn.Module) -> None:
+        super().__init__(model)
+        blocks: list[nn.Module] = []
+        self._starts: list[int] = []
+        for stage in stages:
+            self._starts.append(len(blocks))
+            blocks.extend(stage)
+        self._blocks = nn.ModuleList(blocks)
+        self._stem = stem
+        self._head = head
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self._blocks
+
+    def stem(self) -> nn.Module:
+        return self._stem
+
+    def head(self) -> nn.Module:
+        return self._head
 
 
 def parts_in_order(model: nn.Module, *names: str) -> nn.Sequential:
