@@ -300,7 +300,7 @@ def load_descendant(
 def _lazy_descendant(
     f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None, mmap: bool = False
 ) -> Descendant:
-    """Build only the descendant's own modules (shortened rows on the meta device), then read only its tensors."""
+    """Build only the rows the descendant uses (on the meta device), then read only its tensors."""
     from .registry import default_registry
 
     registry = registry if registry is not None else default_registry()
