@@ -200,12 +200,8 @@ def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args
     finetune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr}
     ran = False
     if getattr(args, "snnetv2", False) and "snnetv2" not in results:
-        anchors = [{"shape": s, "patch_size": 4, "train": False,
-                    "checkpoint": str(seed_dir / f"snnet{depth}" / "anchors" / f"anchor{i}.safetensors")}
-                   for i, s in enumerate(rows.split(","))]
         cfg = {"method": "snnetv2", **BASE, "train": train, "snnetv2": {
-            "anchors": anchors, "initializer": "ls", "teacher": str(ancestry), "evaluate_after_init": True,
-            "stitch_rank": args.snnetv2_rank, "sampler_args": {"gap_fraction": 0.08}, "finetune": finetune}}
+            **snnetv2_section(seed_dir, depth, rows, ancestry, finetune, args.snnetv2_rank), "evaluate_after_init": True}}
         t0 = time.perf_counter()
         pool = registry.method("snnetv2").build(resolve(cfg), out_dir=seed_dir / f"snnetv2-{depth}", registry=registry)
         meta = storage.read_pool_metadata(pool)["pool"]
@@ -229,6 +225,17 @@ def run_extras(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args
     return ran
 
 
+def snnetv2_section(seed_dir: pathlib.Path, depth: int, rows: str, ancestry: pathlib.Path, finetune: dict[str, Any],
+                    rank: int) -> dict[str, Any]:
+    """SN-Netv2 on this seed's trained SN-Net anchors: LS stitch layers of rank ``rank`` (0: full rank),
+    ``ros`` sampling, the same teacher and fine-tuning budget as the other pools."""
+    anchors = [{"shape": s, "patch_size": 4, "train": False,
+                "checkpoint": str(seed_dir / f"snnet{depth}" / "anchors" / f"anchor{i}.safetensors")}
+               for i, s in enumerate(rows.split(","))]
+    return {"anchors": anchors, "initializer": "ls", "teacher": str(ancestry), "stitch_rank": rank,
+            "sampler_args": {"gap_fraction": 0.08}, "finetune": finetune}
+
+
 def _stitch_variants(results: dict[str, Any], seed_dir: pathlib.Path, depth: int, args: argparse.Namespace,
                      registry: Registry, ancestry: pathlib.Path, train: dict[str, Any], rows: str,
                      finetune: dict[str, Any]) -> bool:
@@ -237,12 +244,8 @@ def _stitch_variants(results: dict[str, Any], seed_dir: pathlib.Path, depth: int
     ran = False
     builds = []
     if "snnetv2_full_rank" not in results:
-        anchors = [{"shape": s, "patch_size": 4, "train": False,
-                    "checkpoint": str(seed_dir / f"snnet{depth}" / "anchors" / f"anchor{i}.safetensors")}
-                   for i, s in enumerate(rows.split(","))]
-        builds.append(("snnetv2_full_rank", "snnetv2", f"snnetv2-{depth}-full-rank", None, {"snnetv2": {
-            "anchors": anchors, "initializer": "ls", "teacher": str(ancestry), "stitch_rank": 0,
-            "sampler_args": {"gap_fraction": 0.08}, "finetune": finetune}}))
+        builds.append(("snnetv2_full_rank", "snnetv2", f"snnetv2-{depth}-full-rank", None,
+                       {"snnetv2": snnetv2_section(seed_dir, depth, rows, ancestry, finetune, 0)}))
     for key, extra in (("lg_two_way_ls", {"paths": "two-way"}), ("lg_ls_low_rank", {"stitch_rank": args.snnetv2_rank})):
         if key not in results:
             builds.append((key, "learngene-pool", f"lg{depth}-{key.removeprefix('lg_').replace('_', '-')}", seed_dir / f"lg{depth}-tm", {
