@@ -33,10 +33,10 @@ def make_pool(folder: pathlib.Path) -> pathlib.Path:
     """A demo-shaped pool file with evaluation results (the only part of the benchmark that imports torch)."""
     code = f"""
 import torch
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.storage import save_pool, update_evaluation
-from stitchkit.vit import TimmViT
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.io.storage import save_pool, update_evaluation
+from stitchkit.families.vit import TimmViT
 torch.manual_seed(0)
 rows = [TimmViT.from_arch(dict(img_size=16, patch_size=4, num_classes=10, embed_dim=w, depth=6, num_heads=h))
         for w, h in ((16, 1), (64, 4))]

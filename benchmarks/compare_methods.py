@@ -46,11 +46,11 @@ import statistics
 import time
 from typing import Any
 
-from stitchkit import storage
+from stitchkit.io import storage
 from stitchkit.engine.config import resolve
 from stitchkit.engine.model import train_model
-from stitchkit.registry import Registry
-from stitchkit.spec import Path
+from stitchkit.core.registry import Registry
+from stitchkit.core.spec import Path
 
 BASE = {
     "data": {"source": "digits", "img_size": 16, "in_chans": 1},

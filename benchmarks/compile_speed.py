@@ -28,8 +28,8 @@ from stitchkit.engine import DataConfig, PoolTask, TrainConfig, build_data, fit
 from stitchkit.engine.data import DataSpec
 from stitchkit.engine.model import ModelConfig, build_model
 from stitchkit.engine.tasks import ClassificationTask, TrainTask
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
 
 
 def _timed_fit(task_factory: Any, data: Any, steps: int, compile: bool) -> tuple[list[float], list[list[str]]]:

@@ -39,14 +39,14 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from compare_methods import BASE, LG_VARIANTS, blocks_key, mean_std, run_seed_design  # noqa: E402
 
-from stitchkit.cost import training_cost  # noqa: E402
+from stitchkit.apps.cost import training_cost  # noqa: E402
 from stitchkit.engine import PoolTask, TrainConfig, build_data, evaluate, fit  # noqa: E402
 from stitchkit.engine.config import resolve  # noqa: E402
 from stitchkit.engine.data import DataConfig, derive_seed, seeded  # noqa: E402
 from stitchkit.engine.model import load_model  # noqa: E402
-from stitchkit.measure import count_params  # noqa: E402
-from stitchkit.pool import Pool  # noqa: E402
-from stitchkit.registry import Registry  # noqa: E402
+from stitchkit.pool.measure import count_params  # noqa: E402
+from stitchkit.pool.pool import Pool  # noqa: E402
+from stitchkit.core.registry import Registry  # noqa: E402
 
 DEPTH = 6
 ROWS = f"{DEPTH}x16:1,{DEPTH}x64:4"
@@ -62,7 +62,7 @@ def learngene_config(ancestry: pathlib.Path, args: argparse.Namespace, seed: int
 
 def fresh_pool(ancestry: Any, registry: Registry, seed: int) -> Pool:
     """Random rows of the pool's shapes and fresh stitch layers (the architectures, re-initialised)."""
-    from stitchkit.spec import parse_rows
+    from stitchkit.core.spec import parse_rows
 
     with seeded(derive_seed("equal-compute-init", seed)):
         rows = [type(ancestry).from_arch(ancestry.resized(s)) for s in parse_rows(ROWS)]

@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 
-from stitchkit import storage
+from stitchkit.io import storage
 from stitchkit.cli.main import main
-from stitchkit.errors import StitchkitError
-from stitchkit.pool import Pool
-from stitchkit.registry import default_registry
-from stitchkit.sequential import SequentialMethod
-from stitchkit.vit import TimmViT
+from stitchkit.core.errors import StitchkitError
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import default_registry
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.families.vit import TimmViT
 
 VALUES: list[Any] = [0, -1, 1, 2, 3, 7, 10**6, 10**7, 2**63, -(2**63), 10**30, 0.5, 1e300, -0.0, "", "x", "four", None,
                      True, False, [], {}, [0], [1, 2], [[0, 0, 1]], {"a": 1}, "r0[0:2]", "0", [16, 16], [10**6, 10**6], [0, 0]]

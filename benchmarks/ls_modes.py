@@ -21,9 +21,9 @@ import statistics
 import torch
 
 from stitchkit.engine import DataConfig, build_data, evaluate_pool, load_model
-from stitchkit.interfaces import InitContext
-from stitchkit.pool import Pool
-from stitchkit.vit import TimmViT
+from stitchkit.core.interfaces import InitContext
+from stitchkit.pool.pool import Pool
+from stitchkit.families.vit import TimmViT
 from stitchkit_snnet.build import init_images
 from stitchkit_snnet.config import SNNetConfig
 from stitchkit_snnet.ls import LeastSquaresInitializer

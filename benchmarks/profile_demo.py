@@ -11,7 +11,7 @@ import argparse
 import cProfile
 import pstats
 
-from stitchkit.demo import run_demo
+from stitchkit.apps.demo import run_demo
 
 SHORT = ["demo.workers=1", "demo.ancestry_epochs=5", "demo.auxiliary_epochs=3", "demo.finetune_epochs=2", "train.progress=false"]
 

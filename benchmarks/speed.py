@@ -41,14 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitchkit import storage
+from stitchkit.io import storage
 from stitchkit.engine import Batch, ClassificationTask, DistillationTask, PoolTask
-from stitchkit.measure import count_params
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.spec import RowShape
-from stitchkit.stitched import build_descendant
-from stitchkit.vit import TimmViT
+from stitchkit.pool.measure import count_params
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.core.spec import RowShape
+from stitchkit.pool.stitched import build_descendant
+from stitchkit.families.vit import TimmViT
 
 SCALES = {
     # img, patch, ancestry, rows, batch
@@ -283,11 +283,11 @@ def lazy_load(registry: Registry, tmp: pathlib.Path, repeats: int) -> list[dict]
 
 FAMILIES = {
     # adapter module, class, base arch (widths of the narrow row; the wide row doubles every stage), image size
-    "swin": ("stitchkit.swin", "TimmSwin", dict(img_size=64, patch_size=4, embed_dim=32, depths=[2, 2, 2, 2],
+    "swin": ("stitchkit.families.swin", "TimmSwin", dict(img_size=64, patch_size=4, embed_dim=32, depths=[2, 2, 2, 2],
                                                num_heads=[1, 2, 4, 8], window_size=4, drop_path_rate=0.0)),
-    "resnet": ("stitchkit.resnet", "TimmResNet", dict(block="basic", layers=[2, 2, 2, 2], channels=[16, 32, 64, 128],
+    "resnet": ("stitchkit.families.resnet", "TimmResNet", dict(block="basic", layers=[2, 2, 2, 2], channels=[16, 32, 64, 128],
                                                      img_size=64)),
-    "convnext": ("stitchkit.convnext", "TimmConvNeXt", dict(depths=[2, 2, 2, 2], dims=[16, 32, 64, 128], img_size=64)),
+    "convnext": ("stitchkit.families.convnext", "TimmConvNeXt", dict(depths=[2, 2, 2, 2], dims=[16, 32, 64, 128], img_size=64)),
 }
 
 

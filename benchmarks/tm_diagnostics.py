@@ -35,11 +35,11 @@ import pathlib
 
 import torch
 
-from stitchkit import storage
+from stitchkit.io import storage
 from stitchkit.engine import DataConfig, build_data, load_model
 from stitchkit.engine.checkpoint import read_checkpoint
-from stitchkit.interfaces import TapRequest
-from stitchkit.vit import TimmViT
+from stitchkit.core.interfaces import TapRequest
+from stitchkit.families.vit import TimmViT
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,7 +66,7 @@ def make_run(run: pathlib.Path, seed: int, depth: int = 6) -> None:
 
     from stitchkit.engine.config import resolve
     from stitchkit.engine.model import train_model
-    from stitchkit.registry import Registry
+    from stitchkit.core.registry import Registry
 
     train = {**BASE["train"], "seed": seed}
     ancestry = train_model(resolve({**BASE, "train": {**train, "epochs": 25}}), run.parent / f"{run.name}-ancestry")
@@ -82,7 +82,7 @@ def initial_matrices(config: dict, ancestry, r: int) -> list[torch.Tensor]:  # n
     from stitchkit.engine import TrainConfig
     from stitchkit.engine.config import section
     from stitchkit.engine.data import derive_seed, seeded
-    from stitchkit.registry import Registry
+    from stitchkit.core.registry import Registry
     from stitchkit_learngene.config import LearngeneConfig
     from stitchkit_learngene.designs import PoolDesign
 
@@ -111,7 +111,7 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
 def experiments(pool, rows, ancestry, pairs, xtr, xte, yte, report: dict) -> None:  # noqa: ANN001
     """TM with a least-squares W, and narrow -> ancestry maps fed into the ancestry vs into the wide row."""
     from stitchkit.engine import evaluate_pool
-    from stitchkit.interfaces import InitContext
+    from stitchkit.core.interfaces import InitContext
     from stitchkit_learngene.extras import store_matrices
     from stitchkit_learngene.initializers import TMInitializer
     from stitchkit_snnet.ls import LeastSquaresInitializer, solve_affine

@@ -25,9 +25,9 @@ import os
 import pathlib
 import statistics
 
-from stitchkit import storage
+from stitchkit.io import storage
 from stitchkit.engine.config import resolve
-from stitchkit.registry import Registry
+from stitchkit.core.registry import Registry
 
 VARIANTS = {  # name: (initializer, fine-tuning epochs factor, distillation levels)
     "tm-ls": ("tm-ls", 1, "auto"),

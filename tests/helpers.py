@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from stitchkit.spec import RowShape
-from stitchkit.vit import TimmViT
+from stitchkit.core.spec import RowShape
+from stitchkit.families.vit import TimmViT
 
 
 def tiny_arch(shape: RowShape, img: int = 16, patch: int = 4, chans: int = 3, classes: int = 5) -> dict:

@@ -13,13 +13,13 @@ import sys
 import pytest
 import torch
 
-import stitchkit.storage as storage
+import stitchkit.io.storage as storage
 from helpers import block_params, head_params, stem_params, tiny_row
-from stitchkit.errors import PoolFormatError
-from stitchkit.pool import Pool
-from stitchkit.report import pool_info, pool_sizes
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import RowShape
+from stitchkit.core.errors import PoolFormatError
+from stitchkit.pool.pool import Pool
+from stitchkit.apps.report import pool_info, pool_sizes
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import RowShape
 
 HEAVY = ("torch", "timm", "safetensors.torch", "numpy")
 PROBE = """

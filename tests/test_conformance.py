@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import stitchkit
-from stitchkit.errors import ConfigError
-from stitchkit.initializers import RandomInitializer
-from stitchkit.interfaces import (
+from stitchkit.core.errors import ConfigError
+from stitchkit.components.initializers import RandomInitializer
+from stitchkit.core.interfaces import (
     AuxiliaryDesign,
     DistillationLoss,
     InitContext,
@@ -22,12 +22,12 @@ from stitchkit.interfaces import (
     StitchInitializer,
     TapRequest,
 )
-from stitchkit.registry import Registry
-from stitchkit.samplers import UniformSampler
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import Path, RowShape, Segment
+from stitchkit.core.registry import Registry
+from stitchkit.components.samplers import UniformSampler
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import Path, RowShape, Segment
 from stitchkit.testing import check_component, check_plugin, conformance_cases
-from stitchkit.vit import TimmViT
+from stitchkit.families.vit import TimmViT
 
 #: The installed registry (core + entry points), whatever the environment says about autoloading.
 INSTALLED = Registry(load_entrypoints=True)
@@ -181,7 +181,7 @@ def test_initializer_writing_a_wrong_shape_fails_with_the_shape():
 
 
 def test_transposed_solve_is_named_not_a_broadcasting_error():
-    from stitchkit.features import check_images, fit_stitch_layers
+    from stitchkit.pool.features import check_images, fit_stitch_layers
 
     class TransposedSolve(StitchInitializer):
         """Least squares whose solver returns weight.T (a common slip)."""
@@ -269,7 +269,7 @@ def test_image_initializer_with_a_plain_error_fails():
                 raise ValueError("no images")
             super().initialize(pool, context)
 
-    msg = fails("initializer", NeedsImages, "bad input", "raised ValueError: no images; raise a stitchkit.errors.StitchkitError")
+    msg = fails("initializer", NeedsImages, "bad input", "raised ValueError: no images; raise a stitchkit.core.errors.StitchkitError")
     assert "initialize without images" in msg
 
 
@@ -524,8 +524,8 @@ def test_check_plugin_without_components_fails():
 
 
 def test_missing_tap_is_a_stitchkit_error():
-    from stitchkit.errors import MissingTapError, StitchkitError
-    from stitchkit.interfaces import Taps
+    from stitchkit.core.errors import MissingTapError, StitchkitError
+    from stitchkit.core.interfaces import Taps
 
     taps = Taps(logits=torch.zeros(1), blocks={1: torch.zeros(1)})
     with pytest.raises(MissingTapError, match=r"block output 3 was not tapped \(tapped: \[1\]\)") as info:
@@ -538,7 +538,7 @@ def test_missing_tap_is_a_stitchkit_error():
 
 def test_tm_example_adds_what_distillation_leaves():
     init_cls = INSTALLED.get("initializer", "tm")
-    from stitchkit.pool import Pool
+    from stitchkit.pool.pool import Pool
 
     torch.manual_seed(0)
     rows = [TimmViT.from_arch(dict(img_size=8, patch_size=4, num_classes=3, embed_dim=w, depth=2, num_heads=2)) for w in (8, 16)]

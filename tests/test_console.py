@@ -35,9 +35,9 @@ SCRIPT = textwrap.dedent(
 
 def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")}
-    import stitchkit.console
+    import stitchkit.cli.console
 
-    return subprocess.run([sys.executable, "-c", SCRIPT, stitchkit.console.__file__], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", SCRIPT, stitchkit.cli.console.__file__], env={**base, **env}, capture_output=True, text=True, timeout=60)
 
 
 def test_rank_zero_prints_and_other_ranks_are_quiet():

@@ -15,9 +15,9 @@ import pytest
 from helpers import block_macs, stem_macs
 
 from stitchkit.cli.main import main
-from stitchkit.cost import Phase, TrainingPlan, summarize, training_cost
+from stitchkit.apps.cost import Phase, TrainingPlan, summarize, training_cost
 from stitchkit.engine.config import load_config
-from stitchkit.errors import ConfigError
+from stitchkit.core.errors import ConfigError
 
 IMG, PATCH, CHANS, CLASSES = 16, 4, 3, 2
 TOKENS = (IMG // PATCH) ** 2 + 1
@@ -158,8 +158,8 @@ patch_size = 4
 
 
 def test_snnet_cost_equals_hand_count(tmp_path: pathlib.Path, image_folder: pathlib.Path) -> None:
-    from stitchkit.registry import default_registry
-    from stitchkit.spec import RowShape
+    from stitchkit.core.registry import default_registry
+    from stitchkit.core.spec import RowShape
 
     config = load_config(write(tmp_path, SNNET, root=str(image_folder)))
     result = training_cost(config, alone=True, gpu_tflops=2.0, mfu=0.5)
@@ -198,9 +198,9 @@ def test_snnet_cost_equals_hand_count(tmp_path: pathlib.Path, image_folder: path
 
 
 def test_uniform_is_exact_and_other_samplers_are_drawn() -> None:
-    from stitchkit.cost import expected_step_macs
-    from stitchkit.registry import default_registry
-    from stitchkit.spec import Path, Segment
+    from stitchkit.apps.cost import expected_step_macs
+    from stitchkit.core.registry import default_registry
+    from stitchkit.core.spec import Path, Segment
 
     paths = [Path((Segment(0, 0, i + 1),)) for i in range(4)]
     macs = [10, 20, 30, 100]
@@ -268,7 +268,7 @@ def test_cli_json_matches_the_api(tmp_path: pathlib.Path, image_folder: pathlib.
 
 def test_snnetv2_is_priced_through_snnet_phases() -> None:
     """SN-Netv2 runs SN-Net's pipeline from its own section; its ros sampler is drawn, not exact."""
-    from stitchkit.registry import default_registry
+    from stitchkit.core.registry import default_registry
 
     root = pathlib.Path(__file__).parents[1] / "plugins"
     config = load_config(root / "stitchkit_snnetv2" / "configs" / "digits.toml")

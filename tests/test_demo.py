@@ -11,12 +11,12 @@ import re
 import pytest
 import torch
 
-from stitchkit import storage
-from stitchkit.compare import blocks_key, compare_by_blocks, find_best, format_finding
-from stitchkit.demo import load_expected_ranges, run_demo
-from stitchkit.errors import ConfigError
-from stitchkit.registry import Registry
-from stitchkit.report import pool_info
+from stitchkit.io import storage
+from stitchkit.apps.compare import blocks_key, compare_by_blocks, find_best, format_finding
+from stitchkit.apps.demo import load_expected_ranges, run_demo
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.registry import Registry
+from stitchkit.apps.report import pool_info
 
 FAST = ["demo.max_steps=2", "demo.ancestry_epochs=1", "demo.auxiliary_epochs=1", "demo.finetune_epochs=1",
         "train.progress=false", "demo.rows=\"3x16:1,3x64:4\"", "model.depth=6",
@@ -215,7 +215,7 @@ def test_shipped_ranges_are_the_benchmark_runs():
 
 
 def test_the_shipped_demo_config_is_the_benchmark_recipe():
-    from stitchkit.demo import DemoConfig, default_config_path, recipe_of
+    from stitchkit.apps.demo import DemoConfig, default_config_path, recipe_of
     from stitchkit.engine.config import load_config, section
 
     raw = load_config(default_config_path())

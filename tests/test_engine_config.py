@@ -24,9 +24,9 @@ from stitchkit.engine.config import (
 )
 from stitchkit.engine.data import DataConfig
 from stitchkit.engine.trainer import TrainConfig, run_identity
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import Method
-from stitchkit.registry import Registry
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import Method
+from stitchkit.core.registry import Registry
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from stitchkit.engine.data import DataConfig, DataSpec, EpochSeeded, build_data, split_indices
-from stitchkit.errors import ConfigError
+from stitchkit.core.errors import ConfigError
 
 
 

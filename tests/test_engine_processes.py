@@ -25,9 +25,9 @@ WORKER = textwrap.dedent(
     import torch
     from safetensors.torch import save_file
     from stitchkit.engine import DataConfig, PoolTask, TrainConfig, build_data, fit
-    from stitchkit.pool import Pool
-    from stitchkit.registry import Registry
-    from stitchkit.vit import TimmViT
+    from stitchkit.pool.pool import Pool
+    from stitchkit.core.registry import Registry
+    from stitchkit.families.vit import TimmViT
 
     torch.set_num_threads(1)
     out = pathlib.Path(sys.argv[1])

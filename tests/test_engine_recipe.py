@@ -11,11 +11,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stitchkit.engine import DataConfig, LogitsTeacher, PoolTask, TrainConfig, TrainTask, build_data, fit, load_teacher
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import TapRequest
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.vit import TimmViT
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import TapRequest
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.families.vit import TimmViT
 
 CLASSES = 4
 

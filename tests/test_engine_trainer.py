@@ -31,12 +31,12 @@ from stitchkit.engine import (
 )
 from stitchkit.engine.data import derive_seed
 from stitchkit.engine.trainer import param_groups
-from stitchkit.errors import CheckpointError, ConfigError, PoolFormatError
-from stitchkit.interfaces import DistillationLoss, TapRequest
-from stitchkit.measure import count_macs, count_params
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.vit import TimmViT
+from stitchkit.core.errors import CheckpointError, ConfigError, PoolFormatError
+from stitchkit.core.interfaces import DistillationLoss, TapRequest
+from stitchkit.pool.measure import count_macs, count_params
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.families.vit import TimmViT
 
 REG = Registry(load_entrypoints=False)
 
@@ -214,7 +214,7 @@ def test_pool_distillation_modes():
     with pytest.raises(ConfigError, match="one of none, soft, hard"):
         PoolTask(pool, sampler, teacher=teacher, distillation="kl")
     from stitchkit.engine.tasks import Batch
-    from stitchkit.interfaces import Taps
+    from stitchkit.core.interfaces import Taps
 
     torch.manual_seed(0)
     images, targets = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0])

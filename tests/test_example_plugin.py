@@ -21,14 +21,14 @@ except ImportError as exc:  # a failure, not a skip: the README's test command i
 
 from helpers import identity_blocks, tie_stems_affinely
 from stitchkit.cli.main import main  # noqa: E402
-from stitchkit.errors import ConfigError  # noqa: E402
-from stitchkit.interfaces import InitContext  # noqa: E402
-from stitchkit.pool import Pool  # noqa: E402
-from stitchkit.registry import AUTOLOAD_ENV, Registry, reset_default_registry  # noqa: E402
-from stitchkit.sequential import SequentialMethod  # noqa: E402
-from stitchkit.spec import Path, Segment, StitchSpec  # noqa: E402
-from stitchkit.storage import load_pool  # noqa: E402
-from stitchkit.vit import TimmViT  # noqa: E402
+from stitchkit.core.errors import ConfigError  # noqa: E402
+from stitchkit.core.interfaces import InitContext  # noqa: E402
+from stitchkit.pool.pool import Pool  # noqa: E402
+from stitchkit.core.registry import AUTOLOAD_ENV, Registry, reset_default_registry  # noqa: E402
+from stitchkit.components.sequential import SequentialMethod  # noqa: E402
+from stitchkit.core.spec import Path, Segment, StitchSpec  # noqa: E402
+from stitchkit.io.storage import load_pool  # noqa: E402
+from stitchkit.families.vit import TimmViT  # noqa: E402
 from stitchkit_procrustes import ProcrustesInitializer, solve_procrustes  # noqa: E402
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "plugins" / "stitchkit-procrustes"

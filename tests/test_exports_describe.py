@@ -16,8 +16,8 @@ import torch
 import stitchkit
 from stitchkit.cli.main import main
 from stitchkit.engine import load_config
-from stitchkit.registry import Registry
-from stitchkit.storage import read_pool_metadata
+from stitchkit.core.registry import Registry
+from stitchkit.io.storage import read_pool_metadata
 
 CLASSES = [f"digit-{i}" for i in range(10)]
 
@@ -102,7 +102,7 @@ def test_an_exported_model_with_its_stored_transform_reproduces_the_recorded_top
 
 
 def model_name(path: pathlib.Path) -> str:
-    from stitchkit.storage import read_descendant_metadata
+    from stitchkit.io.storage import read_descendant_metadata
 
     return read_descendant_metadata(path)["descendant"]["name"]
 

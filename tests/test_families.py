@@ -19,21 +19,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from stitchkit import hookimpl
-from stitchkit.convnext import TimmConvNeXt
-from stitchkit.errors import ConfigError
-from stitchkit.features import collect_stitch_features
-from stitchkit.interfaces import AncestryAdapter, InitContext
-from stitchkit.measure import count_macs, count_params
-from stitchkit.planner import plan
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry, default_registry
-from stitchkit.resnet import TimmResNet
-from stitchkit.spec import FeatureSignature, Path, RowShape, Segment, StitchSpec, parse_row
-from stitchkit.stitch_layers import MapStitch
-from stitchkit.storage import load_descendant, save_pool
-from stitchkit.swin import TimmSwin
+from stitchkit.families.convnext import TimmConvNeXt
+from stitchkit.core.errors import ConfigError
+from stitchkit.pool.features import collect_stitch_features
+from stitchkit.core.interfaces import AncestryAdapter, InitContext
+from stitchkit.pool.measure import count_macs, count_params
+from stitchkit.apps.planner import plan
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry, default_registry
+from stitchkit.families.resnet import TimmResNet
+from stitchkit.core.spec import FeatureSignature, Path, RowShape, Segment, StitchSpec, parse_row
+from stitchkit.pool.stitch_layers import MapStitch
+from stitchkit.io.storage import load_descendant, save_pool
+from stitchkit.families.swin import TimmSwin
 from stitchkit.testing import check_plugin
-from stitchkit.vit import TimmViT
+from stitchkit.families.vit import TimmViT
 
 SWINS = "swin_tiny_patch4_window7_224,swin_small_patch4_window7_224,swin_base_patch4_window7_224"
 
@@ -429,8 +429,8 @@ def test_swin_pool_file_round_trip_restores_non_persistent_buffers(tmp_path):
 )
 def test_vit_signatures_without_a_forward_pass_equal_the_measured_ones(extra: dict) -> None:
     """timm-vit reads its signatures off the model; the base class measures them with a meta forward."""
-    from stitchkit.interfaces import AncestryAdapter
-    from stitchkit.vit import TimmViT
+    from stitchkit.core.interfaces import AncestryAdapter
+    from stitchkit.families.vit import TimmViT
 
     arch = dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=3, num_heads=4, **extra)
     vit = TimmViT.from_arch(arch)

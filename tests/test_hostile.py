@@ -23,14 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import tiny_row
-from stitchkit import limits, storage
+from stitchkit.core import limits
+from stitchkit.io import storage
 from stitchkit.cli.main import main
-from stitchkit.errors import CheckpointError, ConfigError, FileError, PoolFormatError, StitchkitError
-from stitchkit.files import OutputLock, atomic_write, sweep_temp_files, temp_path
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import Path, RowShape
+from stitchkit.core.errors import CheckpointError, ConfigError, FileError, PoolFormatError, StitchkitError
+from stitchkit.io.files import OutputLock, atomic_write, sweep_temp_files, temp_path
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import Path, RowShape
 
 REG = Registry(load_entrypoints=False)
 
@@ -220,7 +221,7 @@ def test_onnx_and_output_naming_one_file(capsys, pool_file, tmp_path):
                                   ",".join(["2x96:3"] * 65)])
 def test_plan_rows_beyond_the_limits(capsys, rows):
     err = fails_cleanly(capsys, "plan", "--ancestry", "deit_tiny_patch16_224", "--rows", rows)
-    assert "stitchkit.limits" in err
+    assert "stitchkit.core.limits" in err
 
 
 def test_build_with_a_huge_model_fails_before_any_phase(capsys, tmp_path):
@@ -235,7 +236,7 @@ def test_build_with_a_huge_model_fails_before_any_phase(capsys, tmp_path):
 @pytest.fixture()
 def finished_phase(tmp_path):
     from stitchkit.engine import ClassificationTask, DataConfig, TrainConfig, build_data, fit
-    from stitchkit.vit import TimmViT
+    from stitchkit.families.vit import TimmViT
 
     data = build_data(DataConfig(source="synthetic", img_size=8, synthetic_samples=40, synthetic_classes=4))
     train = TrainConfig(epochs=1, batch_size=16, lr=1e-3, device="cpu", max_steps=2, progress=False)

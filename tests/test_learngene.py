@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from helpers import tiny_row
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import InitContext, TapRequest, Taps
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.spec import RowShape, parse_rows
-from stitchkit.vit import TimmViT
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import InitContext, TapRequest, Taps
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.core.spec import RowShape, parse_rows
+from stitchkit.families.vit import TimmViT
 from stitchkit_learngene.designs import DepthReduced, PoolDesign, WidthReduced, uniform_block_selection
 from stitchkit_learngene.extras import matrix_key, row_matrices, store_matrices
 from stitchkit_learngene.levels import default_levels, level_ends, level_pairs
@@ -382,7 +382,7 @@ def test_ls_initializer_works_on_a_learngene_pool(registry):
 
 # --------------------------------------------------------------------------- planning
 def test_plan_the_papers_designs_without_weights(registry):
-    from stitchkit.planner import plan
+    from stitchkit.apps.planner import plan
 
     for depth in (6, 9):
         result = plan("learngene-pool", ancestry="deit_base_patch16_224", rows=parse_rows(f"{depth}x192:3,{depth}x768:12"), registry=registry)

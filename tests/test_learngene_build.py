@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from stitchkit.engine import DataConfig, TrainConfig, build_data, evaluate, fit, resolve
 from stitchkit.engine.model import save_model
-from stitchkit.errors import ConfigError, StitchkitError
-from stitchkit.registry import Registry
-from stitchkit.spec import RowShape
-from stitchkit.storage import load_descendant, load_pool, read_pool_metadata
-from stitchkit.vit import TimmViT
+from stitchkit.core.errors import ConfigError, StitchkitError
+from stitchkit.core.registry import Registry
+from stitchkit.core.spec import RowShape
+from stitchkit.io.storage import load_descendant, load_pool, read_pool_metadata
+from stitchkit.families.vit import TimmViT
 from stitchkit_learngene.distill import AuxiliaryDistillationTask
 from stitchkit_learngene.extras import row_matrices
 from stitchkit_learngene.losses import LearngeneDistillation
@@ -211,7 +211,7 @@ def test_component_options_are_part_of_the_run_identity(tmp_path, ancestry_file,
     """Options reach the component, are recorded in the pool, and a rerun with other options in the same
     directory never reuses a phase trained with the old ones: it stops naming the key."""
     from stitchkit.cli.main import main
-    from stitchkit.errors import CheckpointError
+    from stitchkit.core.errors import CheckpointError
 
     one_step = {"distill": {"max_steps": 1}, "finetune": {"max_steps": 1}}
     config = _config(ancestry_file, initializer="tm-ls", initializer_args={"ridge": 0.5}, loss="learngene",

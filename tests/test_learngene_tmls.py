@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from helpers import tiny_row
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import InitContext
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.spec import RowShape
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import InitContext
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.core.spec import RowShape
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_limits_are_tm_and_ls(registry):
         torch.testing.assert_close(near_ls[name][1], ls[name][1], atol=1e-4, rtol=1e-4)
     # strictly between, on the ridge path: theta(r) = argmin ||A theta - y||^2 + lam(r) ||theta - theta_TM||^2
     # has a fit residual that grows and a distance to TM that shrinks strictly with r (LS != TM here)
-    from stitchkit.features import collect_stitch_features
+    from stitchkit.pool.features import collect_stitch_features
 
     feats = {f.name: f for f in collect_stitch_features(make_pool(registry), images)}
     assert set(feats) == set(tm)  # one place per layer in a sequential pool

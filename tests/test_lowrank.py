@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from helpers import tiny_row
-from stitchkit.errors import ConfigError, PoolFormatError
-from stitchkit.lowrank import LowRankConv2d, LowRankLinear, low_rank, low_rank_params, merge_low_rank, merged
-from stitchkit.measure import count_params
-from stitchkit.pool import Pool
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import RowShape, StitchSpec
-from stitchkit.storage import export_descendant, load_descendant, load_exported, load_pool, read_descendant_metadata, read_pool_metadata, save_pool
+from stitchkit.core.errors import ConfigError, PoolFormatError
+from stitchkit.pool.lowrank import LowRankConv2d, LowRankLinear, low_rank, low_rank_params, merge_low_rank, merged
+from stitchkit.pool.measure import count_params
+from stitchkit.pool.pool import Pool
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import RowShape, StitchSpec
+from stitchkit.io.storage import export_descendant, load_descendant, load_exported, load_pool, read_descendant_metadata, read_pool_metadata, save_pool
 
 
 def trained(layer: nn.Module) -> nn.Module:

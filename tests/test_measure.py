@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from helpers import block_macs, stem_macs, tiny_row
-from stitchkit.measure import count_macs, count_params, measure_latency
-from stitchkit.pool import Pool
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import RowShape
-from stitchkit.vit import TimmViT
+from stitchkit.pool.measure import count_macs, count_params, measure_latency
+from stitchkit.pool.pool import Pool
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import RowShape
+from stitchkit.families.vit import TimmViT
 
 
 def test_macs_of_a_stitched_descendant_match_hand_count():
@@ -68,7 +68,7 @@ def test_latency_is_the_median_of_timed_runs(monkeypatch):
     """A scripted clock: warm-up runs are dropped and the median (not the mean) of the timed runs returned."""
     import types
 
-    import stitchkit.measure as measure
+    import stitchkit.pool.measure as measure
 
     ticks = [0.0]  # the warm-up run reads the clock once and is not timed
     for d in (0.005, 0.001, 0.009, 0.003, 0.100):  # seconds: 5 timed runs, a start and an end read each

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import block_params, head_params, stem_params, tiny_row
-from stitchkit.errors import ConfigError, PathError
-from stitchkit.measure import count_macs, count_params
-from stitchkit.pool import Pool
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import Path, RowShape, Segment, parse_rows
+from stitchkit.core.errors import ConfigError, PathError
+from stitchkit.pool.measure import count_macs, count_params
+from stitchkit.pool.pool import Pool
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import Path, RowShape, Segment, parse_rows
 
 
 @st.composite
@@ -220,8 +220,8 @@ def test_deep_copied_pool_has_its_own_cache():
 
 def test_exporting_from_a_pool_leaves_its_cached_descendants_alone(tmp_path):
     """Export merges low-rank stitch layers in place: on a fresh module, never the pool's cached one."""
-    from stitchkit.lowrank import LowRankLinear
-    from stitchkit.storage import export_descendant, load_exported
+    from stitchkit.pool.lowrank import LowRankLinear
+    from stitchkit.io.storage import export_descendant, load_exported
 
     rows = [tiny_row(RowShape(2, 16, 2), seed=1), tiny_row(RowShape(2, 32, 4), seed=2)]
     pool = Pool.from_method(SequentialMethod(), rows, stitch_rank=2).eval()

@@ -11,9 +11,9 @@ import types
 import pytest
 
 import stitchkit
-from stitchkit.errors import ConfigError, DuplicateComponentError, PluginError, UnknownComponentError
-from stitchkit.interfaces import StitchInitializer
-from stitchkit.registry import AUTOLOAD_ENV, Registry
+from stitchkit.core.errors import ConfigError, DuplicateComponentError, PluginError, UnknownComponentError
+from stitchkit.core.interfaces import StitchInitializer
+from stitchkit.core.registry import AUTOLOAD_ENV, Registry
 
 
 class Zeros(StitchInitializer):
@@ -105,7 +105,7 @@ def _install_fake_distribution(tmp_path, dist, entry_points, modules):
 
 GOOD = """
     import stitchkit
-    from stitchkit.interfaces import StitchInitializer
+    from stitchkit.core.interfaces import StitchInitializer
 
     class Ones(StitchInitializer):
         "Set every stitch weight to one."
@@ -241,7 +241,7 @@ def test_overrides_are_checked_against_the_contract_when_registering():
 
 BAD_SIGNATURE = """
     import stitchkit
-    from stitchkit.interfaces import PathSampler
+    from stitchkit.core.interfaces import PathSampler
 
     class Wrong(PathSampler):
         "Takes no generator."
@@ -257,7 +257,7 @@ BAD_SIGNATURE = """
 
 def test_broken_plugins_are_named_by_unknown_errors_and_fail_the_plugins_command(fake_site, capsys):
     from stitchkit.cli.main import main
-    from stitchkit.registry import reset_default_registry
+    from stitchkit.core.registry import reset_default_registry
 
     _install_fake_distribution(fake_site, "sk-fake-sig", {"badsig": "sk_badsig_plugin"}, {"sk_badsig_plugin": BAD_SIGNATURE})
     reg = Registry()
@@ -280,7 +280,7 @@ def test_broken_plugins_are_named_by_unknown_errors_and_fail_the_plugins_command
 
 
 def test_plugins_command_exits_1_on_a_conflict(monkeypatch, capsys):
-    from stitchkit import registry as registry_module
+    from stitchkit.core import registry as registry_module
     from stitchkit.cli.main import main
 
     reg = Registry(load_entrypoints=False)
@@ -298,7 +298,7 @@ def test_plugins_command_exits_1_on_a_conflict(monkeypatch, capsys):
 
 
 def test_top_level_list_and_create_shortcuts():
-    from stitchkit.registry import default_registry
+    from stitchkit.core.registry import default_registry
 
     assert stitchkit.list_samplers() == default_registry().list("sampler")
     assert stitchkit.list_samplers("s*") == ["sandwich"]
@@ -311,7 +311,7 @@ def test_top_level_list_and_create_shortcuts():
 
 BAD_INITIALIZE = """
     import stitchkit
-    from stitchkit.interfaces import StitchInitializer
+    from stitchkit.core.interfaces import StitchInitializer
 
     class Orthogonal(StitchInitializer):
         "Forgets the context parameter."
@@ -349,7 +349,7 @@ train = true
 
 def test_a_build_naming_a_broken_plugins_component_stops_before_training(fake_site, tmp_path, capsys):
     from stitchkit.cli.main import main
-    from stitchkit.registry import reset_default_registry
+    from stitchkit.core.registry import reset_default_registry
 
     _install_fake_distribution(fake_site, "sk-fake-badinit", {"badinit": "sk_badinit_plugin"},
                                {"sk_badinit_plugin": BAD_INITIALIZE})

@@ -10,8 +10,8 @@ import torch
 from stitchkit.cli.build import build_command
 from stitchkit.engine import load_config
 from stitchkit.engine.runlog import phase_seconds, read_run_records
-from stitchkit.registry import Registry
-from stitchkit.storage import load_pool, read_pool_metadata
+from stitchkit.core.registry import Registry
+from stitchkit.io.storage import load_pool, read_pool_metadata
 
 CONFIG = """
 method = "learngene-pool"

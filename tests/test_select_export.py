@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from helpers import tiny_row
-from stitchkit import storage
-from stitchkit.budget import select_descendant
+from stitchkit.io import storage
+from stitchkit.apps.budget import select_descendant
 from stitchkit.cli.main import main
-from stitchkit.errors import BudgetError, ConfigError
-from stitchkit.measure import count_macs, count_params
-from stitchkit.pool import Pool
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import RowShape
+from stitchkit.core.errors import BudgetError, ConfigError
+from stitchkit.pool.measure import count_macs, count_params
+from stitchkit.pool.pool import Pool
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import RowShape
 
 # accuracy per path index, deliberately not monotone in size
 ACCURACY = [50.0, 61.0, 58.0, 70.0, 69.0]
@@ -65,7 +65,7 @@ def test_select_latency_budget_measures_here(pool_file):
 def test_latency_budget_that_excludes_some_descendants(pool_file, monkeypatch):
     """Latencies replaced by known values (MACs / 1e5 ms, measured on the very descendant loaded): a budget
     between them excludes the larger descendants, and the pick is the brute force over the rest."""
-    import stitchkit.budget as budget
+    import stitchkit.apps.budget as budget
 
     path, pool = pool_file
     table = sizes(pool)

@@ -9,9 +9,9 @@ import torch
 
 from stitchkit.engine import TrainConfig, build_data, evaluate, load_config
 from stitchkit.engine.data import DataConfig
-from stitchkit.errors import ConfigError
-from stitchkit.registry import Registry
-from stitchkit.storage import load_descendant, load_pool, read_pool_metadata
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.registry import Registry
+from stitchkit.io.storage import load_descendant, load_pool, read_pool_metadata
 from stitchkit_snnet import plugin
 
 TINY = """
@@ -97,7 +97,7 @@ def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
 def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     """Anchors from local files, only stitch layers trained: the rows stay bit-identical to the files."""
     from stitchkit.engine import save_model
-    from stitchkit.vit import TimmViT, load_state_file
+    from stitchkit.families.vit import TimmViT, load_state_file
 
     files = []
     for i, (width, heads, depth) in enumerate([(16, 2, 2), (32, 4, 2), (16, 2, 1)]):
@@ -154,7 +154,7 @@ def test_bad_configs_are_refused(tmp_path, registry, edit, match):
 
 def test_shipped_configs_resolve_and_validate(registry):
     from stitchkit.engine import section
-    from stitchkit.spec import RowShape
+    from stitchkit.core.spec import RowShape
     from stitchkit_snnet import CONFIGS
     from stitchkit_snnet.config import SNNetConfig
     from stitchkit_snnet.method import SNNetMethod

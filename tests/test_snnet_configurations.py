@@ -8,9 +8,9 @@ from fractions import Fraction
 import pytest
 import torch
 
-from stitchkit.errors import ConfigError
-from stitchkit.registry import Registry
-from stitchkit.spec import RowShape, Segment
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.registry import Registry
+from stitchkit.core.spec import RowShape, Segment
 from stitchkit_snnet import plugin
 from stitchkit_snnet.configurations import nearest_mapping, paired_stitching, unpaired_stitching
 from stitchkit_snnet.method import SNNetMethod

@@ -20,8 +20,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 import stitchkit
 from stitchkit.cli.main import main as cli_main
-from stitchkit.errors import StitchkitError
-from stitchkit.storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
+from stitchkit.core.errors import StitchkitError
+from stitchkit.io.storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
 
 IMG, PATCH, CLASSES = 16, 8, 7
 SHAPES = [(16, 2), (32, 4), (64, 8)]  # width, heads; DeiT-Ti/S/B in miniature

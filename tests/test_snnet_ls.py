@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from helpers import identity_blocks, tie_stems_affinely
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import InitContext, Taps
-from stitchkit.pool import Pool
-from stitchkit.sequential import SequentialMethod
-from stitchkit.vit import TimmViT
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import InitContext, Taps
+from stitchkit.pool.pool import Pool
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.families.vit import TimmViT
 from stitchkit_snnet.ls import LeastSquaresInitializer, StitchPlace, solve_affine, stitch_places
 from stitchkit_snnet.method import SNNetMethod
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from helpers import block_macs, block_params, head_params, stem_macs, stem_params
-from stitchkit.measure import count_params
-from stitchkit.pool import Pool
-from stitchkit.vit import TimmViT
+from stitchkit.pool.measure import count_params
+from stitchkit.pool.pool import Pool
+from stitchkit.families.vit import TimmViT
 from stitchkit_snnet.method import SNNetMethod
 
 DEIT = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]

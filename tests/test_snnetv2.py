@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from helpers import tiny_row
-from stitchkit.errors import ConfigError
-from stitchkit.measure import count_params
-from stitchkit.pool import Pool
-from stitchkit.spec import RowShape
+from stitchkit.core.errors import ConfigError
+from stitchkit.pool.measure import count_params
+from stitchkit.pool.pool import Pool
+from stitchkit.core.spec import RowShape
 from stitchkit_snnetv2.configurations import routes
 from stitchkit_snnetv2.method import SNNetv2Method
 
@@ -139,8 +139,8 @@ def test_cli_plan_json(capsys):
 
 
 # --------------------------------------------------------------------------- ros sampler
-from stitchkit.samplers import ROSSampler, group_by_gap  # noqa: E402
-from stitchkit.spec import Path, Segment  # noqa: E402
+from stitchkit.components.samplers import ROSSampler, group_by_gap  # noqa: E402
+from stitchkit.core.spec import Path, Segment  # noqa: E402
 
 MACS = [10, 3, 5, 12, 4, 20, 21, 9]
 
@@ -204,8 +204,8 @@ def test_ros_bad_options(kw, match):
 def test_learngene_two_way_paths_and_tm_in_both_directions():
     from stitchkit_learngene.initializers import TMInitializer
     from stitchkit_learngene.method import LearngenePoolMethod
-    from stitchkit.interfaces import InitContext
-    from stitchkit.lowrank import LowRankLinear
+    from stitchkit.core.interfaces import InitContext
+    from stitchkit.pool.lowrank import LowRankLinear
 
     torch.manual_seed(0)
     rows = [tiny_row(RowShape(3, 16, 2)), tiny_row(RowShape(3, 32, 4))]

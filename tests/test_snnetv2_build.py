@@ -7,12 +7,12 @@ import torch
 
 from stitchkit.engine import build_data, load_config
 from stitchkit.engine.data import DataConfig
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import InitContext
-from stitchkit.lowrank import LowRankLinear
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.storage import load_descendant, load_pool
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import InitContext
+from stitchkit.pool.lowrank import LowRankLinear
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.io.storage import load_descendant, load_pool
 from stitchkit_snnet import plugin as snnet_plugin
 from stitchkit_snnet.build import init_images
 from stitchkit_snnet.ls import LeastSquaresInitializer

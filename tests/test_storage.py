@@ -22,16 +22,16 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
-import stitchkit.header as header
-import stitchkit.storage as storage
+import stitchkit.io.header as header
+import stitchkit.io.storage as storage
 from helpers import tiny_row
 from stitchkit import hookimpl
-from stitchkit.errors import PathError, PoolFormatError, StitchkitError
-from stitchkit.pool import Pool
-from stitchkit.registry import Registry
-from stitchkit.sequential import SequentialMethod
-from stitchkit.spec import Path, RowShape
-from stitchkit.storage import (
+from stitchkit.core.errors import PathError, PoolFormatError, StitchkitError
+from stitchkit.pool.pool import Pool
+from stitchkit.core.registry import Registry
+from stitchkit.components.sequential import SequentialMethod
+from stitchkit.core.spec import Path, RowShape
+from stitchkit.io.storage import (
     export_descendant,
     export_timm_state_dict,
     load_descendant,
@@ -42,7 +42,7 @@ from stitchkit.storage import (
     save_pool,
     update_evaluation,
 )
-from stitchkit.vit import TimmViT
+from stitchkit.families.vit import TimmViT
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "format.md"
 PROVENANCE = {"ancestry": "deit_tiny_patch16_224", "dataset": "digits", "seed": 3}
@@ -242,7 +242,7 @@ def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    # the header and metadata are read by stitchkit.header (standard library only), re-exported by storage
+    # the header and metadata are read by stitchkit.io.header (standard library only), re-exported by storage
     monkeypatch.setattr(header, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
     for loader in ("load_file", "safe_open"):
         if hasattr(storage, loader):  # reading tensors is not allowed here
@@ -823,14 +823,18 @@ def test_format_1_files_still_load(registry, tmp_path):
     assert [type(m) for m in pool.stitches.values()] == [torch.nn.Linear]
     pool.eval()
     x = expected["images"]
+    # A regression check against logits computed on another machine: CPU kernels differ in the last bits
+    # (1.5e-8 between two x86 CPUs), so it compares at float32 precision. Same-process comparisons stay exact.
+    tol = dict(rtol=1.3e-6, atol=1e-6)
     with torch.no_grad():
         for i in range(len(pool.paths)):
-            torch.testing.assert_close(pool.descendant(i)(x), expected[f"logits.{i}"], rtol=0, atol=0)
+            logits = pool.descendant(i)(x)
+            torch.testing.assert_close(logits, expected[f"logits.{i}"], **tol)
             lazy = load_descendant(v1, i, registry).eval()
-            torch.testing.assert_close(lazy(x), expected[f"logits.{i}"], rtol=0, atol=0)
+            torch.testing.assert_close(lazy(x), logits, rtol=0, atol=0)
     d = load_exported(FIXTURES / "descendant-v1.safetensors", registry).eval()
     with torch.no_grad():
-        torch.testing.assert_close(d(x), expected["logits.1"], rtol=0, atol=0)
+        torch.testing.assert_close(d(x), expected["logits.1"], **tol)
     # rewritten today, the same pool is a format-2 file with explicit layouts
     out = save_pool(pool, tmp_path / "v2.safetensors")
     meta = read_pool_metadata(out)

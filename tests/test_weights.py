@@ -21,11 +21,11 @@ from safetensors.torch import save_file
 from stitchkit.cli.main import main
 from stitchkit.engine import load_config
 from stitchkit.engine.model import model_info
-from stitchkit.errors import CheckpointError, ConfigError
-from stitchkit.registry import Registry
-from stitchkit.storage import read_pool_metadata
-from stitchkit.vit import TimmViT
-from stitchkit.weights import create_timm_model
+from stitchkit.core.errors import CheckpointError, ConfigError
+from stitchkit.core.registry import Registry
+from stitchkit.io.storage import read_pool_metadata
+from stitchkit.families.vit import TimmViT
+from stitchkit.families.weights import create_timm_model
 
 NAME = "test_vit"
 

@@ -12,9 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from stitchkit.errors import ConfigError
-from stitchkit.files import is_plain_file_name
-from stitchkit.spec import parse_rows
+from stitchkit.core.errors import ConfigError
+from stitchkit.io.files import is_plain_file_name
+from stitchkit.core.spec import parse_rows
 
 from .designs import INITS
 from .levels import resolve_levels

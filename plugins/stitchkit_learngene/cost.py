@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from stitchkit.cost import (
+from stitchkit.apps.cost import (
     Phase,
     TrainingPlan,
     expected_step_macs,
@@ -28,7 +28,7 @@ from stitchkit.cost import (
 )
 from stitchkit.engine import ModelConfig, TrainConfig, section
 from stitchkit.engine.config import resolve
-from stitchkit.pool import Pool
+from stitchkit.pool.pool import Pool
 
 from .config import LearngeneConfig
 from .designs import PoolDesign

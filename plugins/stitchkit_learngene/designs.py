@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import torch
 from typing_extensions import override
 
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import AncestryAdapter, AuxiliaryDesign
-from stitchkit.spec import RowShape, parse_rows
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import AncestryAdapter, AuxiliaryDesign
+from stitchkit.core.spec import RowShape, parse_rows
 
 from .levels import level_ends
 

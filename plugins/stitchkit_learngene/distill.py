@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitchkit.engine.tasks import Batch, DistillationTask
-from stitchkit.interfaces import AncestryAdapter, DistillationLoss, Taps
-from stitchkit.spec import Path
+from stitchkit.core.interfaces import AncestryAdapter, DistillationLoss, Taps
+from stitchkit.core.spec import Path
 
 from .losses import LearngeneDistillation, learngene_objective
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from stitchkit.errors import ConfigError
+from stitchkit.core.errors import ConfigError
 
 _KEY = re.compile(r"^learngene\.row(\d+)\.(W|M)\.(\d+)$")
 

@@ -33,10 +33,10 @@ from __future__ import annotations
 import torch
 from typing_extensions import override
 
-from stitchkit.errors import ConfigError
-from stitchkit.features import check_images, fit_stitch_layers
-from stitchkit.interfaces import InitContext, StitchInitializer
-from stitchkit.stitch_layers import affine_weight, set_affine
+from stitchkit.core.errors import ConfigError
+from stitchkit.pool.features import check_images, fit_stitch_layers
+from stitchkit.core.interfaces import InitContext, StitchInitializer
+from stitchkit.pool.stitch_layers import affine_weight, set_affine
 
 from .extras import averaged_transform
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from stitchkit.errors import ConfigError
-from stitchkit.spec import RowShape
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.spec import RowShape
 
 #: Names accepted wherever a number of levels is expected.
 LEVEL_NAMES = {"last": 1, "dense": 3}

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import DistillationLoss, TapRequest, Taps
-from stitchkit.spec import RowShape
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import DistillationLoss, TapRequest, Taps
+from stitchkit.core.spec import RowShape
 
 from .levels import default_levels, level_pairs, resolve_levels
 

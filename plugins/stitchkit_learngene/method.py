@@ -21,11 +21,11 @@ from typing import Any
 
 from typing_extensions import override
 
-from stitchkit.cost import TrainingPlan
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import Method
-from stitchkit.sequential import sequential_paths, sequential_stitches
-from stitchkit.spec import Path, RowShape, StitchSpec
+from stitchkit.apps.cost import TrainingPlan
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import Method
+from stitchkit.components.sequential import sequential_paths, sequential_stitches
+from stitchkit.core.spec import Path, RowShape, StitchSpec
 
 from .paths import sliding_window_paths
 

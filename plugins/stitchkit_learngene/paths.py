@@ -22,8 +22,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from stitchkit.errors import ConfigError
-from stitchkit.spec import Path, RowShape, Segment, stitch_name
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.spec import Path, RowShape, Segment, stitch_name
 
 
 def paired_stitching(depth: int) -> list[tuple[int, int, int]]:

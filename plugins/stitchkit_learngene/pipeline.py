@@ -43,11 +43,11 @@ from stitchkit.engine import (
 )
 from stitchkit.engine.config import resolve
 from stitchkit.engine.data import Data, derive_seed, seeded
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import AncestryAdapter, DistillationLoss, InitContext
-from stitchkit.measure import count_macs
-from stitchkit.pool import Pool
-from stitchkit.storage import save_pool
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import AncestryAdapter, DistillationLoss, InitContext
+from stitchkit.pool.measure import count_macs
+from stitchkit.pool.pool import Pool
+from stitchkit.io.storage import save_pool
 
 from .config import LearngeneConfig
 from .distill import AuxiliaryDistillationTask

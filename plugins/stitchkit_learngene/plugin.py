@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stitchkit.hookspecs import hookimpl
+from stitchkit.core.hookspecs import hookimpl
 
 
 @hookimpl

@@ -13,8 +13,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from stitchkit.errors import ConfigError, StitchkitError
-from stitchkit.interfaces import AncestryAdapter
+from stitchkit.core.errors import ConfigError, StitchkitError
+from stitchkit.core.interfaces import AncestryAdapter
 
 from .config import AnchorConfig, SNNetConfig
 from .configurations import check_anchors

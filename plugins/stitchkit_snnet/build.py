@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import InitContext
-from stitchkit.measure import count_macs, count_params
-from stitchkit.pool import Pool
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import InitContext
+from stitchkit.pool.measure import count_macs, count_params
+from stitchkit.pool.pool import Pool
 
 from .anchors import obtain_anchors, obtain_teacher
 from .config import SNNetConfig
@@ -67,7 +67,7 @@ def build_snnet(
     from stitchkit.engine import DataConfig, PoolTask, TrainConfig, build_data, dist_context, evaluate_pool, fit, format_table, section
     from stitchkit.engine.config import write_bytes_atomic, write_json_atomic
     from stitchkit.engine.distributed import barrier
-    from stitchkit.storage import save_pool
+    from stitchkit.io.storage import save_pool
 
     start = time.perf_counter()
     cfg = section(config, name, config_cls)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stitchkit.engine.model import ModelConfig
-from stitchkit.errors import ConfigError
-from stitchkit.files import is_plain_file_name
-from stitchkit.spec import parse_rows
+from stitchkit.core.errors import ConfigError
+from stitchkit.io.files import is_plain_file_name
+from stitchkit.core.spec import parse_rows
 
 TRAINABLE = ("all", "stitches")
 DISTILLATION = ("hard", "soft", "none")
@@ -59,7 +59,7 @@ class AnchorConfig(ModelConfig):
                 f"{where}: say how to get the anchor's weights: pretrained = true (timm), "
                 f"checkpoint = \"FILE\", or train = true (train it on [data] here)"
             )
-        super().validate(where)  # the [model] checks: sizes within stitchkit.limits, heads dividing the width
+        super().validate(where)  # the [model] checks: sizes within stitchkit.core.limits, heads dividing the width
 
     def model_section(self) -> dict[str, Any]:
         """The engine's ``[model]`` table for this anchor."""
@@ -153,10 +153,10 @@ class SNNetConfig:
     def anchor_configs(self, where: str = "snnet") -> list[AnchorConfig]:
         from stitchkit.engine.config import from_mapping
 
-        from stitchkit.limits import MAX_ROWS
+        from stitchkit.core.limits import MAX_ROWS
 
         if len(self.anchors) > MAX_ROWS:
-            raise ConfigError(f"{where}.anchors: {len(self.anchors)} anchors; a pool has at most {MAX_ROWS} rows (stitchkit.limits.MAX_ROWS)")
+            raise ConfigError(f"{where}.anchors: {len(self.anchors)} anchors; a pool has at most {MAX_ROWS} rows (stitchkit.core.limits.MAX_ROWS)")
         out = []
         for i, table in enumerate(self.anchors):
             if not isinstance(table, Mapping):

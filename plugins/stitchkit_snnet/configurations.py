@@ -16,8 +16,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stitchkit.errors import ConfigError
-from stitchkit.spec import Path, RowShape, Segment, StitchSpec, stitch_name
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.spec import Path, RowShape, Segment, StitchSpec, stitch_name
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from stitchkit.cost import (
+from stitchkit.apps.cost import (
     Phase,
     TrainingPlan,
     expected_step_macs,
@@ -27,7 +27,7 @@ from stitchkit.cost import (
 )
 from stitchkit.engine import ModelConfig, TrainConfig, section
 from stitchkit.engine.config import from_mapping, resolve
-from stitchkit.pool import Pool
+from stitchkit.pool.pool import Pool
 
 from .config import SNNetConfig
 from .configurations import check_anchors

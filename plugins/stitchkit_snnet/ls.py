@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from stitchkit.errors import ConfigError
-from stitchkit.features import StitchPlace, check_images, fit_stitch_layers, stitch_places
-from stitchkit.interfaces import InitContext, StitchInitializer
+from stitchkit.core.errors import ConfigError
+from stitchkit.pool.features import StitchPlace, check_images, fit_stitch_layers, stitch_places
+from stitchkit.core.interfaces import InitContext, StitchInitializer
 
 __all__ = ["LeastSquaresInitializer", "StitchPlace", "solve_affine", "stitch_places"]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from typing_extensions import override
 
-from stitchkit.cost import TrainingPlan
-from stitchkit.interfaces import Method
-from stitchkit.spec import Path, RowShape, StitchSpec
+from stitchkit.apps.cost import TrainingPlan
+from stitchkit.core.interfaces import Method
+from stitchkit.core.spec import Path, RowShape, StitchSpec
 
 from .configurations import Stitching, snnet_paths, snnet_stitches
 
@@ -50,7 +50,7 @@ class SNNetMethod(Method):
         names = {s.name for s in stitches}
         expected = {s.name for s in snnet_stitches(rows, self.stitching, self.stages)}
         if names != expected:
-            from stitchkit.errors import ConfigError
+            from stitchkit.core.errors import ConfigError
 
             raise ConfigError(
                 f"snnet paths need exactly the stitch layers snnet defines for rows "

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from stitchkit.errors import ConfigError, StitchkitError
-from stitchkit.interfaces import AncestryAdapter
-from stitchkit.pool import Pool
-from stitchkit.spec import parse_rows, stitch_name
+from stitchkit.core.errors import ConfigError, StitchkitError
+from stitchkit.core.interfaces import AncestryAdapter
+from stitchkit.pool.pool import Pool
+from stitchkit.core.spec import parse_rows, stitch_name
 
 from .configurations import Stitching, paired_stitching
 
@@ -147,7 +147,7 @@ def import_snnet(
     ``--stitch_stride``; ``nearest_stitching`` is read from the number of
     anchor pairs the checkpoint holds.
     """
-    from stitchkit.registry import default_registry
+    from stitchkit.core.registry import default_registry
 
     from .method import SNNetMethod
 

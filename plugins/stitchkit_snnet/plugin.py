@@ -6,7 +6,7 @@ initializer, which works on any pool.
 
 from __future__ import annotations
 
-from stitchkit.hookspecs import hookimpl
+from stitchkit.core.hookspecs import hookimpl
 
 
 @hookimpl

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stitchkit.errors import ConfigError
+from stitchkit.core.errors import ConfigError
 from stitchkit_snnet.config import SNNetConfig
 
 from .configurations import ROUTES, check_two_anchors

@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stitchkit.errors import ConfigError
-from stitchkit.spec import Path, RowShape, Segment, StitchSpec, stitch_name
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.spec import Path, RowShape, Segment, StitchSpec, stitch_name
 from stitchkit_snnet.configurations import check_anchors
 
 #: Route kinds in the official order.

@@ -6,10 +6,10 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stitchkit.cost import TrainingPlan
-from stitchkit.errors import ConfigError
-from stitchkit.interfaces import Method
-from stitchkit.spec import Path, RowShape, StitchSpec
+from stitchkit.apps.cost import TrainingPlan
+from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import Method
+from stitchkit.core.spec import Path, RowShape, StitchSpec
 
 from .configurations import ROUTES, snnetv2_paths, snnetv2_stitches
 

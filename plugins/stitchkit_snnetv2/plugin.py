@@ -6,7 +6,7 @@ the SN-Net plugin and its default sampler (``ros``) from the core.
 
 from __future__ import annotations
 
-from stitchkit.hookspecs import hookimpl
+from stitchkit.core.hookspecs import hookimpl
 
 
 @hookimpl

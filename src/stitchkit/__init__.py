@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from .core.errors import (
     BudgetError,
     CheckpointError,
     ConfigError,
@@ -25,7 +25,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # the registry shortcuts, resolved on first use by __getattr__ like every public name
-    from .registry import (
+    from .core.registry import (
         create_ancestry, create_design, create_initializer, create_loss, create_method, create_sampler,
         list_ancestries, list_designs, list_initializers, list_losses, list_methods, list_samplers,
     )
@@ -44,25 +44,25 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 #: public name -> the submodule that defines it (imported when the name is first used)
 _LAZY: dict[str, str] = {
-    "hookimpl": "hookspecs",
+    "hookimpl": "core.hookspecs",
     **dict.fromkeys(
         ["AncestryAdapter", "AuxiliaryDesign", "DistillationLoss", "InitContext", "Method", "PathSampler",
          "StitchInitializer", "TapRequest", "Taps"],
-        "interfaces",
+        "core.interfaces",
     ),
-    "Pool": "pool",
-    "Registry": "registry",
-    "default_registry": "registry",
-    **dict.fromkeys(["Path", "RowShape", "Segment", "StitchSpec"], "spec"),
-    "Descendant": "stitched",
-    **dict.fromkeys(["import_checkpoint", "import_snnet"], "importing"),
-    **dict.fromkeys(_REGISTRY_SHORTCUTS, "registry"),
-    **dict.fromkeys(["export_descendant", "load_descendant", "load_exported", "load_pool", "save_pool"], "storage"),
+    "Pool": "pool.pool",
+    "Registry": "core.registry",
+    "default_registry": "core.registry",
+    **dict.fromkeys(["Path", "RowShape", "Segment", "StitchSpec"], "core.spec"),
+    "Descendant": "pool.stitched",
+    **dict.fromkeys(["import_checkpoint", "import_snnet"], "io.importing"),
+    **dict.fromkeys(_REGISTRY_SHORTCUTS, "core.registry"),
+    **dict.fromkeys(["export_descendant", "load_descendant", "load_exported", "load_pool", "save_pool"], "io.storage"),
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports these on first use
-    from .hookspecs import hookimpl
-    from .interfaces import (
+    from .core.hookspecs import hookimpl
+    from .core.interfaces import (
         AncestryAdapter,
         AuxiliaryDesign,
         DistillationLoss,
@@ -73,12 +73,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         TapRequest,
         Taps,
     )
-    from .pool import Pool
-    from .registry import Registry, default_registry
-    from .spec import Path, RowShape, Segment, StitchSpec
-    from .importing import import_checkpoint, import_snnet
-    from .stitched import Descendant
-    from .storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
+    from .pool.pool import Pool
+    from .core.registry import Registry, default_registry
+    from .core.spec import Path, RowShape, Segment, StitchSpec
+    from .io.importing import import_checkpoint, import_snnet
+    from .pool.stitched import Descendant
+    from .io.storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ for: being registered under its own ``name`` (defined on the class, not
 inherited), a docstring of its own, an ``example()`` that builds it, float32
 and float64, determinism under a seed (independent of the global RNGs where
 the contract gives a generator or seed), and the documented
-:class:`~stitchkit.errors.StitchkitError` on bad input. Each kind's specific
+:class:`~stitchkit.core.errors.StitchkitError` on bad input. Each kind's specific
 checks are listed in the docstring of its ``_check_<kind>`` function.
 
 Components are built through their ``example(**context)`` classmethod with the
@@ -53,10 +53,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import StitchkitError
-from .interfaces import AncestryAdapter, DistillationLoss, InitContext, PathSampler, TapRequest, Taps
-from .registry import KINDS, Registry, default_registry
-from .spec import FeatureSignature, Path, RowShape, StitchSpec
+from .core.errors import StitchkitError
+from .core.interfaces import AncestryAdapter, DistillationLoss, InitContext, PathSampler, TapRequest, Taps
+from .core.registry import KINDS, Registry, default_registry
+from .core.spec import FeatureSignature, Path, RowShape, StitchSpec
 
 __all__ = [
     "ANCESTRY", "ROWS", "STUDENT", "TEACHER", "ConformanceCase", "check_component", "check_plugin",
@@ -176,10 +176,10 @@ def _raises_stitchkit_error(call: Callable[[], Any], what: str) -> None:
         return
     except Exception as exc:  # noqa: BLE001
         raise _CheckFailed(
-            f"{what} raised {type(exc).__name__}: {exc}; raise a stitchkit.errors.StitchkitError subclass "
+            f"{what} raised {type(exc).__name__}: {exc}; raise a stitchkit.core.errors.StitchkitError subclass "
             f"(e.g. ConfigError) with a message saying what to do"
         ) from None
-    raise _CheckFailed(f"{what} raised nothing; it must raise a stitchkit.errors.StitchkitError subclass")
+    raise _CheckFailed(f"{what} raised nothing; it must raise a stitchkit.core.errors.StitchkitError subclass")
 
 
 @contextlib.contextmanager
@@ -225,7 +225,7 @@ def _seeded(seed: int, make: Callable[[], Any]) -> Any:
 
 
 def _vit(shape: RowShape, seed: int) -> AncestryAdapter:
-    from .vit import TimmViT
+    from .families.vit import TimmViT
 
     torch.manual_seed(seed)
     adapter = TimmViT.from_arch(
@@ -259,8 +259,8 @@ def _finite(t: torch.Tensor) -> bool:
 
 
 def _pool(dtype: torch.dtype = torch.float32) -> Any:
-    from .pool import Pool
-    from .sequential import SequentialMethod
+    from .pool.pool import Pool
+    from .components.sequential import SequentialMethod
 
     pool = Pool.from_method(SequentialMethod(), [_vit(s, seed=10 + i) for i, s in enumerate(ROWS)])
     return pool.to(dtype)
@@ -270,7 +270,7 @@ def _pool(dtype: torch.dtype = torch.float32) -> Any:
 def _check_common(c: _Checker, registry: Registry) -> None:
     base = KINDS[c.kind][1]
     with c.check("subclass"):
-        _require(issubclass(c.cls, base), f"{c.cls.__name__} is not a subclass of stitchkit.interfaces.{base.__name__}")
+        _require(issubclass(c.cls, base), f"{c.cls.__name__} is not a subclass of stitchkit.core.interfaces.{base.__name__}")
     with c.check("name"):
         own = c.cls.__dict__.get("name")
         _require(
@@ -641,7 +641,7 @@ def _check_method(c: _Checker, registry: Registry) -> None:
             _require(s2 == specs and [(p.name, p.label) for p in p2] == [(p.name, p.label) for p in paths],
                      "stitches()/paths() differ between calls; enumerate them in a stable order")
     with c.check("descendants build"):
-        from .pool import Pool
+        from .pool.pool import Pool
 
         pool = Pool.from_method(method, [_vit(s, seed=10 + i) for i, s in enumerate(shapes)])
         pool.eval()

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from ..engine.config import config_hash, load_config, save_resolved
 from ..engine.distributed import barrier, dist_context
 from ..engine.runlog import append_run_record
-from ..errors import ConfigError
-from ..files import OutputLock
-from ..registry import Registry, default_registry
+from ..core.errors import ConfigError
+from ..io.files import OutputLock
+from ..core.registry import Registry, default_registry
 
 
 def resolve_out_dir(config: dict, config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None) -> pathlib.Path:

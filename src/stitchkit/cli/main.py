@@ -13,12 +13,12 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import ConfigError, StitchkitError
+from ..core.errors import ConfigError, StitchkitError
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from ..planner import format_plan, plan
-    from ..spec import parse_rows
+    from ..apps.planner import format_plan, plan
+    from ..core.spec import parse_rows
 
     kwargs = {}
     if args.num_classes is not None:
@@ -39,7 +39,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
-    from ..cost import format_cost, training_cost
+    from ..apps.cost import format_cost, training_cost
     from ..engine.config import load_config
 
     config = load_config(args.config, args.set or [])
@@ -59,7 +59,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
     """List every component; exit 1 when a plugin is broken or two plugins register one name."""
-    from ..registry import KINDS, default_registry
+    from ..core.registry import KINDS, default_registry
 
     reg = default_registry()
     if args.json:
@@ -98,11 +98,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..report import format_pool_info, pool_info
+    from ..apps.report import format_pool_info, pool_info
 
     info = pool_info(args.pool)
     if args.verify:
-        from ..storage import verify_data
+        from ..io.storage import verify_data
 
         info["data_sha256"] = verify_data(args.pool)
     print(json.dumps(info, indent=2) if args.json else format_pool_info(info))
@@ -120,7 +120,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from ..budget import select_descendant
+    from ..apps.budget import select_descendant
 
     row = select_descendant(
         args.pool,
@@ -142,8 +142,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .. import storage
-    from ..files import refuse_overwrite
+    from ..io import storage
+    from ..io.files import refuse_overwrite
 
     if args.onnx:  # check everything an output needs before writing anything
         import importlib.util
@@ -161,7 +161,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         storage.export_descendant(args.pool, args.descendant, args.output)
         print(f"wrote {args.output}: load it with stitchkit.load_exported({str(args.output)!r})")
     if args.onnx:
-        from ..onnx_export import export_onnx
+        from ..io.onnx_export import export_onnx
 
         diff = export_onnx(args.output, args.onnx, timm_state_dict=args.timm)
         print(f"wrote {args.onnx}" + (f" (max |onnx - torch| = {diff:.2e})" if diff is not None else ""))
@@ -171,9 +171,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from ..demo import run_demo
+    from ..apps.demo import run_demo
 
-    from ..limits import check_int
+    from ..core.limits import check_int
 
     torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
     summary = run_demo(args.out, args.set or [], config_path=args.config)
@@ -184,8 +184,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ..importing import import_checkpoint
-    from ..storage import save_pool
+    from ..io.importing import import_checkpoint
+    from ..io.storage import save_pool
 
     options = _options(args.option or [])
     anchors = [a.strip() for a in args.anchors.split(",") if a.strip()]
@@ -198,7 +198,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _options(pairs: Sequence[str]) -> dict[str, object]:
     """``KEY=VALUE`` pairs with TOML values (``kernel_size=3``, ``name="x"``), parsed like ``--set``."""
     from ..engine.config import parse_override
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
 
     out: dict[str, object] = {}
     for pair in pairs:
@@ -214,7 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..engine.model import train_model
 
     from ..engine.distributed import dist_context
-    from ..files import OutputLock, is_plain_file_name
+    from ..io.files import OutputLock, is_plain_file_name
 
     if not is_plain_file_name(args.name):
         raise ConfigError(f"--name {args.name!r} must be a plain file name (no '/', not '.' or '..')")
@@ -334,14 +334,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    from ..console import error
+    from .console import error
 
     error(f"error: {' '.join(message.split())}")  # one line, always; rank 0 only under torchrun
     return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..console import error, rank, setup
+    from .console import error, rank, setup
 
     p = parser()
     args = p.parse_args(argv)
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # read-only or full disk, permissions, a file where a directory should be, EXDEV, EIO
         if args.traceback:
             raise
-        from ..files import describe_os_error
+        from ..io.files import describe_os_error
 
         return _fail(describe_os_error(exc))
     except KeyboardInterrupt:

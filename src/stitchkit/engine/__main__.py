@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..errors import StitchkitError
+from ..core.errors import StitchkitError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pt.add_argument("--out", default=None, help="output folder (default: the config's out_dir, else runs/<config name>)")
     pt.add_argument("--name", default="ancestry", help="phase and file name (default: ancestry)")
     args = p.parse_args(argv)
-    from ..console import error, setup
+    from ..cli.console import error, setup
 
     setup()
     try:

@@ -33,8 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..errors import CheckpointError, FileError
-from ..files import check_regular_file
+from ..core.errors import CheckpointError, FileError
+from ..io.files import check_regular_file
 from .config import config_hash, differing_keys, write_bytes_atomic, write_json_atomic
 
 FORMAT = 2  # 2: the JSON carries an integrity hash of itself

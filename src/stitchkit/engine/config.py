@@ -22,8 +22,8 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, FileError
-from ..files import check_regular_file
+from ..core.errors import ConfigError, FileError
+from ..io.files import check_regular_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -240,8 +240,8 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], payload: bytes) -> None:
-    """Write ``payload`` atomically (:func:`stitchkit.files.write_bytes_atomic`)."""
-    from ..files import write_bytes_atomic as write
+    """Write ``payload`` atomically (:func:`stitchkit.io.files.write_bytes_atomic`)."""
+    from ..io.files import write_bytes_atomic as write
 
     write(path, payload)
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .transforms import TransformConfig, create_eval_transform, create_train_transform, preprocessing
 
 SOURCES = ("digits", "imagefolder", "synthetic")
@@ -75,7 +75,7 @@ class DataConfig:
     def validate(self, where: str = "data") -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"{where}.source: unknown source {self.source!r}; use one of {', '.join(SOURCES)}")
-        from .. import limits
+        from ..core import limits
 
         limits.check_int(self.img_size, f"{where}.img_size", maximum=limits.MAX_IMG_SIZE, limit="MAX_IMG_SIZE")
         limits.check_int(self.eval_batch_size, f"{where}.eval_batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..lowrank import low_rank_params
-from ..measure import count_macs, count_params
-from ..pool import Pool
-from ..spec import Path
+from ..pool.lowrank import low_rank_params
+from ..pool.measure import count_macs, count_params
+from ..pool.pool import Pool
+from ..core.spec import Path
 from .distributed import all_reduce_max, all_reduce_sum
 
 

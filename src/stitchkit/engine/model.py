@@ -20,9 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..errors import ConfigError, PoolFormatError, StitchkitError
-from ..interfaces import AncestryAdapter
-from ..vit import TimmViT
+from ..core.errors import ConfigError, PoolFormatError, StitchkitError
+from ..core.interfaces import AncestryAdapter
+from ..families.vit import TimmViT
 from .config import resolve, save_resolved, write_bytes_atomic
 from .data import DataConfig, DataSpec, build_data
 from .distributed import dist_context
@@ -58,7 +58,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
 
     def validate(self, where: str = "model") -> None:
-        from .. import limits
+        from ..core import limits
 
         for key, top, name in (("depth", limits.MAX_DEPTH, "MAX_DEPTH"), ("embed_dim", limits.MAX_WIDTH, "MAX_WIDTH"),
                                ("num_heads", limits.MAX_HEADS, "MAX_HEADS"), ("patch_size", limits.MAX_IMG_SIZE, "MAX_IMG_SIZE")):
@@ -124,7 +124,7 @@ def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0, registry: An
 def _build_other(spec: DataSpec, cfg: ModelConfig, seed: int, registry: Any) -> AncestryAdapter:
     """A network of another family, through its registered adapter."""
     if registry is None:
-        from ..registry import default_registry
+        from ..core.registry import default_registry
 
         registry = default_registry()
     cls = registry.ancestry(cfg.adapter)
@@ -136,7 +136,7 @@ def _build_other(spec: DataSpec, cfg: ModelConfig, seed: int, registry: Any) -> 
         else:
             adapter = cls.from_arch({**cfg.arch, **data_keys})
             if cfg.checkpoint:
-                from ..timm_family import load_checkpoint
+                from ..families.timm_base import load_checkpoint
 
                 load_checkpoint(adapter.model, cfg.checkpoint, f"{cfg.adapter} {adapter.shape}")
     return adapter
@@ -159,7 +159,7 @@ def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Map
 
 def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAdapter:
     """A network saved by :func:`save_model` (e.g. by ``train_model``), rebuilt through its adapter."""
-    from ..files import check_regular_file
+    from ..io.files import check_regular_file
 
     path = pathlib.Path(path)
     try:
@@ -177,7 +177,7 @@ def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAd
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
         raise PoolFormatError(path, f"unreadable model file ({exc})") from exc
     if registry is None:
-        from ..registry import default_registry
+        from ..core.registry import default_registry
 
         registry = default_registry()
     adapter = registry.ancestry(name).from_arch(arch)

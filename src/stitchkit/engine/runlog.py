@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .config import write_bytes_atomic
 
 

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..interfaces import AncestryAdapter, DistillationLoss, PathSampler, TapRequest, Taps
-from ..pool import Pool
-from ..spec import Path
-from ..stitched import Descendant
+from ..core.errors import ConfigError
+from ..core.interfaces import AncestryAdapter, DistillationLoss, PathSampler, TapRequest, Taps
+from ..pool.pool import Pool
+from ..core.spec import Path
+from ..pool.stitched import Descendant
 from .teacher import LogitsTeacher
 
 LossOutput = Union[torch.Tensor, tuple[torch.Tensor, Mapping[str, Any]]]

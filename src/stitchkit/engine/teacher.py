@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, StitchkitError
-from ..interfaces import AncestryAdapter, TapRequest, Taps
+from ..core.errors import ConfigError, StitchkitError
+from ..core.interfaces import AncestryAdapter, TapRequest, Taps
 
 
 class LogitsTeacher:
@@ -70,7 +70,7 @@ def _timm_teacher(name: str, spec: Any, checkpoint: str) -> Teacher:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..vit import TimmViT, load_state_file
+    from ..families.vit import TimmViT, load_state_file
 
     kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_chans}
     try:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..spec import Path
+from ..core.errors import ConfigError
+from ..core.spec import Path
 from .checkpoint import (
     TrainState,
     b64,
@@ -103,7 +103,7 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
-        from .. import limits
+        from ..core import limits
 
         limits.check_int(self.batch_size, f"{where}.batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
         if self.tensorboard:  # an optional package the requested output needs: say so now, not at the first phase

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 #: Images up to this side (px) get the small-image defaults.
 SMALL = 64
@@ -133,7 +133,7 @@ def train_options(cfg: TransformConfig, img_size: int) -> dict[str, Any]:
 
 def create_eval_transform(pre: dict[str, Any]) -> Any:
     """timm's evaluation transform for a preprocessing config (what an exported model expects)."""
-    from ..preprocessing import eval_transform
+    from ..io.preprocessing import eval_transform
 
     return eval_transform(pre)
 

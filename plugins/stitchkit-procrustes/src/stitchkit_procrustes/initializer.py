@@ -1,6 +1,6 @@
 """The orthogonal-Procrustes stitch initializer.
 
-For each place a stitch layer is used (found by :mod:`stitchkit.features`,
+For each place a stitch layer is used (found by :mod:`stitchkit.pool.features`,
 exactly the places SN-Net's ``ls`` initializer fits), the front row's tokens
 ``X`` (``n x d_src``) and the end row's tokens ``Y`` (``n x d_dst``) on one
 batch of images are centred, ``Xc = X - mean(X)``, ``Yc = Y - mean(Y)``, and
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from stitchkit.errors import ConfigError
-from stitchkit.features import check_images, fit_stitch_layers
-from stitchkit.interfaces import InitContext, StitchInitializer
+from stitchkit.core.errors import ConfigError
+from stitchkit.pool.features import check_images, fit_stitch_layers
+from stitchkit.core.interfaces import InitContext, StitchInitializer
 
 
 def solve_procrustes(front: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

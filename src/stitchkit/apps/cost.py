@@ -1,0 +1,354 @@
+"""Training compute of a build config, on paper: what a pool costs, and what training alone would.
+
+A method describes the phases its build runs (:meth:`stitchkit.core.interfaces.Method.training_phases`):
+for each, the recipe (epochs, batch size, step cap) and the forward MACs per
+image of the networks it trains and of the frozen networks it only runs
+(teachers). This module turns that into images seen and FLOPs, with one
+convention, stated once:
+
+- a forward pass costs ``2 x MACs`` FLOPs (a multiply and an add per MAC; MACs
+  are counted as the planner counts them, see :mod:`stitchkit.pool.measure`);
+- a trained network costs 3 forward passes per image (forward + backward, the
+  backward counted as twice the forward); a frozen network 1;
+- images seen in a phase = ``epochs x floor(N / batch) x batch`` for a training
+  set of ``N`` images (the engine drops incomplete batches), capped by ``max_steps``;
+- phases of kind ``"pretraining"`` are not run by the build (weights loaded from
+  timm or a file); they are priced at ``pretrain_epochs`` on the same data so
+  that "pool vs alone" can be read with or without them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..core.errors import ConfigError
+
+FLOPS_PER_MAC = 2
+#: Forward passes a trained network costs per image (forward + backward = 3 forwards).
+TRAINED_PASSES = 3
+#: Forward passes a frozen network (a teacher) costs per image.
+FROZEN_PASSES = 1
+#: Kinds of phase: run by the build, run elsewhere before it (loaded weights), or forward-only evaluation.
+KINDS = ("build", "pretraining", "evaluation")
+#: DeiT's recipe length, the default price of a network whose weights were loaded.
+DEFAULT_PRETRAIN_EPOCHS = 300
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a build: a recipe and the per-image forward MACs of what it trains and runs."""
+
+    name: str
+    #: What is trained / run, in words (shown in the table).
+    what: str
+    epochs: int = 0
+    batch_size: int = 1
+    max_steps: int = 0
+    #: Forward MACs per image of the networks whose weights this phase trains (mean over sampled paths).
+    trained_macs: float = 0.0
+    #: Forward MACs per image of networks run without training (teachers, feature collection).
+    frozen_macs: float = 0.0
+    #: A fixed number of images (forward-only phases: a stitch initializer's batch, an evaluation);
+    #: ``None``: ``epochs`` over the training set.
+    images: int | None = None
+    kind: str = "build"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"phase {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.images is None and (self.epochs < 0 or self.batch_size < 1 or self.max_steps < 0):
+            raise ConfigError(f"phase {self.name!r}: epochs and max_steps must be >= 0 and batch_size >= 1")
+
+    def images_seen(self, train_images: int) -> int:
+        """Images through the networks in this phase, for a training set of ``train_images``."""
+        if self.images is not None:
+            return int(self.images)
+        steps = self.epochs * (train_images // self.batch_size)
+        if self.max_steps:
+            steps = min(steps, self.max_steps)
+        return steps * self.batch_size
+
+    def flops_per_image(self) -> float:
+        return FLOPS_PER_MAC * (TRAINED_PASSES * self.trained_macs + FROZEN_PASSES * self.frozen_macs)
+
+
+@dataclass
+class TrainingPlan:
+    """What a method says about a build config: its phases, and the cost of each descendant trained alone.
+
+    ``alone`` holds one phase per descendant: the same architecture trained on
+    its own with the method's single-network recipe (``stitchkit cost --alone``);
+    ``shared`` names the phases both routes need (an ancestry a pool and the
+    alone-trained descendants both distil from), counted once on each side.
+    """
+
+    phases: list[Phase]
+    alone: list[Phase] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def expected_step_macs(sampler: Any, macs: Sequence[int], *, draws: int = 4096, seed: int = 0) -> tuple[float, bool]:
+    """Mean forward MACs of one training step under ``sampler`` (summed over the paths a step trains).
+
+    Exact for the ``uniform`` sampler (the mean over paths); other samplers are
+    drawn ``draws`` times from a seeded generator. Returns ``(macs, exact)``.
+    """
+    import torch
+
+    paths = list(sampler.paths)
+    if len(paths) != len(macs):
+        raise ConfigError(f"got {len(macs)} MAC counts for {len(paths)} paths")
+    if getattr(sampler, "name", "") == "uniform":
+        return sum(macs) / len(macs), True
+    index = {p: i for i, p in enumerate(paths)}
+    g = torch.Generator().manual_seed(seed)
+    total = 0
+    for _ in range(draws):
+        total += sum(macs[index[p]] for p in sampler.sample(g))
+    return total / draws, False
+
+
+def summarize(
+    plan: TrainingPlan,
+    *,
+    train_images: int,
+    eval_images: int = 0,
+    gpu_tflops: float | None = None,
+    mfu: float | None = None,
+    alone: bool = False,
+) -> dict[str, Any]:
+    """Images, FLOPs (and GPU hours) per phase and in total, as a JSON-ready dict."""
+    if train_images < 1:
+        raise ConfigError(f"the training set must hold at least one image, got {train_images}")
+    if (gpu_tflops is None) != (mfu is None):
+        raise ConfigError("give --gpu-tflops and --mfu together (peak TFLOP/s of one GPU, and the fraction of it reached)")
+    if gpu_tflops is not None and mfu is not None:
+        if not (math.isfinite(gpu_tflops) and gpu_tflops > 0):
+            raise ConfigError(f"--gpu-tflops must be a positive number, got {gpu_tflops}")
+        if not (math.isfinite(mfu) and 0 < mfu <= 1):
+            raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
+
+    def rows(phases: Sequence[Phase]) -> list[dict[str, Any]]:
+        out = []
+        for p in phases:
+            images = p.images_seen(train_images)
+            flops = images * p.flops_per_image()
+            row = {**asdict(p), "images_seen": images, "flops": flops}
+            if gpu_tflops is not None and mfu is not None:
+                row["gpu_hours"] = flops / (gpu_tflops * 1e12 * mfu) / 3600
+            out.append(row)
+        return out
+
+    def total(table: Sequence[Mapping[str, Any]], kinds: Sequence[str]) -> float:
+        return float(sum(r["flops"] for r in table if r["kind"] in kinds))
+
+    phases = rows(plan.phases)
+    result: dict[str, Any] = {
+        "convention": (
+            f"FLOPs = {FLOPS_PER_MAC} x MACs per forward; trained networks {TRAINED_PASSES} forwards per image "
+            f"(forward + backward), frozen networks {FROZEN_PASSES}; images per phase = epochs x floor(N / batch) x batch"
+        ),
+        "train_images": train_images,
+        "eval_images": eval_images,
+        "phases": phases,
+        "build_flops": total(phases, ("build",)),
+        "evaluation_flops": total(phases, ("evaluation",)),
+        "pretraining_flops": total(phases, ("pretraining",)),
+        "notes": list(plan.notes),
+    }
+    result["total_flops"] = result["build_flops"] + result["pretraining_flops"]
+    if alone:
+        if not plan.alone:
+            raise ConfigError("this method does not describe how its descendants would be trained alone")
+        shared = [r for r in phases if r["name"] in plan.shared]
+        table = rows(plan.alone)
+        result["alone"] = {
+            "descendants": table,
+            "shared_phases": [r["name"] for r in shared],
+            "shared_flops": float(sum(r["flops"] for r in shared)),
+            "descendants_flops": float(sum(r["flops"] for r in table)),
+        }
+        result["alone"]["total_flops"] = result["alone"]["shared_flops"] + result["alone"]["descendants_flops"]
+        result["alone"]["ratio_to_pool"] = result["alone"]["total_flops"] / result["total_flops"] if result["total_flops"] else math.inf
+    if gpu_tflops is not None and mfu is not None:
+        result["gpu"] = {"tflops": gpu_tflops, "mfu": mfu}
+        for key in ("build_flops", "pretraining_flops", "total_flops"):
+            result[key.replace("flops", "gpu_hours")] = result[key] / (gpu_tflops * 1e12 * mfu) / 3600
+        if alone:
+            result["alone"]["total_gpu_hours"] = result["alone"]["total_flops"] / (gpu_tflops * 1e12 * mfu) / 3600
+    return result
+
+
+def training_cost(
+    config: Mapping[str, Any],
+    *,
+    registry: Any = None,
+    train_images: int | None = None,
+    eval_images: int | None = None,
+    num_classes: int | None = None,
+    pretrain_epochs: int = DEFAULT_PRETRAIN_EPOCHS,
+    gpu_tflops: float | None = None,
+    mfu: float | None = None,
+    alone: bool = False,
+) -> dict[str, Any]:
+    """The training compute of a resolved build config (see the module docstring for the convention).
+
+    The data set's size and class count are read from the data source unless
+    given (``train_images``, ``eval_images``, ``num_classes``); nothing is
+    trained and every network is built on the meta device.
+    """
+    from ..engine.data import DataConfig, DataSpec
+
+    if pretrain_epochs < 0:
+        raise ConfigError(f"--pretrain-epochs must be >= 0, got {pretrain_epochs}")
+    for flag, value in (("--images", train_images), ("--eval-images", eval_images), ("--num-classes", num_classes)):
+        if value is not None and value < (0 if flag == "--eval-images" else 1):
+            raise ConfigError(f"{flag} must be positive, got {value}")
+    name = config.get("method")
+    if not name:
+        raise ConfigError("the config names no method; add e.g. method = \"learngene-pool\" at the top")
+    if registry is None:
+        from ..core.registry import default_registry
+
+        registry = default_registry()
+    method = registry.create("method", name)
+    data_cfg = DataConfig.from_config(dict(config))
+    if train_images is None or num_classes is None or eval_images is None:
+        sizes = data_sizes(data_cfg, config.get("method", ""))
+        train_images = sizes["train"] if train_images is None else train_images
+        eval_images = sizes["eval"] if eval_images is None else eval_images
+        num_classes = sizes["classes"] if num_classes is None else num_classes
+    spec = DataSpec(in_chans=data_cfg.in_chans, img_size=data_cfg.img_size, num_classes=num_classes)
+    plan = method.training_phases(
+        config, spec=spec, registry=registry, eval_images=eval_images, pretrain_epochs=pretrain_epochs
+    )
+    result = summarize(plan, train_images=train_images, eval_images=eval_images, gpu_tflops=gpu_tflops, mfu=mfu, alone=alone)
+    result = {"method": name, "description": config.get("description", ""), "num_classes": num_classes, **result}
+    return result
+
+
+def meta_network(spec: Any, model_cfg: Any) -> Any:
+    """The ``[model]``-style network ``model_cfg`` describes, on the meta device, without its weights.
+
+    Loaded weights (``pretrained``, ``checkpoint``) do not change the
+    architecture, so they are not fetched: nothing is downloaded or read.
+    """
+    import dataclasses
+
+    import torch
+
+    from ..engine.model import build_model
+
+    shape_only = dataclasses.replace(model_cfg, pretrained=False, checkpoint="")
+    with torch.device("meta"):
+        return build_model(spec, shape_only, seed=0)
+
+
+def meta_network_file(path: str, registry: Any) -> Any:
+    """A network saved by ``stitchkit train`` (a model file), rebuilt on the meta device from its metadata only."""
+    import json
+    import pathlib
+
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from ..engine.model import MODEL_FORMAT
+
+    file = pathlib.Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"{file}: model file not found")
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{file}: unreadable model file ({exc})") from None
+    if meta.get("format") != MODEL_FORMAT or "arch" not in meta or "adapter" not in meta:
+        raise ConfigError(f"{file}: not a stitchkit model file (metadata format {meta.get('format')!r})")
+    with torch.device("meta"):
+        return registry.ancestry(meta["adapter"]).from_arch(json.loads(meta["arch"]))
+
+
+def network_macs(adapter: Any) -> int:
+    """Forward MACs per image of one network (on any device, the meta device included)."""
+    from ..pool.measure import count_macs
+
+    return count_macs(adapter)  # the adapter declares what hooks cannot count (attention matmuls)
+
+
+def path_macs(pool: Any) -> list[int]:
+    """Forward MACs per image of every path of ``pool``, in path order (each part counted once)."""
+    parts = pool.part_macs()
+    return [pool.path_macs(p, parts) for p in pool.paths]
+
+
+def feature_passes_macs(pool: Any, row_macs: Sequence[int]) -> int:
+    """MACs per image a data-driven stitch initializer spends collecting features.
+
+    :func:`stitchkit.pool.features.collect_stitch_features` runs the front and the
+    end row of every row pair that shares a used stitch layer once per image.
+    """
+    from ..pool.features import stitch_places
+
+    pairs = {(p.front, p.end) for places in stitch_places(pool).values() for p in places}
+    return sum(row_macs[a] + row_macs[b] for a, b in pairs)
+
+
+def data_sizes(cfg: Any, method: str = "") -> dict[str, int]:
+    """Training images, evaluation images (the test split) and classes of a ``[data]`` section."""
+    from ..engine.data import build_data
+
+    try:
+        data = build_data(cfg)
+    except (ConfigError, OSError, FileNotFoundError) as exc:
+        raise ConfigError(
+            f"cannot read the data set's size from [data] ({exc}); give --images N --eval-images M --num-classes C "
+            f"(ImageNet-1k: --images 1281167 --eval-images 50000 --num-classes 1000)"
+        ) from None
+    return {"train": len(data.train), "eval": len(data.test) or len(data.val), "classes": data.spec.num_classes}  # type: ignore[arg-type]
+
+
+def format_cost(result: Mapping[str, Any]) -> str:
+    """A plain-text table of a :func:`training_cost` result."""
+    hours = "gpu" in result
+    lines = [
+        f"method {result['method']}  {result.get('description', '')}".rstrip(),
+        f"training set {result['train_images']:,} images, evaluation {result['eval_images']:,} images, {result['num_classes']} classes",
+        f"convention: {result['convention']}",
+        "",
+    ]
+    header = f"{'phase':<34} {'kind':<11} {'epochs':>6} {'images':>15} {'trained GMACs':>13} {'frozen GMACs':>12} {'FLOPs':>10}"
+    if hours:
+        header += f" {'GPU h':>9}"
+    lines += [header, "-" * len(header)]
+
+    def line(r: Mapping[str, Any]) -> str:
+        text = (
+            f"{r['name'][:34]:<34} {r['kind']:<11} {r['epochs'] if r['images'] is None else '-':>6} {r['images_seen']:>15,} "
+            f"{r['trained_macs'] / 1e9:>13.4f} {r['frozen_macs'] / 1e9:>12.4f} {r['flops']:>10.3e}"
+        )
+        return text + (f" {r['gpu_hours']:>9.2f}" if hours else "")
+
+    lines += [line(r) for r in result["phases"]]
+    lines.append("")
+    lines.append(f"training in the build:  {result['build_flops']:.3e} FLOPs")
+    lines.append(f"pretraining:            {result['pretraining_flops']:.3e} FLOPs (loaded weights, priced at the recipe shown)")
+    lines.append(f"build + pretraining:    {result['total_flops']:.3e} FLOPs")
+    lines.append(f"evaluation (not above): {result['evaluation_flops']:.3e} FLOPs")
+    if hours:
+        lines.append(f"GPU hours at {result['gpu']['tflops']} TFLOP/s x MFU {result['gpu']['mfu']}: build {result['build_gpu_hours']:,.1f}, with pretraining {result['total_gpu_hours']:,.1f}")
+    if "alone" in result:
+        a = result["alone"]
+        lines += ["", f"every descendant trained alone ({len(a['descendants'])}):"]
+        lines += [line(r) for r in a["descendants"]]
+        shared = ", ".join(a["shared_phases"]) or "none"
+        lines.append(
+            f"alone total: {a['total_flops']:.3e} FLOPs (shared phases counted once: {shared}) = "
+            f"{a['ratio_to_pool']:.2f}x the pool's build + pretraining"
+        )
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

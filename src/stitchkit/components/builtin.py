@@ -1,0 +1,45 @@
+"""The core's own plugin: the timm ViT, Swin, ResNet and ConvNeXt adapters, the sequential path set, the
+random initializer and the generic path samplers. Registered like any other
+plugin, under the name ``stitchkit``.
+"""
+
+from __future__ import annotations
+
+from ..core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_ancestries(register):  # noqa: ANN001
+    from ..families.convnext import TimmConvNeXt
+    from ..families.resnet import TimmResNet
+    from ..families.swin import TimmSwin
+    from ..families.vit import TimmViT
+
+    register(TimmViT)
+    register(TimmSwin)
+    register(TimmResNet)
+    register(TimmConvNeXt)
+
+
+@hookimpl
+def register_methods(register):  # noqa: ANN001
+    from .sequential import SequentialMethod
+
+    register(SequentialMethod)
+
+
+@hookimpl
+def register_initializers(register):  # noqa: ANN001
+    from .initializers import RandomInitializer
+
+    register(RandomInitializer)
+
+
+@hookimpl
+def register_samplers(register):  # noqa: ANN001
+    from .samplers import FlopsGroupedSampler, ROSSampler, SandwichSampler, UniformSampler
+
+    register(UniformSampler)
+    register(FlopsGroupedSampler)
+    register(SandwichSampler)
+    register(ROSSampler)

@@ -1,0 +1,4 @@
+"""The contracts every other layer builds on: plain descriptions (spec), limits, the plugin
+interfaces and hook specifications, the registry, component options and signature checks, the
+training-plan dataclasses and errors. It imports nothing else from stitchkit.
+"""
