@@ -1,7 +1,9 @@
 """``stitchkit`` command line: one subcommand per user task.
 
 Every stitchkit error is printed as one line on stderr (``stitchkit: error:
-...``) with exit status 2; tracebacks are shown only with ``--traceback``.
+...``) with exit status 2; tracebacks are shown only with ``--traceback``. Each command imports what it
+needs inside its function (start-up time: ``--help``, ``info`` and ``plugins``
+never import torch).
 """
 
 from __future__ import annotations

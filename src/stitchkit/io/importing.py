@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.registry import default_registry
 from ..pool.pool import Pool
 
 
 def import_checkpoint(method: str, checkpoint: str | pathlib.Path, *, anchors: Sequence[str], registry: Any = None, **options: Any) -> Pool:
     """The pool ``method`` builds from ``checkpoint``; ``options`` go to the method's constructor."""
-    from ..core.registry import default_registry
-
     registry = registry if registry is not None else default_registry()
     cls = registry.get("method", method)
     try:
