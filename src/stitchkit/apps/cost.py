@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, PoolFormatError
 
 FLOPS_PER_MAC = 2
 #: Forward passes a trained network costs per image (forward + backward = 3 forwards).
@@ -256,7 +256,7 @@ def meta_network_file(path: str, registry: Any) -> Any:
     import torch
     from safetensors import SafetensorError, safe_open
 
-    from ..engine.model import MODEL_FORMAT
+    from ..engine.model import check_model_metadata
 
     file = pathlib.Path(path).expanduser()
     if not file.is_file():
@@ -266,8 +266,12 @@ def meta_network_file(path: str, registry: Any) -> Any:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"{file}: unreadable model file ({exc})") from None
-    if meta.get("format") != MODEL_FORMAT or "arch" not in meta or "adapter" not in meta:
-        raise ConfigError(f"{file}: not a stitchkit model file (metadata format {meta.get('format')!r})")
+    try:
+        check_model_metadata(file, meta)
+    except PoolFormatError as exc:
+        raise ConfigError(str(exc)) from None
+    if "arch" not in meta or "adapter" not in meta:
+        raise ConfigError(f"{file}: not a stitchkit model file (no arch or adapter in its metadata)")
     with torch.device("meta"):
         return registry.ancestry(meta["adapter"]).from_arch(json.loads(meta["arch"]))
 
