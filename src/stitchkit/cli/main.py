@@ -44,7 +44,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_cost(args: argparse.Namespace) -> int:
     from ..apps.cost import format_cost, training_cost
-    from ..engine.config import load_config
+    from ..engine.settings import load_config
 
     config = load_config(args.config, args.set or [])
     result = training_cost(
@@ -217,8 +217,8 @@ def _options(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..engine.config import load_config
-    from ..engine.model import train_model
+    from ..engine.settings import load_config
+    from ..engine.standalone import train_model
 
     from ..engine.distributed import dist_context
     from ..io.files import OutputLock, is_plain_file_name

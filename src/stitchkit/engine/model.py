@@ -1,10 +1,9 @@
-"""Plain ViT classifiers trained on the configured data: ancestries and anchors.
+"""The ``[model]`` section: a network shaped for the data (channels, image size, classes), and its file.
 
-``train_model`` is what ``stitchkit train-ancestry`` runs: it builds a timm
-VisionTransformer shaped for the data (channels, image size, classes), trains
-it with :class:`~stitchkit.engine.tasks.ClassificationTask`, evaluates it on
-the test split and saves it as one safetensors file whose metadata says how to
-rebuild it (``load_model``).
+:func:`build_model` makes an ancestry or an anchor for the data's
+:class:`~stitchkit.engine.data.DataSpec`; :func:`save_model` writes it as one
+safetensors file whose metadata says how to rebuild it (:func:`load_model`).
+Training it is :func:`stitchkit.engine.standalone.train_model`.
 """
 
 from __future__ import annotations
@@ -23,12 +22,8 @@ from safetensors.torch import save
 from ..core.errors import ConfigError, PoolFormatError, StitchkitError
 from ..core.interfaces import AncestryAdapter
 from ..families.vit import TimmViT
-from .config import resolve, save_resolved, write_bytes_atomic
-from .data import DataConfig, DataSpec, build_data
-from .distributed import dist_context
-from .evaluate import evaluate
-from .tasks import ClassificationTask
-from .trainer import TrainConfig, fit
+from .config import section, write_bytes_atomic
+from .data import DataSpec
 
 MODEL_FORMAT = "stitchkit-model"
 
@@ -77,8 +72,6 @@ class ModelConfig:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelConfig:
-        from .config import section
-
         return section(config, "model", cls)
 
 
@@ -195,44 +188,3 @@ def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             return json.loads((fh.metadata() or {}).get("info", "{}"))
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise PoolFormatError(path, f"unreadable model file ({exc})") from exc
-
-
-def train_model(
-    config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry", save_config: bool = True
-) -> pathlib.Path:
-    """Train the ``[model]`` ViT on the ``[data]`` with the ``[train]`` settings; return ``out_dir/<name>.safetensors``.
-
-    Resumes (or skips) like any phase; safe to run under torchrun. ``save_config=False``
-    when it is one phase of a larger build, whose ``resolved.json`` holds the whole config.
-    """
-    resolved = resolve(config)
-    out = pathlib.Path(out_dir)
-    data = build_data(DataConfig.from_config(resolved))
-    train = TrainConfig.from_config(resolved)
-    adapter = build_model(data.spec, ModelConfig.from_config(resolved), seed=train.seed)
-    relevant = {k: resolved[k] for k in ("data", "model", "train")}
-    result = fit(ClassificationTask(adapter.model), data, train, out_dir=out, phase=name, config=relevant)
-    ctx = dist_context(train.device)
-    test = evaluate(adapter.model, data.test_loader(rank=ctx.rank, world_size=ctx.world_size), device=ctx.device) if len(data.test) else {}  # type: ignore[arg-type]
-    path = out / f"{name}.safetensors"
-    if ctx.is_main:
-        if save_config:
-            save_resolved(resolved, out)
-        info = {
-            "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source,
-                     "splits": data.splits},
-            "classes": data.classes,
-            "preprocessing": data.preprocessing,
-            "evaluation": {"test": test, "last": result.last_metrics},
-            "steps": result.steps,
-            "train_s": result.seconds,
-        }
-        if adapter.weights_record is not None:
-            info["weights"] = adapter.weights_record
-        save_model(adapter, path, info)
-    from .distributed import barrier
-
-    barrier()
-    if not path.is_file():  # pragma: no cover - a shared output directory is required under torchrun
-        raise StitchkitError(f"{path}: rank {ctx.rank} cannot see the model file rank 0 wrote; use a shared output directory")
-    return path

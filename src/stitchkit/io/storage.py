@@ -59,6 +59,7 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     read_pool_metadata,
 )
 from ..pool.pool import Pool
+from ..pool.sizes import pool_sizes
 from ..pool.metainit import meta_skeleton
 from ..core.spec import Path, RowShape, StitchSpec
 from ..pool.stitched import Descendant, build_descendant, descendant_skeleton
@@ -475,8 +476,6 @@ def save_pool(pool: Pool, path: PathLike, *, provenance: Mapping[str, Any] | Non
     (any JSON object: where the ancestry and data came from) is stored as
     ``info.provenance``.
     """
-    from ..apps.report import pool_sizes
-
     p = pathlib.Path(path)
     desc = pool.describe()
     if provenance is not None:
