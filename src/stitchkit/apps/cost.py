@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, PoolFormatError
 from ..core.registry import default_registry
 from ..core.plans import DEFAULT_PRETRAIN_EPOCHS, FLOPS_PER_MAC, FROZEN_PASSES, KINDS, TRAINED_PASSES, Phase, TrainingPlan  # noqa: F401 - re-exported: the priced plan's vocabulary
 from ..engine.data import DataConfig, DataSpec, build_data
-from ..engine.model import MODEL_FORMAT, build_model
+from ..engine.model import build_model, check_model_metadata
 from ..pool.features import stitch_places
 from ..pool.measure import count_macs
 
@@ -193,8 +193,12 @@ def meta_network_file(path: str, registry: Any) -> Any:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"{file}: unreadable model file ({exc})") from None
-    if meta.get("format") != MODEL_FORMAT or "arch" not in meta or "adapter" not in meta:
-        raise ConfigError(f"{file}: not a stitchkit model file (metadata format {meta.get('format')!r})")
+    try:
+        check_model_metadata(file, meta)
+    except PoolFormatError as exc:
+        raise ConfigError(str(exc)) from None
+    if "arch" not in meta or "adapter" not in meta:
+        raise ConfigError(f"{file}: not a stitchkit model file (no arch or adapter in its metadata)")
     with torch.device("meta"):
         return registry.ancestry(meta["adapter"]).from_arch(json.loads(meta["arch"]))
 
