@@ -1,4 +1,4 @@
-"""The core's own plugin: the timm ViT, Swin, ResNet and ConvNeXt adapters, the sequential path set, the
+"""The core's own plugin: the timm ViT, Swin, ResNet, ConvNeXt and LeViT adapters, the sequential path set, the
 random initializer and the generic path samplers. Registered like any other
 plugin, under the name ``stitchkit``.
 """
@@ -11,6 +11,7 @@ from ..core.hookspecs import hookimpl
 @hookimpl
 def register_ancestries(register):  # noqa: ANN001
     from ..families.convnext import TimmConvNeXt
+    from ..families.levit import TimmLeViT
     from ..families.resnet import TimmResNet
     from ..families.swin import TimmSwin
     from ..families.vit import TimmViT
@@ -19,6 +20,7 @@ def register_ancestries(register):  # noqa: ANN001
     register(TimmSwin)
     register(TimmResNet)
     register(TimmConvNeXt)
+    register(TimmLeViT)
 
 
 @hookimpl
