@@ -31,8 +31,9 @@ from importlib import resources
 from typing import Any
 
 from .compare import blocks_key, collect, compare_by_blocks, find_best, format_finding, markdown_report, plot_accuracy
-from ..engine.config import load_config, resolve, section
-from ..engine.model import train_model
+from ..engine.config import section
+from ..engine.settings import load_config, resolve
+from ..engine.standalone import train_model
 from ..core.errors import ConfigError, StitchkitError
 from ..io.files import OutputLock, copy_atomic, write_text_atomic
 from ..core.registry import Registry, default_registry

@@ -16,26 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.spec import Path, RowShape, StitchSpec
+from ..pool.sizes import SIZES_CONVENTION, pool_sizes
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
     from ..core.registry import Registry
-
-#: How parameters are counted in stored sizes (see :func:`stitchkit.pool.measure.count_params`).
-SIZES_CONVENTION = "true"
-
-
-def pool_sizes(pool: Pool) -> dict[str, Any]:
-    """The sizes a pool file stores: parameters per row and in all, params and MACs per descendant."""
-    from ..pool.measure import count_params
-
-    return {
-        "convention": SIZES_CONVENTION,
-        "storage_params": pool.storage_params(),
-        "rows": [count_params(row) for row in pool.rows],
-        "descendants": [{"params": c["params"], "macs": c["macs"]} for c in pool.costs(convention=SIZES_CONVENTION)],
-    }
-
 
 def pool_from_metadata(meta: dict[str, Any], registry: Registry | None = None, *, path: object = "pool file") -> Pool:
     """The pool a file describes, on the meta device (structure only, no weights).

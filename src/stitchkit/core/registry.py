@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import fnmatch
 import functools
+import importlib
 import importlib.metadata
 import inspect
 import os
@@ -41,6 +42,8 @@ ENTRY_POINT_GROUP = "stitchkit"
 #: Set to a non-empty value other than ``0`` to skip entry-point plugins (tests do).
 AUTOLOAD_ENV = "STITCHKIT_DISABLE_PLUGIN_AUTOLOAD"
 CORE_PLUGIN = "stitchkit"
+#: The module registering the core's components (adapters, samplers, the random initializer, ``sequential``).
+CORE_PLUGIN_MODULE = "stitchkit.components.builtin"
 
 #: kind -> (hook name, base class)
 KINDS: dict[str, tuple[str, type]] = {
@@ -98,9 +101,9 @@ class Registry:
         self.broken: list[BrokenPlugin] = []
         #: plugin name -> (distribution name, version), for plugins loaded from entry points and the core
         self.packages: dict[str, tuple[str, str]] = {CORE_PLUGIN: ("stitchkit", _version("stitchkit"))}
-        from ..components import builtin
-
-        self.register_plugin(builtin, name=CORE_PLUGIN)
+        # The core's own components register like any plugin: loaded by module name, as an entry point
+        # is, so the core package never imports the layers above it.
+        self.register_plugin(importlib.import_module(CORE_PLUGIN_MODULE), name=CORE_PLUGIN)
         if load_entrypoints is None:
             load_entrypoints = not autoload_disabled()
         if load_entrypoints:

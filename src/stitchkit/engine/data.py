@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from ..core.errors import ConfigError
+from .config import from_mapping, section, to_mapping
 from .transforms import TransformConfig, create_eval_transform, create_train_transform, preprocessing
 
 SOURCES = ("digits", "imagefolder", "synthetic")
@@ -98,8 +99,6 @@ class DataConfig:
             raise ConfigError(f"{where}: num_workers must be >= 0 and eval_batch_size >= 1")
         if self.synthetic_samples < 2 or self.synthetic_classes < 2:
             raise ConfigError(f"{where}: synthetic_samples and synthetic_classes must be >= 2")
-        from .config import from_mapping, to_mapping
-
         self.transform = to_mapping(from_mapping(TransformConfig, self.transform, f"{where}.transform"))
         self._check_applicable(where)
 
@@ -127,8 +126,6 @@ class DataConfig:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DataConfig:
-        from .config import section
-
         return section(config, "data", cls)
 
 

@@ -299,13 +299,3 @@ def _on_meta() -> bool:
     """True inside ``with torch.device("meta")`` (structure only: planning, lazy loading)."""
     get = getattr(torch, "get_default_device", None)
     return get is not None and get().type == "meta"
-
-
-def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a weights-only torch file (:func:`stitchkit.families.weights.read_state_dict`)."""
-    from ..io.files import check_regular_file
-    from .weights import read_state_dict
-
-    check_regular_file(path, "checkpoint file")  # missing, a directory or a FIFO: refused before open
-
-    return read_state_dict(path)

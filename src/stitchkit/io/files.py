@@ -163,7 +163,8 @@ def temp_path(target: PathLike) -> pathlib.Path:
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> pathlib.Path:
     """Call ``write(temp_name)``, then move the temp file over ``path``: ``path`` is never half-written.
 
-    On any failure the temp file is removed and ``path`` is left as it was.
+    On any failure the temp file is removed and ``path`` is left as it was; an
+    OS error about the temp file is re-raised naming ``path``.
     """
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -189,11 +190,14 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> pathlib.Path:
         finally:
             os.close(fd)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and str(tmp) in (exc.filename, exc.filename2):
+            # the user never named the temp file: report the path they gave
+            raise OSError(exc.errno, exc.strerror, str(p)) from None
         raise
     return p
 
