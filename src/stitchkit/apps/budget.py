@@ -54,7 +54,7 @@ def select_descendant(
     ``latency_ms`` when a latency budget was given). Raises
     :class:`BudgetError` naming the smallest option when nothing fits.
     """
-    from ..io.storage import load_descendant, read_pool_structure
+    from ..io.storage import load_descendant, read_pool_structure  # local: imports torch; the CLI imports this module at start
 
     if max_params is None and max_macs is None and max_latency_ms is None:
         raise ConfigError("give at least one budget: max_params, max_macs or max_latency_ms")

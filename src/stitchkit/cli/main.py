@@ -4,7 +4,8 @@ Every stitchkit error is printed as one line on stderr (``stitchkit: error:
 ...``) with exit status 2; tracebacks are shown only with ``--traceback``
 (before or after the command name). A closed output pipe (``stitchkit info
 POOL | head -1``) ends the command quietly with status 141, the shell's status
-of a process ended by SIGPIPE, as ``cat`` or ``yes`` would.
+of a process ended by SIGPIPE, as ``cat`` or ``yes`` would. Each command imports what it needs inside its
+function (start-up time: ``--help``, ``info`` and ``plugins`` never import torch).
 """
 
 from __future__ import annotations

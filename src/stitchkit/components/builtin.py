@@ -10,6 +10,7 @@ from ..core.hookspecs import hookimpl
 
 @hookimpl
 def register_ancestries(register):  # noqa: ANN001
+    # local: every registry loads this module, and `stitchkit plugins` / `info` must not import timm
     from ..families.convnext import TimmConvNeXt
     from ..families.resnet import TimmResNet
     from ..families.swin import TimmSwin

@@ -29,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from ..core import limits
 from ..core.errors import ConfigError
 from .config import from_mapping, section, to_mapping
-from .transforms import TransformConfig, create_eval_transform, create_train_transform, preprocessing
+from ..io.preprocessing import eval_transform
+from .transforms import TransformConfig, create_train_transform, preprocessing
 
 SOURCES = ("digits", "imagefolder", "synthetic")
 
@@ -76,8 +78,6 @@ class DataConfig:
     def validate(self, where: str = "data") -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"{where}.source: unknown source {self.source!r}; use one of {', '.join(SOURCES)}")
-        from ..core import limits
-
         limits.check_int(self.img_size, f"{where}.img_size", maximum=limits.MAX_IMG_SIZE, limit="MAX_IMG_SIZE")
         limits.check_int(self.eval_batch_size, f"{where}.eval_batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
         limits.check_int(self.synthetic_classes, f"{where}.synthetic_classes", minimum=2, maximum=limits.MAX_CLASSES, limit="MAX_CLASSES")
@@ -474,7 +474,7 @@ def _imagefolder_data(cfg: DataConfig) -> Data:
             )
     tcfg = cfg.transforms
     pre = preprocessing(tcfg, cfg.img_size, 3)
-    eval_tf = create_eval_transform(pre)
+    eval_tf = eval_transform(pre)
     train_tf = create_train_transform(tcfg, pre) if cfg.augment else eval_tf
     try:
         full = ImageFolder(str(base), transform=train_tf)
