@@ -151,7 +151,7 @@ def test_imagefolder_source(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"source": "mnist"}, ["data.source", "digits"]),
+        ({"source": "cifar10"}, ["data.source", "digits", "fashion-mnist"]),
         ({"in_chans": 2}, ["in_chans", "1 or 3"]),
         ({"source": "imagefolder", "in_chans": 3}, ["root"]),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, ["val_fraction + test_fraction"]),
