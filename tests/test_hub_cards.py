@@ -120,7 +120,7 @@ def test_a_folder_is_replaced_only_when_it_is_an_earlier_export(pool_file, tmp_p
     with pytest.raises(FileError, match="this is a file"):
         export_hf(pool_file, 0, pool_file)
     # a failure after the weights were written leaves nothing: no folder, no temporary folder
-    monkeypatch.setattr("stitchkit.apps.cards.descendant_card", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("stitchkit.apps.hub.descendant_card", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         export_hf(pool_file, 1, tmp_path / "g")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

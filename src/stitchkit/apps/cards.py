@@ -17,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.spec import Path, RowShape
+from ..io.files import write_text_atomic
+from ..io.header import read_pool_metadata
+from .report import file_descendants_table, stored_sizes
 
 _METHODS = {
     "learngene-pool": "Learngene Pool (Shi et al., AAAI 2024): blocks of small auxiliary models distilled from one "
@@ -215,10 +218,6 @@ def descendant_card(desc: Mapping[str, Any], *, params: int | None, macs: int | 
 
 def write_pool_card(pool_file: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> pathlib.Path:
     """Write the card of a pool file (default: ``POOL.md`` beside it, e.g. ``pool.md``); returns its path."""
-    from ..io.files import write_text_atomic
-    from ..io.header import read_pool_metadata
-    from .report import file_descendants_table, stored_sizes
-
     src = pathlib.Path(pool_file)
     meta = read_pool_metadata(src)
     sizes = stored_sizes(meta, path=src)

@@ -20,10 +20,13 @@ from typing import Any
 
 from ..core.errors import FileError
 from ..core.spec import Path
-from ..io import hub
+from ..io import hub, storage
 from ..io.files import refuse_overwrite
-from ..io.header import DESCENDANT_FORMAT, PLAIN_FORMAT, _read_header, file_kind
+from ..io.header import DESCENDANT_FORMAT, PLAIN_FORMAT, _read_header, file_kind, read_pool_metadata
 from ..pool.pool import Pool
+from ..pool.sizes import pool_sizes
+from .cards import descendant_card
+from .report import stored_sizes
 
 
 def _replaceable(out: pathlib.Path) -> None:
@@ -41,13 +44,8 @@ def _replaceable(out: pathlib.Path) -> None:
 def _sizes(pool_or_path: Pool | os.PathLike[str] | str, index: int) -> tuple[int | None, int | None]:
     """Params and MACs of descendant ``index``, as the pool file stores them (computed for an in-memory pool)."""
     if isinstance(pool_or_path, Pool):
-        from ..pool.sizes import pool_sizes
-
         entry = pool_sizes(pool_or_path)["descendants"][index]
     else:
-        from ..io.header import read_pool_metadata
-        from .report import stored_sizes
-
         entry = stored_sizes(read_pool_metadata(pool_or_path), path=pool_or_path)["descendants"][index]
     return int(entry["params"]), int(entry["macs"])
 
@@ -63,9 +61,6 @@ def export_hf(pool_or_path: Pool | os.PathLike[str] | str, key: Path | int | str
     path and rows. Both load with ``stitchkit.load_exported(DIR)``; ``README.md`` is
     the model card (:mod:`stitchkit.apps.cards`).
     """
-    from ..io import storage
-    from .cards import descendant_card
-
     out = pathlib.Path(out_dir)
     _replaceable(out)
     if not isinstance(pool_or_path, Pool):
