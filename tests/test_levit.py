@@ -11,6 +11,7 @@ from torch import nn
 
 from stitchkit.apps.planner import plan
 from stitchkit.core.errors import ConfigError
+from stitchkit.core.interfaces import InitContext
 from stitchkit.core.registry import default_registry
 from stitchkit.core.spec import RowShape, parse_row, parse_rows
 from stitchkit.families.levit import TimmLeViT
@@ -193,3 +194,31 @@ def test_levit_refuses_what_it_cannot_be():
         TimmLeViT.from_name("resnet18")
     with pytest.raises(ConfigError, match=r"arch keys \['use_conv'\]: unknown"):
         TimmLeViT.from_arch({**TimmLeViT.example().arch(), "use_conv": True})
+
+
+def test_ls_fits_levit_stitches_per_token_where_the_official_code_does():
+    torch.manual_seed(0)
+    arch = dict(img_size=32, num_classes=5, key_dim=8, depth=[2, 2, 2], stem_type="s8")
+    front = TimmLeViT.from_arch({**arch, "embed_dim": [16, 24, 32], "num_heads": [2, 3, 5]})
+    end = TimmLeViT.from_arch({**arch, "embed_dim": [32, 48, 64], "num_heads": [4, 6, 8]})
+    reg = default_registry()
+    pool = Pool.from_method(reg.method("snnet"), [front, end]).eval()
+    # stages 0 and 1 stitched, (0,1) in each: front through stage-s block 0, end from stage-s block 1
+    assert [p.name for p in pool.paths[2:]] == ["r0[0:1]+s0_1_0+r1[1:6]", "r0[0:3]+s0_1_1+r1[3:6]"]
+    images = torch.randn(40, 3, 32, 32)
+    reg.create("initializer", "ls").initialize(pool, InitContext(images=images))
+    for name, front_stop, end_start, tokens in (("s0_1_0", 1, 1, 16), ("s0_1_1", 3, 3, 4)):
+        with torch.no_grad():
+            h = front.stem()(images)
+            for b in range(front_stop):
+                h = front.blocks[b](h)
+            g = end.stem()(images)
+            for b in range(end_start):
+                g = end.blocks[b](g)
+        assert h.shape[1] == g.shape[1] == tokens  # the same grid on both sides (4x4 in stage 0, 2x2 in stage 1)
+        x, y = h.reshape(-1, h.shape[-1]).double(), g.reshape(-1, g.shape[-1]).double()
+        sol = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1), y).solution
+        layer = pool.stitches[name]
+        assert isinstance(layer, nn.Linear)
+        torch.testing.assert_close(layer.weight.double(), sol[:-1].T, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer.bias.double(), sol[-1], rtol=1e-4, atol=1e-5)
