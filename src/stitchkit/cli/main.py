@@ -103,8 +103,12 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..apps.report import format_pool_info, pool_info
+    from ..apps.report import format_model_info, format_pool_info, is_model_file, model_file_info, pool_info
 
+    if is_model_file(args.pool):  # a single network from `stitchkit train`
+        model = model_file_info(args.pool)
+        print(json.dumps(model, indent=2) if args.json else format_model_info(model))
+        return 0
     info = pool_info(args.pool)
     if args.verify:
         from ..io.storage import read_pool_structure, verify_data
@@ -128,9 +132,20 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: torch's CPU threads in this process (unset: torch's default)."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        from ..core.limits import check_int
+
+        torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import build_command
 
+    _set_threads(args)
     out = build_command(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
     print(f"pool written to {out}")
     print(f"model card written to {out.with_suffix('.md')}")
@@ -251,6 +266,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not is_plain_file_name(args.name):
         raise ConfigError(f"--name {args.name!r} must be a plain file name (no '/', not '.' or '..')")
+    _set_threads(args)
     config = load_config(args.config, args.set or [])
     lock = OutputLock(args.out, f"stitchkit train {args.config}") if dist_context(config["train"]["device"]).is_main else None
     try:
@@ -260,7 +276,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
-    print(f"model written to {path}")
+    from ..engine.standalone import trained_summary
+
+    print(trained_summary(path))
     return 0
 
 
@@ -315,7 +333,7 @@ def parser() -> argparse.ArgumentParser:
     pg.add_argument("--json", action="store_true")
     pg.set_defaults(func=_cmd_plugins)
 
-    pi = command("info", help="show a pool file: rows, stitch layers, descendants table")
+    pi = command("info", help="show a pool file (rows, stitch layers, descendants table) or a model file from train (shape, provenance, accuracy)")
     pi.add_argument("pool", help="pool file (.safetensors)")
     pi.add_argument("--json", action="store_true")
     pi.add_argument("--verify", action="store_true", help="also rebuild every row (on the meta device) and check the tensor data against the sha256 stored at write time")
@@ -331,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
     pb.add_argument("--out", help="output folder (default: the config's out_dir)")
     pb.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    pb.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, all cores; 1 when runs share the machine)")
     pb.set_defaults(func=_cmd_build)
 
     ps = command("select", help="the most accurate descendant within a budget")
@@ -375,6 +395,8 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--set", action="append", metavar="KEY=VALUE")
     pt.add_argument("--out", default="runs/ancestry", help="output folder")
     pt.add_argument("--name", default="ancestry", help="model file name (NAME.safetensors)")
+    pt.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, all cores; 1 when runs share the machine)")
     pt.set_defaults(func=_cmd_train)
     return p
 
