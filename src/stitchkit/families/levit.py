@@ -137,7 +137,7 @@ class TimmLeViT(StagedAdapter):
         first = blocks[0]
         drop_path = getattr(first.drop_path1, "drop_prob", 0.0)
         arch: dict[str, Any] = {
-            "img_size": [int(r) * int(m.stem.stride) for r in first.attn.resolution],
+            "img_size": self._img_size(),
             "in_chans": int(m.in_chans),
             "num_classes": int(m.num_classes),
             "embed_dim": [int(d) for d in m.embed_dim],
@@ -189,7 +189,12 @@ class TimmLeViT(StagedAdapter):
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        return (int(self.model.in_chans), *self.arch()["img_size"])  # type: ignore[return-value]
+        h, w = self._img_size()
+        return (int(self.model.in_chans), h, w)
+
+    def _img_size(self) -> list[int]:
+        """The image size, from stage 0's grid and the stem's stride (whole stem patches, see ``_check_stages``)."""
+        return [int(r) * int(self.model.stem.stride) for r in self.model.stages[0].blocks[0].attn.resolution]
 
     def signatures(self) -> list[FeatureSignature]:
         """Tokens at each stage's grid and width, read off the network (no forward pass): the stem output

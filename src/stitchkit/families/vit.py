@@ -191,6 +191,10 @@ class TimmViT(AncestryAdapter):
             arch["init_values"] = float(blk.ls1.gamma.detach().flatten()[0]) if blk.ls1.gamma.device.type != "meta" else 1e-5
         if blk is not None and not isinstance(blk.attn.q_norm, nn.Identity):
             arch["qk_norm"] = True
+        last: Any = getattr(m.blocks[-1], "drop_path1", None) if len(m.blocks) else None
+        rate = float(getattr(last, "drop_prob", 0.0))  # timm's stochastic depth rises linearly to the rate at the last block
+        if rate:
+            arch["drop_path_rate"] = float(f"{rate:.6g}")
         name = getattr(self, "timm_name", None)
         if name:
             arch["timm_name"] = name
