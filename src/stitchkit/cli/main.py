@@ -226,7 +226,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..core.limits import check_int
 
     torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
-    summary = run_demo(args.out, args.set or [], config_path=args.config)
+    summary = run_demo(args.out, args.set or [], config_path=args.config, data=args.data)
     print(pathlib.Path(summary["report"]).read_text())
     print(f"wrote {summary['report']}, {summary['plot']} and the pool files "
           f"{', '.join(summary['pools'].values())} in {summary['total_seconds']:.0f} s")
@@ -384,7 +384,10 @@ def parser() -> argparse.ArgumentParser:
 
     pd = command("demo", help="Learngene Pool vs SN-Net at equal storage on the bundled digits (CPU, minutes)")
     pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")
-    pd.add_argument("--config", help="demo config (default: the shipped configs/demo.toml)")
+    pd.add_argument("--data", default="digits", choices=["digits", "fashion-mnist"],
+                    help="data set and its shipped config: digits (bundled, 2 minutes) or fashion-mnist "
+                         "(apt-get install dataset-fashion-mnist; under 20 minutes on 2 cores)")
+    pd.add_argument("--config", help="demo config (default: the shipped config of --data, e.g. configs/demo.toml)")
     pd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. demo.finetune_epochs=20")
     pd.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: the demo's models are tiny and extra threads mostly contend)")
