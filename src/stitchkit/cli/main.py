@@ -143,12 +143,24 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_command
+    from ..apps.report import best_per_size, format_pool_info, pool_info
+    from .build import run_build
 
     _set_threads(args)
-    out = build_command(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
-    print(f"pool written to {out}")
-    print(f"model card written to {out.with_suffix('.md')}")
+    result = run_build(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
+    from .console import rank
+
+    if rank() == 0:
+        info = pool_info(result.pool)
+        print(format_pool_info(info))
+        best = best_per_size(info["descendants"])
+        if best:
+            print("\nbest at or below each size (a larger descendant is listed only if it is more accurate):")
+            print("\n".join(f"  #{d['index']:<3} {d['params']:>12,} params {d['macs']:>14,} MACs  top-1 {d['top1']:.2f}" for d in best))
+        if result.unchanged:
+            print(f"\npool unchanged: {result.pool} is a finished build of this config (nothing rerun; --restart builds it again)")
+        else:
+            print(f"\npool written to {result.pool}")
     return 0
 
 
