@@ -173,7 +173,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     ctx = dist_context(base.device)
     for r, shape in enumerate(shapes):
         with seeded(derive_seed("learngene-row", train.seed, r)):
-            row = type(ancestry).from_arch(ancestry.resized(shape))
+            row = type(ancestry).from_arch(design.row_arch(ancestry.resized(shape)))
             design.initialize(row, ancestry)
             options = dict(parts["loss"]["options"])
             if "layout" in inspect.signature(registry.get("loss", lg.loss).for_models).parameters:
