@@ -62,7 +62,7 @@ def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str,
     lg = section(config, "learngene", LearngeneConfig)
     if method.fixed_paths:  # learngene-pool-sliding-window: the method name decides
         lg = dataclasses.replace(lg, paths=method.path_set)
-    method = LearngenePoolMethod(paths=lg.paths)
+    method = LearngenePoolMethod(paths=lg.paths, skip_rows=lg.skip_rows)
     # unknown component names and options fail now, not after hours of distillation
     parts = components(lg, registry)
     base = TrainConfig.from_config(config)
