@@ -62,8 +62,8 @@ import time
 from typing import Any
 
 from stitchkit.io import storage
-from stitchkit.engine.config import resolve
-from stitchkit.engine.model import train_model
+from stitchkit.engine.settings import resolve
+from stitchkit.engine.standalone import train_model
 from stitchkit.core.registry import Registry
 from stitchkit.core.spec import Path
 

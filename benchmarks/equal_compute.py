@@ -41,7 +41,7 @@ from compare_methods import BASE, LG_VARIANTS, blocks_key, mean_std, run_seed_de
 
 from stitchkit.apps.cost import training_cost  # noqa: E402
 from stitchkit.engine import PoolTask, TrainConfig, build_data, evaluate, fit  # noqa: E402
-from stitchkit.engine.config import resolve  # noqa: E402
+from stitchkit.engine.settings import resolve  # noqa: E402
 from stitchkit.engine.data import DataConfig, derive_seed, seeded  # noqa: E402
 from stitchkit.engine.model import load_model  # noqa: E402
 from stitchkit.pool.measure import count_params  # noqa: E402

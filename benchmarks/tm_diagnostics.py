@@ -64,8 +64,8 @@ def make_run(run: pathlib.Path, seed: int, depth: int = 6) -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from compare_methods import BASE
 
-    from stitchkit.engine.config import resolve
-    from stitchkit.engine.model import train_model
+    from stitchkit.engine.settings import resolve
+    from stitchkit.engine.standalone import train_model
     from stitchkit.core.registry import Registry
 
     train = {**BASE["train"], "seed": seed}

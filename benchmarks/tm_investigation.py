@@ -26,7 +26,7 @@ import pathlib
 import statistics
 
 from stitchkit.io import storage
-from stitchkit.engine.config import resolve
+from stitchkit.engine.settings import resolve
 from stitchkit.core.registry import Registry
 
 VARIANTS = {  # name: (initializer, fine-tuning epochs factor, distillation levels)

@@ -16,7 +16,7 @@ from helpers import block_macs, stem_macs
 
 from stitchkit.cli.main import main
 from stitchkit.apps.cost import Phase, TrainingPlan, summarize, training_cost
-from stitchkit.engine.config import load_config
+from stitchkit.engine.settings import load_config
 from stitchkit.core.errors import ConfigError
 
 IMG, PATCH, CHANS, CLASSES = 16, 4, 3, 2

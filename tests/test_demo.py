@@ -216,7 +216,8 @@ def test_shipped_ranges_are_the_benchmark_runs():
 
 def test_the_shipped_demo_config_is_the_benchmark_recipe():
     from stitchkit.apps.demo import DemoConfig, default_config_path, recipe_of
-    from stitchkit.engine.config import load_config, section
+    from stitchkit.engine.config import section
+    from stitchkit.engine.settings import load_config
 
     raw = load_config(default_config_path())
     assert recipe_of(raw, section(raw, "demo", DemoConfig)) == load_expected_ranges()["recipe"]

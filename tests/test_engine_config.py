@@ -17,11 +17,10 @@ from stitchkit.engine.config import (
     config_hash,
     differing_keys,
     flatten,
-    load_config,
     parse_override,
-    resolve,
     section,
 )
+from stitchkit.engine.settings import load_config, resolve
 from stitchkit.engine.data import DataConfig
 from stitchkit.engine.trainer import TrainConfig, run_identity
 from stitchkit.core.errors import ConfigError

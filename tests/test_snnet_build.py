@@ -97,7 +97,8 @@ def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
 def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     """Anchors from local files, only stitch layers trained: the rows stay bit-identical to the files."""
     from stitchkit.engine import save_model
-    from stitchkit.families.vit import TimmViT, load_state_file
+    from stitchkit.families.vit import TimmViT
+    from stitchkit.families.weights import load_state_file
 
     files = []
     for i, (width, heads, depth) in enumerate([(16, 2, 2), (32, 4, 2), (16, 2, 1)]):

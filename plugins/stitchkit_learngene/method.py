@@ -23,7 +23,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from stitchkit.apps.cost import TrainingPlan
+from stitchkit.core.plans import TrainingPlan
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import Method
 from stitchkit.components.sequential import sequential_paths, sequential_stitches

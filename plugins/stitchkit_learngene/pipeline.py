@@ -41,7 +41,7 @@ from stitchkit.engine import (
     section,
     train_model,
 )
-from stitchkit.engine.config import resolve
+from stitchkit.engine.settings import resolve
 from stitchkit.engine.data import Data, derive_seed, seeded
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import AncestryAdapter, DistillationLoss, InitContext

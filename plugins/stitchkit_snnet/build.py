@@ -44,7 +44,7 @@ def check_snnet_config(
 ) -> None:
     """Everything :func:`build_snnet` checks before its first phase, without training or writing."""
     from stitchkit.engine import TrainConfig, section
-    from stitchkit.engine.config import resolve
+    from stitchkit.engine.settings import resolve
 
     config = resolve(config)
     cfg = section(config, name, config_cls)

@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
+from stitchkit.core.plans import Phase, TrainingPlan
 from stitchkit.apps.cost import (
-    Phase,
-    TrainingPlan,
     expected_step_macs,
     feature_passes_macs,
     meta_network,
@@ -26,7 +25,8 @@ from stitchkit.apps.cost import (
     path_macs,
 )
 from stitchkit.engine import ModelConfig, TrainConfig, section
-from stitchkit.engine.config import from_mapping, resolve
+from stitchkit.engine.config import from_mapping
+from stitchkit.engine.settings import resolve
 from stitchkit.pool.pool import Pool
 
 from .config import SNNetConfig

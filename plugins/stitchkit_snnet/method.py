@@ -8,7 +8,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from stitchkit.apps.cost import TrainingPlan
+from stitchkit.core.plans import TrainingPlan
 from stitchkit.core.interfaces import Method
 from stitchkit.core.spec import Path, RowShape, StitchSpec
 

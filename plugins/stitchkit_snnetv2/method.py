@@ -6,7 +6,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stitchkit.apps.cost import TrainingPlan
+from stitchkit.core.plans import TrainingPlan
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import Method
 from stitchkit.core.spec import Path, RowShape, StitchSpec

@@ -16,26 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.spec import Path, RowShape, StitchSpec
+from ..pool.sizes import SIZES_CONVENTION, pool_sizes
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
     from ..core.registry import Registry
-
-#: How parameters are counted in stored sizes (see :func:`stitchkit.pool.measure.count_params`).
-SIZES_CONVENTION = "true"
-
-
-def pool_sizes(pool: Pool) -> dict[str, Any]:
-    """The sizes a pool file stores: parameters per row and in all, params and MACs per descendant."""
-    from ..pool.measure import count_params
-
-    return {
-        "convention": SIZES_CONVENTION,
-        "storage_params": pool.storage_params(),
-        "rows": [count_params(row) for row in pool.rows],
-        "descendants": [{"params": c["params"], "macs": c["macs"]} for c in pool.costs(convention=SIZES_CONVENTION)],
-    }
-
 
 def pool_from_metadata(meta: dict[str, Any], registry: Registry | None = None, *, path: object = "pool file") -> Pool:
     """The pool a file describes, on the meta device (structure only, no weights).
@@ -147,6 +132,64 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
         "info": desc.get("info", {}),
         "descendants": _table([Path.from_json(p) for p in desc["paths"]], sizes["descendants"], desc.get("evaluation", {})),
     }
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    """True for a single network written by ``stitchkit train`` (not a pool); False for anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..engine.model import MODEL_FORMAT
+    from ..io.header import file_kind
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return file_kind(fh.metadata() or {}) == MODEL_FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def model_file_info(path: str | os.PathLike) -> dict[str, Any]:
+    """JSON-ready summary of a model file written by ``stitchkit train``: shape, provenance, accuracy."""
+    from ..engine.model import load_model, model_info
+
+    adapter = load_model(path)
+    info = model_info(path)
+    return {
+        "file": str(path),
+        "bytes": pathlib.Path(path).stat().st_size,
+        "kind": "model",
+        "adapter": adapter.name,
+        "shape": str(adapter.shape),
+        "params": sum(p.numel() for p in adapter.model.parameters()),
+        "info": info,
+    }
+
+
+def format_model_info(info: dict[str, Any]) -> str:
+    meta = info["info"]
+    data = meta.get("data", {})
+    lines = [
+        f"model {info['file']}  ({info['bytes'] / 2**20:.1f} MiB, written by stitchkit train)",
+        f"network: {info['adapter']} {info['shape']}, {info['params']:,} params",
+    ]
+    if data:
+        lines.append(f"data: {data.get('source', '?')}, {data.get('in_chans')}x{data.get('img_size')}x{data.get('img_size')}, "
+                     f"{data.get('num_classes')} classes" + (f" ({', '.join(meta['classes'])})" if meta.get("classes") else ""))
+        for split, rec in (data.get("splits") or {}).items():
+            extra = f", a stratified subset of {rec['subset_of']:,} (seed {rec['seed']})" if "subset_of" in rec else ""
+            lines.append(f"  {split}: {rec.get('images', '?'):,} images from {rec.get('from', '?')}{extra}")
+    if "steps" in meta:
+        budget = f"trained {meta['steps']:,} steps"
+        if "epochs" in meta:
+            budget += f" = {meta['epochs']:g} epochs of {meta['train_images']:,} images"
+        train = (meta.get("config") or {}).get("train") or {}
+        if train:
+            budget += f" (batch {train.get('batch_size')}, lr {train.get('lr')}, seed {train.get('seed')})"
+        lines.append(budget + f" in {meta.get('train_s', 0.0):.0f} s")
+    test = (meta.get("evaluation") or {}).get("test") or {}
+    if test:
+        lines.append(f"test top-1 {test['top1']:.2f} %, top-5 {test['top5']:.2f} % on {test.get('images', '?'):,} images")
+    return "\n".join(lines)
 
 
 def _fmt_acc(row: dict[str, Any], key: str) -> str:

@@ -13,7 +13,8 @@ import pathlib
 import time
 from collections.abc import Sequence
 
-from ..engine.config import config_hash, load_config, save_resolved
+from ..engine.config import config_hash, save_resolved
+from ..engine.settings import load_config
 from ..engine.distributed import barrier, dist_context
 from ..engine.runlog import append_run_record
 from ..core.errors import ConfigError

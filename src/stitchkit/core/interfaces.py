@@ -26,13 +26,12 @@ from typing_extensions import Self
 import torch
 from torch import nn
 
-from .errors import MissingTapError
+from .errors import ConfigError, MissingTapError, PluginError
 from .spec import FeatureSignature, Path, RowShape, StitchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..apps.cost import TrainingPlan
-    from ..pool.pool import Pool
-    from .registry import Registry
+    from .plans import TrainingPlan
+    from .protocols import PoolView, RegistryView
 
 
 # --------------------------------------------------------------------------- taps
@@ -143,7 +142,6 @@ class AncestryAdapter(ABC):
         RNG only, so that it is reproducible under ``torch.manual_seed``.
         There is no generic default: the base raises :class:`~stitchkit.core.errors.PluginError`.
         """
-        from .errors import PluginError
 
         raise PluginError(
             f"ancestry adapter {getattr(cls, 'name', cls.__name__)!r} has no example(): override the classmethod "
@@ -156,7 +154,6 @@ class AncestryAdapter(ABC):
 
         Adapters without a model registry of their own keep this default.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"ancestry adapter {cls.name!r} cannot create models by name ({name!r})")
 
@@ -245,7 +242,6 @@ class AncestryAdapter(ABC):
         forward skips the end anchor's final norm (see docs/snnet.md).
         Families that cannot leave the norm out keep this default, which refuses.
         """
-        from .errors import ConfigError
 
         raise ConfigError(
             f"ancestry adapter {getattr(self, 'name', type(self).__name__)!r} cannot run its head without the final norm "
@@ -399,7 +395,7 @@ class StitchInitializer(ABC):
         return cls()
 
     @abstractmethod
-    def initialize(self, pool: Pool, context: InitContext) -> None:
+    def initialize(self, pool: PoolView, context: InitContext) -> None:
         """Write every stitch layer of ``pool`` in place (keeping its parameter objects and dtype).
 
         An initializer with ``needs_images = True`` raises
@@ -421,7 +417,6 @@ class PathSampler(ABC):
     name: ClassVar[str]
 
     def __init__(self, paths: Sequence[Path], macs: Sequence[int] | None = None) -> None:
-        from .errors import ConfigError  # a ValueError too
 
         if not paths:
             raise ConfigError(f"the {getattr(self, 'name', type(self).__name__)!r} path sampler needs at least one path")
@@ -466,7 +461,7 @@ class Method(ABC):
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         """Every descendant the method allows, in a stable order."""
 
-    def check_config(self, config: Mapping[str, Any], *, registry: Registry) -> None:
+    def check_config(self, config: Mapping[str, Any], *, registry: RegistryView) -> None:
         """Raise :class:`~stitchkit.core.errors.ConfigError` for a config :meth:`build` would refuse.
 
         Called by ``stitchkit build`` and the demo before the first phase, so a
@@ -475,37 +470,34 @@ class Method(ABC):
         """
 
     def training_phases(
-        self, config: Mapping[str, Any], *, spec: Any, registry: Registry, eval_images: int, pretrain_epochs: int
+        self, config: Mapping[str, Any], *, spec: Any, registry: RegistryView, eval_images: int, pretrain_epochs: int
     ) -> TrainingPlan:
         """The phases :meth:`build` runs for ``config``, priced by ``stitchkit cost`` (:mod:`stitchkit.apps.cost`).
 
         ``spec`` is the data's :class:`~stitchkit.engine.data.DataSpec`. Build
         networks on the meta device (nothing trained, nothing downloaded); give
         loaded weights a ``"pretraining"`` phase of ``pretrain_epochs``, and
-        fill :attr:`~stitchkit.apps.cost.TrainingPlan.alone` with each descendant
+        fill :attr:`~stitchkit.core.plans.TrainingPlan.alone` with each descendant
         trained on its own by the method's single-network recipe.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} does not describe its training phases, so 'stitchkit cost' cannot price it")
 
-    def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: Registry) -> pathlib.Path:
+    def build(self, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry: RegistryView) -> pathlib.Path:
         """Run the method's whole pipeline from a resolved config; return the pool file.
 
         Methods that only define a path set (like the core's ``sequential``)
         do not build; ``stitchkit build`` then says so.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} defines paths only and cannot run 'stitchkit build'")
 
-    def import_checkpoint(self, path: pathlib.Path, *, anchors: Sequence[str], registry: Registry) -> Any:
+    def import_checkpoint(self, path: pathlib.Path, *, anchors: Sequence[str], registry: RegistryView) -> Any:
         """A :class:`~stitchkit.pool.pool.Pool` holding a checkpoint of the method's original code.
 
         ``anchors`` names the networks the checkpoint holds, smallest first.
         Methods without an original checkpoint format keep this default;
         ``stitchkit import`` then says so.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} cannot import checkpoints of another code base")

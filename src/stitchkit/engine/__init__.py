@@ -8,16 +8,16 @@ from .config import (
     apply_overrides,
     check_keys,
     config_hash,
-    load_config,
     parse_override,
-    resolve,
     save_resolved,
     section,
 )
 from .data import Data, DataConfig, DataSpec, build_data
 from .distributed import DistContext, dist_context
 from .evaluate import evaluate, evaluate_pool, format_table
-from .model import ModelConfig, build_model, load_model, model_info, save_model, train_model
+from .model import ModelConfig, build_model, load_model, model_info, save_model
+from .settings import load_config, resolve
+from .standalone import train_model
 from .teacher import LogitsTeacher, load_teacher
 from .tasks import Batch, ClassificationTask, DistillationTask, PoolTask, TrainTask, soft_cross_entropy
 from .trainer import FitResult, StepState, TrainConfig, fit, learning_rate

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from ..core.errors import ConfigError, FileError
 from ..io.files import check_regular_file
+from ..io.files import write_bytes_atomic as write_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,8 +33,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 T = TypeVar("T")
 
-#: Top-level keys that are not sections.
-TOP_LEVEL_KEYS = ("method", "description", "out_dir")
 
 
 def check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
@@ -190,50 +189,6 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def engine_sections() -> dict[str, type]:
-    """The sections the engine owns and validates: name -> dataclass."""
-    from .data import DataConfig
-    from .model import ModelConfig
-    from .trainer import TrainConfig
-
-    return {"data": DataConfig, "train": TrainConfig, "model": ModelConfig}
-
-
-def resolve(config: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
-    """Validate the engine's sections and fill in their defaults.
-
-    Other top-level tables belong to methods, which check them with
-    :func:`section`; top-level non-table keys must be one of :data:`TOP_LEVEL_KEYS`.
-    """
-    resolved = json.loads(json.dumps(config))  # deep copy; also proves it is JSON-able
-    for key, value in resolved.items():
-        if not isinstance(value, dict) and key in engine_sections():
-            raise ConfigError(f"{where}: {key!r} must be a table ([{key}]), got {value!r}")
-        if not isinstance(value, dict) and key not in TOP_LEVEL_KEYS:
-            close = difflib.get_close_matches(key, [*TOP_LEVEL_KEYS, *engine_sections()], n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(
-                f"{where}: unknown top-level key {key!r}{hint} (top-level keys: "
-                f"{', '.join(TOP_LEVEL_KEYS)}; everything else goes in a [section])"
-            )
-    for key in TOP_LEVEL_KEYS:
-        if key in resolved and not isinstance(resolved[key], str):
-            raise ConfigError(f"{where}: top-level {key!r} must be a string, got {resolved[key]!r}")
-    for name, cls in engine_sections().items():
-        try:
-            resolved[name] = to_mapping(section(resolved, name, cls))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return resolved
-
-
-def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read ``path``, apply ``overrides`` and return the resolved config."""
-    raw = read_config_file(path)
-    apply_overrides(raw, overrides)
-    return resolve(raw, where=str(path))
-
-
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON through a temp file in the same directory and ``os.replace``."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
@@ -241,9 +196,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
 
 def write_bytes_atomic(path: str | os.PathLike[str], payload: bytes) -> None:
     """Write ``payload`` atomically (:func:`stitchkit.io.files.write_bytes_atomic`)."""
-    from ..io.files import write_bytes_atomic as write
-
-    write(path, payload)
+    write_atomic(path, payload)
 
 
 def save_resolved(config: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> pathlib.Path:

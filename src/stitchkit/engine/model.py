@@ -1,10 +1,9 @@
-"""Plain ViT classifiers trained on the configured data: ancestries and anchors.
+"""The ``[model]`` section: a network shaped for the data (channels, image size, classes), and its file.
 
-``train_model`` is what ``stitchkit train-ancestry`` runs: it builds a timm
-VisionTransformer shaped for the data (channels, image size, classes), trains
-it with :class:`~stitchkit.engine.tasks.ClassificationTask`, evaluates it on
-the test split and saves it as one safetensors file whose metadata says how to
-rebuild it (``load_model``).
+:func:`build_model` makes an ancestry or an anchor for the data's
+:class:`~stitchkit.engine.data.DataSpec`; :func:`save_model` writes it as one
+safetensors file whose metadata says how to rebuild it (:func:`load_model`).
+Training it is :func:`stitchkit.engine.standalone.train_model`.
 """
 
 from __future__ import annotations
@@ -23,12 +22,8 @@ from safetensors.torch import save
 from ..core.errors import ConfigError, PoolFormatError, StitchkitError
 from ..core.interfaces import AncestryAdapter
 from ..families.vit import TimmViT
-from .config import resolve, save_resolved, write_bytes_atomic
-from .data import DataConfig, DataSpec, build_data
-from .distributed import dist_context
-from .evaluate import evaluate
-from .tasks import ClassificationTask
-from .trainer import TrainConfig, fit
+from .config import section, write_bytes_atomic
+from .data import DataSpec
 
 MODEL_FORMAT = "stitchkit-model"
 
@@ -77,8 +72,6 @@ class ModelConfig:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelConfig:
-        from .config import section
-
         return section(config, "model", cls)
 
 
@@ -146,15 +139,28 @@ def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Map
     """One network as safetensors, with the adapter name and arch in the metadata (atomic)."""
     path = pathlib.Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.model.state_dict().items()}
+    from ..io.header import KIND_KEY, stamp
+
     meta = {
-        "format": MODEL_FORMAT,
-        "version": "1",
+        KIND_KEY: MODEL_FORMAT,  # `format` is "pt" (what Hugging Face loaders check), the digest covers the rest
+        "version": "2",
         "adapter": adapter.name,
         "arch": json.dumps(adapter.arch(), sort_keys=True),
         "info": json.dumps(dict(info or {}), sort_keys=True),
     }
-    write_bytes_atomic(path, save(tensors, metadata=meta))
+    write_bytes_atomic(path, save(tensors, metadata=stamp(meta)))
     return path
+
+
+def check_model_metadata(path: pathlib.Path, meta: dict[str, str]) -> None:
+    """A model file's kind, and (version 2: ``format: pt``) its metadata digest; version 1 named the kind in ``format``."""
+    from ..io.header import HF_FORMAT, KIND_KEY, check_digest, file_kind
+
+    if file_kind(meta) != MODEL_FORMAT:
+        found = meta.get(KIND_KEY) if meta.get("format") == HF_FORMAT else meta.get("format")
+        raise PoolFormatError(path, f"not a stitchkit model file (metadata format {found!r}); train one with train_model")
+    if meta.get("format") == HF_FORMAT:
+        check_digest(path, meta)
 
 
 def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAdapter:
@@ -169,8 +175,7 @@ def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAd
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            if meta.get("format") != MODEL_FORMAT:
-                raise PoolFormatError(path, f"not a stitchkit model file (metadata format {meta.get('format')!r}); train one with train_model")
+            check_model_metadata(path, meta)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         arch = json.loads(meta["arch"])
         name = meta["adapter"]
@@ -195,44 +200,3 @@ def model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             return json.loads((fh.metadata() or {}).get("info", "{}"))
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise PoolFormatError(path, f"unreadable model file ({exc})") from exc
-
-
-def train_model(
-    config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry", save_config: bool = True
-) -> pathlib.Path:
-    """Train the ``[model]`` ViT on the ``[data]`` with the ``[train]`` settings; return ``out_dir/<name>.safetensors``.
-
-    Resumes (or skips) like any phase; safe to run under torchrun. ``save_config=False``
-    when it is one phase of a larger build, whose ``resolved.json`` holds the whole config.
-    """
-    resolved = resolve(config)
-    out = pathlib.Path(out_dir)
-    data = build_data(DataConfig.from_config(resolved))
-    train = TrainConfig.from_config(resolved)
-    adapter = build_model(data.spec, ModelConfig.from_config(resolved), seed=train.seed)
-    relevant = {k: resolved[k] for k in ("data", "model", "train")}
-    result = fit(ClassificationTask(adapter.model), data, train, out_dir=out, phase=name, config=relevant)
-    ctx = dist_context(train.device)
-    test = evaluate(adapter.model, data.test_loader(rank=ctx.rank, world_size=ctx.world_size), device=ctx.device) if len(data.test) else {}  # type: ignore[arg-type]
-    path = out / f"{name}.safetensors"
-    if ctx.is_main:
-        if save_config:
-            save_resolved(resolved, out)
-        info = {
-            "data": {"in_chans": data.spec.in_chans, "img_size": data.spec.img_size, "num_classes": data.spec.num_classes, "source": data.config.source,
-                     "splits": data.splits},
-            "classes": data.classes,
-            "preprocessing": data.preprocessing,
-            "evaluation": {"test": test, "last": result.last_metrics},
-            "steps": result.steps,
-            "train_s": result.seconds,
-        }
-        if adapter.weights_record is not None:
-            info["weights"] = adapter.weights_record
-        save_model(adapter, path, info)
-    from .distributed import barrier
-
-    barrier()
-    if not path.is_file():  # pragma: no cover - a shared output directory is required under torchrun
-        raise StitchkitError(f"{path}: rank {ctx.rank} cannot see the model file rank 0 wrote; use a shared output directory")
-    return path

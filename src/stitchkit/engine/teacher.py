@@ -70,7 +70,8 @@ def _timm_teacher(name: str, spec: Any, checkpoint: str) -> Teacher:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..families.vit import TimmViT, load_state_file
+    from ..families.vit import TimmViT
+    from ..families.weights import load_state_file
 
     kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_chans}
     try:

@@ -38,7 +38,7 @@ from .checkpoint import (
     set_python_rng_state,
     unb64,
 )
-from .config import write_json_atomic
+from .config import section, write_json_atomic
 from .data import Data, derive_seed
 from .distributed import DistContext, all_gather_bytes, all_reduce_sum, barrier, dist_context
 from .evaluate import evaluate
@@ -135,8 +135,6 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainConfig:
-        from .config import section
-
         return section(config, "train", cls)
 
     @property

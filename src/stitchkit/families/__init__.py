@@ -1,5 +1,6 @@
 """The core's ancestry adapters (timm ViT, Swin, ResNet, ConvNeXt), their shared timm base and
-starting weights. It imports :mod:`stitchkit.core` and :mod:`stitchkit.pool`; only this package
-and the builtin registration (:mod:`stitchkit.components.builtin`) import a family module, so
-every other layer reaches a family through the registry, as a third-party family is reached.
+starting weights. It imports :mod:`stitchkit.core`, :mod:`stitchkit.pool` and :mod:`stitchkit.io`
+(checkpoint files are read with its checks). Only this package and the builtin registration
+(:mod:`stitchkit.components.builtin`) import a family module: every other layer reaches a family
+through the registry, as it reaches a third-party one.
 """

@@ -109,7 +109,7 @@ def create_timm(name: str, kind: type, family: str, *, pretrained: bool = False,
 
 def load_checkpoint(model: nn.Module, path: str | pathlib.Path, what: str) -> None:
     """Load a local state-dict file (safetensors or weights-only torch) into ``model``, strictly."""
-    from .vit import load_state_file
+    from .weights import load_state_file
 
     state = load_state_file(path)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..core.errors import CheckpointError, ConfigError
+from ..io.files import check_regular_file
 
 log = logging.getLogger("stitchkit")
 
@@ -227,4 +228,12 @@ def load_strict(model: nn.Module, path: str | os.PathLike[str], what: str) -> No
         raise CheckpointError(f"{path}: the weights do not fit {what} ({mismatch(exc)}); save the file from a model of this arch, or give its timm_name so timm adapts it") from None
 
 
-__all__ = ["create_timm_model", "load_strict", "mismatch", "read_state_dict"]
+
+def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a weights-only torch file (:func:`stitchkit.families.weights.read_state_dict`)."""
+    check_regular_file(path, "checkpoint file")  # missing, a directory or a FIFO: refused before open
+
+    return read_state_dict(path)
+
+
+__all__ = ["create_timm_model", "load_state_file", "load_strict", "mismatch", "read_state_dict"]

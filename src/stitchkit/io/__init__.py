@@ -1,5 +1,5 @@
-"""Bytes on disk: safe file handling, the pool file's header and storage, inference
-preprocessing, ONNX export and checkpoint import. It imports the layers below it
-(:mod:`~stitchkit.core`, :mod:`~stitchkit.pool`, :mod:`~stitchkit.components`) and reaches families
-only through the registry.
+"""Bytes on disk: safe file handling (atomic writes, locks, special files), the pool file's header
+and storage, inference preprocessing, ONNX export and checkpoint import. It imports
+:mod:`stitchkit.core` and :mod:`stitchkit.pool` only, and reaches a family through the registry;
+it sits below the families because their starting weights are files read with its checks.
 """
