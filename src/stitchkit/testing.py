@@ -41,6 +41,8 @@ not change the caller's random streams.
 
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import copy
 import json
@@ -224,11 +226,15 @@ def _seeded(seed: int, make: Callable[[], Any]) -> Any:
     return make()
 
 
-def _vit(shape: RowShape, seed: int) -> AncestryAdapter:
-    from .families.vit import TimmViT
+@functools.lru_cache(maxsize=None)
+def _core_family(name: str) -> type[AncestryAdapter]:
+    """One of the core's adapters, through a registry of the core alone (installed plugins cannot shadow it)."""
+    return Registry(load_entrypoints=False).ancestry(name)
 
+
+def _vit(shape: RowShape, seed: int) -> AncestryAdapter:
     torch.manual_seed(seed)
-    adapter = TimmViT.from_arch(
+    adapter = _core_family("timm-vit").from_arch(
         dict(img_size=IMG, patch_size=PATCH, in_chans=CHANS, num_classes=CLASSES, embed_dim=shape.width,
              depth=shape.depth, num_heads=shape.heads)
     )
