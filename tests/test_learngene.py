@@ -183,7 +183,10 @@ def test_learngene_distillation_sums_the_three_terms(registry):
 def test_each_loss_is_registered_on_its_own(registry):
     assert {"prediction", "block", "attention", "learngene"} <= set(registry.list("loss"))
     assert registry.provider("loss", "block") == "learngene-pool"
-    assert isinstance(registry.create("loss", "block", 8, 4, [(0, 0)]), BlockLoss)
+    # create and build agree: the kind's factory (for_models) with the two networks' shapes
+    made = registry.create("loss", "block", RowShape(4, 16, 2), RowShape(2, 8, 1), levels=1)
+    built = registry.build("loss", "block", RowShape(4, 16, 2), RowShape(2, 8, 1), options={"levels": 1})
+    assert isinstance(made, BlockLoss) and made.pairs == built.pairs == [(3, 1)]
 
 
 # --------------------------------------------------------------------------- designs

@@ -190,6 +190,12 @@ def test_sliding_window_method_builds_its_paths(tmp_path, ancestry_file, registr
         ({"design": "depth-reduced"}, r"design 'depth-reduced' needs option\(s\) depth"),
         ({"loss": "blok"}, "unknown loss 'blok'; did you mean 'block'"),
         ({"loss_args": {"alpha": 0.3}}, r"loss 'learngene' has no option 'alpha' \(accepted options: levels"),
+        # a value of the wrong type, before data is read or a phase trains (not a TypeError after distillation)
+        ({"initializer": "tm-ls", "initializer_args": {"ridge": "0.1"}},
+         r"^learngene.initializer_args: initializer 'tm-ls': option 'ridge' must be a float, got '0.1' \(str\) "
+         r"\(no quotes around a number in TOML\)$"),
+        ({"loss_args": {"tau": True}}, r"loss 'learngene': option 'tau' must be a float, got True \(bool\)"),
+        ({"loss_args": {"terms": "block"}}, r"loss 'learngene': option 'terms' must be a list of str, got 'block'"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, ancestry_file, registry, learngene, match):

@@ -108,7 +108,7 @@ def check_component(kind: str, name: str, registry: Registry | None = None) -> l
     checker.cls = cls
     with _quiet_rng():
         _check_common(checker, registry)
-        _CHECKS[kind](checker, registry)
+        _checker_of(kind)(checker, registry)
     return checker.passed
 
 
@@ -268,7 +268,7 @@ def _pool(dtype: torch.dtype = torch.float32) -> Any:
 
 # --------------------------------------------------------------------------- common checks
 def _check_common(c: _Checker, registry: Registry) -> None:
-    base = KINDS[c.kind][1]
+    base = KINDS[c.kind].base
     with c.check("subclass"):
         _require(issubclass(c.cls, base), f"{c.cls.__name__} is not a subclass of stitchkit.core.interfaces.{base.__name__}")
     with c.check("name"):
@@ -664,11 +664,6 @@ def _check_method(c: _Checker, registry: Registry) -> None:
         _raises_stitchkit_error(lambda: method.stitches([]), "stitches([]) (no rows)")
 
 
-_CHECKS: dict[str, Callable[[_Checker, Registry], None]] = {
-    "ancestry": _check_ancestry,
-    "design": _check_design,
-    "loss": _check_loss,
-    "initializer": _check_initializer,
-    "sampler": _check_sampler,
-    "method": _check_method,
-}
+def _checker_of(kind: str) -> Callable[[_Checker, Registry], None]:
+    """The check function the kind's table row names (:attr:`stitchkit.core.kinds.Kind.checker`)."""
+    return globals()[KINDS[kind].checker]  # type: ignore[no-any-return]
