@@ -1,4 +1,4 @@
-"""The core's own plugin: the timm ViT, Swin, ResNet and ConvNeXt adapters, the sequential path set, the
+"""The core's own plugin: the timm ViT, Swin, ResNet, ConvNeXt and LeViT adapters, the sequential path set, the
 random initializer and the generic path samplers. Registered like any other
 plugin, under the name ``stitchkit``.
 """
@@ -10,7 +10,9 @@ from ..core.hookspecs import hookimpl
 
 @hookimpl
 def register_ancestries(register):  # noqa: ANN001
+    # local: every registry loads this module, and `stitchkit plugins` / `info` must not import timm
     from ..families.convnext import TimmConvNeXt
+    from ..families.levit import TimmLeViT
     from ..families.resnet import TimmResNet
     from ..families.swin import TimmSwin
     from ..families.vit import TimmViT
@@ -19,6 +21,31 @@ def register_ancestries(register):  # noqa: ANN001
     register(TimmSwin)
     register(TimmResNet)
     register(TimmConvNeXt)
+    register(TimmLeViT)
+
+
+#: timm's model modules whose networks the core's adapters take (a name is claimed by the module that
+#: registers it in timm: ``deit_*`` and ``vit_*`` build VisionTransformers, ``seresnet50`` a ResNet).
+TIMM_MODULES = {
+    "timm-vit": ("vision_transformer", "deit"),
+    "timm-swin": ("swin_transformer",),
+    "timm-resnet": ("resnet",),
+    "timm-convnext": ("convnext",),
+    "timm-levit": ("levit",),
+}
+
+
+@hookimpl
+def ancestry_for_model(name):  # noqa: ANN001, ANN201
+    """The core adapter for a timm model name, from the timm module that registers it (nothing built)."""
+    import timm.models
+
+    if not timm.models.is_model(name):
+        return None
+    for adapter, modules in TIMM_MODULES.items():
+        if timm.models.is_model_in_modules(name, modules):
+            return adapter
+    return None
 
 
 @hookimpl

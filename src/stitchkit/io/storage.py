@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..core.errors import ConfigError, FileError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
+from ..core import limits
+from ..core.errors import ConfigError, FileError, LimitError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
 from .files import atomic_write, open_regular, refuse_overwrite
 from ..pool.lowrank import merge_low_rank
 from .header import (  # noqa: F401 - re-exported: the format's constants and schemas are part of this module's API
@@ -35,7 +36,9 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     DESCENDANT_SCHEMA,
     DTYPE_SIZES,
     FORMAT_VERSION,
+    KIND_KEY,
     MAX_HEADER_BYTES,
+    PLAIN_FORMAT,
     PATH_SCHEMA,
     POOL_FORMAT,
     POOL_SCHEMA,
@@ -46,6 +49,9 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     PathLike,
     _FLOAT_DTYPES,
     _check_metadata,
+    _check_version,
+    _parse_json,
+    file_kind,
     _check_pool_description,
     _check_schema,
     _dumps,
@@ -57,8 +63,11 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     _SchemaError,
     PoolHeader,
     read_pool_metadata,
+    stamp,
 )
+from ..core.registry import default_registry
 from ..pool.pool import Pool
+from .preprocessing import attach
 from ..pool.sizes import pool_sizes
 from ..pool.metainit import meta_skeleton
 from ..core.spec import Path, RowShape, StitchSpec
@@ -158,8 +167,6 @@ class _PoolFile(PoolHeader):
 
     def skeleton(self, registry: Any) -> Pool:
         """The pool on the meta device, its tensor names and shapes matched to the file's."""
-        from ..core.registry import default_registry
-
         registry = registry if registry is not None else default_registry()
         p, desc = self.path, self.desc
         adapters = []
@@ -302,8 +309,6 @@ def _lazy_descendant(
     f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None, mmap: bool = False
 ) -> Descendant:
     """Build only the rows the descendant uses (on the meta device), then read only its tensors."""
-    from ..core.registry import default_registry
-
     registry = registry if registry is not None else default_registry()
     p, desc_rows = f.path, f.desc["rows"]
     rows = sorted({s.row for s in target.segments})
@@ -382,7 +387,7 @@ def _write(
     p: pathlib.Path, fmt: str, key: str, desc: Any, schema: Mapping[str, Any], prepared: Mapping[str, torch.Tensor]
 ) -> pathlib.Path:
     metadata = {
-        "format": fmt,
+        KIND_KEY: fmt,
         "format_version": FORMAT_VERSION,
         "writer": _writer(),
         key: _encode(p, key, desc, schema),
@@ -416,7 +421,8 @@ def _save(p: pathlib.Path, prepared: Mapping[str, torch.Tensor], metadata: Mappi
         digest.update(raw)
         header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + raw.nbytes]}
         offset += raw.nbytes
-    text = _dumps({"__metadata__": {**metadata, "data_sha256": digest.hexdigest()}, **header}).encode("utf-8")
+    meta = stamp({**metadata, "data_sha256": digest.hexdigest()})  # format: pt, and the digest over all of it
+    text = _dumps({"__metadata__": meta, **header}).encode("utf-8")
     text += b" " * (-len(text) % 8)
 
     def write(tmp: str) -> None:
@@ -439,20 +445,26 @@ def verify_data(path: PathLike) -> str:
     stored = (h.metadata or {}).get("data_sha256")
     if stored is None:
         raise PoolFormatError(h.path, "no data_sha256 in __metadata__ to verify against (written by an older stitchkit or another tool)")
+    found = _data_sha256(h.path, h.data_start)
+    if found != stored:
+        raise PoolFormatError(
+            h.path, f"the tensor data does not match the checksum stored when the file was written "
+            f"(sha256 {found[:16]}... vs {stored[:16]}...): the weights are damaged; restore the file"
+        )
+    return stored
+
+
+def _data_sha256(p: pathlib.Path, start: int) -> str:
+    """The sha256 of a file's bytes from ``start`` (its data section) to the end."""
     digest = hashlib.sha256()
     try:
-        with open(open_regular(h.path, "pool file"), "rb") as fh:
-            fh.seek(h.data_start)
+        with open(open_regular(p, "pool file"), "rb") as fh:
+            fh.seek(start)
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     except (OSError, FileError) as exc:
-        raise PoolFormatError(h.path, f"cannot read the file: {exc}") from None
-    if digest.hexdigest() != stored:
-        raise PoolFormatError(
-            h.path, f"the tensor data does not match the checksum stored when the file was written "
-            f"(sha256 {digest.hexdigest()[:16]}... vs {stored[:16]}...): the weights are damaged; restore the file"
-        )
-    return stored
+        raise PoolFormatError(p, f"cannot read the file: {exc}") from None
+    return digest.hexdigest()
 
 
 def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
@@ -461,7 +473,8 @@ def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[st
         return False
     try:
         with safe_open(str(p), framework="pt") as fh:
-            if {k: v for k, v in (fh.metadata() or {}).items() if k != "data_sha256"} != dict(metadata) or set(fh.keys()) != set(tensors):
+            kept = {k: v for k, v in (fh.metadata() or {}).items() if k not in ("data_sha256", "metadata_sha256", "format")}
+            if kept != dict(metadata) or set(fh.keys()) != set(tensors):
                 return False
             return all(torch.equal(fh.get_tensor(k), t) for k, t in tensors.items())
     except Exception:  # noqa: BLE001 - unreadable or truncated: rewrite it
@@ -512,8 +525,13 @@ def update_evaluation(
             raise PoolFormatError(p, f"cannot write: the results for {name} must be a dict, got {type(value).__name__}")
         evaluation[name] = {**evaluation.get(name, {}), **dict(value)} if merge else dict(value)
     desc = {**f.desc, "evaluation": evaluation}
-    meta = {**(f.header.metadata or {}), "pool": _encode(p, "pool", desc, POOL_SCHEMA), "writer": _writer()}
-    header = {"__metadata__": meta}
+    # rewritten in today's format (a v1/v2 file is upgraded: its data checksum, if any, stays valid)
+    old = f.header.metadata or {}
+    meta = {**old, KIND_KEY: POOL_FORMAT, "format_version": FORMAT_VERSION,
+            "pool": _encode(p, "pool", desc, POOL_SCHEMA), "writer": _writer()}
+    if "data_sha256" not in meta:
+        meta["data_sha256"] = _data_sha256(p, f.header.data_start)
+    header = {"__metadata__": stamp(meta)}
     header.update(sorted(f.header.entries.items(), key=lambda kv: kv[1]["data_offsets"][0]))
     text = _dumps(header).encode("utf-8")
     text += b" " * (-len(text) % 8)  # safetensors pads the header so tensor data starts 8-byte aligned
@@ -585,7 +603,7 @@ def read_descendant_metadata(path: PathLike) -> dict[str, Any]:
     desc, index = _check_metadata(h, DESCENDANT_FORMAT)
     _descendant_parts(h.path, desc)
     meta = h.metadata or {}
-    return {"format": meta["format"], "format_version": meta["format_version"], "writer": meta.get("writer", ""),
+    return {"format": DESCENDANT_FORMAT, "format_version": meta["format_version"], "writer": meta.get("writer", ""),
             "descendant": desc, "tensors": index}
 
 
@@ -615,19 +633,26 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
 def load_exported(
     path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False, mmap: bool = False
 ) -> Descendant:
-    """Load a file written by :func:`export_descendant`; no pool needed.
+    """Load a file written by :func:`export_descendant`, or an export folder (``stitchkit export --hf``); no pool needed.
 
+    A folder's ``model.safetensors`` is a descendant file, or for a single-row
+    descendant the row's plain timm weights (which timm loads too); both load here.
     The model is in eval mode and carries what inference needs: ``transform``
     (timm's evaluation transform for an image file), ``classes`` (names in label
     order), ``preprocessing`` (timm's data config, also as ``pretrained_cfg``);
     None for files exported from pools that did not record them. ``verify`` and
     ``mmap``: as in :func:`load_pool`.
     """
-    from ..core.registry import default_registry
+    from .hub import weights_in
 
     registry = registry if registry is not None else default_registry()
-    h = _read_header(path)
+    try:
+        h = _read_header(weights_in(path))
+    except FileError as exc:
+        raise PoolFormatError(pathlib.Path(path), str(exc).removeprefix(f"{path}: ")) from None
     p = h.path
+    if file_kind(h.metadata or {}) == PLAIN_FORMAT:
+        return _load_plain(h, registry, str(device), verify, mmap)
     desc, index = _check_metadata(h, DESCENDANT_FORMAT)
     if verify:
         verify_data(p)
@@ -649,9 +674,41 @@ def load_exported(
     _match_index(p, index, {n: (None, list(t.shape)) for n, t in state.items()}, "the descendant's architecture", "the file")
     _check_float(p, index, state)
     _load_into(p, skeleton, _read_tensors(p, index, str(device), None, mmap))
-    from .preprocessing import attach
-
     # ready for inference: eval mode, with the transform and class names the pool was built with
+    return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
+
+
+def _load_plain(h: _Header, registry: Any, device: str, verify: bool, mmap: bool) -> Descendant:
+    """A single-row descendant from its plain-model file: the row's own keys, mapped to the descendant's."""
+    p, meta = h.path, h.metadata or {}
+    _check_version(p, meta)
+    if verify:
+        verify_data(p)
+    desc = _parse_json(p, meta, "stitchkit_descendant", DESCENDANT_SCHEMA)
+    target, rows, _ = _descendant_parts(p, desc)
+    if not target.is_single_row:
+        raise PoolFormatError(p, f"a plain-model file must hold a single-row descendant, but its path is {target.name}")
+    (r, row), = rows.items()
+    try:
+        limits.check_row(row["depth"], row["width"], row["heads"], f"row {r}")
+        limits.check_arch(row["arch"], f"row {r}")
+    except LimitError as exc:
+        raise PoolFormatError(p, f"metadata is out of bounds: {exc}") from None
+    cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
+    mapping: dict[str, str] = {}
+
+    def build_row(rr: int, kind: type, arch: dict[str, Any]) -> Any:
+        return _build_row(p, kind, arch, RowShape.from_json(dict(row)), f"row {rr}", len(h.entries))
+
+    skeleton = descendant_skeleton({r: cls}, {r: row["arch"]}, {}, target, pool_keys=mapping, build_row=build_row)
+    prefix = f"rows.{r}."
+    index = {n: {"dtype": e["dtype"], "shape": e["shape"]} for n, e in h.entries.items()}  # the file's own header
+    state = skeleton.state_dict()
+    expected = {n[len(prefix):]: state[own] for n, own in mapping.items()}  # row keys -> the rebuilt tensors
+    _match_index(p, index, {n: (None, list(t.shape)) for n, t in expected.items()}, "the row's architecture", "the file")
+    _check_float(p, index, expected)
+    tensors = _read_tensors(p, list(index), device, None, mmap)
+    _load_into(p, skeleton, {mapping[prefix + n]: t for n, t in tensors.items()})
     return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
 
 
@@ -692,6 +749,6 @@ def export_timm_state_dict(
         extra["stitchkit_preprocessing"] = _dumps(data["preprocessing"])
         extra["stitchkit_classes"] = _dumps(data.get("classes") or [])
     prepared = _prepare(out, tensors)
-    metadata = {"format": "pt", **extra}
+    metadata = {KIND_KEY: PLAIN_FORMAT, "format_version": FORMAT_VERSION, "writer": _writer(), **extra}
     _save(out, prepared, metadata)
     return dict(row["arch"])
