@@ -569,7 +569,8 @@ def test_every_family_is_a_context_with_its_own_stitch_layers():
                  "linear" if isinstance(m, nn.Linear) else type(m).__name__ for m in pool.stitches.values()}
         seen[family.adapter] = (rows[0].feature_layout, kinds)
     assert seen == {"timm-vit": ("tokens", {"linear"}), "timm-swin": ("nhwc", {"linear"}),
-                    "timm-resnet": ("map", {"1x1 conv"}), "timm-convnext": ("map", {"1x1 conv"})}
+                    "timm-resnet": ("map", {"1x1 conv"}), "timm-convnext": ("map", {"1x1 conv"}),
+                    "timm-levit": ("tokens", {"linear"})}
     missing = set(reg.list("ancestry")) - set(seen)
     assert not missing, f"core families {sorted(missing)} are no context yet: add a Family line to stitchkit.testing.FAMILIES"
 

@@ -22,8 +22,8 @@ the contract gives a generator or seed), and the documented
 checks are listed in the docstring of its ``_check_<kind>`` function.
 
 Components are built through their ``example(**context)`` classmethod, once
-per family of :data:`FAMILIES` (ViT, Swin, ResNet, ConvNeXt: ``tokens``, ``nhwc``
-and ``map`` features, so stitch layers are ``nn.Linear`` and 1x1 ``nn.Conv2d``),
+per family of :data:`FAMILIES` (ViT, Swin, ResNet, ConvNeXt, LeViT: ``tokens``,
+``nhwc`` and ``map`` features, so stitch layers are ``nn.Linear`` and 1x1 ``nn.Conv2d``),
 each network the family adapter's ``example()`` resized to the shapes below:
 
 =============  ===============================================================
@@ -88,10 +88,16 @@ class Family:
         return parse_row(text)
 
     def network(self, registry: Registry, text: str, seed: int) -> AncestryAdapter:
-        """A randomly initialised network of this family and shape, in eval mode."""
+        """A randomly initialised network of this family and shape, in eval mode. Parameters a family
+        initialises to zero (LeViT's residual-branch norms, which silence every attention output at
+        initialisation) get small random values, so that every tap carries a signal and a gradient."""
         cls = registry.get("ancestry", self.adapter)
         torch.manual_seed(seed)
         adapter = cls.from_arch(cls.example().resized(self.shape(text)))  # type: ignore[attr-defined]
+        with torch.no_grad():
+            for p in adapter.model.parameters():
+                if p.is_floating_point() and not p.any():
+                    p.normal_(0.0, 0.1)
         adapter.model.eval()
         return adapter  # type: ignore[no-any-return]
 
@@ -104,6 +110,8 @@ FAMILIES: tuple[Family, ...] = (
            student="1x2/1x4/1x4/1x8"),
     Family("timm-convnext", rows=("1x4/1x4/1x8/1x8", "1x8/1x8/1x16/1x16"), teacher="1x8/2x8/1x16/1x16",
            student="1x4/1x4/1x8/1x8"),
+    # tokens whose count shrinks between stages, heads independent of the width (24 wide, 5 heads)
+    Family("timm-levit", rows=("1x8:1/2x12:3", "1x16:2/2x24:5"), teacher="1x16:2/3x24:5", student="1x8:1/1x12:3"),
 )
 
 #: The ViT family's shapes (kept for plugins that refer to them): the ancestry handed to designs,
@@ -626,6 +634,7 @@ def _check_loss(c: _Checker, registry: Registry) -> None:
 
 
 def _check_loss_in(c: _Checker, teacher: AncestryAdapter, student: AncestryAdapter, layout: str) -> None:
+    student.model.train()  # as the trainer runs it: a frozen teacher in eval mode, the student training
     shapes = dict(teacher=teacher.shape, student=student.shape, layout=layout)
     with c.check("example"):
         loss = _seeded(0, lambda: c.example(**shapes))
