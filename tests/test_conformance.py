@@ -29,7 +29,8 @@ from stitchkit.core.spec import Path, RowShape, Segment
 from stitchkit.testing import check_component, check_plugin, conformance_cases
 from stitchkit.families.vit import TimmViT
 
-#: The installed registry (core + entry points), whatever the environment says about autoloading.
+#: The installed registry (core + entry points), whatever the environment says about autoloading: built at
+#: collection time, before fixtures, because the cases are parametrized from it.
 INSTALLED = Registry(load_entrypoints=True)
 SHIPPED = {
     "stitchkit": {"ancestry:timm-vit", "ancestry:timm-levit", "method:sequential", "initializer:random", "sampler:uniform",

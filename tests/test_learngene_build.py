@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from stitchkit.engine import DataConfig, TrainConfig, build_data, evaluate, fit, resolve
 from stitchkit.engine.model import save_model
 from stitchkit.core.errors import ConfigError, StitchkitError
-from stitchkit.core.registry import Registry
 from stitchkit.core.spec import RowShape
 from stitchkit.io.storage import load_descendant, load_pool, read_pool_metadata
 from stitchkit.families.vit import TimmViT
@@ -24,11 +23,6 @@ from stitchkit_learngene.losses import LearngeneDistillation
 DATA = {"source": "digits", "img_size": 8, "in_chans": 1}
 ANCESTRY = RowShape(4, 32, 2)
 QUIET = {"progress": False, "eval_every": 0, "label_smoothing": 0.0}
-
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry()
 
 
 @pytest.fixture(scope="module")
