@@ -254,8 +254,8 @@ class TimmLeViT(StagedAdapter):
         restore_timm_buffers(module)
 
     def published_exclusions(self) -> tuple[str, ...]:
-        """None: the official ``stitching_levit`` code reports FLOPs only, and LeViT's own count
-        (``levit.py``) sums every parameter."""
+        """None: the official ``stitching_levit`` code reports FLOPs only, no parameter counts, so there
+        is no published convention to reproduce; a LeViT descendant's count is every parameter it runs."""
         return ()
 
     def uncounted_macs(self) -> dict[nn.Module, Any]:
