@@ -117,16 +117,16 @@ class TimmLeViT(StagedAdapter):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
         _check_stages(kwargs, f"arch {dict(arch)}")
+        init = arch.get("residual_bn_init")
+        if init is not None and (isinstance(init, bool) or not isinstance(init, (int, float))):
+            raise ConfigError(f"timm-levit arch residual_bn_init must be a number, got {init!r}")
         kind = LevitDistilled if arch.get("distilled", True) else Levit
         try:
             model = kind(**kwargs)
         except (TypeError, ValueError, AssertionError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"cannot build a timm Levit from arch {dict(arch)}: {exc}") from exc
         adapter = cls(model)
-        init = arch.get("residual_bn_init")
         if init is not None:
-            if isinstance(init, bool) or not isinstance(init, (int, float)):
-                raise ConfigError(f"timm-levit arch residual_bn_init must be a number, got {init!r}")
             for bn in _residual_closing_norms(model):
                 nn.init.constant_(bn.weight, float(init))
             adapter.residual_bn_init = float(init)
