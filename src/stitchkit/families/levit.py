@@ -36,8 +36,9 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.spec import FeatureSignature, RowShape
+from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, create_timm, load_checkpoint, restore_timm_buffers, stage_blocks, stage_of,
+    StagedAdapter, StageEntry, check_kwargs, restore_timm_buffers, stage_blocks, stage_of,
 )
 
 _ARCH_KEYS = {
@@ -148,9 +149,9 @@ class TimmLeViT(StagedAdapter):
     @classmethod
     def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | pathlib.Path | None = None, **kwargs: Any) -> TimmLeViT:
         """A registered timm LeViT (``pretrained`` downloads timm's weights; ``checkpoint`` loads a local file)."""
-        adapter = cls(create_timm(name, Levit, "timm-levit", pretrained=pretrained, **kwargs))
-        if checkpoint is not None:
-            load_checkpoint(adapter.model, checkpoint, f"{name} ({adapter.shape})")
+        model, record = create_timm_model(name, Levit, "timm-levit", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        adapter = cls(model)
+        adapter.weights_record = record
         adapter.timm_name = name
         return adapter
 
