@@ -21,6 +21,7 @@ from stitchkit.core.errors import FileError
 from stitchkit.core.registry import Registry
 from stitchkit.core.spec import RowShape
 from stitchkit.families.convnext import TimmConvNeXt
+from stitchkit.families.levit import TimmLeViT
 from stitchkit.families.resnet import TimmResNet
 from stitchkit.families.swin import TimmSwin
 from stitchkit.families.vit import TimmViT
@@ -91,7 +92,7 @@ def test_a_stitched_folder_loads_with_stitchkit(pool_file, tmp_path, images):
     assert d.classes == DATA["classes"] and d.transform is not None
 
 
-@pytest.mark.parametrize("family", [TimmViT, TimmResNet, TimmSwin, TimmConvNeXt])
+@pytest.mark.parametrize("family", [TimmViT, TimmResNet, TimmSwin, TimmConvNeXt, TimmLeViT])
 def test_every_timm_family_row_is_rebuilt_by_its_timm_entry_point(family):
     """config.json's architecture + model_args (through JSON) build the row's very network."""
     torch.manual_seed(0)

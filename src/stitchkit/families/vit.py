@@ -163,9 +163,10 @@ class TimmViT(AncestryAdapter):
 
     def load_checkpoint(self, path: str | pathlib.Path) -> None:
         """Load weights from a local file into the model; they must fit it exactly."""
-        from .weights import load_strict
+        from ..io.state_dicts import load_strict
 
-        load_strict(self.model, path, f"a ViT of shape {self.shape}")
+        load_strict(self.model, path, f"a ViT of shape {self.shape}",
+                    "save the file from a model of this arch, or give its timm_name so timm adapts it")
 
     def arch(self) -> dict[str, Any]:
         m = self.model

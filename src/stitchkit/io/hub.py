@@ -32,6 +32,8 @@ _TIMM_BASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "timm-vit": ("vit_tiny_patch16_224", ("timm_name",)),
     "timm-swin": ("swin_tiny_patch4_window7_224", ("timm_name",)),
     "timm-convnext": ("convnext_tiny", ("timm_name", "img_size")),
+    # create_levit takes every Levit argument and `distilled` (LevitDistilled or Levit); residual_bn_init is only an init
+    "timm-levit": ("levit_128s", ("timm_name", "residual_bn_init")),
 }
 _RESNET_BASES = {"basic": "resnet18", "bottleneck": "resnet50"}
 

@@ -675,7 +675,17 @@ def load_exported(
     _check_float(p, index, state)
     _load_into(p, skeleton, _read_tensors(p, index, str(device), None, mmap))
     # ready for inference: eval mode, with the transform and class names the pool was built with
-    return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
+    return _attach(p, skeleton.eval(), (desc.get("info") or {}).get("data"))
+
+
+def _attach(p: pathlib.Path, model: Descendant, data: Any) -> Descendant:
+    """:func:`~stitchkit.io.preprocessing.attach` the file's ``info.data``; a value timm cannot use is the file's fault."""
+    try:
+        return attach(model, data)  # type: ignore[return-value]
+    except Exception as exc:  # noqa: BLE001 - file-supplied preprocessing and classes, as in _build_row
+        raise PoolFormatError(
+            p, f"metadata info.data (preprocessing, classes) cannot be used: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _load_plain(h: _Header, registry: Any, device: str, verify: bool, mmap: bool) -> Descendant:
@@ -709,7 +719,7 @@ def _load_plain(h: _Header, registry: Any, device: str, verify: bool, mmap: bool
     _check_float(p, index, expected)
     tensors = _read_tensors(p, list(index), device, None, mmap)
     _load_into(p, skeleton, {mapping[prefix + n]: t for n, t in tensors.items()})
-    return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
+    return _attach(p, skeleton.eval(), (desc.get("info") or {}).get("data"))
 
 
 def export_timm_state_dict(
