@@ -281,3 +281,25 @@ def test_format_2_model_files_still_load(files, tmp_path, registry):
     head["__metadata__"].update(format="pt", stitchkit_format="stitchkit-model")  # format pt without its digest
     with pytest.raises(PoolFormatError, match="has none"):
         load_model(write(tmp_path / "bad.safetensors", head, data), registry)
+
+
+# --------------------------------------------------------------------------- a pool that cannot be built
+def test_a_pool_whose_rows_cannot_be_built_fails_info_verify_and_select(files, tmp_path, capsys, pool):
+    """Digest intact (a crafted file) but row 1's arch cannot be built: 16 channels in 3 heads."""
+    from stitchkit.cli.main import main
+
+    good = tmp_path / "good.safetensors"
+    good.write_bytes(files["pool"].read_bytes())
+    update_evaluation(good, {p.name: {"top1": 0.5 + i / 10} for i, p in enumerate(pool.paths)})
+    bad = edited(good, tmp_path / "bad.safetensors", "pool", lambda d: d["rows"][1]["arch"].update(num_heads=3), restamp=True)
+    assert main(["info", str(bad)]) == 0  # the header alone is fine
+    capsys.readouterr()
+    for argv in (["info", str(bad), "--verify"], ["select", str(bad), "--max-params", "10000000"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"stitchkit: error: {bad}: row 1: adapter 'timm-vit' cannot build arch") and err.count("\n") == 1, err
+    # the untouched pool passes both, and select picks the best stored top-1
+    assert main(["info", str(good), "--verify"]) == 0
+    assert "verified: every row builds from its arch" in capsys.readouterr().out
+    assert main(["select", str(good), "--max-params", "10000000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == pool.paths[-1].name

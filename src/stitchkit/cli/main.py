@@ -4,7 +4,8 @@ Every stitchkit error is printed as one line on stderr (``stitchkit: error:
 ...``) with exit status 2; tracebacks are shown only with ``--traceback``
 (before or after the command name). A closed output pipe (``stitchkit info
 POOL | head -1``) ends the command quietly with status 141, the shell's status
-of a process ended by SIGPIPE, as ``cat`` or ``yes`` would.
+of a process ended by SIGPIPE, as ``cat`` or ``yes`` would. Each command imports what it needs inside its
+function (start-up time: ``--help``, ``info`` and ``plugins`` never import torch).
 """
 
 from __future__ import annotations
@@ -102,22 +103,39 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..apps.report import format_pool_info, pool_info
+    from ..apps.report import format_model_info, format_pool_info, is_model_file, model_file_info, pool_info
 
+    if is_model_file(args.pool):  # a single network from `stitchkit train`
+        model = model_file_info(args.pool)
+        print(json.dumps(model, indent=2) if args.json else format_model_info(model))
+        return 0
     info = pool_info(args.pool)
     if args.verify:
-        from ..io.storage import verify_data
+        from ..io.storage import read_pool_structure, verify_data
 
+        read_pool_structure(args.pool)  # every row rebuilt on the meta device: a pool that cannot load fails here
         info["data_sha256"] = verify_data(args.pool)
     print(json.dumps(info, indent=2) if args.json else format_pool_info(info))
     if args.verify and not args.json:
-        print(f"verified: the tensor data matches its stored sha256 {info['data_sha256']}")
+        print(f"verified: every row builds from its arch and matches the file's tensors; "
+              f"the tensor data matches its stored sha256 {info['data_sha256']}")
     return 0
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: torch's CPU threads in this process (unset: torch's default)."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        from ..core.limits import check_int
+
+        torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import build_command
 
+    _set_threads(args)
     out = build_command(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
     print(f"pool written to {out}")
     return 0
@@ -225,6 +243,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not is_plain_file_name(args.name):
         raise ConfigError(f"--name {args.name!r} must be a plain file name (no '/', not '.' or '..')")
+    _set_threads(args)
     config = load_config(args.config, args.set or [])
     lock = OutputLock(args.out, f"stitchkit train {args.config}") if dist_context(config["train"]["device"]).is_main else None
     try:
@@ -234,7 +253,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
-    print(f"model written to {path}")
+    from ..engine.standalone import trained_summary
+
+    print(trained_summary(path))
     return 0
 
 
@@ -289,10 +310,10 @@ def parser() -> argparse.ArgumentParser:
     pg.add_argument("--json", action="store_true")
     pg.set_defaults(func=_cmd_plugins)
 
-    pi = command("info", help="show a pool file: rows, stitch layers, descendants table")
+    pi = command("info", help="show a pool file (rows, stitch layers, descendants table) or a model file from train (shape, provenance, accuracy)")
     pi.add_argument("pool", help="pool file (.safetensors)")
     pi.add_argument("--json", action="store_true")
-    pi.add_argument("--verify", action="store_true", help="also check the tensor data against the sha256 stored at write time")
+    pi.add_argument("--verify", action="store_true", help="also rebuild every row (on the meta device) and check the tensor data against the sha256 stored at write time")
     pi.set_defaults(func=_cmd_info)
 
     pb = command("build", help="run a method's whole pipeline from a TOML config (resumable)")
@@ -300,6 +321,8 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
     pb.add_argument("--out", help="output folder (default: the config's out_dir)")
     pb.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    pb.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, all cores; 1 when runs share the machine)")
     pb.set_defaults(func=_cmd_build)
 
     ps = command("select", help="the most accurate descendant within a budget")
@@ -342,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--set", action="append", metavar="KEY=VALUE")
     pt.add_argument("--out", default="runs/ancestry", help="output folder")
     pt.add_argument("--name", default="ancestry", help="model file name (NAME.safetensors)")
+    pt.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, all cores; 1 when runs share the machine)")
     pt.set_defaults(func=_cmd_train)
     return p
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import pathlib
 import re
 import secrets
@@ -219,8 +220,6 @@ def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
 
 def copy_atomic(src: PathLike, dst: PathLike) -> pathlib.Path:
     """Copy ``src`` to ``dst`` atomically (refusing a ``dst`` that is ``src``)."""
-    import shutil
-
     refuse_overwrite(dst, [src])
     def write(tmp: str) -> None:
         shutil.copyfile(src, tmp)
@@ -243,7 +242,7 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
-        import fcntl
+        import fcntl  # local: POSIX only; the rest of this module works anywhere
 
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / LOCK_NAME

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError, PoolFormatError
+from ..core.registry import default_registry
 from ..pool.pool import Pool
 from .files import refuse_overwrite
 from .storage import save_pool
@@ -23,8 +24,6 @@ from .storage import save_pool
 
 def import_checkpoint(method: str, checkpoint: str | pathlib.Path, *, anchors: Sequence[str], registry: Any = None, **options: Any) -> Pool:
     """The pool ``method`` builds from ``checkpoint``; ``options`` go to the method's constructor."""
-    from ..core.registry import default_registry
-
     registry = registry if registry is not None else default_registry()
     cls = registry.get("method", method)
     try:

@@ -61,7 +61,9 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     read_pool_metadata,
     stamp,
 )
+from ..core.registry import default_registry
 from ..pool.pool import Pool
+from .preprocessing import attach
 from ..pool.sizes import pool_sizes
 from ..pool.metainit import meta_skeleton
 from ..core.spec import Path, RowShape, StitchSpec
@@ -161,8 +163,6 @@ class _PoolFile(PoolHeader):
 
     def skeleton(self, registry: Any) -> Pool:
         """The pool on the meta device, its tensor names and shapes matched to the file's."""
-        from ..core.registry import default_registry
-
         registry = registry if registry is not None else default_registry()
         p, desc = self.path, self.desc
         adapters = []
@@ -305,8 +305,6 @@ def _lazy_descendant(
     f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None, mmap: bool = False
 ) -> Descendant:
     """Build only the rows the descendant uses (on the meta device), then read only its tensors."""
-    from ..core.registry import default_registry
-
     registry = registry if registry is not None else default_registry()
     p, desc_rows = f.path, f.desc["rows"]
     rows = sorted({s.row for s in target.segments})
@@ -639,8 +637,6 @@ def load_exported(
     None for files exported from pools that did not record them. ``verify`` and
     ``mmap``: as in :func:`load_pool`.
     """
-    from ..core.registry import default_registry
-
     registry = registry if registry is not None else default_registry()
     h = _read_header(path)
     p = h.path
@@ -665,8 +661,6 @@ def load_exported(
     _match_index(p, index, {n: (None, list(t.shape)) for n, t in state.items()}, "the descendant's architecture", "the file")
     _check_float(p, index, state)
     _load_into(p, skeleton, _read_tensors(p, index, str(device), None, mmap))
-    from .preprocessing import attach
-
     # ready for inference: eval mode, with the transform and class names the pool was built with
     return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
 
