@@ -138,13 +138,16 @@ def is_model_file(path: str | os.PathLike) -> bool:
     """True for a single network written by ``stitchkit train`` (not a pool); False for anything else."""
     from safetensors import SafetensorError, safe_open
 
+    from ..core.errors import StitchkitError
     from ..engine.model import MODEL_FORMAT
+    from ..io.files import check_regular_file
     from ..io.header import file_kind
 
     try:
+        check_regular_file(path)  # opening a FIFO would block; the pool reader then names what it is
         with safe_open(str(path), framework="pt") as fh:
             return file_kind(fh.metadata() or {}) == MODEL_FORMAT
-    except (SafetensorError, OSError, ValueError):
+    except (SafetensorError, OSError, ValueError, StitchkitError):
         return False
 
 
