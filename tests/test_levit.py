@@ -4,6 +4,8 @@ each family's own head rule where the core has none."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 
 from stitchkit.apps.planner import plan
 from stitchkit.core.errors import ConfigError
-from stitchkit.core.interfaces import InitContext
+from stitchkit.core.interfaces import InitContext, TapRequest
 from stitchkit.core.registry import default_registry
 from stitchkit.core.spec import RowShape, parse_row, parse_rows
 from stitchkit.families.levit import TimmLeViT
@@ -136,7 +138,9 @@ def test_levit_pool_file_round_trip_restores_the_attention_bias_indices(tmp_path
             torch.testing.assert_close(load_descendant(f, i).eval()(x), pool.descendant(i)(x), rtol=0, atol=0)
 
 
-def test_restore_buffers_drops_the_biases_timm_cached_from_old_weights():
+def test_levit_attention_biases_follow_the_weights_in_eval_mode_and_copy():
+    """timm caches gathered attention biases in eval mode; the adapter's attentions gather them on every call, so
+    an eval-mode network sees new weights, back-propagates twice and deep-copies after a forward with gradients."""
     torch.manual_seed(0)
     a, b = TimmLeViT.example(), TimmLeViT.example()
     for name, p in b.model.named_parameters():
@@ -145,14 +149,38 @@ def test_restore_buffers_drops_the_biases_timm_cached_from_old_weights():
     a.model.eval(), b.model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        a.model(x)  # eval mode: timm caches attention_biases[:, idxs] per device
-        a.model.load_state_dict(b.model.state_dict())
-        stale = a.model(x)
-        a.restore_buffers(a.model)
-        fresh = a.model(x)
-        want = b.model(x)
-    assert not torch.equal(stale, want)
-    assert torch.equal(fresh, want)
+        a.model(x)
+        a.model.load_state_dict(b.model.state_dict())  # in eval mode, no mode switch or .to() in between
+        assert torch.equal(a.model(x), b.model(x))
+    for _ in range(2):
+        a.model(x).sum().backward()  # timm's cache would hold one graph across both passes
+    twin = copy.deepcopy(a)  # timm's cache would hold a non-leaf tensor here
+    with torch.no_grad():
+        assert torch.equal(twin.model(x), a.model(x))
+    grads = [p.grad for n, p in a.model.named_parameters() if n.endswith("attention_biases")]
+    assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_residual_bn_init_starts_the_residual_branches_active_and_round_trips():
+    with torch.device("meta"):
+        levit = TimmLeViT.from_name("levit_192")
+    assert "residual_bn_init" not in levit.arch()  # timm's init: the branches start as identity
+    torch.manual_seed(0)
+    fresh = TimmLeViT.from_arch({k: v for k, v in TimmLeViT.example().arch().items() if k != "residual_bn_init"})
+    ex = TimmLeViT.example()
+    assert ex.arch()["residual_bn_init"] == 1.0 and TimmLeViT.from_arch(ex.arch()).arch() == ex.arch()
+    closing = [n for n, _ in ex.model.named_parameters() if n.endswith(("attn.proj.ln.bn.weight", "mlp.ln2.bn.weight"))]
+    # one block in stage 0, two in stage 1 (attention + MLP each), and the MLP of stage 1's downsampling
+    assert len(closing) == 3 * 2 + 1
+    state, fresh_state = ex.model.state_dict(), fresh.model.state_dict()
+    assert all(bool((state[n] == 1).all()) and bool((fresh_state[n] == 0).all()) for n in closing)
+    x = torch.randn(2, 3, 64, 64)
+    fresh.model.eval()
+    with torch.no_grad():
+        taps = fresh.forward_taps(x, TapRequest(attentions=(0, 1, 2)))
+    assert all(bool((t == 0).all()) for t in taps.attentions.values())  # why the example starts at 1
+    with pytest.raises(ConfigError, match="residual_bn_init must be a number"):
+        TimmLeViT.from_arch({**ex.arch(), "residual_bn_init": "1"})
 
 
 # --------------------------------------------------------------------------- no head rule in the core
@@ -206,7 +234,8 @@ def test_ls_fits_levit_stitches_per_token_where_the_official_code_does():
     # stages 0 and 1 stitched, (0,1) in each: front through stage-s block 0, end from stage-s block 1
     assert [p.name for p in pool.paths[2:]] == ["r0[0:1]+s0_1_0+r1[1:6]", "r0[0:3]+s0_1_1+r1[3:6]"]
     images = torch.randn(40, 3, 32, 32)
-    reg.create("initializer", "ls").initialize(pool, InitContext(images=images))
+    # the exact solve: random LeViT features are nearly rank-deficient, where the default official cut-off differs
+    reg.create("initializer", "ls", solver="exact").initialize(pool, InitContext(images=images))
     for name, front_stop, end_start, tokens in (("s0_1_0", 1, 1, 16), ("s0_1_1", 3, 3, 4)):
         with torch.no_grad():
             h = front.stem()(images)
@@ -222,3 +251,56 @@ def test_ls_fits_levit_stitches_per_token_where_the_official_code_does():
         assert isinstance(layer, nn.Linear)
         torch.testing.assert_close(layer.weight.double(), sol[:-1].T, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(layer.bias.double(), sol[-1], rtol=1e-4, atol=1e-5)
+
+
+def _levit_file(path, **kwargs) -> dict[str, torch.Tensor]:
+    """A levit_128s state dict with random weights (attention biases too), saved as a safetensors file."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", **kwargs)
+    for name, p in model.named_parameters():
+        if name.endswith("attention_biases"):
+            nn.init.normal_(p)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    return state
+
+
+def test_an_imagenet_levit_file_starts_a_32px_10_class_grey_levit(tmp_path):
+    """224 px, 1000 classes, RGB -> 32 px, 10 classes, grey: timm resets the classifiers and adapts the first
+    convolution; the adapter crops each attention-bias table to the offsets the smaller grid has."""
+    file = _levit_file(tmp_path / "levit.safetensors")
+    a = TimmLeViT.from_name("levit_128s", checkpoint=tmp_path / "levit.safetensors", num_classes=10, in_chans=1, img_size=32)
+    assert (a.num_classes, a.input_size) == (10, (1, 32, 32))
+    got = a.model.state_dict()
+    # token grids at 224 px: 14, 7, 4 (stem stride 16, then halved rounding up); at 32 px: 2, 1, 1. A downsampling
+    # attention's keys are on the grid of the stage before it.
+    grids = {"stages.0.blocks.": (14, 2), "stages.1.downsample.": (14, 2), "stages.1.blocks.": (7, 1),
+             "stages.2.downsample.": (7, 1), "stages.2.blocks.": (4, 1)}
+    tables = [k for k in file if k.endswith("attention_biases")]
+    assert len(tables) == 2 + 3 + 4 + 2
+    for key in tables:
+        (old, new), = [g for prefix, g in grids.items() if key.startswith(prefix)]
+        heads = file[key].shape[0]
+        assert torch.equal(got[key], file[key].reshape(heads, old, old)[:, :new, :new].reshape(heads, new * new)), key
+    own = {"stem.conv1.linear.weight", *(f"{h}.linear.{p}" for h in ("head", "head_dist") for p in ("weight", "bias"))}
+    kept = [k for k in file if k not in own and k not in tables]
+    assert all(torch.equal(got[k], file[k]) for k in kept)
+    assert got["stem.conv1.linear.weight"].shape == (16, 1, 3, 3) and got["head.linear.weight"].shape == (10, 384)
+    record = a.weights_record
+    assert record["from"]["img_size"] == [224, 224] and record["to"]["img_size"] == [32, 32]
+    assert record["resized"]["stages.0.blocks.0.attn.attention_biases"] == {"file": [4, 196], "model": [4, 4]}
+    assert "attention biases fitted to the new token grids by offset (11 tables, stage 0: 14x14 -> 2x2)" in record["adapted"]
+    with torch.no_grad():
+        assert a.model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_a_larger_grid_gives_new_offsets_the_farthest_trained_bias(tmp_path):
+    file = _levit_file(tmp_path / "small.safetensors", img_size=32, num_classes=10)
+    a = TimmLeViT.from_name("levit_128s", checkpoint=tmp_path / "small.safetensors", num_classes=10, img_size=64)
+    old = file["stages.0.blocks.0.attn.attention_biases"].reshape(4, 2, 2)
+    new = a.model.state_dict()["stages.0.blocks.0.attn.attention_biases"].reshape(4, 4, 4)
+    assert torch.equal(new[:, :2, :2], old)  # the offsets both grids have keep their biases
+    assert torch.equal(new[:, 3, 3], old[:, 1, 1]) and torch.equal(new[:, 0, 3], old[:, 0, 1])  # edge padding
+    assert a.weights_record["from"]["img_size"] == [32, 32]

@@ -8,6 +8,9 @@
   sorted by width (narrow first), each row the depth- or width-reduced design
   its width implies (a staged row for hierarchical families).
 
+Every design takes ``drop_path_rate``: stochastic depth in the rows it builds
+(``None`` keeps the ancestry's; the authors' code trains its rows with 0.1).
+
 Initialisation is not specified by the paper: ``"random"`` (the baseline) or,
 for a same-width auxiliary only, ``"ancestry"``: blocks copied from a uniform
 selection of ancestry blocks (the last block of each of ``l`` equal groups),
@@ -17,6 +20,8 @@ stem and head copied from the ancestry.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from typing import Any
 
 import torch
 from typing_extensions import override
@@ -56,15 +61,42 @@ def copy_from_ancestry(row: AncestryAdapter, ancestry: AncestryAdapter) -> list[
 def _half(ancestry: RowShape) -> tuple[int, int, int]:
     """``(depth, width, heads)`` of a row with half the ancestry's depth and width (heads halved when they divide)."""
     width = max(1, ancestry.width // 2)
-    heads = ancestry.heads // 2 if ancestry.heads % 2 == 0 and width % (ancestry.heads // 2) == 0 else 1
+    heads = ancestry.heads // 2 if ancestry.heads and ancestry.heads % 2 == 0 and width % (ancestry.heads // 2) == 0 else 1
     return max(1, ancestry.depth // 2), width, heads
 
 
-class _SingleRow(AuxiliaryDesign):
-    def __init__(self, init: str = "random") -> None:
+def _single_stage(design: str, ancestry: RowShape) -> None:
+    """The depth- and width-reduced designs describe a plain (one-stage) row; a hierarchical ancestry takes
+    staged rows (design ``pool`` with rows such as ``1x48/1x96/3x192/1x384``)."""
+    if ancestry.stages:
+        raise ConfigError(
+            f"design {design!r} makes one-stage rows, but the ancestry {ancestry} has stages; use design 'pool' "
+            f"with staged rows (e.g. rows = \"{'/'.join(f'{max(1, d // 2)}x{w}' + (f':{h}' if h else '') for d, w, h in ancestry.stage_shapes)}\")"
+        )
+
+
+def check_drop_path(rate: float | None) -> float | None:
+    if rate is not None and not 0.0 <= rate < 1.0:
+        raise ConfigError(f"auxiliary design: drop_path_rate must be in [0, 1) (or unset: the ancestry's), got {rate}")
+    return None if rate is None else float(rate)
+
+
+class _RowArch(AuxiliaryDesign):
+    """Sets ``drop_path_rate`` on the rows' architecture when given."""
+
+    drop_path_rate: float | None = None
+
+    @override
+    def row_arch(self, arch: dict[str, Any]) -> dict[str, Any]:
+        return arch if self.drop_path_rate is None else {**arch, "drop_path_rate": self.drop_path_rate}
+
+
+class _SingleRow(_RowArch):
+    def __init__(self, init: str = "random", drop_path_rate: float | None = None) -> None:
         if init not in INITS:
             raise ConfigError(f"unknown auxiliary initialisation {init!r}; use one of {', '.join(INITS)}")
         self.init = init
+        self.drop_path_rate = check_drop_path(drop_path_rate)
 
     @override
     def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
@@ -77,8 +109,8 @@ class DepthReduced(_SingleRow):
 
     name = "depth-reduced"
 
-    def __init__(self, depth: int, init: str = "random") -> None:
-        super().__init__(init)
+    def __init__(self, depth: int, init: str = "random", drop_path_rate: float | None = None) -> None:
+        super().__init__(init, drop_path_rate)
         self.depth = int(depth)
 
     @classmethod
@@ -89,6 +121,7 @@ class DepthReduced(_SingleRow):
 
     @override
     def rows(self, ancestry: RowShape) -> list[RowShape]:
+        _single_stage(self.name, ancestry)
         if not 1 <= self.depth < ancestry.depth:
             raise ConfigError(
                 f"a depth-reduced auxiliary needs 1 <= depth < {ancestry.depth} (the ancestry's), got {self.depth}"
@@ -101,8 +134,9 @@ class WidthReduced(_SingleRow):
 
     name = "width-reduced"
 
-    def __init__(self, depth: int, width: int, heads: int, init: str = "random") -> None:
-        super().__init__(init)
+    def __init__(self, depth: int, width: int, heads: int, init: str = "random",
+                 drop_path_rate: float | None = None) -> None:
+        super().__init__(init, drop_path_rate)
         if init == "ancestry":
             raise ConfigError("initialisation 'ancestry' copies blocks and needs the ancestry's width; use 'random'")
         self.shape = RowShape(int(depth), int(width), int(heads))
@@ -115,6 +149,7 @@ class WidthReduced(_SingleRow):
 
     @override
     def rows(self, ancestry: RowShape) -> list[RowShape]:
+        _single_stage(self.name, ancestry)
         if self.shape.width >= ancestry.width:
             raise ConfigError(
                 f"a width-reduced auxiliary needs width < {ancestry.width} (the ancestry's), got {self.shape.width}"
@@ -124,7 +159,7 @@ class WidthReduced(_SingleRow):
         return [self.shape]
 
 
-class PoolDesign(AuxiliaryDesign):
+class PoolDesign(_RowArch):
     """A group of auxiliary models, one per row, sorted by width.
 
     ``rows`` is a ``DEPTHxWIDTH:HEADS`` list or row shapes. A row at the
@@ -134,17 +169,23 @@ class PoolDesign(AuxiliaryDesign):
 
     name = "pool"
 
-    def __init__(self, rows: str | Sequence[RowShape], init: str = "random") -> None:
+    def __init__(self, rows: str | Sequence[RowShape], init: str = "random", drop_path_rate: float | None = None) -> None:
         if init not in INITS:
             raise ConfigError(f"unknown auxiliary initialisation {init!r}; use one of {', '.join(INITS)}")
         shapes = parse_rows(rows) if isinstance(rows, str) else list(rows)
         self.shapes = sorted(shapes, key=lambda s: s.width)
         self.init = init
+        self.drop_path_rate = check_drop_path(drop_path_rate)
 
     @classmethod
     @override
     def example(cls, *, ancestry: RowShape, **context) -> PoolDesign:  # noqa: ANN003
-        """The paper's two rows at half the ancestry's depth: half width, and full width copied from the ancestry."""
+        """The paper's two rows at half the ancestry's depth: half width, and full width copied from the ancestry
+        (a hierarchical ancestry: each stage at half its depth, the narrow row at half the width, both random)."""
+        if ancestry.stages:
+            halved = [(max(1, d // 2), w, h) for d, w, h in ancestry.stage_shapes]
+            narrow = [(d, max(1, w // 2), h // 2 if h % 2 == 0 else h) for d, w, h in halved]
+            return cls([RowShape.staged(narrow), RowShape.staged(halved)])
         depth, width, heads = _half(ancestry)
         return cls([RowShape(depth, width, heads), RowShape(depth, ancestry.width, ancestry.heads)], init="ancestry")
 
@@ -189,8 +230,8 @@ class StagedRow(_SingleRow):
 
     name = "staged-row"
 
-    def __init__(self, shape: RowShape | str, init: str = "random") -> None:
-        super().__init__(init)
+    def __init__(self, shape: RowShape | str, init: str = "random", drop_path_rate: float | None = None) -> None:
+        super().__init__(init, drop_path_rate)
         self.shape = parse_rows(shape)[0] if isinstance(shape, str) else shape
 
     @classmethod

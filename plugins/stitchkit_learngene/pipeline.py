@@ -49,7 +49,8 @@ from stitchkit.core.spec import parse_rows
 from stitchkit.core.interfaces import AncestryAdapter, DistillationLoss, InitContext
 from stitchkit.pool.lowrank import check_rank
 from stitchkit.pool.measure import count_macs
-from stitchkit.pool.pool import Pool
+from stitchkit.pool.metainit import meta_skeleton
+from stitchkit.pool.pool import Pool, check_stitchable
 from stitchkit.io.storage import save_pool
 
 from .config import LearngeneConfig
@@ -65,7 +66,7 @@ def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str,
     lg = section(config, "learngene", LearngeneConfig)
     if method.fixed_paths:  # learngene-pool-sliding-window: the method name decides
         lg = dataclasses.replace(lg, paths=method.path_set)
-    method = LearngenePoolMethod(paths=lg.paths)
+    method = LearngenePoolMethod(paths=lg.paths, skip_rows=lg.skip_rows)
     # unknown component names and options fail now, not after hours of distillation
     parts = components(lg, registry)
     base = TrainConfig.from_config(config)
@@ -185,6 +186,8 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
     check_stitch_rank(lg, shapes)  # before the first row is distilled
+    with meta_skeleton():  # the rows on the meta device: stitchable (one input, joinable boundaries) before any distillation
+        check_stitchable(LearngenePoolMethod(paths=lg.paths), [type(ancestry).from_arch(ancestry.resized(s)) for s in shapes])
     train = lg.train_config(base, "distill")
     adapters: list[AncestryAdapter] = []
     extras: dict[str, torch.Tensor] = {}
@@ -193,7 +196,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     ctx = dist_context(base.device)
     for r, shape in enumerate(shapes):
         with seeded(derive_seed("learngene-row", train.seed, r)):
-            row = type(ancestry).from_arch(ancestry.resized(shape))
+            row = type(ancestry).from_arch(design.row_arch(ancestry.resized(shape)))
             design.initialize(row, ancestry)
             options = dict(parts["loss"]["options"])
             if "layout" in inspect.signature(registry.get("loss", lg.loss).for_models).parameters:

@@ -17,6 +17,7 @@ from typing import Any
 from stitchkit.core.errors import ConfigError, StitchkitError
 from stitchkit.core.interfaces import AncestryAdapter
 from stitchkit.pool.lowrank import check_rank
+from stitchkit.pool.pool import check_stitchable
 
 from .config import AnchorConfig, SNNetConfig
 from .configurations import check_anchors
@@ -57,6 +58,7 @@ def obtain_anchors(
     anchors = [create_anchor(i, anchor, data.spec, base.seed) for i, anchor in enumerate(configs)]
     check_anchors([a.shape for a in anchors])  # before any training, not after hours of it
     check_stitch_rank(cfg, [a.shape for a in anchors], f"{name}.stitch_rank")
+    check_stitchable(cfg.method(), anchors)  # one input, and every boundary a stitch joins can be joined
     for i, (anchor, adapter) in enumerate(zip(configs, anchors)):
         if anchor.train:
             identity = {"data": config.get("data", {}), "anchor": dataclasses.asdict(anchor)}

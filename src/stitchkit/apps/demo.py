@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .cards import write_pool_card
 from .compare import blocks_key, collect, compare_by_blocks, find_best, format_finding, markdown_report, plot_accuracy
 from ..engine.config import section
 from ..engine.settings import load_config, resolve
@@ -406,6 +407,7 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
         path, wall, _ = built[job.key]
         pools[job.key] = out / f"{job.key}.safetensors"
         copy_atomic(path, pools[job.key])
+        write_pool_card(pools[job.key])  # its model card beside it, as `stitchkit build` writes
         init = job.config.get("learngene", job.config.get("snnet", {})).get("initializer", "").upper()
         first = "train anchors" if job.method == "snnet" else ("reuse the distilled rows" if job.after else "distil rows")
         phases.append((f"{job.label}: {first}, {init} init, fine-tune, evaluate", wall))
