@@ -136,16 +136,9 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
 
 def is_model_file(path: str | os.PathLike) -> bool:
     """True for a single network written by ``stitchkit train`` (not a pool); False for anything else."""
-    from safetensors import SafetensorError, safe_open
+    from ..io.header import MODEL_FORMAT, kind_of_file  # local: like pool_info, read without torch
 
-    from ..engine.model import MODEL_FORMAT
-    from ..io.header import file_kind
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return file_kind(fh.metadata() or {}) == MODEL_FORMAT
-    except (SafetensorError, OSError, ValueError):
-        return False
+    return kind_of_file(path) == MODEL_FORMAT
 
 
 def model_file_info(path: str | os.PathLike) -> dict[str, Any]:
