@@ -136,15 +136,12 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
 
 def is_model_file(path: str | os.PathLike) -> bool:
     """True for a single network written by ``stitchkit train`` (not a pool); False for anything else."""
-    from safetensors import SafetensorError, safe_open
+    from ..core.errors import StitchkitError
+    from ..io.header import MODEL_FORMAT, _read_header, file_kind
 
-    from ..engine.model import MODEL_FORMAT
-    from ..io.header import file_kind
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return file_kind(fh.metadata() or {}) == MODEL_FORMAT
-    except (SafetensorError, OSError, ValueError):
+    try:  # the header alone, with the standard library: no torch, and a FIFO is refused before it is opened
+        return file_kind(_read_header(path).metadata or {}) == MODEL_FORMAT
+    except StitchkitError:
         return False
 
 

@@ -23,8 +23,7 @@ from ..core.errors import ConfigError, PoolFormatError, StitchkitError
 from ..core.interfaces import AncestryAdapter
 from .config import section, write_bytes_atomic
 from .data import DataSpec
-
-MODEL_FORMAT = "stitchkit-model"
+from ..io.header import MODEL_FORMAT  # noqa: F401 - re-exported: the kind lives with the others (torch-free readers need it)
 
 
 @dataclass
