@@ -384,6 +384,14 @@ def metadata_digest(meta: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def kind_of_file(path: PathLike) -> str | None:
+    """The kind a safetensors file declares (:func:`file_kind`), read with the standard library; None if unreadable."""
+    try:
+        return file_kind(_read_header(path).metadata or {})
+    except (PoolFormatError, FileError, OSError):
+        return None
+
+
 def file_kind(meta: Mapping[str, str]) -> str | None:
     """What a stitchkit file holds (``stitchkit-pool``, ...): ``stitchkit_format`` since format 3, ``format`` before."""
     found = meta.get("format")
