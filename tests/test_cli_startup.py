@@ -98,7 +98,9 @@ def _rewrite_pool_json(src, dst, change) -> None:
     meta["pool"] = json.dumps(desc)
     import struct
 
-    entries = {"__metadata__": meta, **header.entries}
+    from stitchkit.io.header import stamp
+
+    entries = {"__metadata__": stamp(meta), **header.entries}
     text = json.dumps(entries).encode()
     dst.write_bytes(struct.pack("<Q", len(text)) + text + data[header.data_start:])
 

@@ -32,7 +32,7 @@ from stitchkit.families.vit import TimmViT
 #: The installed registry (core + entry points), whatever the environment says about autoloading.
 INSTALLED = Registry(load_entrypoints=True)
 SHIPPED = {
-    "stitchkit": {"ancestry:timm-vit", "method:sequential", "initializer:random", "sampler:uniform",
+    "stitchkit": {"ancestry:timm-vit", "ancestry:timm-levit", "method:sequential", "initializer:random", "sampler:uniform",
                   "sampler:flops-grouped", "sampler:sandwich", "sampler:ros"},
     "learngene-pool": {"design:depth-reduced", "design:width-reduced", "design:pool", "loss:prediction",
                        "loss:block", "loss:attention", "loss:learngene", "initializer:tm", "initializer:tm-pinv",

@@ -151,7 +151,7 @@ def test_imagefolder_source(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"source": "mnist"}, ["data.source", "digits"]),
+        ({"source": "cifar10"}, ["data.source", "digits", "fashion-mnist"]),
         ({"in_chans": 2}, ["in_chans", "1 or 3"]),
         ({"source": "imagefolder", "in_chans": 3}, ["root"]),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, ["val_fraction + test_fraction"]),
@@ -288,18 +288,19 @@ def test_transform_defaults_depend_on_the_image_size():
     from timm.data.transforms import RandomResizedCropAndInterpolation
     from torchvision import transforms as T
 
-    from stitchkit.engine.transforms import TransformConfig, create_eval_transform, create_train_transform, preprocessing
+    from stitchkit.engine.transforms import TransformConfig, create_train_transform, preprocessing
+    from stitchkit.io.preprocessing import eval_transform
 
     cfg = TransformConfig()
     for size, scale, resize in ((32, (0.5, 1.0), 32), (64, (0.5, 1.0), 64), (224, (0.08, 1.0), 256)):  # 224 / 0.875 = 256
         pre = preprocessing(cfg, size)
         crop = next(t for t in create_train_transform(cfg, pre).transforms if isinstance(t, RandomResizedCropAndInterpolation))
         assert crop.scale == scale and crop.size == (size, size)
-        ev = create_eval_transform(pre).transforms
+        ev = eval_transform(pre).transforms
         assert isinstance(ev[0], T.Resize) and ev[0].size == resize and ev[1].size == (size, size)
     assert preprocessing(cfg, 32) == {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
                                       "std": [0.229, 0.224, 0.225], "crop_pct": 1.0, "crop_mode": "center"}
     mine = TransformConfig(scale=[0.9, 1.0], crop_pct=0.5, mean=[0.5], std=[0.25], interpolation="bicubic")
     assert preprocessing(mine, 32, 1)["crop_pct"] == 0.5
-    ev = create_eval_transform(preprocessing(mine, 32, 1)).transforms
+    ev = eval_transform(preprocessing(mine, 32, 1)).transforms
     assert ev[0].size == 64 and ev[-1].mean.tolist() == [0.5] and ev[-1].std.tolist() == [0.25]

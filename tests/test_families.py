@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stitchkit import hookimpl
 from stitchkit.families.convnext import TimmConvNeXt
+from stitchkit.families.levit import TimmLeViT
 from stitchkit.core.errors import ConfigError
 from stitchkit.pool.features import collect_stitch_features
 from stitchkit.core.interfaces import AncestryAdapter, InitContext
@@ -121,7 +122,7 @@ def test_tokens_into_a_cnn_and_unequal_grids_are_config_errors():
         Pool([res, small], [spec], [bad], method="test")
 
 
-@pytest.mark.parametrize("cls", [TimmSwin, TimmResNet, TimmConvNeXt])
+@pytest.mark.parametrize("cls", [TimmSwin, TimmResNet, TimmConvNeXt, TimmLeViT])
 def test_macs_equal_flop_counter_and_params_an_independent_sum(cls):
     torch.manual_seed(0)
     a = cls.example()

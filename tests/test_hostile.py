@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from helpers import tiny_row
 from stitchkit.core import limits
 from stitchkit.io import storage
+from stitchkit.io.header import stamp
 from stitchkit.cli.main import main
 from stitchkit.core.errors import CheckpointError, ConfigError, FileError, PoolFormatError, StitchkitError
 from stitchkit.io.files import OutputLock, atomic_write, sweep_temp_files, temp_path
@@ -95,6 +96,7 @@ def craft(src: pathlib.Path, dst: pathlib.Path, fn, key: str = "pool") -> pathli
     desc = json.loads(header["__metadata__"][key])
     fn(desc)
     header["__metadata__"][key] = json.dumps(desc)
+    header["__metadata__"] = stamp(header["__metadata__"])  # a crafted file: its digest matches
     write_raw(dst, header, data)
     return dst
 
@@ -165,6 +167,7 @@ def test_fake_tensors_buy_no_more_construction_than_they_list(pool_file, tmp_pat
         header[f"rows.0.fake.{i}"] = {"dtype": "F32", "shape": [0], "data_offsets": [len(data), len(data)]}
         index[f"rows.0.fake.{i}"] = {"dtype": "F32", "shape": [0]}
     header["__metadata__"].update(pool=json.dumps(desc), tensors=json.dumps(index))
+    header["__metadata__"] = stamp(header["__metadata__"])
     write_raw(tmp_path / "fake.safetensors", header, data)
     with pytest.raises(PoolFormatError, match=r"row 0: its arch builds far more tensors than the file holds for it \(288\)"):
         storage.load_pool(tmp_path / "fake.safetensors", REG)  # 288 = 32 real + 256 fake

@@ -141,8 +141,7 @@ def test_parse_rows():
     assert (swin_t.depth, swin_t.width, swin_t.heads, swin_t.stage_starts) == (12, 768, 24, [0, 2, 4, 10])
     assert str(swin_t) == "2x96:3/2x192:6/6x384:12/2x768:24" and RowShape.from_json(swin_t.to_json()) == swin_t
     assert [swin_t.width_at(b) for b in (0, 1, 2, 3, 5, 10, 11, 12)] == [96, 96, 96, 192, 384, 384, 768, 768]
-    with pytest.raises(ConfigError, match="not divisible"):
-        parse_rows("6x190:3")
+    assert parse_rows("6x190:3") == [RowShape(6, 190, 3)]  # heads are data: a ViT refuses it (test_levit.py), a LeViT need not
 
 
 def _cache_pool() -> Pool:

@@ -101,6 +101,14 @@ def read_raw(path) -> tuple[dict, bytes]:
     return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
+def doc_digest(meta: dict) -> str:
+    """docs/format.md's metadata digest: sha256 of every other entry as sorted, compact JSON."""
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
 def write_raw(path, header: dict, data: bytes) -> None:
     text = json.dumps(header).encode()
     pathlib.Path(path).write_bytes(struct.pack("<Q", len(text)) + text + data)
@@ -138,7 +146,8 @@ def descendant_tensor_names(path: Path) -> set[str]:
 def test_file_layout_follows_the_docs(pool, pool_file):
     header, data = read_raw(pool_file)
     meta = header.pop("__metadata__")
-    assert meta["format"] == "stitchkit-pool" and meta["format_version"] == "2"
+    assert meta["format"] == "pt" and meta["stitchkit_format"] == "stitchkit-pool" and meta["format_version"] == "3"
+    assert meta["metadata_sha256"] == doc_digest(meta)
     expected = expected_pool_tensors(pool)
     assert set(header) == set(expected)
     assert json.loads(meta["tensors"]) == {n: {"dtype": "F32", "shape": list(t.shape)} for n, t in expected.items()}
@@ -250,7 +259,7 @@ def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
     header_len = struct.unpack("<Q", pool_file.read_bytes()[:8])[0]
     meta = read_pool_metadata(pool_file)
     assert sum(reads) == 8 + header_len and pool_file.stat().st_size > 8 + header_len + 10_000
-    assert meta["format"] == "stitchkit-pool" and meta["format_version"] == "2"
+    assert meta["format"] == "stitchkit-pool" and meta["format_version"] == "3"
     assert meta["writer"].startswith("stitchkit")
     assert meta["pool"]["evaluation"] == pool.evaluation
     assert meta["tensors"]["rows.2.head.weight"] == {"dtype": "F32", "shape": [5, 48]}
@@ -344,7 +353,8 @@ def test_export_and_load_exported(pool, pool_file, registry, images, tmp_path, s
     export_descendant(pool if source == "pool" else pool_file, path.label, out, registry=registry)
     header, _ = read_raw(out)
     meta = header.pop("__metadata__")
-    assert meta["format"] == "stitchkit-descendant" and meta["format_version"] == "2"
+    assert meta["format"] == "pt" and meta["stitchkit_format"] == "stitchkit-descendant" and meta["format_version"] == "3"
+    assert meta["metadata_sha256"] == doc_digest(meta)
     assert set(header) == set(pool.descendant(path).state_dict())
     desc = read_descendant_metadata(out)["descendant"]
     assert desc["name"] == path.name and desc["path"] == path.to_json()
@@ -491,10 +501,20 @@ def test_save_refuses_what_it_could_not_read_back(tmp_path):
 
 
 # --------------------------------------------------------------------------- corruptions
-def mutate_meta(src, dst, fn) -> None:
-    """Rewrite __metadata__ (a dict of strings) in place of a valid file, keeping the tensors."""
+def restamp(meta: dict) -> dict:
+    """Give edited metadata a matching digest, as a crafted file would: the checks behind the digest still hold."""
+    if "metadata_sha256" in meta:
+        meta["metadata_sha256"] = doc_digest(meta)
+    return meta
+
+
+def mutate_meta(src, dst, fn, stamp: bool = True) -> None:
+    """Rewrite __metadata__ (a dict of strings) in place of a valid file, keeping the tensors
+    (with a matching digest unless ``stamp`` is false)."""
     header, data = read_raw(src)
     fn(header["__metadata__"])
+    if stamp:
+        restamp(header["__metadata__"])
     write_raw(dst, header, data)
 
 
@@ -515,7 +535,7 @@ def resave(src, dst, fn_tensors=None, fn_meta=None) -> None:
         fn_tensors(tensors)
     if fn_meta:
         fn_meta(meta)
-    save_file(tensors, str(dst), metadata=meta)
+    save_file(tensors, str(dst), metadata=restamp(meta))
 
 
 def set_index(name, **fields):
@@ -550,7 +570,7 @@ CORRUPTIONS = {
     "pickle": (lambda src, dst: torch.save({"a": torch.ones(2)}, dst), "not a safetensors file"),
     "foreign safetensors": (lambda src, dst: save_file({"a": torch.ones(2)}, str(dst), metadata={"format": "pt"}), "did not write.*format is 'pt'"),
     "no metadata": (lambda src, dst: save_file({"a": torch.ones(2)}, str(dst)), "no 'format' key"),
-    "future version": (lambda s, d: mutate_meta(s, d, lambda m: m.update(format_version="3")), "format_version '3' is not supported.*upgrade"),
+    "future version": (lambda s, d: mutate_meta(s, d, lambda m: m.update(format_version="4")), "format_version '4' is not supported.*upgrade"),
     "missing version": (lambda s, d: mutate_meta(s, d, lambda m: m.pop("format_version")), "missing format_version"),
     "metadata not JSON": (lambda s, d: mutate_meta(s, d, lambda m: m.update(pool="{not json")), "'pool' is not valid JSON"),
     "metadata NaN": (lambda s, d: mutate_meta(s, d, mutate_pool_json(lambda p: p["info"].update(x=math.nan))), "NaN is not valid JSON"),
@@ -788,6 +808,8 @@ def test_fuzz_metadata_mutations(pool_file, tmp_path, registry, data):
     for k in ("pool", "tensors"):
         if meta.get(k) is original[k]:  # not replaced as a whole: write the mutated tree
             meta[k] = json.dumps(tree[k])
+    if data.draw(st.booleans(), label="restamp"):  # a crafted file: the checks behind the digest
+        restamp(meta)
     f = tmp_path / "fuzz.safetensors"
     write_raw(f, {"__metadata__": meta, **header}, blob)
     only_pool_format_errors(f, registry)
@@ -835,8 +857,8 @@ def test_format_1_files_still_load(registry, tmp_path):
     d = load_exported(FIXTURES / "descendant-v1.safetensors", registry).eval()
     with torch.no_grad():
         torch.testing.assert_close(d(x), expected["logits.1"], **tol)
-    # rewritten today, the same pool is a format-2 file with explicit layouts
-    out = save_pool(pool, tmp_path / "v2.safetensors")
+    # rewritten today, the same pool is a format-3 file with explicit layouts
+    out = save_pool(pool, tmp_path / "v3.safetensors")
     meta = read_pool_metadata(out)
-    assert meta["format_version"] == "2"
+    assert meta["format_version"] == "3"
     assert {s["src_layout"] for s in meta["pool"]["stitches"]} == {"tokens"}

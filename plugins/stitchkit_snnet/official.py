@@ -119,7 +119,25 @@ def _load_anchor(p: pathlib.Path, a: int, name: str, adapter: AncestryAdapter, s
                 p, f"anchors.{a}.{key} has shape {tuple(value.shape)} but {name} expects {tuple(own[key].shape)}; "
                 f"list the anchors in the order they were trained (--anchors A,B,C)"
             )
+        check_values(p, f"anchors.{a}.{key}", value, own[key])
     adapter.model.load_state_dict(state, strict=True)
+
+
+def check_values(p: pathlib.Path, key: str, value: torch.Tensor, target: torch.Tensor) -> None:
+    """Refuse what a load would silently cast or carry: a non-float tensor for a float one, NaN or Inf."""
+    if not target.is_floating_point():
+        return
+    if not value.is_floating_point():
+        raise OfficialCheckpointError(
+            p, f"{key} is stored as {str(value.dtype).removeprefix('torch.')}, not as a float tensor; "
+            "an official checkpoint stores float weights, so this file was edited or is not one"
+        )
+    bad = int((~torch.isfinite(value)).sum())
+    if bad:
+        raise OfficialCheckpointError(
+            p, f"{key} holds {bad} non-finite value(s) (NaN or Inf) of {value.numel()}; "
+            "import a checkpoint saved before training diverged"
+        )
 
 
 def official_pairs(n: int, nearest: bool) -> list[tuple[int, int]]:
@@ -229,6 +247,7 @@ def import_snnet(
                         p, f"{key} has shape {tuple(held[layer][part].shape)} but anchors {a} -> {b} "
                         f"({rows[a].shape} -> {rows[b].shape}) need {want}"
                     )
+                check_values(p, key, held[layer][part], getattr(target, part))
                 with torch.no_grad():
                     getattr(target, part).copy_(held[layer][part])
     return pool

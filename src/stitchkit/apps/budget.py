@@ -54,7 +54,7 @@ def select_descendant(
     ``latency_ms`` when a latency budget was given). Raises
     :class:`BudgetError` naming the smallest option when nothing fits.
     """
-    from ..io.storage import load_descendant, read_pool_metadata
+    from ..io.storage import load_descendant, read_pool_structure  # local: imports torch; the CLI imports this module at start
 
     if max_params is None and max_macs is None and max_latency_ms is None:
         raise ConfigError("give at least one budget: max_params, max_macs or max_latency_ms")
@@ -65,7 +65,8 @@ def select_descendant(
     if max_latency_ms is not None:
         limits.check_number(max_latency_ms, "max_latency_ms", minimum=0.0, exclusive_minimum=True)
     device = parse_device(device)
-    meta = read_pool_metadata(pool_file)
+    # the whole pool rebuilt on the meta device (no weights read): never recommend from a file that cannot load
+    meta, _ = read_pool_structure(pool_file, registry)
     rows = file_descendants_table(meta, registry, path=pool_file)
     missing = [r["name"] for r in rows if metric not in r]
     if missing:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..io.files import atomic_write
 from .report import pool_info
 
 
@@ -161,7 +162,7 @@ def plot_accuracy(infos: Mapping[str, dict[str, Any]], out: str | os.PathLike, *
     or below each size, so it never promises what no descendant delivers. The
     descendants on that frontier are filled markers, the others hollow.
     """
-    import matplotlib
+    import matplotlib  # local: a plot is the only user of matplotlib (slow to import)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -197,7 +198,6 @@ def plot_accuracy(infos: Mapping[str, dict[str, Any]], out: str | os.PathLike, *
              ha="center", va="top", fontsize=8)
     if title:
         fig.suptitle(title)
-    from ..io.files import atomic_write
 
     out = pathlib.Path(out)
     try:

@@ -19,13 +19,24 @@ convention, stated once:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ..core.errors import ConfigError
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..core.errors import ConfigError, PoolFormatError
+from ..core.registry import default_registry
 from ..core.plans import DEFAULT_PRETRAIN_EPOCHS, FLOPS_PER_MAC, FROZEN_PASSES, KINDS, TRAINED_PASSES, Phase, TrainingPlan  # noqa: F401 - re-exported: the priced plan's vocabulary
+from ..engine.data import DataConfig, DataSpec, build_data
+from ..engine.model import build_model, check_model_metadata
+from ..pool.features import stitch_places
+from ..pool.measure import count_macs
 
 def expected_step_macs(sampler: Any, macs: Sequence[int], *, draws: int = 4096, seed: int = 0) -> tuple[float, bool]:
     """Mean forward MACs of one training step under ``sampler`` (summed over the paths a step trains).
@@ -33,8 +44,6 @@ def expected_step_macs(sampler: Any, macs: Sequence[int], *, draws: int = 4096, 
     Exact for the ``uniform`` sampler (the mean over paths); other samplers are
     drawn ``draws`` times from a seeded generator. Returns ``(macs, exact)``.
     """
-    import torch
-
     paths = list(sampler.paths)
     if len(paths) != len(macs):
         raise ConfigError(f"got {len(macs)} MAC counts for {len(paths)} paths")
@@ -137,8 +146,6 @@ def training_cost(
     given (``train_images``, ``eval_images``, ``num_classes``); nothing is
     trained and every network is built on the meta device.
     """
-    from ..engine.data import DataConfig, DataSpec
-
     if pretrain_epochs < 0:
         raise ConfigError(f"--pretrain-epochs must be >= 0, got {pretrain_epochs}")
     for flag, value in (("--images", train_images), ("--eval-images", eval_images), ("--num-classes", num_classes)):
@@ -148,8 +155,6 @@ def training_cost(
     if not name:
         raise ConfigError("the config names no method; add e.g. method = \"learngene-pool\" at the top")
     if registry is None:
-        from ..core.registry import default_registry
-
         registry = default_registry()
     method = registry.create("method", name)
     data_cfg = DataConfig.from_config(dict(config))
@@ -173,12 +178,6 @@ def meta_network(spec: Any, model_cfg: Any) -> Any:
     Loaded weights (``pretrained``, ``checkpoint``) do not change the
     architecture, so they are not fetched: nothing is downloaded or read.
     """
-    import dataclasses
-
-    import torch
-
-    from ..engine.model import build_model
-
     shape_only = dataclasses.replace(model_cfg, pretrained=False, checkpoint="")
     with torch.device("meta"):
         return build_model(spec, shape_only, seed=0)
@@ -186,14 +185,6 @@ def meta_network(spec: Any, model_cfg: Any) -> Any:
 
 def meta_network_file(path: str, registry: Any) -> Any:
     """A network saved by ``stitchkit train`` (a model file), rebuilt on the meta device from its metadata only."""
-    import json
-    import pathlib
-
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    from ..engine.model import MODEL_FORMAT
-
     file = pathlib.Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"{file}: model file not found")
@@ -202,16 +193,18 @@ def meta_network_file(path: str, registry: Any) -> Any:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"{file}: unreadable model file ({exc})") from None
-    if meta.get("format") != MODEL_FORMAT or "arch" not in meta or "adapter" not in meta:
-        raise ConfigError(f"{file}: not a stitchkit model file (metadata format {meta.get('format')!r})")
+    try:
+        check_model_metadata(file, meta)
+    except PoolFormatError as exc:
+        raise ConfigError(str(exc)) from None
+    if "arch" not in meta or "adapter" not in meta:
+        raise ConfigError(f"{file}: not a stitchkit model file (no arch or adapter in its metadata)")
     with torch.device("meta"):
         return registry.ancestry(meta["adapter"]).from_arch(json.loads(meta["arch"]))
 
 
 def network_macs(adapter: Any) -> int:
     """Forward MACs per image of one network (on any device, the meta device included)."""
-    from ..pool.measure import count_macs
-
     return count_macs(adapter)  # the adapter declares what hooks cannot count (attention matmuls)
 
 
@@ -227,16 +220,12 @@ def feature_passes_macs(pool: Any, row_macs: Sequence[int]) -> int:
     :func:`stitchkit.pool.features.collect_stitch_features` runs the front and the
     end row of every row pair that shares a used stitch layer once per image.
     """
-    from ..pool.features import stitch_places
-
     pairs = {(p.front, p.end) for places in stitch_places(pool).values() for p in places}
     return sum(row_macs[a] + row_macs[b] for a, b in pairs)
 
 
 def data_sizes(cfg: Any, method: str = "") -> dict[str, int]:
     """Training images, evaluation images (the test split) and classes of a ``[data]`` section."""
-    from ..engine.data import build_data
-
     try:
         data = build_data(cfg)
     except (ConfigError, OSError, FileNotFoundError) as exc:

@@ -23,12 +23,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+
+import torch
 
 from .compare import blocks_key, collect, compare_by_blocks, find_best, format_finding, markdown_report, plot_accuracy
 from ..engine.config import section
@@ -185,8 +188,6 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     Builds the job the JSON file describes and writes ``[pool file, wall s, CPU s]`` next to it
     (``.result``); a stitchkit error is one line on stderr and exit status 2.
     """
-    import torch
-
     job_file, threads = (sys.argv[1:] if argv is None else list(argv))[:2]
     torch.set_num_threads(int(threads))
     job = json.loads(pathlib.Path(job_file).read_text())
@@ -221,10 +222,6 @@ def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pat
     the jobs off the chain go there, so one interpreter start-up (seconds of CPU) is paid
     per worker and none on the critical path.
     """
-    import subprocess
-
-    import torch
-
     done: dict[str, tuple[pathlib.Path, float, float]] = {}
     local = list(jobs) if workers <= 1 else _chain(jobs)
     queue = [j for j in jobs if j not in local]

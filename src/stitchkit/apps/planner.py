@@ -101,7 +101,7 @@ def create_by_name(name: str, adapter: str, registry: Registry, **kwargs: Any) -
     if adapter != "auto":
         return registry.ancestry(adapter).from_name(name, **kwargs)
     names = registry.list("ancestry")
-    order: list[str] = [n for n in ("timm-vit", "timm-swin", "timm-resnet", "timm-convnext") if n in names]
+    order: list[str] = [n for n in ("timm-vit", "timm-swin", "timm-resnet", "timm-convnext", "timm-levit") if n in names]
     order += [n for n in names if n not in order]
     refusals = []
     for n in order:

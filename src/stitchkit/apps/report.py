@@ -134,6 +134,64 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
     }
 
 
+def is_model_file(path: str | os.PathLike) -> bool:
+    """True for a single network written by ``stitchkit train`` (not a pool); False for anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..engine.model import MODEL_FORMAT
+    from ..io.header import file_kind
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return file_kind(fh.metadata() or {}) == MODEL_FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def model_file_info(path: str | os.PathLike) -> dict[str, Any]:
+    """JSON-ready summary of a model file written by ``stitchkit train``: shape, provenance, accuracy."""
+    from ..engine.model import load_model, model_info
+
+    adapter = load_model(path)
+    info = model_info(path)
+    return {
+        "file": str(path),
+        "bytes": pathlib.Path(path).stat().st_size,
+        "kind": "model",
+        "adapter": adapter.name,
+        "shape": str(adapter.shape),
+        "params": sum(p.numel() for p in adapter.model.parameters()),
+        "info": info,
+    }
+
+
+def format_model_info(info: dict[str, Any]) -> str:
+    meta = info["info"]
+    data = meta.get("data", {})
+    lines = [
+        f"model {info['file']}  ({info['bytes'] / 2**20:.1f} MiB, written by stitchkit train)",
+        f"network: {info['adapter']} {info['shape']}, {info['params']:,} params",
+    ]
+    if data:
+        lines.append(f"data: {data.get('source', '?')}, {data.get('in_chans')}x{data.get('img_size')}x{data.get('img_size')}, "
+                     f"{data.get('num_classes')} classes" + (f" ({', '.join(meta['classes'])})" if meta.get("classes") else ""))
+        for split, rec in (data.get("splits") or {}).items():
+            extra = f", a stratified subset of {rec['subset_of']:,} (seed {rec['seed']})" if "subset_of" in rec else ""
+            lines.append(f"  {split}: {rec.get('images', '?'):,} images from {rec.get('from', '?')}{extra}")
+    if "steps" in meta:
+        budget = f"trained {meta['steps']:,} steps"
+        if "epochs" in meta:
+            budget += f" = {meta['epochs']:g} epochs of {meta['train_images']:,} images"
+        train = (meta.get("config") or {}).get("train") or {}
+        if train:
+            budget += f" (batch {train.get('batch_size')}, lr {train.get('lr')}, seed {train.get('seed')})"
+        lines.append(budget + f" in {meta.get('train_s', 0.0):.0f} s")
+    test = (meta.get("evaluation") or {}).get("test") or {}
+    if test:
+        lines.append(f"test top-1 {test['top1']:.2f} %, top-5 {test['top5']:.2f} % on {test.get('images', '?'):,} images")
+    return "\n".join(lines)
+
+
 def _fmt_acc(row: dict[str, Any], key: str) -> str:
     return f"{row[key]:.2f}" if key in row else "-"
 

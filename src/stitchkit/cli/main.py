@@ -1,7 +1,11 @@
 """``stitchkit`` command line: one subcommand per user task.
 
 Every stitchkit error is printed as one line on stderr (``stitchkit: error:
-...``) with exit status 2; tracebacks are shown only with ``--traceback``.
+...``) with exit status 2; tracebacks are shown only with ``--traceback``
+(before or after the command name). A closed output pipe (``stitchkit info
+POOL | head -1``) ends the command quietly with status 141, the shell's status
+of a process ended by SIGPIPE, as ``cat`` or ``yes`` would. Each command imports what it needs inside its
+function (start-up time: ``--help``, ``info`` and ``plugins`` never import torch).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..core.errors import ConfigError, StitchkitError
 
@@ -98,22 +103,39 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..apps.report import format_pool_info, pool_info
+    from ..apps.report import format_model_info, format_pool_info, is_model_file, model_file_info, pool_info
 
+    if is_model_file(args.pool):  # a single network from `stitchkit train`
+        model = model_file_info(args.pool)
+        print(json.dumps(model, indent=2) if args.json else format_model_info(model))
+        return 0
     info = pool_info(args.pool)
     if args.verify:
-        from ..io.storage import verify_data
+        from ..io.storage import read_pool_structure, verify_data
 
+        read_pool_structure(args.pool)  # every row rebuilt on the meta device: a pool that cannot load fails here
         info["data_sha256"] = verify_data(args.pool)
     print(json.dumps(info, indent=2) if args.json else format_pool_info(info))
     if args.verify and not args.json:
-        print(f"verified: the tensor data matches its stored sha256 {info['data_sha256']}")
+        print(f"verified: every row builds from its arch and matches the file's tensors; "
+              f"the tensor data matches its stored sha256 {info['data_sha256']}")
     return 0
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: torch's CPU threads in this process (unset: torch's default)."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        from ..core.limits import check_int
+
+        torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import build_command
 
+    _set_threads(args)
     out = build_command(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
     print(f"pool written to {out}")
     return 0
@@ -156,15 +178,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     refuse_overwrite(args.output, [args.pool], "-o output")
     if args.timm:
         arch = storage.export_timm_state_dict(args.pool, args.descendant, args.output)
-        print(f"wrote {args.output}: plain timm VisionTransformer state dict (arch {json.dumps(arch)})")
+        wrote = f"wrote {args.output}: plain timm VisionTransformer state dict (arch {json.dumps(arch)})"
     else:
         storage.export_descendant(args.pool, args.descendant, args.output)
-        print(f"wrote {args.output}: load it with stitchkit.load_exported({str(args.output)!r})")
+        wrote = f"wrote {args.output}: load it with stitchkit.load_exported({str(args.output)!r})"
     if args.onnx:
         from ..io.onnx_export import export_onnx
 
-        diff = export_onnx(args.output, args.onnx, timm_state_dict=args.timm)
-        print(f"wrote {args.onnx}" + (f" (max |onnx - torch| = {diff:.2e})" if diff is not None else ""))
+        try:
+            diff = export_onnx(args.output, args.onnx, timm_state_dict=args.timm)
+        except BaseException:  # one failed output fails the command: leave neither file behind
+            pathlib.Path(args.output).unlink(missing_ok=True)
+            raise
+        wrote += f"\nwrote {args.onnx}" + (f" (max |onnx - torch| = {diff:.2e})" if diff is not None else "")
+    print(wrote)
     return 0
 
 
@@ -184,13 +211,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ..io.importing import import_checkpoint
-    from ..io.storage import save_pool
+    from ..io.importing import import_to_file
 
     options = _options(args.option or [])
     anchors = [a.strip() for a in args.anchors.split(",") if a.strip()]
-    pool = import_checkpoint(args.method, args.checkpoint, anchors=anchors, **options)
-    out = save_pool(pool, args.output, provenance={"method": args.method, "imported_from": str(args.checkpoint)})
+    pool, out = import_to_file(args.method, args.checkpoint, args.output, anchors=anchors, **options)
     print(f"wrote {out}: {len(pool.paths)} descendants on {len(pool.stitches)} stitch layers")
     return 0
 
@@ -218,6 +243,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not is_plain_file_name(args.name):
         raise ConfigError(f"--name {args.name!r} must be a plain file name (no '/', not '.' or '..')")
+    _set_threads(args)
     config = load_config(args.config, args.set or [])
     lock = OutputLock(args.out, f"stitchkit train {args.config}") if dist_context(config["train"]["device"]).is_main else None
     try:
@@ -227,7 +253,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
-    print(f"model written to {path}")
+    from ..engine.standalone import trained_summary
+
+    print(trained_summary(path))
     return 0
 
 
@@ -240,10 +268,16 @@ def parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"stitchkit {__version__}")
-    p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors (also accepted after the command)")
+    # every command accepts --traceback too; SUPPRESS: a command that is not given it keeps the top-level value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    pl = sub.add_parser("plan", help="list a pool design's descendants with params and MACs, no weights")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    pl = command("plan", help="list a pool design's descendants with params and MACs, no weights")
     pl.add_argument("--method", default="sequential", help="method (path set) name, see 'stitchkit plugins'")
     pl.add_argument("--ancestry", help="ancestry model name, e.g. deit_base_patch16_224")
     pl.add_argument("--rows", help="auxiliary rows DEPTHxWIDTH:HEADS,..., e.g. 6x192:3,6x768:12; hierarchical rows join "
@@ -257,7 +291,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_plan)
 
-    pc = sub.add_parser("cost", help="training compute of a build config on paper (FLOPs per phase; --alone)")
+    pc = command("cost", help="training compute of a build config on paper (FLOPs per phase; --alone)")
     pc.add_argument("config", help="TOML build config")
     pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
     pc.add_argument("--images", type=int, help="training images (default: read from the data source)")
@@ -271,25 +305,27 @@ def parser() -> argparse.ArgumentParser:
     pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pc.set_defaults(func=_cmd_cost)
 
-    pg = sub.add_parser("plugins", help="list registered components, their options and the plugin providing each "
+    pg = command("plugins", help="list registered components, their options and the plugin providing each "
                         "(exit 1 if a plugin is broken or two register one name)")
     pg.add_argument("--json", action="store_true")
     pg.set_defaults(func=_cmd_plugins)
 
-    pi = sub.add_parser("info", help="show a pool file: rows, stitch layers, descendants table")
+    pi = command("info", help="show a pool file (rows, stitch layers, descendants table) or a model file from train (shape, provenance, accuracy)")
     pi.add_argument("pool", help="pool file (.safetensors)")
     pi.add_argument("--json", action="store_true")
-    pi.add_argument("--verify", action="store_true", help="also check the tensor data against the sha256 stored at write time")
+    pi.add_argument("--verify", action="store_true", help="also rebuild every row (on the meta device) and check the tensor data against the sha256 stored at write time")
     pi.set_defaults(func=_cmd_info)
 
-    pb = sub.add_parser("build", help="run a method's whole pipeline from a TOML config (resumable)")
+    pb = command("build", help="run a method's whole pipeline from a TOML config (resumable)")
     pb.add_argument("config", help="TOML config file")
     pb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
     pb.add_argument("--out", help="output folder (default: the config's out_dir)")
     pb.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    pb.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, all cores; 1 when runs share the machine)")
     pb.set_defaults(func=_cmd_build)
 
-    ps = sub.add_parser("select", help="the most accurate descendant within a budget")
+    ps = command("select", help="the most accurate descendant within a budget")
     ps.add_argument("pool", help="pool file (.safetensors) with evaluation results")
     ps.add_argument("--max-params", type=int, help="parameter budget")
     ps.add_argument("--max-macs", type=int, help="MACs budget (per image)")
@@ -299,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(func=_cmd_select)
 
-    pe = sub.add_parser("export", help="write one descendant as a standalone model file")
+    pe = command("export", help="write one descendant as a standalone model file")
     pe.add_argument("pool", help="pool file (.safetensors)")
     pe.add_argument("descendant", help="descendant name (r0[0:3]+s0_1_3+r1[3:6]), label, or index (3 or #3; a label wins over an index)")
     pe.add_argument("-o", "--output", required=True, help="output .safetensors file")
@@ -307,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--onnx", help="also write an ONNX model here (needs the onnx package)")
     pe.set_defaults(func=_cmd_export)
 
-    pm = sub.add_parser("import", help="turn a checkpoint of a method's original code into a pool file")
+    pm = command("import", help="turn a checkpoint of a method's original code into a pool file")
     pm.add_argument("method", help="method whose original code wrote the checkpoint, e.g. snnet")
     pm.add_argument("checkpoint", help="checkpoint file (.pth, read weights-only)")
     pm.add_argument("--anchors", required=True, help="comma-separated model names in the checkpoint, smallest first")
@@ -316,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
                     help="method option (TOML value), e.g. snnet's kernel_size=2, stride=1")
     pm.set_defaults(func=_cmd_import)
 
-    pd = sub.add_parser("demo", help="Learngene Pool vs SN-Net at equal storage on the bundled digits (CPU, minutes)")
+    pd = command("demo", help="Learngene Pool vs SN-Net at equal storage on the bundled digits (CPU, minutes)")
     pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")
     pd.add_argument("--config", help="demo config (default: the shipped configs/demo.toml)")
     pd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. demo.finetune_epochs=20")
@@ -324,11 +360,13 @@ def parser() -> argparse.ArgumentParser:
                     help="torch CPU threads (default 1: the demo's models are tiny and extra threads mostly contend)")
     pd.set_defaults(func=_cmd_demo)
 
-    pt = sub.add_parser("train", help="train a plain ViT (an ancestry or an anchor) from a TOML config")
+    pt = command("train", help="train a plain ViT (an ancestry or an anchor) from a TOML config")
     pt.add_argument("config", help="TOML config with [data], [model], [train]")
     pt.add_argument("--set", action="append", metavar="KEY=VALUE")
     pt.add_argument("--out", default="runs/ancestry", help="output folder")
     pt.add_argument("--name", default="ancestry", help="model file name (NAME.safetensors)")
+    pt.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, all cores; 1 when runs share the machine)")
     pt.set_defaults(func=_cmd_train)
     return p
 
@@ -338,6 +376,21 @@ def _fail(message: str) -> int:
 
     error(f"error: {' '.join(message.split())}")  # one line, always; rank 0 only under torchrun
     return 2
+
+
+#: The status a shell reports for a process ended by SIGPIPE (128 + 13).
+SIGPIPE_STATUS = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still buffered cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test's capture: nothing to flush at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,11 +403,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     setup()
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handlers below, not in the interpreter's exit
+        return status
     except StitchkitError as exc:
         if args.traceback:
             raise
         return _fail(str(exc))
+    except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly, as SIGPIPE would
+        _silence_stdout()
+        return SIGPIPE_STATUS
     except OSError as exc:  # read-only or full disk, permissions, a file where a directory should be, EXDEV, EIO
         if args.traceback:
             raise

@@ -1,4 +1,4 @@
-"""The core's own plugin: the timm ViT, Swin, ResNet and ConvNeXt adapters, the sequential path set, the
+"""The core's own plugin: the timm ViT, Swin, ResNet, ConvNeXt and LeViT adapters, the sequential path set, the
 random initializer and the generic path samplers. Registered like any other
 plugin, under the name ``stitchkit``.
 """
@@ -10,7 +10,9 @@ from ..core.hookspecs import hookimpl
 
 @hookimpl
 def register_ancestries(register):  # noqa: ANN001
+    # local: every registry loads this module, and `stitchkit plugins` / `info` must not import timm
     from ..families.convnext import TimmConvNeXt
+    from ..families.levit import TimmLeViT
     from ..families.resnet import TimmResNet
     from ..families.swin import TimmSwin
     from ..families.vit import TimmViT
@@ -19,6 +21,7 @@ def register_ancestries(register):  # noqa: ANN001
     register(TimmSwin)
     register(TimmResNet)
     register(TimmConvNeXt)
+    register(TimmLeViT)
 
 
 @hookimpl

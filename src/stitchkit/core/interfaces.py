@@ -26,7 +26,7 @@ from typing_extensions import Self
 import torch
 from torch import nn
 
-from .errors import MissingTapError
+from .errors import ConfigError, MissingTapError, PluginError
 from .spec import FeatureSignature, Path, RowShape, StitchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,7 +142,6 @@ class AncestryAdapter(ABC):
         RNG only, so that it is reproducible under ``torch.manual_seed``.
         There is no generic default: the base raises :class:`~stitchkit.core.errors.PluginError`.
         """
-        from .errors import PluginError
 
         raise PluginError(
             f"ancestry adapter {getattr(cls, 'name', cls.__name__)!r} has no example(): override the classmethod "
@@ -155,7 +154,6 @@ class AncestryAdapter(ABC):
 
         Adapters without a model registry of their own keep this default.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"ancestry adapter {cls.name!r} cannot create models by name ({name!r})")
 
@@ -244,7 +242,6 @@ class AncestryAdapter(ABC):
         forward skips the end anchor's final norm (see docs/snnet.md).
         Families that cannot leave the norm out keep this default, which refuses.
         """
-        from .errors import ConfigError
 
         raise ConfigError(
             f"ancestry adapter {getattr(self, 'name', type(self).__name__)!r} cannot run its head without the final norm "
@@ -414,7 +411,6 @@ class PathSampler(ABC):
     name: ClassVar[str]
 
     def __init__(self, paths: Sequence[Path], macs: Sequence[int] | None = None) -> None:
-        from .errors import ConfigError  # a ValueError too
 
         if not paths:
             raise ConfigError(f"the {getattr(self, 'name', type(self).__name__)!r} path sampler needs at least one path")
@@ -478,7 +474,6 @@ class Method(ABC):
         fill :attr:`~stitchkit.core.plans.TrainingPlan.alone` with each descendant
         trained on its own by the method's single-network recipe.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} does not describe its training phases, so 'stitchkit cost' cannot price it")
 
@@ -488,7 +483,6 @@ class Method(ABC):
         Methods that only define a path set (like the core's ``sequential``)
         do not build; ``stitchkit build`` then says so.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} defines paths only and cannot run 'stitchkit build'")
 
@@ -499,6 +493,5 @@ class Method(ABC):
         Methods without an original checkpoint format keep this default;
         ``stitchkit import`` then says so.
         """
-        from .errors import ConfigError
 
         raise ConfigError(f"method {self.name!r} cannot import checkpoints of another code base")

@@ -79,6 +79,11 @@ class RowShape:
     means the blocks have no attention (a CNN). Build those with
     :meth:`staged`; text form ``2x96:3/2x192:6/6x384:12/2x768:24`` (Swin-T)
     or ``3x256/4x512/6x1024/3x2048`` (ResNet-50).
+
+    Depth, width and heads are plain data: how heads relate to the width is
+    a family's rule, checked by its adapter (a ViT splits its width into
+    ``heads`` equal parts; LeViT-192's 288-wide stage has 5 heads of a fixed
+    key size, ``4x192:3/4x288:5/4x384:6``).
     """
 
     depth: int
@@ -89,18 +94,16 @@ class RowShape:
     def __post_init__(self) -> None:
         if self.depth < 1 or self.width < 1 or self.heads < 0:
             raise ConfigError(f"row shape must be positive (heads >= 0), got {self}")
-        if self.heads and self.width % self.heads:
-            raise ConfigError(
-                f"row width {self.width} is not divisible by its {self.heads} heads"
-            )
         if self.stages:
             stages = tuple(tuple(int(v) for v in st) for st in self.stages)
             object.__setattr__(self, "stages", stages)
             if len(stages) == 1:
                 object.__setattr__(self, "stages", ())
             for d, w, h in stages:
-                if d < 1 or w < 1 or h < 0 or (h and w % h):
-                    raise ConfigError(f"stage {d}x{w}:{h} of row {self} is not a valid stage")
+                if d < 1 or w < 1 or h < 0:
+                    raise ConfigError(
+                        f"stage {d}x{w}:{h} of row {self} is not a valid stage: depth and width must be >= 1 and heads >= 0"
+                    )
             if (sum(d for d, _, _ in stages), *stages[-1][1:]) != (self.depth, self.width, self.heads):
                 raise ConfigError(f"row {self}: depth, width and heads must be the stage total, last width and last heads")
 

@@ -248,7 +248,7 @@ def save_checkpoint(
     weights = directory / f"{stem}.safetensors"
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     tensors = {**_cpu_tensors("model.", model_state), **_cpu_tensors("", opt_tensors), **_cpu_tensors("", extra or {})}
-    write_bytes_atomic(weights, save(tensors, metadata={"format": "stitchkit-checkpoint", "version": str(FORMAT)}))
+    write_bytes_atomic(weights, save(tensors, metadata={"format": "pt", "stitchkit_format": "stitchkit-checkpoint", "version": str(FORMAT)}))
     meta = {
         "format": FORMAT,
         "step": state.step,

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from ..core.errors import ConfigError, FileError
 from ..io.files import check_regular_file
+from ..io.files import write_bytes_atomic as write_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,9 +196,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
 
 def write_bytes_atomic(path: str | os.PathLike[str], payload: bytes) -> None:
     """Write ``payload`` atomically (:func:`stitchkit.io.files.write_bytes_atomic`)."""
-    from ..io.files import write_bytes_atomic as write
-
-    write(path, payload)
+    write_atomic(path, payload)
 
 
 def save_resolved(config: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> pathlib.Path:

@@ -1,8 +1,11 @@
 """Datasets the engine trains on, and the shape they give the models.
 
-Three sources: scikit-learn's bundled handwritten digits (the default: real
-images, no download), any ImageFolder directory (ImageNet layout, timm's
-train/eval transforms) and a synthetic source for tests. Whatever the source,
+Sources: scikit-learn's bundled handwritten digits (the default: real
+images, no download), Fashion-MNIST and MNIST from their official idx files
+(:mod:`stitchkit.engine.idx`; the official test split, validation split off
+the training set), any ImageFolder directory (ImageNet layout, timm's
+train/eval transforms) and a synthetic source for tests. A seeded, stratified
+subset of the training split (``train_images``) sizes a CPU run. Whatever the source,
 :class:`DataSpec` carries its channels, image size and class count into the
 models built for it.
 
@@ -29,11 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from ..core import limits
 from ..core.errors import ConfigError
 from .config import from_mapping, section, to_mapping
-from .transforms import TransformConfig, create_eval_transform, create_train_transform, preprocessing
+from ..io.preprocessing import eval_transform
+from .transforms import TransformConfig, create_train_transform, preprocessing
 
-SOURCES = ("digits", "imagefolder", "synthetic")
+SOURCES = ("digits", "fashion-mnist", "mnist", "imagefolder", "synthetic")
+#: Sources in the MNIST file format, with an official test split.
+IDX_SOURCES = ("fashion-mnist", "mnist")
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ class DataConfig:
     """The ``[data]`` section."""
 
     source: str = "digits"
-    #: ImageFolder root: ``train/`` (+ ``val/``, ``test/``), or one folder per class (split here).
+    #: ImageFolder root: ``train/`` (+ ``val/``, ``test/``), or one folder per class (split here);
+    #: fashion-mnist / mnist: the folder of the four idx files (fashion-mnist default: Debian's package).
     root: str = ""
     img_size: int = 32
     in_chans: int = 1
@@ -62,6 +70,8 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    #: Train on a seeded (``split_seed``), stratified subset of this many training images (0: all of them).
+    train_images: int = 0
     augment: bool = True
     #: Largest random shift, as a fraction of the image side (digits / synthetic).
     max_shift: float = 0.125
@@ -76,8 +86,6 @@ class DataConfig:
     def validate(self, where: str = "data") -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"{where}.source: unknown source {self.source!r}; use one of {', '.join(SOURCES)}")
-        from ..core import limits
-
         limits.check_int(self.img_size, f"{where}.img_size", maximum=limits.MAX_IMG_SIZE, limit="MAX_IMG_SIZE")
         limits.check_int(self.eval_batch_size, f"{where}.eval_batch_size", maximum=limits.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
         limits.check_int(self.synthetic_classes, f"{where}.synthetic_classes", minimum=2, maximum=limits.MAX_CLASSES, limit="MAX_CLASSES")
@@ -85,6 +93,10 @@ class DataConfig:
             raise ConfigError(f"{where}.in_chans must be 1 or 3, got {self.in_chans}")
         if self.source == "imagefolder" and self.in_chans != 3:
             raise ConfigError(f"{where}.in_chans: ImageFolder images are RGB; set in_chans = 3")
+        if self.source == "mnist" and not self.root:
+            raise ConfigError(f"{where}.root: the mnist source needs root = \"DIR\" (a folder with train-images-idx3-ubyte[.gz] and the other three files)")
+        if self.train_images < 0:
+            raise ConfigError(f"{where}.train_images must be >= 0 (0: every training image), got {self.train_images}")
         if self.source == "imagefolder" and not self.root:
             raise ConfigError(f"{where}.root: the imagefolder source needs root = \"DIR\" (with DIR/train and DIR/val)")
         for key in ("val_fraction", "test_fraction"):
@@ -106,9 +118,10 @@ class DataConfig:
         """Options of another source, set to a non-default value, are an error rather than ignored."""
         default = DataConfig()
         only = {
-            "root": ("imagefolder",),
+            "root": ("imagefolder", *IDX_SOURCES),
+            "test_fraction": ("digits", "synthetic", "imagefolder"),
             "transform": ("imagefolder",),
-            "max_shift": ("digits", "synthetic"),
+            "max_shift": ("digits", "synthetic", *IDX_SOURCES),
             "synthetic_samples": ("synthetic",),
             "synthetic_classes": ("synthetic",),
         }
@@ -394,6 +407,8 @@ def build_data(cfg: DataConfig) -> Data:
     if cfg.source == "synthetic":
         images, labels = synthetic_images(cfg.synthetic_samples, cfg.synthetic_classes, cfg.img_size, seed=cfg.split_seed)
         return _tensor_data(images, labels, cfg.synthetic_classes, cfg)
+    if cfg.source in IDX_SOURCES:
+        return _idx_data(cfg)
     return _imagefolder_data(cfg)
 
 
@@ -410,16 +425,61 @@ def synthetic_images(n: int, num_classes: int, size: int, *, seed: int = 0) -> t
     return (0.7 * patterns[labels] + 0.3 * noise).clamp(0, 1), labels
 
 
-def _tensor_data(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: DataConfig) -> Data:
+def _idx_data(cfg: DataConfig) -> Data:
+    """Fashion-MNIST / MNIST: val split off the training files, the official test files as the test split."""
+    from . import idx
+
+    train, test = idx.read_dataset(cfg.root, cfg.source)
+    images = torch.from_numpy(np.concatenate([train.images, test.images])).unsqueeze(1).float().div_(255.0)
+    labels = torch.from_numpy(np.concatenate([train.labels, test.labels]))
+    data = _tensor_data(images, labels, 10, cfg, official_test=len(train.labels), classes=idx.CLASSES[cfg.source])
+    data.splits["test"] = {"from": f"{test.files[0]} (official test split)", "images": data.splits["test"]["images"],
+                           "sha256": data.splits["test"]["sha256"]}
+    data.splits["train"]["files"] = list(train.files)
+    return data
+
+
+def train_subset(train_i: np.ndarray, labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """``cfg.train_images`` of ``train_i``, stratified by label and seeded by ``split_seed`` (all when 0)."""
+    n = cfg.train_images
+    if n == 0 or n == len(train_i):
+        return train_i
+    if n > len(train_i):
+        raise ConfigError(f"data.train_images = {n} but the training split has {len(train_i)} images; lower it or set 0 (all)")
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, _ = train_test_split(train_i, train_size=n, random_state=cfg.split_seed + 2, stratify=labels[train_i])
+    except ValueError as exc:
+        raise ConfigError(f"data.train_images = {n} is too few to hold every class of the training split ({exc}); raise it") from None
+    return np.sort(keep)
+
+
+def _tensor_data(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: DataConfig, *,
+                 official_test: int = 0, classes: list[str] | None = None) -> Data:
+    """In-memory images split seeded and stratified; with ``official_test``, images from that index on are the test split."""
     images = _resize(images, cfg.img_size, cfg.in_chans)
-    train_i, val_i, test_i = split_indices(labels.tolist(), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    labels_np = labels.numpy()
+    if official_test:
+        train_i, val_i, _ = split_indices(labels_np[:official_test].tolist(), cfg.val_fraction, 0.0, cfg.split_seed)
+        test_i = np.arange(official_test, len(labels_np))
+    else:
+        train_i, val_i, test_i = split_indices(labels_np.tolist(), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    split_train_i = train_i
+    train_i = train_subset(train_i, labels_np, cfg)
     shift = round(cfg.max_shift * cfg.img_size) if cfg.augment else 0
 
     def part(idx: np.ndarray, max_shift: int) -> TensorImages:
         t = torch.as_tensor(idx, dtype=torch.long)
         return TensorImages(images[t], labels[t], max_shift=max_shift)
 
-    names = {i: f"{cfg.source}[{i}]" for i in range(len(labels))}
+    if official_test:
+        names = {i: f"{cfg.source}:train[{i}]" if i < official_test else f"{cfg.source}:t10k[{i - official_test}]" for i in range(len(labels))}
+    else:
+        names = {i: f"{cfg.source}[{i}]" for i in range(len(labels))}
+    splits = _split_record(cfg, {"train": train_i, "val": val_i, "test": test_i}, names, cfg.source, cfg.source)
+    if len(train_i) != len(split_train_i):
+        splits["train"].update(subset_of=int(len(split_train_i)), seed=cfg.split_seed, stratified=True)
     return Data(
         train=EpochSeeded(part(train_i, shift)),
         val=part(val_i, 0),
@@ -427,8 +487,8 @@ def _tensor_data(images: torch.Tensor, labels: torch.Tensor, num_classes: int, c
         spec=DataSpec(cfg.in_chans, cfg.img_size, num_classes),
         config=cfg,
         train_eval=part(train_i, 0),
-        splits=_split_record(cfg, {"train": train_i, "val": val_i, "test": test_i}, names, cfg.source, cfg.source),
-        classes=[str(c) for c in range(num_classes)],
+        splits=splits,
+        classes=classes or [str(c) for c in range(num_classes)],
     )
 
 
@@ -474,7 +534,7 @@ def _imagefolder_data(cfg: DataConfig) -> Data:
             )
     tcfg = cfg.transforms
     pre = preprocessing(tcfg, cfg.img_size, 3)
-    eval_tf = create_eval_transform(pre)
+    eval_tf = eval_transform(pre)
     train_tf = create_train_transform(tcfg, pre) if cfg.augment else eval_tf
     try:
         full = ImageFolder(str(base), transform=train_tf)

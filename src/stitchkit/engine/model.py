@@ -139,15 +139,28 @@ def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Map
     """One network as safetensors, with the adapter name and arch in the metadata (atomic)."""
     path = pathlib.Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.model.state_dict().items()}
+    from ..io.header import KIND_KEY, stamp
+
     meta = {
-        "format": MODEL_FORMAT,
-        "version": "1",
+        KIND_KEY: MODEL_FORMAT,  # `format` is "pt" (what Hugging Face loaders check), the digest covers the rest
+        "version": "2",
         "adapter": adapter.name,
         "arch": json.dumps(adapter.arch(), sort_keys=True),
         "info": json.dumps(dict(info or {}), sort_keys=True),
     }
-    write_bytes_atomic(path, save(tensors, metadata=meta))
+    write_bytes_atomic(path, save(tensors, metadata=stamp(meta)))
     return path
+
+
+def check_model_metadata(path: pathlib.Path, meta: dict[str, str]) -> None:
+    """A model file's kind, and (version 2: ``format: pt``) its metadata digest; version 1 named the kind in ``format``."""
+    from ..io.header import HF_FORMAT, KIND_KEY, check_digest, file_kind
+
+    if file_kind(meta) != MODEL_FORMAT:
+        found = meta.get(KIND_KEY) if meta.get("format") == HF_FORMAT else meta.get("format")
+        raise PoolFormatError(path, f"not a stitchkit model file (metadata format {found!r}); train one with train_model")
+    if meta.get("format") == HF_FORMAT:
+        check_digest(path, meta)
 
 
 def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAdapter:
@@ -162,8 +175,7 @@ def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAd
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            if meta.get("format") != MODEL_FORMAT:
-                raise PoolFormatError(path, f"not a stitchkit model file (metadata format {meta.get('format')!r}); train one with train_model")
+            check_model_metadata(path, meta)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         arch = json.loads(meta["arch"])
         name = meta["adapter"]

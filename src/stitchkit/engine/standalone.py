@@ -53,6 +53,9 @@ def train_model(
             "evaluation": {"test": test, "last": result.last_metrics},
             "steps": result.steps,
             "train_s": result.seconds,
+            "epochs": round(result.steps / max(1, data.steps_per_epoch(train.batch_size, ctx.world_size)), 3),
+            "train_images": len(data.train),  # type: ignore[arg-type]
+            "config": relevant,
         }
         if adapter.weights_record is not None:
             info["weights"] = adapter.weights_record
@@ -61,3 +64,24 @@ def train_model(
     if not path.is_file():  # pragma: no cover - a shared output directory is required under torchrun
         raise StitchkitError(f"{path}: rank {ctx.rank} cannot see the model file rank 0 wrote; use a shared output directory")
     return path
+
+
+def trained_summary(path: str | os.PathLike[str]) -> str:
+    """What ``stitchkit train`` ends with: the test accuracy it measured, the budget, and where things are."""
+    from .model import model_info
+
+    info = model_info(path)
+    test = info.get("evaluation", {}).get("test") or {}
+    lines = []
+    if test:
+        lines.append(f"test top-1 {test['top1']:.2f} % (top-5 {test['top5']:.2f} %) on {test.get('images', '?'):,} "
+                     f"test images ({info.get('data', {}).get('source', '?')})")
+    budget = f"{info['steps']:,} steps" if "steps" in info else ""
+    if "epochs" in info:
+        budget += f" ({info['epochs']:g} epochs of {info['train_images']:,} training images)"
+    if budget:
+        lines.append(f"trained {budget} in {info.get('train_s', 0.0):.0f} s")
+    out = pathlib.Path(path).parent
+    lines.append(f"model written to {path} (stitchkit info {path}); run record: {out / 'runs.jsonl'}, "
+                 f"metrics: {out / (pathlib.Path(path).stem)}/metrics.jsonl")
+    return "\n".join(lines)

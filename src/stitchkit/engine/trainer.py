@@ -763,7 +763,7 @@ def _save_ema(m: _Member) -> None:
 
     assert m.ema is not None
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in _averaged(m).state_dict().items()}
-    write_bytes_atomic(m.phase_dir / "ema.safetensors", save(tensors, metadata={"format": "stitchkit-ema", "phase": m.phase}))
+    write_bytes_atomic(m.phase_dir / "ema.safetensors", save(tensors, metadata={"format": "pt", "stitchkit_format": "stitchkit-ema", "phase": m.phase}))
 
 
 def _nan(ctx: DistContext) -> torch.Tensor:

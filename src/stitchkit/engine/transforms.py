@@ -131,13 +131,6 @@ def train_options(cfg: TransformConfig, img_size: int) -> dict[str, Any]:
     }
 
 
-def create_eval_transform(pre: dict[str, Any]) -> Any:
-    """timm's evaluation transform for a preprocessing config (what an exported model expects)."""
-    from ..io.preprocessing import eval_transform
-
-    return eval_transform(pre)
-
-
 def create_train_transform(cfg: TransformConfig, pre: dict[str, Any]) -> Any:
     from timm.data import create_transform
 

@@ -57,6 +57,9 @@ class TimmSwin(StagedAdapter):
                 kwargs[key] = tuple(kwargs[key])
         if isinstance(kwargs.get("window_size"), list):
             kwargs["window_size"] = tuple(tuple(w) if isinstance(w, list) else w for w in kwargs["window_size"])
+        heads = kwargs.get("num_heads")
+        if isinstance(kwargs.get("embed_dim"), int) and isinstance(heads, tuple) and all(type(h) is int for h in heads):
+            _check_head_dim([(1, kwargs["embed_dim"] * 2**i, h) for i, h in enumerate(kwargs["num_heads"])], f"arch {dict(arch)}")
         if on_meta():
             kwargs.setdefault("weight_init", "skip")
         try:
@@ -119,6 +122,7 @@ class TimmSwin(StagedAdapter):
                 f"a timm-swin row doubles its width every stage and has heads in each, e.g. "
                 f"2x96:3/2x192:6/6x384:12/2x768:24; got {shape}"
             )
+        _check_head_dim(stages, f"row {shape}")
         arch = self.arch()
         arch.pop("timm_name", None)
         n = len(stages)
@@ -169,6 +173,17 @@ class TimmSwin(StagedAdapter):
         """q @ k^T and attn @ v inside every window: ``2 * windows * N^2 * attn_dim`` per image."""
         attns = [getattr(b.block if isinstance(b, StageEntry) else b, "attn", None) for b in self._blocks]
         return {a: _window_attention_macs for a in attns if a is not None}
+
+
+def _check_head_dim(stages: "list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...]", where: str) -> None:
+    """The Swin's rule, not the core's: a stage splits its width into equal heads (timm would otherwise
+    silently narrow the attention to ``heads * (width // heads)`` channels, a network no Swin checkpoint has)."""
+    for i, (_, w, h) in enumerate(stages):
+        if h and w % h:
+            raise ConfigError(
+                f"timm-swin {where}: stage {i} is {w} wide with {h} heads; a Swin stage splits its width into equal "
+                f"heads (head_dim = width / heads), so choose heads that divide it (e.g. 2x96:3/2x192:6/6x384:12/2x768:24)"
+            )
 
 
 def _window_attention_macs(m: Any, inputs: tuple[Any, ...], _out: Any) -> int:

@@ -102,6 +102,9 @@ class TimmViT(AncestryAdapter):
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> TimmViT:
         kwargs = {k: v for k, v in arch.items() if k not in ("timm_name",)}
+        width, heads = kwargs.get("embed_dim", 768), kwargs.get("num_heads", 12)
+        if isinstance(width, int) and isinstance(heads, int) and heads > 0:
+            check_head_dim(width, heads, f"arch {dict(arch)}")
         for key in ("img_size", "patch_size"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
@@ -198,6 +201,7 @@ class TimmViT(AncestryAdapter):
             raise ConfigError(
                 f"a timm-vit row is one stage with attention heads, DEPTHxWIDTH:HEADS (e.g. 6x192:3); got {shape}"
             )
+        check_head_dim(shape.width, shape.heads, f"row {shape}")
         arch = self.arch()
         arch.pop("timm_name", None)
         arch.update(depth=shape.depth, embed_dim=shape.width, num_heads=shape.heads)
@@ -264,6 +268,15 @@ class TimmViT(AncestryAdapter):
     def published_exclusions(self) -> tuple[str, ...]:
         """SN-Net counts a stitched DeiT without its class token and position embedding."""
         return tuple(k for k in ("cls_token", "pos_embed") if getattr(self.model, k, None) is not None)
+
+
+def check_head_dim(width: int, heads: int, where: str) -> None:
+    """The ViT's rule, not the core's: timm's attention splits the width into ``heads`` equal heads."""
+    if width % heads:
+        raise ConfigError(
+            f"timm-vit {where}: width {width} is not divisible by its {heads} heads; a ViT splits its width into "
+            f"equal heads (head_dim = width / heads), so choose heads that divide the width (e.g. 6x192:3)"
+        )
 
 
 def _attention_macs(m: nn.Module, inputs: tuple[Any, ...], _out: Any) -> int:

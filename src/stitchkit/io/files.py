@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import pathlib
 import re
 import secrets
@@ -163,7 +164,8 @@ def temp_path(target: PathLike) -> pathlib.Path:
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> pathlib.Path:
     """Call ``write(temp_name)``, then move the temp file over ``path``: ``path`` is never half-written.
 
-    On any failure the temp file is removed and ``path`` is left as it was.
+    On any failure the temp file is removed and ``path`` is left as it was; an
+    OS error about the temp file is re-raised naming ``path``.
     """
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -189,11 +191,14 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> pathlib.Path:
         finally:
             os.close(fd)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and str(tmp) in (exc.filename, exc.filename2):
+            # the user never named the temp file: report the path they gave
+            raise OSError(exc.errno, exc.strerror, str(p)) from None
         raise
     return p
 
@@ -215,8 +220,6 @@ def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
 
 def copy_atomic(src: PathLike, dst: PathLike) -> pathlib.Path:
     """Copy ``src`` to ``dst`` atomically (refusing a ``dst`` that is ``src``)."""
-    import shutil
-
     refuse_overwrite(dst, [src])
     def write(tmp: str) -> None:
         shutil.copyfile(src, tmp)
@@ -239,7 +242,7 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
-        import fcntl
+        import fcntl  # local: POSIX only; the rest of this module works anywhere
 
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / LOCK_NAME

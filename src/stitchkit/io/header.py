@@ -10,7 +10,9 @@ The byte layout and schemas are specified in ``docs/format.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from collections import Counter
 import os
@@ -26,12 +28,28 @@ from ..core.errors import ConfigError, FileError, LimitError, PathError, PoolFor
 from .files import open_regular
 from ..core.spec import LAYOUTS, Path, RowShape, StitchSpec, find_path
 
+#: The file kinds, in ``__metadata__[KIND_KEY]`` (format 3) or in ``__metadata__["format"]`` (formats 1 and 2).
 POOL_FORMAT = "stitchkit-pool"
 DESCENDANT_FORMAT = "stitchkit-descendant"
-FORMAT_VERSION = "2"
+#: A single-row descendant written as its row's own state dict (``export_timm_state_dict``, ``export --hf``).
+PLAIN_FORMAT = "stitchkit-plain-model"
+#: ``format``, the key Hugging Face loaders check: always ``pt`` since format 3 (the tensors are PyTorch's).
+HF_FORMAT = "pt"
+#: The metadata key holding the file's kind since format 3.
+KIND_KEY = "stitchkit_format"
+#: The metadata key holding the sha256 of every other metadata entry (format 3).
+DIGEST_KEY = "metadata_sha256"
+FORMAT_VERSION = "3"
 #: format_version values this reader understands ("1": ViT-only pools, before
-#: hierarchical rows and convolutional stitch layers; read as all-token stitches).
-SUPPORTED_VERSIONS = ("1", "2")
+#: hierarchical rows and convolutional stitch layers; read as all-token stitches;
+#: "2": the kind in ``format`` and no metadata digest; "3": ``format: pt``, the kind in
+#: ``stitchkit_format``, ``metadata_sha256``).
+SUPPORTED_VERSIONS = ("1", "2", "3")
+#: Versions written before the metadata digest: they load with a notice.
+UNDIGESTED_VERSIONS = ("1", "2")
+
+_log = logging.getLogger("stitchkit")
+_noticed: set[pathlib.Path] = set()
 #: The same limit safetensors itself enforces on the JSON header.
 MAX_HEADER_BYTES = 100_000_000
 
@@ -352,19 +370,49 @@ def _check_entry(p: pathlib.Path, name: str, entry: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- metadata
-def _check_metadata(h: _Header, fmt: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Check format and version, parse the description and the tensor index, match them to the header."""
-    p, meta = h.path, h.metadata or {}
+def metadata_digest(meta: Mapping[str, str]) -> str:
+    """The sha256 (hex) of every ``__metadata__`` entry but the digest itself, as sorted compact JSON.
+
+    Why: a one-value edit of the description (a row's ``global_pool``, the class
+    order, ``stitched_final_norm``) changes what a descendant computes while every
+    structural check still passes; the digest makes any such edit fail the load.
+    It covers ``data_sha256`` too, so the tensors' checksum cannot be swapped either.
+    """
+    body = {k: meta[k] for k in sorted(meta) if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def file_kind(meta: Mapping[str, str]) -> str | None:
+    """What a stitchkit file holds (``stitchkit-pool``, ...): ``stitchkit_format`` since format 3, ``format`` before."""
     found = meta.get("format")
-    if found != fmt:
-        if found in (POOL_FORMAT, DESCENDANT_FORMAT):
-            hint = "use load_pool / load_descendant" if found == POOL_FORMAT else "use load_exported"
-            raise PoolFormatError(p, f"is a {found} file, not a {fmt} file; {hint}")
-        what = "no 'format' key in __metadata__" if found is None else f"its format is {found!r}"
+    return meta.get(KIND_KEY) if found == HF_FORMAT else found
+
+
+def stamp(meta: Mapping[str, str]) -> dict[str, str]:
+    """``meta`` with ``format: pt`` and its digest: the metadata every format-3 writer stores."""
+    out = {k: v for k, v in meta.items() if k != DIGEST_KEY}
+    out["format"] = HF_FORMAT
+    out[DIGEST_KEY] = metadata_digest(out)
+    return out
+
+
+def check_digest(p: pathlib.Path, meta: Mapping[str, str]) -> None:
+    """Refuse a format-3 file whose metadata is not what was written (any edited, added or removed entry)."""
+    stored = meta.get(DIGEST_KEY)
+    if stored is None:
         raise PoolFormatError(
-            p, f"a safetensors file that stitchkit did not write as a {fmt} ({what}); "
-            "plain model weights load with TimmViT.load_checkpoint"
+            p, f"format_version {meta.get('format_version')!r} files carry {DIGEST_KEY!r} in __metadata__ but this one has none; "
+            "the metadata was edited: restore the file or export it again"
         )
+    if metadata_digest(meta) != stored:
+        raise PoolFormatError(
+            p, f"the metadata does not match the {DIGEST_KEY} stored when the file was written (an entry was edited, "
+            "added or removed); it may compute something else: restore the file or export it again"
+        )
+
+
+def _check_version(p: pathlib.Path, meta: Mapping[str, str]) -> str:
+    """The file's supported format_version, its ``format``/version pairing and (format 3) its digest checked."""
     ver = meta.get("format_version")
     if ver is None:
         raise PoolFormatError(p, "missing format_version in __metadata__")
@@ -373,6 +421,46 @@ def _check_metadata(h: _Header, fmt: str) -> tuple[dict[str, Any], dict[str, dic
             p, f"format_version {ver!r} is not supported by this stitchkit (it reads {', '.join(SUPPORTED_VERSIONS)}); "
             "upgrade stitchkit to read it"
         )
+    legacy = meta.get("format") != HF_FORMAT
+    if legacy != (ver in UNDIGESTED_VERSIONS):
+        raise PoolFormatError(
+            p, f"format_version {ver!r} does not go with format {meta.get('format')!r} (versions 1 and 2 name the kind "
+            f"in 'format', version 3 and later have format 'pt'); the metadata was edited: restore the file"
+        )
+    if legacy:
+        if p not in _noticed:  # once per file and process: a notice, not an error (old files keep loading)
+            _noticed.add(p)
+            _log.warning(f"stitchkit: note: {p} is a format-{ver} file, written before metadata digests, so edits to "
+                         "its metadata cannot be detected; save it again to upgrade it")
+    else:
+        check_digest(p, meta)
+    return ver
+
+
+def _check_metadata(h: _Header, fmt: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Check kind, version and digest, parse the description and the tensor index, match them to the header."""
+    p, meta = h.path, h.metadata or {}
+    found = file_kind(meta)
+    if found != fmt:
+        if found in (POOL_FORMAT, DESCENDANT_FORMAT):
+            hint = "use load_pool / load_descendant" if found == POOL_FORMAT else "use load_exported"
+            raise PoolFormatError(p, f"is a {found} file, not a {fmt} file; {hint}")
+        if found == PLAIN_FORMAT:
+            raise PoolFormatError(
+                p, f"is a plain model (a single-row descendant with its model's own keys), not a {fmt} file; "
+                "load it with timm (docs/format.md, section 4.1) or TimmViT.load_checkpoint"
+            )
+        if "format" not in meta:
+            what = "no 'format' key in __metadata__"
+        elif meta["format"] == HF_FORMAT:
+            what = "its format is 'pt'" + (f", its {KIND_KEY} {found!r}" if found is not None else f" and it has no {KIND_KEY!r}")
+        else:
+            what = f"its format is {meta['format']!r}"
+        raise PoolFormatError(
+            p, f"a safetensors file that stitchkit did not write as a {fmt} ({what}); "
+            "plain model weights load with TimmViT.load_checkpoint"
+        )
+    _check_version(p, meta)
     key, schema = ("pool", POOL_SCHEMA) if fmt == POOL_FORMAT else ("descendant", DESCENDANT_SCHEMA)
     desc = _parse_json(p, meta, key, schema)
     index = _parse_json(p, meta, "tensors", TENSORS_SCHEMA, lambda v: _repeats_header(v, h.entries))
@@ -565,10 +653,13 @@ class PoolHeader:
         self.stitch_specs = {d["name"]: StitchSpec.from_json(d) for d in self.desc["stitches"]}
 
     def metadata_summary(self) -> dict[str, Any]:
-        """``{"format", "format_version", "writer", "pool", "tensors"}`` (see :func:`read_pool_metadata`)."""
+        """``{"format", "format_version", "writer", "pool", "tensors"}`` (see :func:`read_pool_metadata`).
+
+        ``format`` is the file's kind (``stitchkit-pool``), whichever metadata key holds it.
+        """
         meta = self.header.metadata or {}
         return {
-            "format": meta["format"],
+            "format": file_kind(meta),
             "format_version": meta["format_version"],
             "writer": meta.get("writer", ""),
             "pool": self.desc,

@@ -59,6 +59,8 @@ def export_onnx(model_file: str | os.PathLike, onnx_path: str | os.PathLike, *, 
     out = pathlib.Path(onnx_path)
     refuse_overwrite(out, [model_file], "ONNX output")
 
+    diff: list[float] = []
+
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             # the TorchScript exporter is deprecated but needs no onnxscript and handles ViTs exactly
@@ -71,17 +73,23 @@ def export_onnx(model_file: str | os.PathLike, onnx_path: str | os.PathLike, *, 
             proto = onnx.load(tmp)
             onnx.helper.set_model_props(proto, props)
             onnx.save(proto, tmp)
+        diff.extend(_check(model, x, tmp, out, atol))  # before the rename: a model that disagrees is never written
 
     atomic_write(out, write)
-    with torch.no_grad():
-        expected = model(x)
+    return diff[0] if diff else None
+
+
+def _check(model: torch.nn.Module, x: torch.Tensor, onnx_file: str, out: pathlib.Path, atol: float) -> list[float]:
+    """``[max |ONNX - PyTorch|]`` on ``x`` (empty without onnxruntime); a ConfigError naming ``out`` beyond ``atol``."""
     try:
         import onnxruntime as ort
     except ImportError:
-        return None
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        return []
+    with torch.no_grad():
+        expected = model(x)
+    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
     diff = float((got - expected).abs().max())
     if diff > atol:
-        raise ConfigError(f"{out}: ONNX output differs from PyTorch by {diff:.3e} (> {atol})")
-    return diff
+        raise ConfigError(f"{out}: ONNX output differs from PyTorch by {diff:.3e} (> {atol}); nothing was written there")
+    return [diff]

@@ -35,7 +35,9 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     DESCENDANT_SCHEMA,
     DTYPE_SIZES,
     FORMAT_VERSION,
+    KIND_KEY,
     MAX_HEADER_BYTES,
+    PLAIN_FORMAT,
     PATH_SCHEMA,
     POOL_FORMAT,
     POOL_SCHEMA,
@@ -57,8 +59,11 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     _SchemaError,
     PoolHeader,
     read_pool_metadata,
+    stamp,
 )
+from ..core.registry import default_registry
 from ..pool.pool import Pool
+from .preprocessing import attach
 from ..pool.sizes import pool_sizes
 from ..pool.metainit import meta_skeleton
 from ..core.spec import Path, RowShape, StitchSpec
@@ -158,8 +163,6 @@ class _PoolFile(PoolHeader):
 
     def skeleton(self, registry: Any) -> Pool:
         """The pool on the meta device, its tensor names and shapes matched to the file's."""
-        from ..core.registry import default_registry
-
         registry = registry if registry is not None else default_registry()
         p, desc = self.path, self.desc
         adapters = []
@@ -302,8 +305,6 @@ def _lazy_descendant(
     f: _PoolFile, target: Path, registry: Any, device: str, on_read: OnRead | None, mmap: bool = False
 ) -> Descendant:
     """Build only the rows the descendant uses (on the meta device), then read only its tensors."""
-    from ..core.registry import default_registry
-
     registry = registry if registry is not None else default_registry()
     p, desc_rows = f.path, f.desc["rows"]
     rows = sorted({s.row for s in target.segments})
@@ -382,7 +383,7 @@ def _write(
     p: pathlib.Path, fmt: str, key: str, desc: Any, schema: Mapping[str, Any], prepared: Mapping[str, torch.Tensor]
 ) -> pathlib.Path:
     metadata = {
-        "format": fmt,
+        KIND_KEY: fmt,
         "format_version": FORMAT_VERSION,
         "writer": _writer(),
         key: _encode(p, key, desc, schema),
@@ -416,7 +417,8 @@ def _save(p: pathlib.Path, prepared: Mapping[str, torch.Tensor], metadata: Mappi
         digest.update(raw)
         header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + raw.nbytes]}
         offset += raw.nbytes
-    text = _dumps({"__metadata__": {**metadata, "data_sha256": digest.hexdigest()}, **header}).encode("utf-8")
+    meta = stamp({**metadata, "data_sha256": digest.hexdigest()})  # format: pt, and the digest over all of it
+    text = _dumps({"__metadata__": meta, **header}).encode("utf-8")
     text += b" " * (-len(text) % 8)
 
     def write(tmp: str) -> None:
@@ -439,20 +441,26 @@ def verify_data(path: PathLike) -> str:
     stored = (h.metadata or {}).get("data_sha256")
     if stored is None:
         raise PoolFormatError(h.path, "no data_sha256 in __metadata__ to verify against (written by an older stitchkit or another tool)")
+    found = _data_sha256(h.path, h.data_start)
+    if found != stored:
+        raise PoolFormatError(
+            h.path, f"the tensor data does not match the checksum stored when the file was written "
+            f"(sha256 {found[:16]}... vs {stored[:16]}...): the weights are damaged; restore the file"
+        )
+    return stored
+
+
+def _data_sha256(p: pathlib.Path, start: int) -> str:
+    """The sha256 of a file's bytes from ``start`` (its data section) to the end."""
     digest = hashlib.sha256()
     try:
-        with open(open_regular(h.path, "pool file"), "rb") as fh:
-            fh.seek(h.data_start)
+        with open(open_regular(p, "pool file"), "rb") as fh:
+            fh.seek(start)
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     except (OSError, FileError) as exc:
-        raise PoolFormatError(h.path, f"cannot read the file: {exc}") from None
-    if digest.hexdigest() != stored:
-        raise PoolFormatError(
-            h.path, f"the tensor data does not match the checksum stored when the file was written "
-            f"(sha256 {digest.hexdigest()[:16]}... vs {stored[:16]}...): the weights are damaged; restore the file"
-        )
-    return stored
+        raise PoolFormatError(p, f"cannot read the file: {exc}") from None
+    return digest.hexdigest()
 
 
 def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
@@ -461,7 +469,8 @@ def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[st
         return False
     try:
         with safe_open(str(p), framework="pt") as fh:
-            if {k: v for k, v in (fh.metadata() or {}).items() if k != "data_sha256"} != dict(metadata) or set(fh.keys()) != set(tensors):
+            kept = {k: v for k, v in (fh.metadata() or {}).items() if k not in ("data_sha256", "metadata_sha256", "format")}
+            if kept != dict(metadata) or set(fh.keys()) != set(tensors):
                 return False
             return all(torch.equal(fh.get_tensor(k), t) for k, t in tensors.items())
     except Exception:  # noqa: BLE001 - unreadable or truncated: rewrite it
@@ -512,8 +521,13 @@ def update_evaluation(
             raise PoolFormatError(p, f"cannot write: the results for {name} must be a dict, got {type(value).__name__}")
         evaluation[name] = {**evaluation.get(name, {}), **dict(value)} if merge else dict(value)
     desc = {**f.desc, "evaluation": evaluation}
-    meta = {**(f.header.metadata or {}), "pool": _encode(p, "pool", desc, POOL_SCHEMA), "writer": _writer()}
-    header = {"__metadata__": meta}
+    # rewritten in today's format (a v1/v2 file is upgraded: its data checksum, if any, stays valid)
+    old = f.header.metadata or {}
+    meta = {**old, KIND_KEY: POOL_FORMAT, "format_version": FORMAT_VERSION,
+            "pool": _encode(p, "pool", desc, POOL_SCHEMA), "writer": _writer()}
+    if "data_sha256" not in meta:
+        meta["data_sha256"] = _data_sha256(p, f.header.data_start)
+    header = {"__metadata__": stamp(meta)}
     header.update(sorted(f.header.entries.items(), key=lambda kv: kv[1]["data_offsets"][0]))
     text = _dumps(header).encode("utf-8")
     text += b" " * (-len(text) % 8)  # safetensors pads the header so tensor data starts 8-byte aligned
@@ -585,7 +599,7 @@ def read_descendant_metadata(path: PathLike) -> dict[str, Any]:
     desc, index = _check_metadata(h, DESCENDANT_FORMAT)
     _descendant_parts(h.path, desc)
     meta = h.metadata or {}
-    return {"format": meta["format"], "format_version": meta["format_version"], "writer": meta.get("writer", ""),
+    return {"format": DESCENDANT_FORMAT, "format_version": meta["format_version"], "writer": meta.get("writer", ""),
             "descendant": desc, "tensors": index}
 
 
@@ -623,8 +637,6 @@ def load_exported(
     None for files exported from pools that did not record them. ``verify`` and
     ``mmap``: as in :func:`load_pool`.
     """
-    from ..core.registry import default_registry
-
     registry = registry if registry is not None else default_registry()
     h = _read_header(path)
     p = h.path
@@ -649,8 +661,6 @@ def load_exported(
     _match_index(p, index, {n: (None, list(t.shape)) for n, t in state.items()}, "the descendant's architecture", "the file")
     _check_float(p, index, state)
     _load_into(p, skeleton, _read_tensors(p, index, str(device), None, mmap))
-    from .preprocessing import attach
-
     # ready for inference: eval mode, with the transform and class names the pool was built with
     return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
 
@@ -692,6 +702,6 @@ def export_timm_state_dict(
         extra["stitchkit_preprocessing"] = _dumps(data["preprocessing"])
         extra["stitchkit_classes"] = _dumps(data.get("classes") or [])
     prepared = _prepare(out, tensors)
-    metadata = {"format": "pt", **extra}
+    metadata = {KIND_KEY: PLAIN_FORMAT, "format_version": FORMAT_VERSION, "writer": _writer(), **extra}
     _save(out, prepared, metadata)
     return dict(row["arch"])

@@ -12,6 +12,9 @@ self-describing.
 
 from __future__ import annotations
 
+import copy as copy_module
+import dataclasses
+
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -105,8 +108,6 @@ class Pool(nn.Module):
 
         ``stitch_rank > 0`` makes every stitch layer low-rank (:mod:`stitchkit.pool.lowrank`).
         """
-        import dataclasses
-
         shapes = [a.shape for a in rows]
         stitches = method.stitches(shapes)
         paths = method.paths(shapes, stitches)
@@ -140,9 +141,7 @@ class Pool(nn.Module):
         else:
             path = self.path(key)
         if copy:
-            import copy as _copy
-
-            return _copy.deepcopy(build_descendant(self.adapters, self.stitches, path, stitched_final_norm=self.stitched_final_norm))
+            return copy_module.deepcopy(build_descendant(self.adapters, self.stitches, path, stitched_final_norm=self.stitched_final_norm))
         if self._cache_owner != id(self):  # a copy of another pool (copy.deepcopy): its entries watch nothing
             self.forget_descendants()
         hit = self._descendants.get(path)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.spec import FeatureSignature, StitchSpec
+from .lowrank import low_rank
 
 
 class MapStitch(nn.Conv2d):
@@ -79,7 +80,6 @@ def make_stitch(spec: StitchSpec) -> nn.Module:
     else:
         layer = nn.Linear(spec.src_width, spec.dst_width)
     if spec.rank:
-        from .lowrank import low_rank
 
         layer = low_rank(layer, spec.rank, spec.alpha)
     return layer

@@ -1,0 +1,285 @@
+"""Ancestry adapter for timm's LeViT (``levit_128s`` .. ``levit_512``, any stages, widths and heads).
+
+LeViT is a hierarchical transformer on tokens ``(B, N, C)``: a convolutional
+stem, then stages of attention + MLP blocks at a shrinking grid (LeViT-192:
+14x14, 7x7 and 4x4 tokens), joined by an attention downsampling block
+(timm's ``LevitDownsample``) that runs with the next stage's first block
+(:class:`~stitchkit.families.timm_base.StageEntry`). Its heads do not split
+the width: every head has the same key size (``key_dim``), so LeViT-192's
+288-wide stage has 5 heads; rows are described with the true heads
+(``4x192:3/4x288:5/4x384:6``). Stitch layers between LeViTs are
+``nn.Linear`` on the tokens, as in the official ``stitching_levit`` code.
+
+The attention-bias index tables are non-persistent buffers (not in the state
+dict), rebuilt by :meth:`TimmLeViT.restore_buffers` after lazy loading.
+Only the token variants are taken; timm's ``levit_conv_*`` (the same
+network on ``(B, C, H, W)`` maps) is refused with a message.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from timm.models.levit import AttentionDownsample, Levit, LevitDistilled, Stem8, Stem16
+from timm.models.levit import Attention as LevitAttention
+from torch import nn
+
+from ..core.errors import ConfigError
+from ..core.spec import FeatureSignature, RowShape
+from .timm_base import (
+    StagedAdapter, StageEntry, check_kwargs, create_timm, load_checkpoint, restore_timm_buffers, stage_blocks, stage_of,
+)
+
+_ARCH_KEYS = {
+    "img_size", "in_chans", "num_classes", "embed_dim", "key_dim", "depth", "num_heads", "attn_ratio", "mlp_ratio",
+    "stem_type", "act_layer", "attn_act_layer", "global_pool", "drop_rate", "drop_path_rate", "distilled", "timm_name",
+}
+#: timm activation names of the activation classes LeViTs use (``act_layer`` / ``attn_act_layer``).
+_ACTIVATIONS: dict[type[nn.Module], str] = {
+    nn.Hardswish: "hard_swish", nn.SiLU: "silu", nn.GELU: "gelu", nn.ReLU: "relu", nn.Hardsigmoid: "hard_sigmoid",
+}
+
+
+class LeViTStem(nn.Module):
+    """timm's convolutional stem, its map flattened to tokens ``(B, N, C)`` as ``Levit.forward_features`` does."""
+
+    def __init__(self, model: Levit) -> None:
+        super().__init__()
+        self.stem = model.stem
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x).flatten(2).transpose(1, 2)
+
+
+class LeViTHead(nn.Module):
+    """Average over the tokens, then the classifier; a distilled LeViT averages its two classifiers
+    (``head`` and ``head_dist``), as timm's inference and the official stitched forward do."""
+
+    def __init__(self, model: Levit) -> None:
+        super().__init__()
+        self.global_pool = model.global_pool
+        self.head = model.head
+        self.head_dist = model.head_dist if isinstance(model, LevitDistilled) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        if self.head_dist is None:
+            return self.head(x)  # type: ignore[no-any-return]
+        return (self.head(x) + self.head_dist(x)) / 2  # type: ignore[no-any-return]
+
+
+class TimmLeViT(StagedAdapter):
+    """timm ``Levit`` / ``LevitDistilled`` on tokens (LeViT-128S/128/192/256/384 and any stages, widths and heads)."""
+
+    name = "timm-levit"
+    feature_layout = "tokens"
+    model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
+    timm_name: str
+
+    def __init__(self, model: Any) -> None:
+        if not isinstance(model, Levit):
+            raise ConfigError(f"the timm-levit adapter needs a timm Levit, got {type(model).__name__}")
+        if model.use_conv:
+            raise ConfigError(
+                "timm-levit takes the token LeViTs (levit_192, levit_256, ...), not the levit_conv_* variants "
+                "(the same network on (B, C, H, W) maps); use the name without '_conv'"
+            )
+        if not isinstance(model.stem, (Stem16, Stem8)):
+            raise ConfigError(f"timm-levit needs timm's own stem (stem_type 's16' or 's8'), got {type(model.stem).__name__}")
+        depths = [len(stage.blocks) for stage in model.stages]  # type: ignore[arg-type]
+        if 0 in depths:
+            raise ConfigError(f"timm-levit needs at least one block per stage, got depths {depths}")
+        super().__init__(model, [stage_blocks(stage) for stage in model.stages], stem=LeViTStem(model), head=LeViTHead(model))
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any]) -> TimmLeViT:
+        check_kwargs(dict(arch), _ARCH_KEYS, "timm-levit")
+        kwargs = {k: v for k, v in arch.items() if k not in ("timm_name", "distilled")}
+        for key in ("img_size", "embed_dim", "depth", "num_heads", "attn_ratio", "mlp_ratio"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        _check_stages(kwargs, f"arch {dict(arch)}")
+        kind = LevitDistilled if arch.get("distilled", True) else Levit
+        try:
+            model = kind(**kwargs)
+        except (TypeError, ValueError, AssertionError, KeyError, RuntimeError) as exc:
+            raise ConfigError(f"cannot build a timm Levit from arch {dict(arch)}: {exc}") from exc
+        adapter = cls(model)
+        if arch.get("timm_name"):
+            adapter.timm_name = arch["timm_name"]
+        return adapter
+
+    @classmethod
+    def example(cls, **context: Any) -> TimmLeViT:
+        """Two stages (1 and 2 blocks, widths 16 and 24, 2 and 5 heads of key size 4: 24 is not a multiple of 5)
+        on 64x64 RGB images (4x4 then 2x2 tokens), 5 classes, with the distillation head."""
+        return cls.from_arch(
+            dict(img_size=64, num_classes=5, embed_dim=[16, 24], key_dim=4, depth=[1, 2], num_heads=[2, 5])
+        )
+
+    @classmethod
+    def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | pathlib.Path | None = None, **kwargs: Any) -> TimmLeViT:
+        """A registered timm LeViT (``pretrained`` downloads timm's weights; ``checkpoint`` loads a local file)."""
+        adapter = cls(create_timm(name, Levit, "timm-levit", pretrained=pretrained, **kwargs))
+        if checkpoint is not None:
+            load_checkpoint(adapter.model, checkpoint, f"{name} ({adapter.shape})")
+        adapter.timm_name = name
+        return adapter
+
+    def arch(self) -> dict[str, Any]:
+        m = self.model
+        blocks = [st.blocks[0] for st in m.stages]
+        first = blocks[0]
+        drop_path = getattr(first.drop_path1, "drop_prob", 0.0)
+        arch: dict[str, Any] = {
+            "img_size": [int(r) * int(m.stem.stride) for r in first.attn.resolution],
+            "in_chans": int(m.in_chans),
+            "num_classes": int(m.num_classes),
+            "embed_dim": [int(d) for d in m.embed_dim],
+            "key_dim": int(first.attn.key_dim),
+            "depth": [len(st.blocks) for st in m.stages],
+            "num_heads": [int(b.attn.num_heads) for b in blocks],
+            "attn_ratio": [b.attn.val_dim / b.attn.key_dim for b in blocks],
+            "mlp_ratio": [b.mlp.ln1.linear.out_features / b.mlp.ln1.linear.in_features for b in blocks],
+            "stem_type": "s16" if isinstance(m.stem, Stem16) else "s8",
+            "act_layer": _activation(m.stem.act1),
+            "attn_act_layer": _activation(first.attn.proj.act),
+            "global_pool": m.global_pool,
+            "drop_rate": float(m.drop_rate),
+            "drop_path_rate": float(f"{float(drop_path):.6g}"),
+            "distilled": isinstance(m, LevitDistilled),
+        }
+        name = getattr(self, "timm_name", None)
+        if name:
+            arch["timm_name"] = name
+        return arch
+
+    def resized(self, shape: RowShape) -> dict[str, Any]:
+        stages = shape.stage_shapes
+        if any(h < 1 for _, _, h in stages):
+            raise ConfigError(
+                f"a timm-levit row has attention heads in every stage (any number: each head has the key size "
+                f"{self.arch()['key_dim']}), e.g. 4x192:3/4x288:5/4x384:6; got {shape}"
+            )
+        arch = self.arch()
+        arch.pop("timm_name", None)
+        n = len(stages)
+
+        def per_stage(values: list[float]) -> list[float]:
+            return values[:n] + values[-1:] * (n - len(values))
+
+        arch.update(
+            embed_dim=[w for _, w, _ in stages], depth=[d for d, _, _ in stages], num_heads=[h for _, _, h in stages],
+            attn_ratio=per_stage(arch["attn_ratio"]), mlp_ratio=per_stage(arch["mlp_ratio"]),
+        )
+        _check_stages(arch, f"row {shape}")
+        return arch
+
+    # -- structure ------------------------------------------------------------
+    @property
+    def shape(self) -> RowShape:
+        return RowShape.staged(
+            [(len(st.blocks), int(d), int(st.blocks[0].attn.num_heads)) for st, d in zip(self.model.stages, self.model.embed_dim)]
+        )
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (int(self.model.in_chans), *self.arch()["img_size"])  # type: ignore[return-value]
+
+    def signatures(self) -> list[FeatureSignature]:
+        """Tokens at each stage's grid and width, read off the network (no forward pass): the stem output
+        is stage 0's input, a block's output is its stage's."""
+        m = self.model
+        per_stage = [
+            FeatureSignature("tokens", int(d), (int(st.blocks[0].attn.resolution[0]) * int(st.blocks[0].attn.resolution[1]),))
+            for st, d in zip(m.stages, m.embed_dim)
+        ]
+        sigs = [per_stage[0]]
+        for s, st in enumerate(m.stages):
+            sigs += [per_stage[s]] * len(st.blocks)
+        return sigs
+
+    def attention(self, index: int) -> nn.Module:
+        blk: Any = self._blocks[index]
+        inner: Any = blk.block if isinstance(blk, StageEntry) else blk
+        return inner.attn  # type: ignore[no-any-return]
+
+    def part_of(self, param_name: str) -> tuple[str, int | None]:
+        if param_name.startswith("stem."):
+            return "stem", None
+        if param_name.startswith(("head.", "head_dist.")):
+            return "head", None
+        index = stage_of(param_name, "stages.", self._starts, ("downsample", "blocks"))
+        if index is None:
+            raise ConfigError(f"timm-levit: state-dict key {param_name!r} belongs to no part of a Levit")
+        return "block", index
+
+    def restore_buffers(self, module: nn.Module) -> None:
+        """The attention-bias index tables (``attention_bias_idxs``) are not in timm's state dict: recompute
+        them, and drop the biases timm caches per device in eval mode (they were gathered from the old weights)."""
+        restore_timm_buffers(module)
+        for m in module.modules():
+            if isinstance(m, (LevitAttention, AttentionDownsample)):
+                m.attention_bias_cache = {}
+
+    def published_exclusions(self) -> tuple[str, ...]:
+        """None: the official ``stitching_levit`` code reports FLOPs only, and LeViT's own count
+        (``levit.py``) sums every parameter."""
+        return ()
+
+    def uncounted_macs(self) -> dict[nn.Module, Any]:
+        """q @ k^T and attn @ v of every attention, the downsampling ones included (queries on the
+        subsampled grid): ``queries * keys * heads * (key_dim + val_dim)`` per image."""
+        return {
+            m: _attention_macs for m in self.model.modules() if isinstance(m, (LevitAttention, AttentionDownsample))
+        }
+
+
+def _attention_macs(m: Any, inputs: tuple[Any, ...], _out: Any) -> int:
+    b, n, _ = inputs[0].shape  # (B, tokens, C)
+    queries = n
+    if isinstance(m, AttentionDownsample):
+        res: Any = m.resolution  # (H, W) of the keys' grid
+        rh, rw = res
+        queries = -(-rh // m.stride) * -(-rw // m.stride)
+    return int(b * queries * n * m.num_heads * (m.key_dim + m.val_dim))
+
+
+def _activation(module: nn.Module) -> str:
+    for kind, name in _ACTIVATIONS.items():
+        if type(module) is kind:
+            return name
+    raise ConfigError(f"timm-levit cannot describe the activation {type(module).__name__} (known: {sorted(_ACTIVATIONS.values())})")
+
+
+def _check_stages(kwargs: Mapping[str, Any], where: str) -> None:
+    """LeViT's own rules: the stem reaches the first width in steps of 2 (it needs >= 8 channels with the
+    16x stem, >= 4 with the 8x one), a downsampling attention has ``width // key_dim`` heads (a width below
+    ``key_dim`` before a downsampling leaves it none), and the image splits into whole stem patches."""
+    widths, key_dim = kwargs.get("embed_dim"), kwargs.get("key_dim", 64)
+    if not (isinstance(widths, (tuple, list)) and widths and all(type(w) is int for w in widths) and type(key_dim) is int):
+        return  # the timm constructor refuses malformed values itself
+    stride = 8 if kwargs.get("stem_type") == "s8" else 16
+    if widths[0] < stride // 2:
+        raise ConfigError(f"timm-levit {where}: the first stage is {widths[0]} wide; the {stride}x stem needs >= {stride // 2} channels")
+    narrow = [i for i, w in enumerate(widths[:-1]) if w < key_dim]
+    if narrow:
+        raise ConfigError(
+            f"timm-levit {where}: stage {narrow[0]} is {widths[narrow[0]]} wide, below key_dim {key_dim}; LeViT's downsampling "
+            f"attention after it has width // key_dim heads, so widen the stage or lower key_dim"
+        )
+    size = kwargs.get("img_size", 224)
+    sides = (size, size) if isinstance(size, int) else tuple(size)
+    if any(type(s) is int and s % stride for s in sides):
+        raise ConfigError(
+            f"timm-levit {where}: image size {size} is not a multiple of the stem's stride {stride}; timm's LeViT "
+            f"sizes its attention biases for whole stem patches, so choose a multiple of {stride}"
+        )
+
+
+__all__ = ["TimmLeViT"]
