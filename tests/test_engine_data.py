@@ -296,11 +296,11 @@ def test_transform_defaults_depend_on_the_image_size():
         pre = preprocessing(cfg, size)
         crop = next(t for t in create_train_transform(cfg, pre).transforms if isinstance(t, RandomResizedCropAndInterpolation))
         assert crop.scale == scale and crop.size == (size, size)
-        ev = eval_transform(pre).transforms
+        ev = eval_transform(pre).transforms[1:]  # [0] converts the image to the model's channels
         assert isinstance(ev[0], T.Resize) and ev[0].size == resize and ev[1].size == (size, size)
     assert preprocessing(cfg, 32) == {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
                                       "std": [0.229, 0.224, 0.225], "crop_pct": 1.0, "crop_mode": "center"}
     mine = TransformConfig(scale=[0.9, 1.0], crop_pct=0.5, mean=[0.5], std=[0.25], interpolation="bicubic")
     assert preprocessing(mine, 32, 1)["crop_pct"] == 0.5
-    ev = eval_transform(preprocessing(mine, 32, 1)).transforms
+    ev = eval_transform(preprocessing(mine, 32, 1)).transforms[1:]
     assert ev[0].size == 64 and ev[-1].mean.tolist() == [0.5] and ev[-1].std.tolist() == [0.25]

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stitchkit.engine import DataConfig, LogitsTeacher, PoolTask, TrainConfig, TrainTask, build_data, fit, load_teacher
-from stitchkit.core.errors import ConfigError
+from stitchkit.core.errors import CheckpointError, ConfigError
 from stitchkit.core.interfaces import TapRequest
 from stitchkit.pool.pool import Pool
 from stitchkit.core.registry import Registry
@@ -136,9 +136,10 @@ def test_load_teacher_from_timm_with_a_local_checkpoint(data, tmp_path):
     vit_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=spec.num_classes,
                                   in_chans=spec.in_chans, img_size=spec.img_size, patch_size=4)
     torch.save({"model": vit_model.state_dict()}, tmp_path / "vit.pth")
-    with pytest.raises(ConfigError, match="does not fit timm:vit_tiny_patch16_224"):  # patch 16 by name: shapes differ
+    with pytest.raises(CheckpointError, match=r"do not fit timm:vit_tiny_patch16_224 with 4 classes \(pos_embed is \[1, 5, 192\] "
+                                              r"in the file but \[1, 1, 192\] in the model\)"):  # patch 16 by name: shapes differ
         load_teacher("timm:vit_tiny_patch16_224", spec, checkpoint=str(tmp_path / "vit.pth"))
-    with pytest.raises(ConfigError, match="does not fit timm:regnety_002 with 4 classes"):
+    with pytest.raises(CheckpointError, match=r"do not fit timm:regnety_002 with 4 classes \(head.fc.weight is \[7, 368\] in the file but \[4, 368\]"):
         wrong = timm.create_model("regnety_002", pretrained=False, num_classes=7, in_chans=spec.in_chans)
         save_file({k: v.contiguous() for k, v in wrong.state_dict().items()}, str(tmp_path / "wrong.safetensors"))
         load_teacher("timm:regnety_002", spec, checkpoint=str(tmp_path / "wrong.safetensors"))

@@ -336,6 +336,11 @@ class _PlainCNNPlugin:
     def register_ancestries(register):  # noqa: ANN001, ANN205
         register(PlainCNN)
 
+    @staticmethod
+    @hookimpl
+    def ancestry_for_model(name):  # noqa: ANN001, ANN205
+        return PlainCNN.name if name.startswith("plaincnn-") else None
+
 
 @pytest.fixture()
 def plain_registry() -> Registry:

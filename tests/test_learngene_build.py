@@ -244,3 +244,29 @@ def test_component_options_are_part_of_the_run_identity(tmp_path, ancestry_file,
     changed["learngene"]["loss_args"] = {"terms": ["attention", "block", "prediction"]}
     with pytest.raises(CheckpointError, match=r"distill-row0.*differing keys: config.learngene.loss_args.terms"):
         registry.method("learngene-pool").build(changed, out_dir=tmp_path, registry=registry)
+
+
+def test_design_drop_path_rate_reaches_the_rows_it_distils(tmp_path, ancestry_file, registry, monkeypatch):
+    """``design_args.drop_path_rate`` (the authors' 0.1 in rows): every distilled row is built with timm's
+    stochastic depth, block ``i`` of ``l`` dropping with ``rate * i / (l - 1)`` (timm's linear rule)."""
+    from timm.layers import DropPath
+
+    import stitchkit_learngene.pipeline as pipeline
+
+    seen: list[list[float]] = []
+    real_fit = pipeline.fit
+
+    def recording_fit(task, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if kwargs["phase"].startswith("distill"):
+            seen.append([float(m.drop_prob) for b in task.student.blocks for m in b.modules() if isinstance(m, DropPath)])
+        return real_fit(task, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    config = _config(ancestry_file, design_args={"drop_path_rate": 0.3}, distill={"max_steps": 1}, finetune={"max_steps": 1})
+    registry.method("learngene-pool").build(config, out_dir=tmp_path, registry=registry)
+    expected = [0.3 * i / 2 for i in (1, 2)]  # 3 blocks: 0, 0.15, 0.3 (block 0 has no DropPath at rate 0)
+    assert len(seen) == 2  # two rows; drop_path1 and drop_path2 per block (timm stores the rates as float32)
+    assert all(got == pytest.approx([p for p in expected for _ in range(2)], rel=1e-6) for got in seen)
+    with pytest.raises(StitchkitError, match=r"drop_path_rate must be in \[0, 1\)"):
+        registry.method("learngene-pool").build(_config(ancestry_file, design_args={"drop_path_rate": 1.0}),
+                                                out_dir=tmp_path / "bad", registry=registry)

@@ -4,6 +4,8 @@ each family's own head rule where the core has none."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 
 from stitchkit.apps.planner import plan
 from stitchkit.core.errors import ConfigError
-from stitchkit.core.interfaces import InitContext
+from stitchkit.core.interfaces import InitContext, TapRequest
 from stitchkit.core.registry import default_registry
 from stitchkit.core.spec import RowShape, parse_row, parse_rows
 from stitchkit.families.levit import TimmLeViT
@@ -136,7 +138,9 @@ def test_levit_pool_file_round_trip_restores_the_attention_bias_indices(tmp_path
             torch.testing.assert_close(load_descendant(f, i).eval()(x), pool.descendant(i)(x), rtol=0, atol=0)
 
 
-def test_restore_buffers_drops_the_biases_timm_cached_from_old_weights():
+def test_levit_attention_biases_follow_the_weights_in_eval_mode_and_copy():
+    """timm caches gathered attention biases in eval mode; the adapter's attentions gather them on every call, so
+    an eval-mode network sees new weights, back-propagates twice and deep-copies after a forward with gradients."""
     torch.manual_seed(0)
     a, b = TimmLeViT.example(), TimmLeViT.example()
     for name, p in b.model.named_parameters():
@@ -145,14 +149,38 @@ def test_restore_buffers_drops_the_biases_timm_cached_from_old_weights():
     a.model.eval(), b.model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        a.model(x)  # eval mode: timm caches attention_biases[:, idxs] per device
-        a.model.load_state_dict(b.model.state_dict())
-        stale = a.model(x)
-        a.restore_buffers(a.model)
-        fresh = a.model(x)
-        want = b.model(x)
-    assert not torch.equal(stale, want)
-    assert torch.equal(fresh, want)
+        a.model(x)
+        a.model.load_state_dict(b.model.state_dict())  # in eval mode, no mode switch or .to() in between
+        assert torch.equal(a.model(x), b.model(x))
+    for _ in range(2):
+        a.model(x).sum().backward()  # timm's cache would hold one graph across both passes
+    twin = copy.deepcopy(a)  # timm's cache would hold a non-leaf tensor here
+    with torch.no_grad():
+        assert torch.equal(twin.model(x), a.model(x))
+    grads = [p.grad for n, p in a.model.named_parameters() if n.endswith("attention_biases")]
+    assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_residual_bn_init_starts_the_residual_branches_active_and_round_trips():
+    with torch.device("meta"):
+        levit = TimmLeViT.from_name("levit_192")
+    assert "residual_bn_init" not in levit.arch()  # timm's init: the branches start as identity
+    torch.manual_seed(0)
+    fresh = TimmLeViT.from_arch({k: v for k, v in TimmLeViT.example().arch().items() if k != "residual_bn_init"})
+    ex = TimmLeViT.example()
+    assert ex.arch()["residual_bn_init"] == 1.0 and TimmLeViT.from_arch(ex.arch()).arch() == ex.arch()
+    closing = [n for n, _ in ex.model.named_parameters() if n.endswith(("attn.proj.ln.bn.weight", "mlp.ln2.bn.weight"))]
+    # one block in stage 0, two in stage 1 (attention + MLP each), and the MLP of stage 1's downsampling
+    assert len(closing) == 3 * 2 + 1
+    state, fresh_state = ex.model.state_dict(), fresh.model.state_dict()
+    assert all(bool((state[n] == 1).all()) and bool((fresh_state[n] == 0).all()) for n in closing)
+    x = torch.randn(2, 3, 64, 64)
+    fresh.model.eval()
+    with torch.no_grad():
+        taps = fresh.forward_taps(x, TapRequest(attentions=(0, 1, 2)))
+    assert all(bool((t == 0).all()) for t in taps.attentions.values())  # why the example starts at 1
+    with pytest.raises(ConfigError, match="residual_bn_init must be a number"):
+        TimmLeViT.from_arch({**ex.arch(), "residual_bn_init": "1"})
 
 
 # --------------------------------------------------------------------------- no head rule in the core
@@ -206,7 +234,8 @@ def test_ls_fits_levit_stitches_per_token_where_the_official_code_does():
     # stages 0 and 1 stitched, (0,1) in each: front through stage-s block 0, end from stage-s block 1
     assert [p.name for p in pool.paths[2:]] == ["r0[0:1]+s0_1_0+r1[1:6]", "r0[0:3]+s0_1_1+r1[3:6]"]
     images = torch.randn(40, 3, 32, 32)
-    reg.create("initializer", "ls").initialize(pool, InitContext(images=images))
+    # the exact solve: random LeViT features are nearly rank-deficient, where the default official cut-off differs
+    reg.create("initializer", "ls", solver="exact").initialize(pool, InitContext(images=images))
     for name, front_stop, end_start, tokens in (("s0_1_0", 1, 1, 16), ("s0_1_1", 3, 3, 4)):
         with torch.no_grad():
             h = front.stem()(images)

@@ -98,7 +98,7 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     """Anchors from local files, only stitch layers trained: the rows stay bit-identical to the files."""
     from stitchkit.engine import save_model
     from stitchkit.families.vit import TimmViT
-    from stitchkit.families.weights import load_state_file
+    from stitchkit.io.state_dicts import read_state_dict
 
     files = []
     for i, (width, heads, depth) in enumerate([(16, 2, 2), (32, 4, 2), (16, 2, 1)]):
@@ -115,7 +115,7 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
     pool = load_pool(registry.method("snnet").build(config, out_dir=out, registry=registry), registry)
     for i in range(2):
         row = pool.rows[i].state_dict()
-        assert all(torch.equal(row[k], v) for k, v in load_state_file(files[i]).items())
+        assert all(torch.equal(row[k], v) for k, v in read_state_dict(files[i]).items())
     assert not (out / "anchors").exists()  # nothing trained here
     info = pool.info["snnet"]
     assert info["teacher"] == str(files[2]) and info["finetune_steps"] == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -246,3 +247,85 @@ def test_ls_options_are_checked():
     pool = Pool.from_method(SNNetMethod(), drop_path_rows(0.0))
     with pytest.raises(ConfigError, match="needs at least 2"):
         LeastSquaresInitializer(mode="train").initialize(pool, InitContext(images=torch.zeros(1, 3, 8, 8)))
+
+
+def dead_channel_places(monkeypatch):
+    """A pool whose layer ``s0_1_0`` is shared by front inputs 1 and 2 (ends 0 and 1): front channel 3 is
+    dead at input 1 (values 1e-9 of the others, as a ReLU channel that fires almost never) and alive at
+    input 2; ends are a fixed affine map of the front plus noise the fit cannot explain."""
+    rows = [tiny(4, 2), tiny(6, 2)]
+    pool = Pool.from_method(SNNetMethod(), rows)
+    g = torch.Generator().manual_seed(5)
+    alive = torch.randn(4, 16, 4, generator=g, dtype=torch.float64)
+    dead = alive.clone()
+    dead[..., 3] *= 1e-9
+    fronts = {p: alive for p in range(4)}
+    fronts[1] = dead
+    a, c = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    noise = {q: 0.1 * torch.randn(4, 16, 6, generator=g, dtype=torch.float64) for q in range(4)}
+    ends = {q: alive @ a.T + c + noise[q] for q in range(4)}
+    monkeypatch.setattr(rows[0], "forward_taps", CraftedTaps(rows[0], fronts))
+    monkeypatch.setattr(rows[1], "forward_taps", CraftedTaps(rows[1], ends))
+    return pool, fronts, ends
+
+
+def reference_pinv_solution(front: torch.Tensor, end: torch.Tensor, rcond: float) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: numpy's SVD pseudo-inverse of ``[front, 1]`` with an explicit cut-off."""
+    x = front.reshape(-1, front.shape[-1]).numpy()
+    a = np.concatenate([x, np.ones((len(x), 1))], 1)
+    theta = np.linalg.pinv(a, rcond=rcond) @ end.reshape(-1, end.shape[-1]).numpy()
+    return theta[:-1].T, theta[-1]
+
+
+def test_official_solver_keeps_a_shared_layer_with_a_dead_channel_bounded(monkeypatch):
+    places = [(1, 0), (1, 1), (2, 0), (2, 1)]  # s0_1_0's (front input, end input) places
+    images = torch.zeros(4, 3, 8, 8)
+    fits = {}
+    for solver in ("official", "exact"):
+        pool, fronts, ends = dead_channel_places(monkeypatch)
+        LeastSquaresInitializer(solver=solver).initialize(pool, InitContext(images=images))
+        fits[solver] = pool.stitches["s0_1_0"]
+    # the official rule, computed independently per place with numpy and averaged over the places
+    rcond = 64 * float(np.finfo(np.float32).eps)  # max(4 * 16 tokens, 4 + 1 columns) * eps
+    refs = [reference_pinv_solution(fronts[p], ends[q], rcond) for p, q in places]
+    w_ref, b_ref = sum(w for w, _ in refs) / 4, sum(b for _, b in refs) / 4
+    official = fits["official"]
+    np.testing.assert_allclose(official.weight.detach().double().numpy(), w_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(official.bias.detach().double().numpy(), b_ref, rtol=1e-6, atol=1e-6)
+    # the official code itself: a float32 pseudo-inverse with torch's default cut-off
+    ps = [torch.linalg.pinv(torch.cat([fronts[p].reshape(64, 4), torch.ones(64, 1, dtype=torch.float64)], 1).float())
+          @ ends[q].reshape(64, 6).float() for p, q in places]
+    ps_w = (sum(ps) / 4)[:-1].T
+    torch.testing.assert_close(official.weight.detach(), ps_w, rtol=1e-4, atol=1e-4)
+    # bounded vs not: the exact solve weights the dead channel by ~noise / 1e-9 at input 1, and the
+    # mean carries that into input 2, where the channel is alive and the stitched features blow up
+    assert official.weight.abs().max() < 10 < 1e5 < fits["exact"].weight.abs().max()
+
+    def residual(layer: torch.nn.Module) -> float:
+        x, y = fronts[2].reshape(64, 4).float(), ends[0].reshape(64, 6).float()
+        return float((layer(x).detach() - y).norm() / y.norm())
+
+    assert residual(official) < 0.5 < 1e3 < residual(fits["exact"])
+
+
+def test_solver_options_and_ridge():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    # ridge: the normal equations with lam = ridge * trace(A^T A) / cols(A) on the weight only
+    a = torch.cat([x, torch.ones(40, 1, dtype=torch.float64)], 1)
+    lam = 0.3 * float(torch.trace(a.T @ a)) / 4
+    theta = torch.linalg.solve(a.T @ a + lam * torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)), a.T @ y)
+    w, b = solve_affine(x, y, ridge=0.3)
+    torch.testing.assert_close(w, theta[:-1].T, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(b, theta[-1], rtol=1e-10, atol=1e-10)
+    # well-conditioned features: the cut-off drops nothing, both solvers agree to rounding
+    w_off, b_off = solve_affine(x, y, "official")
+    w_ex, b_ex = solve_affine(x, y, "exact")
+    torch.testing.assert_close(w_off, w_ex, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="solver must be one of official, exact, got 'pinv'"):
+        LeastSquaresInitializer(solver="pinv")
+    with pytest.raises(ConfigError, match="ridge must be >= 0"):
+        LeastSquaresInitializer(ridge=-0.1)
+    with pytest.raises(ConfigError, match="least squares: solver must be one of"):
+        solve_affine(x, y, "lstsq")

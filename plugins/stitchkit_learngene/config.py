@@ -42,6 +42,9 @@ class LearngeneConfig:
     #: ``"sequential"`` (k narrow blocks, then l - k wide ones), ``"sliding-window"`` (official code) or
     #: ``"two-way"`` (two rows, SN-Netv2's routes in both directions; docs/snnetv2.md).
     paths: str = "sequential"
+    #: Also stitch each row to every wider row beyond the next, so paths may skip rows (sequential and
+    #: sliding-window paths; the authors' tiny -> base with a small row present).
+    skip_rows: bool = False
     #: Auxiliary initialisation: ``"random"``, or ``"ancestry"`` (same-width rows copy ancestry blocks).
     init: str = "random"
     #: Distillation levels per row: ``"auto"`` (dense for narrower rows, last block for same width),
@@ -100,6 +103,7 @@ class LearngeneConfig:
             raise ConfigError(f"{where}.rows: {exc}") from None
         checks = [
             (self.paths in PATH_SETS, f"paths must be one of {', '.join(PATH_SETS)}, got {self.paths!r}"),
+            (not (self.skip_rows and self.paths == "two-way"), "skip_rows needs paths 'sequential' or 'sliding-window' (two-way routes join two rows)"),
             (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
             (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
             (self.tau > 0, f"tau must be > 0, got {self.tau}"),

@@ -81,7 +81,7 @@ def learngene_training_phases(
             phases.append(Phase(f"distill-row{r}", f"row {shape} (+{loss_macs / 1e6:.1f} MMACs of W/M), ancestry frozen",
                                 distill.epochs, distill.batch_size, distill.max_steps,
                                 trained_macs=network_macs(row) + loss_macs, frozen_macs=ancestry_macs))
-        pool = Pool.from_method(LearngenePoolMethod(paths=path_set or lg.paths), rows)
+        pool = Pool.from_method(LearngenePoolMethod(paths=path_set or lg.paths, skip_rows=lg.skip_rows), rows)
     row_macs = [network_macs(r) for r in rows]
     macs = path_macs(pool)
 

@@ -8,6 +8,9 @@
   sorted by width (narrow first), each row the depth- or width-reduced design
   its width implies (a staged row for hierarchical families).
 
+Every design takes ``drop_path_rate``: stochastic depth in the rows it builds
+(``None`` keeps the ancestry's; the authors' code trains its rows with 0.1).
+
 Initialisation is not specified by the paper: ``"random"`` (the baseline) or,
 for a same-width auxiliary only, ``"ancestry"``: blocks copied from a uniform
 selection of ancestry blocks (the last block of each of ``l`` equal groups),
@@ -17,6 +20,8 @@ stem and head copied from the ancestry.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from typing import Any
 
 import torch
 from typing_extensions import override
@@ -60,11 +65,28 @@ def _half(ancestry: RowShape) -> tuple[int, int, int]:
     return max(1, ancestry.depth // 2), width, heads
 
 
-class _SingleRow(AuxiliaryDesign):
-    def __init__(self, init: str = "random") -> None:
+def check_drop_path(rate: float | None) -> float | None:
+    if rate is not None and not 0.0 <= rate < 1.0:
+        raise ConfigError(f"auxiliary design: drop_path_rate must be in [0, 1) (or unset: the ancestry's), got {rate}")
+    return None if rate is None else float(rate)
+
+
+class _RowArch(AuxiliaryDesign):
+    """Sets ``drop_path_rate`` on the rows' architecture when given."""
+
+    drop_path_rate: float | None = None
+
+    @override
+    def row_arch(self, arch: dict[str, Any]) -> dict[str, Any]:
+        return arch if self.drop_path_rate is None else {**arch, "drop_path_rate": self.drop_path_rate}
+
+
+class _SingleRow(_RowArch):
+    def __init__(self, init: str = "random", drop_path_rate: float | None = None) -> None:
         if init not in INITS:
             raise ConfigError(f"unknown auxiliary initialisation {init!r}; use one of {', '.join(INITS)}")
         self.init = init
+        self.drop_path_rate = check_drop_path(drop_path_rate)
 
     @override
     def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
@@ -77,8 +99,8 @@ class DepthReduced(_SingleRow):
 
     name = "depth-reduced"
 
-    def __init__(self, depth: int, init: str = "random") -> None:
-        super().__init__(init)
+    def __init__(self, depth: int, init: str = "random", drop_path_rate: float | None = None) -> None:
+        super().__init__(init, drop_path_rate)
         self.depth = int(depth)
 
     @classmethod
@@ -101,8 +123,9 @@ class WidthReduced(_SingleRow):
 
     name = "width-reduced"
 
-    def __init__(self, depth: int, width: int, heads: int, init: str = "random") -> None:
-        super().__init__(init)
+    def __init__(self, depth: int, width: int, heads: int, init: str = "random",
+                 drop_path_rate: float | None = None) -> None:
+        super().__init__(init, drop_path_rate)
         if init == "ancestry":
             raise ConfigError("initialisation 'ancestry' copies blocks and needs the ancestry's width; use 'random'")
         self.shape = RowShape(int(depth), int(width), int(heads))
@@ -124,7 +147,7 @@ class WidthReduced(_SingleRow):
         return [self.shape]
 
 
-class PoolDesign(AuxiliaryDesign):
+class PoolDesign(_RowArch):
     """A group of auxiliary models, one per row, sorted by width.
 
     ``rows`` is a ``DEPTHxWIDTH:HEADS`` list or row shapes. A row at the
@@ -134,12 +157,13 @@ class PoolDesign(AuxiliaryDesign):
 
     name = "pool"
 
-    def __init__(self, rows: str | Sequence[RowShape], init: str = "random") -> None:
+    def __init__(self, rows: str | Sequence[RowShape], init: str = "random", drop_path_rate: float | None = None) -> None:
         if init not in INITS:
             raise ConfigError(f"unknown auxiliary initialisation {init!r}; use one of {', '.join(INITS)}")
         shapes = parse_rows(rows) if isinstance(rows, str) else list(rows)
         self.shapes = sorted(shapes, key=lambda s: s.width)
         self.init = init
+        self.drop_path_rate = check_drop_path(drop_path_rate)
 
     @classmethod
     @override
@@ -189,8 +213,8 @@ class StagedRow(_SingleRow):
 
     name = "staged-row"
 
-    def __init__(self, shape: RowShape | str, init: str = "random") -> None:
-        super().__init__(init)
+    def __init__(self, shape: RowShape | str, init: str = "random", drop_path_rate: float | None = None) -> None:
+        super().__init__(init, drop_path_rate)
         self.shape = parse_rows(shape)[0] if isinstance(shape, str) else shape
 
     @classmethod

@@ -9,7 +9,9 @@ also as the method ``learngene-pool-sliding-window`` so the planner and the
 config can name it, or (beyond the paper) SN-Netv2's ``"two-way"`` routes
 between two rows: narrow -> wide, wide -> narrow and the round trips, with
 stitch layers in both directions (``l (l - 1) + 2`` descendants; see
-docs/snnetv2.md).
+docs/snnetv2.md). ``skip_rows`` (sequential and sliding-window paths) also
+stitches a row to every wider row beyond the next, so a path may skip rows
+(the authors' tiny -> base with a small row present).
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ class LearngenePoolMethod(Method):
     #: True when the method name fixes the path set (``learngene.paths`` is then ignored).
     fixed_paths = False
 
-    def __init__(self, paths: str = "sequential") -> None:
+    def __init__(self, paths: str = "sequential", skip_rows: bool = False) -> None:
         if paths not in PATH_SETS:
             raise ConfigError(f"unknown learngene-pool path set {paths!r}; use one of {', '.join(PATH_SETS)}")
+        if skip_rows and paths == "two-way":
+            raise ConfigError("learngene-pool: skip_rows needs the sequential or sliding-window paths (two-way routes join two rows)")
         self.path_set = paths
+        self.skip_rows = bool(skip_rows)
 
     @override
     def stitches(self, rows: Sequence[RowShape]) -> list[StitchSpec]:
@@ -53,18 +58,18 @@ class LearngenePoolMethod(Method):
             from stitchkit_snnetv2.configurations import snnetv2_stitches
 
             return snnetv2_stitches(rows)
-        return sequential_stitches(rows)
+        return sequential_stitches(rows, self.skip_rows)
 
     @override
     def paths(self, rows: Sequence[RowShape], stitches: Sequence[StitchSpec]) -> list[Path]:
         _check_sorted(rows)
         if self.path_set == "sliding-window":
-            return sliding_window_paths(rows)
+            return sliding_window_paths(rows, self.skip_rows)
         if self.path_set == "two-way":
             from stitchkit_snnetv2.configurations import snnetv2_paths
 
             return [dataclasses.replace(p, label=f"row {p.rows[0]}") if p.is_single_row else p for p in snnetv2_paths(rows)]
-        return sequential_paths(rows)
+        return sequential_paths(rows, self.skip_rows)
 
     @override
     def check_config(self, config: Mapping[str, Any], *, registry) -> None:  # noqa: ANN001
@@ -104,8 +109,8 @@ class SlidingWindowLearngenePoolMethod(LearngenePoolMethod):
     name = "learngene-pool-sliding-window"
     fixed_paths = True
 
-    def __init__(self, paths: str = "sliding-window") -> None:
-        super().__init__(paths)
+    def __init__(self, paths: str = "sliding-window", skip_rows: bool = False) -> None:
+        super().__init__(paths, skip_rows)
 
 
 def _check_sorted(rows: Sequence[RowShape]) -> None:

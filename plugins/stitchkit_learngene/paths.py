@@ -15,6 +15,10 @@ wide row's block ``m+2`` input in the sequential pair, so the stitch layers
 are exactly the sequential ones (``s<r>_<r+1>_<m+1>``); only the path set
 differs. With more than two rows a path climbs through consecutive rows, and a
 middle row runs at least one block (the official code's rule ``j_next >= k``).
+With ``skip_rows`` a path may also skip rows (any increasing sequence of rows,
+stitch layers ``s<a>_<c>_<m+1>`` for every ``a < c``): the official 3-instance
+pool's 18 descendants are tiny, base and the 16 tiny -> base pairs, skipping
+its small row.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from stitchkit.components.sequential import row_chains
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.spec import Path, RowShape, Segment, stitch_name
 
@@ -39,24 +44,23 @@ def paired_stitching(depth: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def sliding_window_paths(rows: Sequence[RowShape]) -> list[Path]:
+def sliding_window_paths(rows: Sequence[RowShape], skip_rows: bool = False) -> list[Path]:
     depths = {r.depth for r in rows}
     if len(depths) != 1:
         raise ConfigError(f"sliding-window stitching needs rows of equal depth, got depths {[r.depth for r in rows]}")
     (depth,) = depths
     pairs = paired_stitching(depth)
     paths = []
-    for first in range(len(rows)):
-        for last in range(first, len(rows)):
-            for chain in itertools.product(pairs, repeat=last - first):
-                # a middle row runs blocks k_prev .. j_next; it must run at least one
-                if any(chain[i + 1][0] < chain[i][1] for i in range(len(chain) - 1)):
-                    continue
-                starts = [0] + [k for _, k, _ in chain]
-                stops = [j + 1 for j, _, _ in chain] + [depth]
-                segs = tuple(Segment(first + i, starts[i], stops[i]) for i in range(len(chain) + 1))
-                stitches = tuple(stitch_name(first + i, first + i + 1, m + 1) for i, (_, _, m) in enumerate(chain))
-                paths.append(Path(segs, stitches))
+    for through in row_chains(len(rows), skip_rows):
+        for chain in itertools.product(pairs, repeat=len(through) - 1):
+            # a middle row runs blocks k_prev .. j_next; it must run at least one
+            if any(chain[i + 1][0] < chain[i][1] for i in range(len(chain) - 1)):
+                continue
+            starts = [0] + [k for _, k, _ in chain]
+            stops = [j + 1 for j, _, _ in chain] + [depth]
+            segs = tuple(Segment(through[i], starts[i], stops[i]) for i in range(len(chain) + 1))
+            stitches = tuple(stitch_name(through[i], through[i + 1], m + 1) for i, (_, _, m) in enumerate(chain))
+            paths.append(Path(segs, stitches))
 
     def size(p: Path) -> tuple:
         return (sum(len(s) * rows[s.row].width ** 2 for s in p.segments), p.num_blocks, p.name)

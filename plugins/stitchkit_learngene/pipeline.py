@@ -65,7 +65,7 @@ def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str,
     lg = section(config, "learngene", LearngeneConfig)
     if method.fixed_paths:  # learngene-pool-sliding-window: the method name decides
         lg = dataclasses.replace(lg, paths=method.path_set)
-    method = LearngenePoolMethod(paths=lg.paths)
+    method = LearngenePoolMethod(paths=lg.paths, skip_rows=lg.skip_rows)
     # unknown component names and options fail now, not after hours of distillation
     parts = components(lg, registry)
     base = TrainConfig.from_config(config)
@@ -206,7 +206,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     students = []
     for r, shape in enumerate(shapes):
         with seeded(derive_seed("learngene-row", train.seed, r)):
-            row = type(ancestry).from_arch(ancestry.resized(shape))
+            row = type(ancestry).from_arch(design.row_arch(ancestry.resized(shape)))
             design.initialize(row, ancestry)
             options = dict(parts["loss"]["options"])
             if "layout" in inspect.signature(registry.get("loss", lg.loss).for_models).parameters:

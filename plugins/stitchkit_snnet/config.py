@@ -46,7 +46,7 @@ class AnchorConfig(ModelConfig):
                 (row,) = parse_rows(self.shape)
             except ValueError:
                 raise ConfigError(f"{where}.shape: expected one DEPTHxWIDTH:HEADS, got {self.shape!r}") from None
-            if row.stages or not row.heads or self.adapter != "timm-vit":
+            if row.stages or not row.heads or self.adapter not in ("auto", "timm-vit"):
                 raise ConfigError(
                     f"{where}.shape is a ViT shorthand (DEPTHxWIDTH:HEADS); give another family by adapter and arch "
                     f"(e.g. adapter = \"timm-resnet\", arch = {{block = \"basic\", layers = [2, 2, 2, 2], channels = [8, 16, 32, 64]}})"

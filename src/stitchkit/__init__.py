@@ -58,6 +58,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["import_checkpoint", "import_snnet"], "io.importing"),
     **dict.fromkeys(_REGISTRY_SHORTCUTS, "core.registry"),
     **dict.fromkeys(["export_descendant", "load_descendant", "load_exported", "load_pool", "save_pool"], "io.storage"),
+    "export_hf": "apps.hub",
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports these on first use
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .io.importing import import_checkpoint, import_snnet
     from .pool.stitched import Descendant
     from .io.storage import export_descendant, load_descendant, load_exported, load_pool, save_pool
+    from .apps.hub import export_hf
 
 
 def __getattr__(name: str) -> Any:
@@ -99,6 +101,6 @@ __all__ = [
     "Descendant", "DistillationLoss", "DuplicateComponentError", "InitContext", "Method",
     "Path", "PathError", "PathSampler", "PluginError", "Pool", "PoolFormatError", "Registry",
     "RowShape", "Segment", "StitchInitializer", "StitchkitError", "TapRequest",
-    "Taps", "UnknownComponentError", "default_registry", "export_descendant", "hookimpl", "import_checkpoint",
+    "Taps", "UnknownComponentError", "default_registry", "export_descendant", "export_hf", "hookimpl", "import_checkpoint",
     "import_snnet", "load_descendant", "load_exported", "load_pool", "save_pool", "__version__", *_REGISTRY_SHORTCUTS,
 ]

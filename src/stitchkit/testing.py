@@ -418,7 +418,7 @@ def _grown(shape: RowShape) -> RowShape:
 # --------------------------------------------------------------------------- design
 def _check_design(c: _Checker, registry: Registry) -> None:
     """``rows(ancestry)`` is a non-empty list of RowShape, narrow first, the same every call; each
-    row built with ``ancestry.resized(row)`` and ``initialize``d keeps its shape and finite weights,
+    row built with ``design.row_arch(ancestry.resized(row))`` and ``initialize``d keeps its shape and finite weights,
     reproducibly, and leaves the ancestry untouched; float64 stays float64; an ancestry too small
     to derive rows from (``1x1:1``) raises a StitchkitError."""
     ancestry = _vit(ANCESTRY, seed=1)
@@ -435,7 +435,7 @@ def _check_design(c: _Checker, registry: Registry) -> None:
 
     def built(r: RowShape, anc: AncestryAdapter, dtype: torch.dtype) -> AncestryAdapter:
         torch.manual_seed(100)
-        row = type(anc).from_arch(anc.resized(r))
+        row = type(anc).from_arch(design.row_arch(anc.resized(r)))
         row.model.to(dtype)
         design.initialize(row, anc)
         return row

@@ -96,23 +96,11 @@ def plan(
 
 
 def create_by_name(name: str, adapter: str, registry: Registry, **kwargs: Any) -> AncestryAdapter:
-    """A network by model name through ``adapter``; ``"auto"`` asks every registered adapter in
-    turn (built-in timm families first) and takes the first that recognises the model."""
-    if adapter != "auto":
-        return registry.ancestry(adapter).from_name(name, **kwargs)
-    names = registry.list("ancestry")
-    order: list[str] = [n for n in ("timm-vit", "timm-swin", "timm-resnet", "timm-convnext", "timm-levit") if n in names]
-    order += [n for n in names if n not in order]
-    refusals = []
-    for n in order:
-        try:
-            return registry.ancestry(n).from_name(name, **kwargs)
-        except ConfigError as exc:
-            refusals.append(f"{n}: {exc}")
-    raise ConfigError(
-        f"no ancestry adapter can create {name!r} ({'; '.join(refusals[:2])}{'; ...' if len(refusals) > 2 else ''}); "
-        "check the model name, or name the adapter with --adapter"
-    )
+    """A network by model name through ``adapter``; ``"auto"``: the adapter the plugins name for the model
+    (:meth:`~stitchkit.core.registry.Registry.ancestry_for`)."""
+    if adapter == "auto":
+        adapter = registry.ancestry_for(name)
+    return registry.ancestry(adapter).from_name(name, **kwargs)
 
 
 def format_plan(result: dict[str, Any]) -> str:

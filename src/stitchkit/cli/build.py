@@ -77,6 +77,9 @@ def build_command(
         started = time.perf_counter()
         pool = method.build(config, out_dir=out, registry=registry)
         if ctx.is_main:
+            from ..apps.cards import write_pool_card
+
+            write_pool_card(pool)  # POOL.md beside the pool: its model card, from the file's metadata
             append_run_record(out, {"event": "build", "method": name, "config_sha256": config_hash(config), "pool": str(pool),
                                     "wall_s": round(time.perf_counter() - started, 3)})
         return pool

@@ -122,6 +122,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_card(args: argparse.Namespace) -> int:
+    from ..apps.cards import write_pool_card
+    from ..io.files import refuse_overwrite
+
+    if args.output:
+        refuse_overwrite(args.output, [args.pool], "-o output")
+    print(f"wrote {write_pool_card(args.pool, args.output)}")
+    return 0
+
+
 def _set_threads(args: argparse.Namespace) -> None:
     """``--threads N``: torch's CPU threads in this process (unset: torch's default)."""
     if getattr(args, "threads", None) is not None:
@@ -138,6 +148,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     _set_threads(args)
     out = build_command(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
     print(f"pool written to {out}")
+    print(f"model card written to {out.with_suffix('.md')}")
     return 0
 
 
@@ -167,6 +178,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..io import storage
     from ..io.files import refuse_overwrite
 
+    if args.hf is not None:
+        if args.output or args.timm or args.onnx:
+            raise ConfigError("--hf DIR writes the whole model folder: give it without -o, --timm or --onnx")
+        from ..apps.hub import export_hf
+
+        config = export_hf(args.pool, args.descendant, args.hf)
+        how = (f"timm.create_model('local-dir:{args.hf}', pretrained=True)" if "architecture" in config
+               else f"stitchkit.load_exported({str(args.hf)!r})")
+        print(f"wrote {args.hf}/ (config.json, model.safetensors, README.md): load it with {how}")
+        return 0
+    if not args.output:
+        raise ConfigError("give -o FILE (a descendant file) or --hf DIR (a timm / Hugging Face model folder)")
     if args.onnx:  # check everything an output needs before writing anything
         import importlib.util
 
@@ -316,6 +339,11 @@ def parser() -> argparse.ArgumentParser:
     pi.add_argument("--verify", action="store_true", help="also rebuild every row (on the meta device) and check the tensor data against the sha256 stored at write time")
     pi.set_defaults(func=_cmd_info)
 
+    pc = command("card", help="write a pool file's model card (markdown, from its metadata alone)")
+    pc.add_argument("pool", help="pool file (.safetensors)")
+    pc.add_argument("-o", "--output", help="card file (default: the pool's name with .md)")
+    pc.set_defaults(func=_cmd_card)
+
     pb = command("build", help="run a method's whole pipeline from a TOML config (resumable)")
     pb.add_argument("config", help="TOML config file")
     pb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
@@ -338,7 +366,9 @@ def parser() -> argparse.ArgumentParser:
     pe = command("export", help="write one descendant as a standalone model file")
     pe.add_argument("pool", help="pool file (.safetensors)")
     pe.add_argument("descendant", help="descendant name (r0[0:3]+s0_1_3+r1[3:6]), label, or index (3 or #3; a label wins over an index)")
-    pe.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    pe.add_argument("-o", "--output", help="output .safetensors file")
+    pe.add_argument("--hf", metavar="DIR", help="write a timm / Hugging Face model folder instead: config.json, "
+                    "model.safetensors, README.md (a single-row descendant loads with timm's local-dir:DIR)")
     pe.add_argument("--timm", action="store_true", help="single-row descendants: write a plain timm state dict")
     pe.add_argument("--onnx", help="also write an ONNX model here (needs the onnx package)")
     pe.set_defaults(func=_cmd_export)

@@ -24,6 +24,30 @@ def register_ancestries(register):  # noqa: ANN001
     register(TimmLeViT)
 
 
+#: timm's model modules whose networks the core's adapters take (a name is claimed by the module that
+#: registers it in timm: ``deit_*`` and ``vit_*`` build VisionTransformers, ``seresnet50`` a ResNet).
+TIMM_MODULES = {
+    "timm-vit": ("vision_transformer", "deit"),
+    "timm-swin": ("swin_transformer",),
+    "timm-resnet": ("resnet",),
+    "timm-convnext": ("convnext",),
+    "timm-levit": ("levit",),
+}
+
+
+@hookimpl
+def ancestry_for_model(name):  # noqa: ANN001, ANN201
+    """The core adapter for a timm model name, from the timm module that registers it (nothing built)."""
+    import timm.models
+
+    if not timm.models.is_model(name):
+        return None
+    for adapter, modules in TIMM_MODULES.items():
+        if timm.models.is_model_in_modules(name, modules):
+            return adapter
+    return None
+
+
 @hookimpl
 def register_methods(register):  # noqa: ANN001
     from .sequential import SequentialMethod

@@ -5,7 +5,8 @@ A plugin is a module (or object) with functions decorated by
 through the ``stitchkit`` entry-point group. Each hook receives a ``register``
 callback; call it once per component class. The host owns the tables, checks
 names and reports duplicates. All hooks are called for every plugin (no
-``firstresult``); their return value is ignored. A function decorated with
+``firstresult``); the ``register_*`` hooks return nothing, and
+:func:`ancestry_for_model` returns an answer the host collects from every plugin. A function decorated with
 ``hookimpl`` whose name matches no spec is an error, not silence, and so is a
 registered class whose overridden methods cannot be called the way the
 kind's base class is (:mod:`stitchkit.core.contract`): the plugin is then skipped
@@ -70,3 +71,12 @@ def register_samplers(register: Register) -> None:
 @hookspec
 def register_methods(register: Register) -> None:
     """Register :class:`~stitchkit.core.interfaces.Method` subclasses."""
+
+
+@hookspec
+def ancestry_for_model(name: str) -> str | None:
+    """The name of the ancestry adapter (registered by this plugin) that builds the model ``name``
+    (e.g. a timm model name such as ``swin_tiny_patch4_window7_224``), or ``None`` when none of the
+    plugin's adapters does. Answer from the name alone: build nothing, download nothing. The host asks
+    every plugin (:meth:`stitchkit.core.registry.Registry.ancestry_for`); a name two plugins claim for
+    different adapters is refused, naming both, so the user names the adapter."""

@@ -324,6 +324,12 @@ class AuxiliaryDesign(ABC):
     def initialize(self, row: AncestryAdapter, ancestry: AncestryAdapter) -> None:
         """Initialise ``row`` from ``ancestry``; the default keeps the random init."""
 
+    def row_arch(self, arch: dict[str, Any]) -> dict[str, Any]:
+        """The architecture a row is built from, given the ancestry's resized to the row
+        (:meth:`AncestryAdapter.resized`). The default keeps it; a design sets training-time
+        options of its rows here (``drop_path_rate``), which the ancestry's shape cannot carry."""
+        return arch
+
 
 # --------------------------------------------------------------------------- distillation loss
 class DistillationLoss(nn.Module, ABC):

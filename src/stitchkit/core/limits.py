@@ -85,7 +85,8 @@ def check_number(value: Any, name: str, *, minimum: float = -math.inf, maximum: 
 
 
 def check_row(depth: int, width: int, heads: int, where: str) -> None:
-    """A row's (or a stage's) declared shape within the limits; ``heads = 0``: no attention (a CNN stage)."""
+    """A row's (or a stage's) declared shape within the limits; ``heads = 0``: no attention (a CNN stage).
+    Only sizes: how heads relate to the width (a ViT's ``head_dim``) is the family adapter's rule."""
     check_int(depth, f"{where} depth", maximum=MAX_DEPTH, limit="MAX_DEPTH")
     check_int(width, f"{where} width", maximum=MAX_WIDTH, limit="MAX_WIDTH")
     check_int(heads, f"{where} heads", minimum=0, maximum=MAX_HEADS, limit="MAX_HEADS")

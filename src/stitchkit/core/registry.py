@@ -27,7 +27,7 @@ import pluggy
 
 from . import hookspecs
 from .contract import signature_problem
-from .errors import DuplicateComponentError, PluginError, UnknownComponentError
+from .errors import ConfigError, DuplicateComponentError, PluginError, UnknownComponentError
 from .options import Option, check_options, component_options, factory
 from .interfaces import (
     AncestryAdapter,
@@ -54,6 +54,8 @@ KINDS: dict[str, tuple[str, type]] = {
     "sampler": ("register_samplers", PathSampler),
     "method": ("register_methods", Method),
 }
+#: Hooks that answer a question instead of registering components.
+QUERY_HOOKS = ("ancestry_for_model",)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Registry:
         nothing of the plugin is kept.
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
-        known = {spec for spec, _ in KINDS.values()}
+        known = {spec for spec, _ in KINDS.values()} | set(QUERY_HOOKS)
         for attr in dir(plugin):
             opts = self.pm.parse_hookimpl_opts(plugin, attr)
             if opts is not None and attr not in known:
@@ -265,6 +267,35 @@ class Registry:
 
     def ancestry(self, name: str) -> type[AncestryAdapter]:
         return self.get("ancestry", name)  # type: ignore[return-value]
+
+    def ancestry_for(self, model_name: str) -> str:
+        """The ancestry adapter that builds the model ``model_name``, as the plugins answer the
+        ``ancestry_for_model`` hook. None answering, or two plugins naming different adapters, is a
+        :class:`ConfigError` saying so (name the adapter then: ``--adapter``, ``[model] adapter``)."""
+        answers: dict[str, list[str]] = {}
+        for impl in self.pm.hook.ancestry_for_model.get_hookimpls():
+            plugin = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+            try:
+                answer = impl.function(name=model_name)
+            except Exception as exc:  # noqa: BLE001 - a plugin's bug, named as such
+                raise PluginError(f"plugin {plugin!r} failed to answer ancestry_for_model({model_name!r}): {_describe(exc)}") from exc
+            if answer is None:
+                continue
+            if not isinstance(answer, str) or answer not in self._tables["ancestry"]:
+                raise PluginError(
+                    f"plugin {plugin!r} answered ancestry_for_model({model_name!r}) with {answer!r}, "
+                    f"which is no registered ancestry adapter ({', '.join(self.list('ancestry'))})"
+                )
+            answers.setdefault(answer, []).append(plugin)
+        if len(answers) == 1:
+            return next(iter(answers))
+        if not answers:
+            raise ConfigError(
+                f"no ancestry adapter recognises the model {model_name!r} (adapters: {', '.join(self.list('ancestry'))}); "
+                "check the name (timm.list_models() lists timm's), or name the adapter (--adapter, [model] adapter)"
+            )
+        claims = "; ".join(f"{a} (plugin {', '.join(p)})" for a, p in sorted(answers.items()))
+        raise ConfigError(f"several ancestry adapters claim the model {model_name!r}: {claims}; name the adapter (--adapter, [model] adapter)")
 
 
 def _version(package: str) -> str:

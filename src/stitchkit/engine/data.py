@@ -91,8 +91,6 @@ class DataConfig:
         limits.check_int(self.synthetic_classes, f"{where}.synthetic_classes", minimum=2, maximum=limits.MAX_CLASSES, limit="MAX_CLASSES")
         if self.in_chans not in (1, 3):
             raise ConfigError(f"{where}.in_chans must be 1 or 3, got {self.in_chans}")
-        if self.source == "imagefolder" and self.in_chans != 3:
-            raise ConfigError(f"{where}.in_chans: ImageFolder images are RGB; set in_chans = 3")
         if self.source == "mnist" and not self.root:
             raise ConfigError(f"{where}.root: the mnist source needs root = \"DIR\" (a folder with train-images-idx3-ubyte[.gz] and the other three files)")
         if self.train_images < 0:
@@ -533,7 +531,7 @@ def _imagefolder_data(cfg: DataConfig) -> Data:
                 f"data.{split}_fraction does not apply: {root} has {reason}; remove the key, or remove {split}/ to split it off {origin}"
             )
     tcfg = cfg.transforms
-    pre = preprocessing(tcfg, cfg.img_size, 3)
+    pre = preprocessing(tcfg, cfg.img_size, cfg.in_chans)  # the transforms convert every image to in_chans
     eval_tf = eval_transform(pre)
     train_tf = create_train_transform(tcfg, pre) if cfg.augment else eval_tf
     try:
@@ -554,8 +552,12 @@ def _imagefolder_data(cfg: DataConfig) -> Data:
     full_eval.transform = eval_tf
     labels = [t for _, t in full.samples]
     train_i, val_i, test_i = split_indices(labels, fractions["val"], fractions["test"], cfg.split_seed)
+    split_train = len(train_i)
+    train_i = train_subset(train_i, np.asarray(labels), cfg)
     names = [str(pathlib.Path(p).relative_to(base)) for p, _ in full.samples]
     splits = _split_record(cfg, {"train": train_i}, names, origin, origin)
+    if len(train_i) != split_train:
+        splits["train"].update(subset_of=split_train, seed=cfg.split_seed, stratified=True)
     if not has["val"]:
         splits.update(_split_record(cfg, {"val": val_i}, names, f"{origin} (split)", origin))
     if not (has["test"] or has["val"]):
@@ -572,10 +574,11 @@ def _imagefolder_data(cfg: DataConfig) -> Data:
     val = folders.get("val") or subset(full_eval, val_i)
     test = folders.get("test") or (folders["val"] if has["val"] else subset(full_eval, test_i))
     return Data(
-        train=EpochSeeded(subset(full, train_i)),
+        # seeded per image only when augmenting: the evaluation transform draws nothing
+        train=EpochSeeded(subset(full, train_i)) if cfg.augment else subset(full, train_i),
         val=val,
         test=test,
-        spec=DataSpec(3, cfg.img_size, len(full.classes)),
+        spec=DataSpec(cfg.in_chans, cfg.img_size, len(full.classes)),
         config=cfg,
         train_eval=subset(full_eval, train_i),
         splits=splits,

@@ -21,7 +21,6 @@ from safetensors.torch import save
 
 from ..core.errors import ConfigError, PoolFormatError, StitchkitError
 from ..core.interfaces import AncestryAdapter
-from ..families.vit import TimmViT
 from .config import section, write_bytes_atomic
 from .data import DataSpec
 
@@ -30,26 +29,30 @@ MODEL_FORMAT = "stitchkit-model"
 
 @dataclass
 class ModelConfig:
-    """The ``[model]`` section: a timm ViT by name, or one shaped by the fields below; another
-    family through ``adapter`` (by ``timm_name``, or by ``arch``, the adapter's architecture)."""
+    """The ``[model]`` section: any family by ``adapter`` and ``arch`` (the adapter's architecture) or by
+    ``timm_name`` (the adapter then defaults to the one the plugins name for the model); with neither,
+    a timm ViT shaped by the ViT shorthand fields (depth, embed_dim, num_heads, patch_size, mlp_ratio)."""
 
-    #: The ancestry adapter (family): "timm-vit" (default), "timm-resnet", "timm-swin", "timm-convnext", a plugin's.
-    adapter: str = "timm-vit"
-    #: For adapters other than timm-vit without a timm_name: the adapter's arch (e.g. timm-resnet:
-    #: block, layers, channels); num_classes, in_chans and img_size come from the data.
+    #: The ancestry adapter (family): "auto" (default: the adapter the plugins name for timm_name, or
+    #: "timm-vit" for the ViT shorthand), "timm-vit", "timm-swin", "timm-resnet", "timm-convnext", "timm-levit", a plugin's.
+    adapter: str = "auto"
+    #: The adapter's arch (e.g. timm-resnet: block, layers, channels); num_classes, in_chans and img_size
+    #: come from the data. Needs a named adapter.
     arch: dict[str, Any] = field(default_factory=dict)
-    #: A registered timm model, e.g. "deit_base_patch16_224" ("" builds from depth/embed_dim/... or arch).
+    #: A registered model name, e.g. "deit_base_patch16_224" or "resnet50" ("" builds from arch or the ViT shorthand).
     timm_name: str = ""
     #: Download timm's pretrained weights (needs network access; timm_name only).
     pretrained: bool = False
     #: Local weights to start from (safetensors, or a weights-only .pth, optionally under 'model' /
-    #: 'state_dict'); with timm_name, adapted by timm to the data like pretrained weights.
+    #: 'state_dict'); with timm_name, adapted by timm to the data like pretrained weights; with an
+    #: arch, they must fit it exactly.
     checkpoint: str = ""
     depth: int = 12
     embed_dim: int = 64
     num_heads: int = 4
     patch_size: int = 4
     mlp_ratio: float = 4.0
+    #: Stochastic depth (timm's drop_path_rate) for every family that has it.
     drop_path_rate: float = 0.0
 
     def validate(self, where: str = "model") -> None:
@@ -60,15 +63,30 @@ class ModelConfig:
             limits.check_int(getattr(self, key), f"{where}.{key}", maximum=top, limit=name)
         limits.check_number(self.mlp_ratio, f"{where}.mlp_ratio", minimum=0.0, maximum=64.0, exclusive_minimum=True)
         if self.embed_dim % self.num_heads:
-            raise ConfigError(f"{where}: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(f"{where}: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads} (a ViT's head_dim rule)")
         if self.pretrained and not self.timm_name:
             raise ConfigError(f"{where}.pretrained needs {where}.timm_name (which timm model's weights to download)")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"{where}.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.adapter != "timm-vit" and not (self.timm_name or self.arch):
+        if self.arch and self.timm_name:
+            raise ConfigError(f"{where}: give timm_name or arch, not both (arch is the whole architecture)")
+        if self.arch and self.adapter == "auto":
+            raise ConfigError(f"{where}.arch needs {where}.adapter, the family the arch describes (e.g. adapter = \"timm-resnet\")")
+        if self.adapter not in ("auto", "timm-vit") and not (self.timm_name or self.arch):
             raise ConfigError(f"{where}: adapter {self.adapter!r} needs {where}.timm_name or {where}.arch (the network's architecture)")
-        if self.arch and self.adapter == "timm-vit":
-            raise ConfigError(f"{where}.arch is for other adapters; a timm-vit is shaped by depth, embed_dim, num_heads, patch_size")
+
+    def adapter_name(self, registry: Any) -> str:
+        """The adapter this section builds through (``auto`` resolved by the plugins' ``ancestry_for_model``)."""
+        if self.adapter != "auto":
+            return self.adapter
+        return registry.ancestry_for(self.timm_name) if self.timm_name else "timm-vit"
+
+    def vit_arch(self, spec: DataSpec) -> dict[str, Any]:
+        """The timm-vit arch the ViT shorthand fields describe (no timm_name, no arch)."""
+        if spec.img_size % self.patch_size:
+            raise ConfigError(f"model.patch_size {self.patch_size} does not divide data.img_size {spec.img_size}")
+        return {"patch_size": self.patch_size, "embed_dim": self.embed_dim, "depth": self.depth,
+                "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelConfig:
@@ -76,62 +94,33 @@ class ModelConfig:
 
 
 def build_model(spec: DataSpec, cfg: ModelConfig, *, seed: int = 0, registry: Any = None) -> AncestryAdapter:
-    """A randomly initialised (seeded) or loaded network for data of shape ``spec``."""
+    """A randomly initialised (seeded) or loaded network for data of shape ``spec``, built through its
+    registered adapter: by name (``from_name``, timm adapting the starting weights to the data) or by arch
+    (``from_arch``; a checkpoint must then fit exactly)."""
     cfg.validate()
-    if cfg.adapter != "timm-vit":
-        return _build_other(spec, cfg, seed, registry)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if cfg.timm_name:
-            adapter = TimmViT.from_timm(
-                cfg.timm_name,
-                pretrained=cfg.pretrained,
-                checkpoint=cfg.checkpoint or None,
-                num_classes=spec.num_classes,
-                img_size=spec.img_size,
-                in_chans=spec.in_chans,
-                drop_path_rate=cfg.drop_path_rate,
-            )
-        else:
-            if spec.img_size % cfg.patch_size:
-                raise ConfigError(f"model.patch_size {cfg.patch_size} does not divide data.img_size {spec.img_size}")
-            adapter = TimmViT.from_arch(
-                {
-                    "img_size": spec.img_size,
-                    "patch_size": cfg.patch_size,
-                    "in_chans": spec.in_chans,
-                    "num_classes": spec.num_classes,
-                    "embed_dim": cfg.embed_dim,
-                    "depth": cfg.depth,
-                    "num_heads": cfg.num_heads,
-                    "mlp_ratio": cfg.mlp_ratio,
-                    "drop_path_rate": cfg.drop_path_rate,
-                }
-            )
-            if cfg.checkpoint:
-                adapter.load_checkpoint(cfg.checkpoint)
-                adapter.weights_record = {"source": "file", "file": cfg.checkpoint, "adapted": []}
-    return adapter
-
-
-def _build_other(spec: DataSpec, cfg: ModelConfig, seed: int, registry: Any) -> AncestryAdapter:
-    """A network of another family, through its registered adapter."""
     if registry is None:
         from ..core.registry import default_registry
 
         registry = default_registry()
-    cls = registry.ancestry(cfg.adapter)
-    data_keys = {"num_classes": spec.num_classes, "in_chans": spec.in_chans, "img_size": spec.img_size}
+    name = cfg.adapter_name(registry)
+    cls = registry.ancestry(name)
+    data_keys: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_chans, "img_size": spec.img_size}
+    if cfg.drop_path_rate:  # only when set: a plugin's family need not know the key
+        data_keys["drop_path_rate"] = cfg.drop_path_rate
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.timm_name:
-            adapter = cls.from_name(cfg.timm_name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint or None, **data_keys)
-        else:
-            adapter = cls.from_arch({**cfg.arch, **data_keys})
-            if cfg.checkpoint:
-                from ..families.timm_base import load_checkpoint
+            return cls.from_name(cfg.timm_name, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint or None, **data_keys)
+        arch = dict(cfg.arch) if cfg.arch else cfg.vit_arch(spec)
+        if "drop_path_rate" in arch and "drop_path_rate" in data_keys and arch["drop_path_rate"] != cfg.drop_path_rate:
+            raise ConfigError(f"model: drop_path_rate is {cfg.drop_path_rate} but model.arch says {arch['drop_path_rate']}; set one")
+        adapter = cls.from_arch({**arch, **data_keys})
+        if cfg.checkpoint:
+            from ..io.state_dicts import load_strict
 
-                load_checkpoint(adapter.model, cfg.checkpoint, f"{cfg.adapter} {adapter.shape}")
+            load_strict(adapter.model, cfg.checkpoint, f"a {name} network of shape {adapter.shape}",
+                        "save the file from a model of this arch, or give its timm_name so timm adapts it")
+            adapter.weights_record = {"source": "file", "file": cfg.checkpoint, "adapted": []}
     return adapter
 
 

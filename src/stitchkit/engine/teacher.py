@@ -2,9 +2,12 @@
 
 DeiT (and SN-Net, which follows its recipe) distils from a CNN, RegNetY-160;
 prediction distillation needs only the teacher's logits, so a teacher need
-not be a family stitchkit can stitch. A timm ``VisionTransformer`` comes back
-as the ``timm-vit`` adapter (its block taps stay available); any other timm
-model as a :class:`LogitsTeacher`.
+not be a family stitchkit can stitch. A model whose family an adapter answers
+for (the ``ancestry_for_model`` hook: a timm ViT, Swin, ResNet, ConvNeXt,
+LeViT or a plugin's) is built through that adapter, so its block and
+attention taps are available; any other timm model is a :class:`LogitsTeacher`.
+A teacher's weights are final: a checkpoint must fit the named model with the
+data's classes exactly (:func:`stitchkit.io.state_dicts.load_strict`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError, StitchkitError
+from ..core.errors import ConfigError
 from ..core.interfaces import AncestryAdapter, TapRequest, Taps
 
 
@@ -52,7 +55,7 @@ def load_teacher(source: str, spec: Any, *, checkpoint: str = "", registry: Any 
     train``, a trained ancestry or anchor).
     """
     if source.startswith("timm:"):
-        return _timm_teacher(source[len("timm:"):], spec, checkpoint)
+        return _timm_teacher(source[len("timm:"):], spec, checkpoint, registry)
     if checkpoint:
         raise ConfigError(f"teacher checkpoint {checkpoint!r} applies to a timm:NAME teacher, not to {source!r}")
     from .model import load_model
@@ -66,16 +69,43 @@ def load_teacher(source: str, spec: Any, *, checkpoint: str = "", registry: Any 
     return teacher
 
 
-def _timm_teacher(name: str, spec: Any, checkpoint: str) -> Teacher:
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
+def _timm_teacher(name: str, spec: Any, checkpoint: str, registry: Any) -> Teacher:
+    """``timm:NAME``: through the adapter the plugins name for it (taps), else a logits-only timm model."""
+    from ..core.errors import CheckpointError
+    from ..io.state_dicts import load_strict
 
-    from ..families.vit import TimmViT
-    from ..families.weights import load_state_file
+    if registry is None:
+        from ..core.registry import default_registry
+
+        registry = default_registry()
+    what = f"timm:{name} with {spec.num_classes} classes"
+    data = {"num_classes": spec.num_classes, "in_chans": spec.in_chans, "img_size": spec.img_size}
+    try:
+        family: str | None = registry.ancestry_for(name)
+    except ConfigError:
+        family = None  # no adapter builds it: a logits teacher
+    adapter = None
+    if family is not None:
+        try:
+            adapter = registry.ancestry(family).from_name(name, pretrained=not checkpoint, **data)
+        except ConfigError:  # a variant the adapter does not take (e.g. a distilled DeiT): logits only, below
+            adapter = None
+    if adapter is not None:
+        if checkpoint:
+            load_strict(adapter.model, checkpoint, what, f"a teacher's file holds the {family} network trained on the data")
+        record = adapter.weights_record or {}
+        if record.get("from", {}).get("num_classes", spec.num_classes) != spec.num_classes:
+            raise CheckpointError(
+                f"teacher timm:{name}: timm's weights predict {record['from']['num_classes']} classes, the data has "
+                f"{spec.num_classes}; give a checkpoint of the model trained on the data (teacher_checkpoint)"
+            )
+        adapter.model.eval()
+        return adapter
+    import timm
 
     kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "in_chans": spec.in_chans}
     try:
-        try:  # ViTs take the data's image size; CNNs have no such argument
+        try:  # transformers take the data's image size; CNNs have no such argument
             model = timm.create_model(name, pretrained=not checkpoint, img_size=spec.img_size, **kwargs)
         except TypeError:
             model = timm.create_model(name, pretrained=not checkpoint, **kwargs)
@@ -83,19 +113,6 @@ def _timm_teacher(name: str, spec: Any, checkpoint: str) -> Teacher:
         hint = "" if checkpoint else "; without network access, give the weights as a local checkpoint file"
         raise ConfigError(f"teacher timm:{name}: {type(exc).__name__}: {exc}{hint}") from None
     if checkpoint:
-        try:
-            state = load_state_file(checkpoint)
-            model.load_state_dict(state, strict=True)
-        except StitchkitError:
-            raise
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ConfigError(
-                f"teacher checkpoint {checkpoint} does not fit timm:{name} with {spec.num_classes} classes: {first}"
-            ) from None
+        load_strict(model, checkpoint, what, "a teacher's file holds the model trained on the data")
     model.eval()
-    if isinstance(model, VisionTransformer) and getattr(model, "dist_token", None) is None:
-        adapter = TimmViT(model)
-        adapter.timm_name = name  # type: ignore[attr-defined]
-        return adapter
     return LogitsTeacher(model, f"timm:{name}")

@@ -103,8 +103,9 @@ def is_small(img_size: int) -> bool:
 
 def preprocessing(cfg: TransformConfig, img_size: int, in_chans: int = 3) -> dict[str, Any]:
     """The evaluation transform as timm's data config (``resolve_data_config`` keys)."""
-    mean = list(cfg.mean) or list(IMAGENET_MEAN)
-    std = list(cfg.std) or list(IMAGENET_STD)
+    # grey images: one value, the mean of ImageNet's three (as timm reduces a 3-channel config to 1 channel)
+    mean = list(cfg.mean) or ([sum(IMAGENET_MEAN) / 3] if in_chans == 1 else list(IMAGENET_MEAN))
+    std = list(cfg.std) or ([sum(IMAGENET_STD) / 3] if in_chans == 1 else list(IMAGENET_STD))
     if len(mean) not in (1, in_chans):
         raise ConfigError(f"data.transform.mean has {len(mean)} values but the images have {in_chans} channels")
     return {
@@ -134,4 +135,7 @@ def train_options(cfg: TransformConfig, img_size: int) -> dict[str, Any]:
 def create_train_transform(cfg: TransformConfig, pre: dict[str, Any]) -> Any:
     from timm.data import create_transform
 
-    return create_transform(tuple(pre["input_size"]), is_training=True, mean=tuple(pre["mean"]), std=tuple(pre["std"]), **train_options(cfg, pre["input_size"][-1]))
+    from ..io.preprocessing import with_channels
+
+    tf = create_transform(tuple(pre["input_size"]), is_training=True, mean=tuple(pre["mean"]), std=tuple(pre["std"]), **train_options(cfg, pre["input_size"][-1]))
+    return with_channels(tf, int(pre["input_size"][0]))

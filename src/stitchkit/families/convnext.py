@@ -18,7 +18,8 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.spec import RowShape
-from .timm_base import StagedAdapter, check_kwargs, create_timm, load_checkpoint, parts_in_order, planning_size, stage_blocks, stage_of
+from .weights import create_timm_model
+from .timm_base import StagedAdapter, check_kwargs, parts_in_order, planning_size, stage_blocks, stage_of
 
 _ARCH_KEYS = {
     "in_chans", "num_classes", "img_size", "global_pool", "depths", "dims", "kernel_sizes", "ls_init_value",
@@ -72,9 +73,9 @@ class TimmConvNeXt(StagedAdapter):
     def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | pathlib.Path | None = None, **kwargs: Any) -> TimmConvNeXt:
         """A registered timm ConvNeXt; ``img_size`` (default 224) is the adapter's planning size."""
         img_size = kwargs.pop("img_size", 224)
-        adapter = cls(create_timm(name, ConvNeXt, "timm-convnext", pretrained=pretrained, **kwargs), img_size)
-        if checkpoint is not None:
-            load_checkpoint(adapter.model, checkpoint, f"{name} ({adapter.shape})")
+        model, record = create_timm_model(name, ConvNeXt, "timm-convnext", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        adapter = cls(model, img_size)
+        adapter.weights_record = record
         adapter.timm_name = name
         return adapter
 

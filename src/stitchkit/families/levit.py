@@ -11,7 +11,13 @@ the width: every head has the same key size (``key_dim``), so LeViT-192's
 ``nn.Linear`` on the tokens, as in the official ``stitching_levit`` code.
 
 The attention-bias index tables are non-persistent buffers (not in the state
-dict), rebuilt by :meth:`TimmLeViT.restore_buffers` after lazy loading.
+dict), rebuilt by :meth:`TimmLeViT.restore_buffers` after lazy loading. timm
+caches the gathered attention biases in eval mode, keyed by device only: a
+cached tensor outlives a weight update made in eval mode, cannot be
+back-propagated through twice, and makes ``copy.deepcopy`` of a network
+(the SN-Net teacher, the conformance suite) fail once it holds a graph; the
+adapter has its attentions gather the biases from the current weights on
+every call instead (one indexing per attention).
 Only the token variants are taken; timm's ``levit_conv_*`` (the same
 network on ``(B, C, H, W)`` maps) is refused with a message.
 """
@@ -19,23 +25,26 @@ network on ``(B, C, H, W)`` maps) is refused with a message.
 from __future__ import annotations
 
 import pathlib
+import types
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from timm.models.levit import AttentionDownsample, Levit, LevitDistilled, Stem8, Stem16
+from timm.models.levit import AttentionDownsample, Levit, LevitDistilled, LevitMlp, Stem8, Stem16
 from timm.models.levit import Attention as LevitAttention
 from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.spec import FeatureSignature, RowShape
+from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, create_timm, load_checkpoint, restore_timm_buffers, stage_blocks, stage_of,
+    StagedAdapter, StageEntry, check_kwargs, restore_timm_buffers, stage_blocks, stage_of,
 )
 
 _ARCH_KEYS = {
     "img_size", "in_chans", "num_classes", "embed_dim", "key_dim", "depth", "num_heads", "attn_ratio", "mlp_ratio",
-    "stem_type", "act_layer", "attn_act_layer", "global_pool", "drop_rate", "drop_path_rate", "distilled", "timm_name",
+    "stem_type", "act_layer", "attn_act_layer", "global_pool", "drop_rate", "drop_path_rate", "distilled",
+    "residual_bn_init", "timm_name",
 }
 #: timm activation names of the activation classes LeViTs use (``act_layer`` / ``attn_act_layer``).
 _ACTIVATIONS: dict[type[nn.Module], str] = {
@@ -94,22 +103,34 @@ class TimmLeViT(StagedAdapter):
         if 0 in depths:
             raise ConfigError(f"timm-levit needs at least one block per stage, got depths {depths}")
         super().__init__(model, [stage_blocks(stage) for stage in model.stages], stem=LeViTStem(model), head=LeViTHead(model))
+        for m in model.modules():
+            if isinstance(m, (LevitAttention, AttentionDownsample)):
+                m.get_attention_biases = types.MethodType(_current_attention_biases, m)  # type: ignore[method-assign]
+        #: The weight the batch norms closing the residual branches started from (``None``: timm's 0).
+        self.residual_bn_init: float | None = None
 
     # -- construction -------------------------------------------------------
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> TimmLeViT:
         check_kwargs(dict(arch), _ARCH_KEYS, "timm-levit")
-        kwargs = {k: v for k, v in arch.items() if k not in ("timm_name", "distilled")}
+        kwargs = {k: v for k, v in arch.items() if k not in ("timm_name", "distilled", "residual_bn_init")}
         for key in ("img_size", "embed_dim", "depth", "num_heads", "attn_ratio", "mlp_ratio"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
         _check_stages(kwargs, f"arch {dict(arch)}")
+        init = arch.get("residual_bn_init")
+        if init is not None and (isinstance(init, bool) or not isinstance(init, (int, float))):
+            raise ConfigError(f"timm-levit arch residual_bn_init must be a number, got {init!r}")
         kind = LevitDistilled if arch.get("distilled", True) else Levit
         try:
             model = kind(**kwargs)
         except (TypeError, ValueError, AssertionError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"cannot build a timm Levit from arch {dict(arch)}: {exc}") from exc
         adapter = cls(model)
+        if init is not None:
+            for bn in _residual_closing_norms(model):
+                nn.init.constant_(bn.weight, float(init))
+            adapter.residual_bn_init = float(init)
         if arch.get("timm_name"):
             adapter.timm_name = arch["timm_name"]
         return adapter
@@ -117,17 +138,20 @@ class TimmLeViT(StagedAdapter):
     @classmethod
     def example(cls, **context: Any) -> TimmLeViT:
         """Two stages (1 and 2 blocks, widths 16 and 24, 2 and 5 heads of key size 4: 24 is not a multiple of 5)
-        on 64x64 RGB images (4x4 then 2x2 tokens), 5 classes, with the distillation head."""
+        on 64x64 RGB images (4x4 then 2x2 tokens), 5 classes, with the distillation head. The batch norms
+        closing the residual branches start at 1, not timm's 0, so that every block (and every attention
+        tap) computes something from the start, as a trained network does."""
         return cls.from_arch(
-            dict(img_size=64, num_classes=5, embed_dim=[16, 24], key_dim=4, depth=[1, 2], num_heads=[2, 5])
+            dict(img_size=64, num_classes=5, embed_dim=[16, 24], key_dim=4, depth=[1, 2], num_heads=[2, 5],
+                 residual_bn_init=1.0)
         )
 
     @classmethod
     def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | pathlib.Path | None = None, **kwargs: Any) -> TimmLeViT:
         """A registered timm LeViT (``pretrained`` downloads timm's weights; ``checkpoint`` loads a local file)."""
-        adapter = cls(create_timm(name, Levit, "timm-levit", pretrained=pretrained, **kwargs))
-        if checkpoint is not None:
-            load_checkpoint(adapter.model, checkpoint, f"{name} ({adapter.shape})")
+        model, record = create_timm_model(name, Levit, "timm-levit", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        adapter = cls(model)
+        adapter.weights_record = record
         adapter.timm_name = name
         return adapter
 
@@ -137,7 +161,7 @@ class TimmLeViT(StagedAdapter):
         first = blocks[0]
         drop_path = getattr(first.drop_path1, "drop_prob", 0.0)
         arch: dict[str, Any] = {
-            "img_size": [int(r) * int(m.stem.stride) for r in first.attn.resolution],
+            "img_size": self._img_size(),
             "in_chans": int(m.in_chans),
             "num_classes": int(m.num_classes),
             "embed_dim": [int(d) for d in m.embed_dim],
@@ -154,6 +178,8 @@ class TimmLeViT(StagedAdapter):
             "drop_path_rate": float(f"{float(drop_path):.6g}"),
             "distilled": isinstance(m, LevitDistilled),
         }
+        if self.residual_bn_init is not None:
+            arch["residual_bn_init"] = self.residual_bn_init
         name = getattr(self, "timm_name", None)
         if name:
             arch["timm_name"] = name
@@ -189,7 +215,12 @@ class TimmLeViT(StagedAdapter):
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        return (int(self.model.in_chans), *self.arch()["img_size"])  # type: ignore[return-value]
+        h, w = self._img_size()
+        return (int(self.model.in_chans), h, w)
+
+    def _img_size(self) -> list[int]:
+        """The image size, from stage 0's grid and the stem's stride (whole stem patches, see ``_check_stages``)."""
+        return [int(r) * int(self.model.stem.stride) for r in self.model.stages[0].blocks[0].attn.resolution]
 
     def signatures(self) -> list[FeatureSignature]:
         """Tokens at each stage's grid and width, read off the network (no forward pass): the stem output
@@ -220,16 +251,12 @@ class TimmLeViT(StagedAdapter):
         return "block", index
 
     def restore_buffers(self, module: nn.Module) -> None:
-        """The attention-bias index tables (``attention_bias_idxs``) are not in timm's state dict: recompute
-        them, and drop the biases timm caches per device in eval mode (they were gathered from the old weights)."""
+        """The attention-bias index tables (``attention_bias_idxs``) are not in timm's state dict: recompute them."""
         restore_timm_buffers(module)
-        for m in module.modules():
-            if isinstance(m, (LevitAttention, AttentionDownsample)):
-                m.attention_bias_cache = {}
 
     def published_exclusions(self) -> tuple[str, ...]:
-        """None: the official ``stitching_levit`` code reports FLOPs only, and LeViT's own count
-        (``levit.py``) sums every parameter."""
+        """None: the official ``stitching_levit`` code reports FLOPs only, no parameter counts, so there
+        is no published convention to reproduce; a LeViT descendant's count is every parameter it runs."""
         return ()
 
     def uncounted_macs(self) -> dict[nn.Module, Any]:
@@ -238,6 +265,24 @@ class TimmLeViT(StagedAdapter):
         return {
             m: _attention_macs for m in self.model.modules() if isinstance(m, (LevitAttention, AttentionDownsample))
         }
+
+
+def _current_attention_biases(self: Any, device: torch.device) -> torch.Tensor:
+    """timm's ``get_attention_biases`` without its eval-mode cache: gathered from the current weights."""
+    return self.attention_biases[:, self.attention_bias_idxs]  # type: ignore[no-any-return]
+
+
+def _residual_closing_norms(model: nn.Module) -> list[Any]:
+    """The batch norms timm starts at weight 0 (``bn_weight_init=0``): each attention's output projection
+    and each MLP's second layer, so that a fresh residual branch adds nothing."""
+    norms: list[Any] = []
+    for m in model.modules():
+        mod: Any = m  # timm's submodules are untyped
+        if isinstance(m, LevitAttention):
+            norms.append(mod.proj.ln.bn)
+        elif isinstance(m, LevitMlp):
+            norms.append(mod.ln2.bn)
+    return norms
 
 
 def _attention_macs(m: Any, inputs: tuple[Any, ...], _out: Any) -> int:

@@ -21,7 +21,8 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.spec import RowShape
-from .timm_base import StagedAdapter, check_kwargs, create_timm, load_checkpoint, parts_in_order, planning_size
+from .weights import create_timm_model
+from .timm_base import StagedAdapter, check_kwargs, parts_in_order, planning_size
 
 _BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _ARCH_KEYS = {
@@ -115,9 +116,9 @@ class TimmResNet(StagedAdapter):
         """A registered timm ResNet (``pretrained`` downloads timm's weights; ``checkpoint`` loads a local file).
         ``img_size`` (the input size it is planned at, default 224) is the adapter's, not timm's."""
         img_size = kwargs.pop("img_size", 224)
-        adapter = cls(create_timm(name, ResNet, "timm-resnet", pretrained=pretrained, **kwargs), img_size)
-        if checkpoint is not None:
-            load_checkpoint(adapter.model, checkpoint, f"{name} ({adapter.shape})")
+        model, record = create_timm_model(name, ResNet, "timm-resnet", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        adapter = cls(model, img_size)
+        adapter.weights_record = record
         adapter.timm_name = name
         return adapter
 

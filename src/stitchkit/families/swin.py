@@ -19,8 +19,9 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.spec import RowShape
+from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, create_timm, load_checkpoint, on_meta, parts_in_order, restore_timm_buffers,
+    StagedAdapter, StageEntry, check_kwargs, on_meta, parts_in_order, restore_timm_buffers,
     stage_blocks, stage_of,
 )
 
@@ -84,9 +85,9 @@ class TimmSwin(StagedAdapter):
         """A registered timm Swin (``pretrained`` downloads timm's weights; ``checkpoint`` loads a local file)."""
         if on_meta() and not pretrained:
             kwargs.setdefault("weight_init", "skip")
-        adapter = cls(create_timm(name, SwinTransformer, "timm-swin", pretrained=pretrained, **kwargs))
-        if checkpoint is not None:
-            load_checkpoint(adapter.model, checkpoint, f"{name} ({adapter.shape})")
+        model, record = create_timm_model(name, SwinTransformer, "timm-swin", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        adapter = cls(model)
+        adapter.weights_record = record
         adapter.timm_name = name
         return adapter
 

@@ -1,5 +1,5 @@
-"""What the timm-based adapters share: creating a model by timm name, loading a local
-checkpoint, and presenting a hierarchical network's stages as one list of blocks.
+"""What the timm-based adapters share: presenting a hierarchical network's stages as one list of
+blocks, and small helpers (starting weights are :mod:`stitchkit.families.weights`).
 
 Hierarchical families (Swin, ResNet, ConvNeXt) change resolution and width
 between stages. stitchkit numbers their blocks across stages; a stage's
@@ -11,7 +11,6 @@ and a key of the model belongs to exactly one block.
 
 from __future__ import annotations
 
-import pathlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError, StitchkitError
+from ..core.errors import ConfigError
 from ..core.interfaces import AncestryAdapter
 
 
@@ -85,38 +84,6 @@ def on_meta() -> bool:
     """True inside ``with torch.device("meta")`` (structure only: planning, lazy loading)."""
     get = getattr(torch, "get_default_device", None)
     return get is not None and get().type == "meta"
-
-
-def create_timm(name: str, kind: type, family: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name)``, refused with a ConfigError unless it is a ``kind`` network."""
-    import timm
-
-    try:
-        try:
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except TypeError:
-            if "weight_init" not in kwargs:  # a family without that option: it is not ``kind``, say so below
-                raise
-            model = timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "weight_init"})
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ConfigError(f"timm could not create {name!r}: {exc}") from exc
-    if not isinstance(model, kind):
-        raise ConfigError(
-            f"timm model {name!r} is a {type(model).__name__}, not a {kind.__name__}: the {family} adapter cannot take it"
-        )
-    return model
-
-
-def load_checkpoint(model: nn.Module, path: str | pathlib.Path, what: str) -> None:
-    """Load a local state-dict file (safetensors or weights-only torch) into ``model``, strictly."""
-    from .weights import load_state_file
-
-    state = load_state_file(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise StitchkitError(
-            f"{path}: checkpoint does not fit {what} (missing keys: {missing[:5]}, unexpected keys: {unexpected[:5]})"
-        )
 
 
 def stage_of(key: str, prefix: str, starts: list[int], stage_keys: tuple[str, ...]) -> int | None:

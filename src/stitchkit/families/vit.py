@@ -163,9 +163,10 @@ class TimmViT(AncestryAdapter):
 
     def load_checkpoint(self, path: str | pathlib.Path) -> None:
         """Load weights from a local file into the model; they must fit it exactly."""
-        from .weights import load_strict
+        from ..io.state_dicts import load_strict
 
-        load_strict(self.model, path, f"a ViT of shape {self.shape}")
+        load_strict(self.model, path, f"a ViT of shape {self.shape}",
+                    "save the file from a model of this arch, or give its timm_name so timm adapts it")
 
     def arch(self) -> dict[str, Any]:
         m = self.model
@@ -191,6 +192,10 @@ class TimmViT(AncestryAdapter):
             arch["init_values"] = float(blk.ls1.gamma.detach().flatten()[0]) if blk.ls1.gamma.device.type != "meta" else 1e-5
         if blk is not None and not isinstance(blk.attn.q_norm, nn.Identity):
             arch["qk_norm"] = True
+        last: Any = getattr(m.blocks[-1], "drop_path1", None) if len(m.blocks) else None
+        rate = float(getattr(last, "drop_prob", 0.0))  # timm's stochastic depth rises linearly to the rate at the last block
+        if rate:
+            arch["drop_path_rate"] = float(f"{rate:.6g}")
         name = getattr(self, "timm_name", None)
         if name:
             arch["timm_name"] = name

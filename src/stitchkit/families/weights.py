@@ -1,17 +1,22 @@
-"""Starting weights for any timm model: timm's downloads or a local file, adapted by timm.
+"""Starting weights for any timm family: timm's downloads or a local file, adapted by timm.
 
 A checkpoint saved for ImageNet (224 px, 1000 classes, RGB) rarely has the
 shape of the user's data. timm already knows how to adapt one when it loads
 its own pretrained weights: each family's checkpoint filter resamples the
-position embeddings (or relative-position tables), ``load_pretrained`` resets
-a classifier whose class count differs and adapts the first convolution to
-another number of input channels. :func:`create_timm_model` routes a *local
-file* through exactly that path (``pretrained_cfg_overlay=dict(file=...)``),
-so a file and ``pretrained=True`` behave the same, for every family.
+position embeddings (or relative-position tables), and ``load_pretrained``
+adapts the first convolution to another number of input channels.
+:func:`create_timm_model` routes a *local file* through exactly that path
+(``pretrained_cfg_overlay=dict(file=...)``), so a file and ``pretrained=True``
+behave the same, for every family an adapter wraps.
 
-It returns what was adapted (a JSON-able record), which callers log and store
-with their results; a file of another architecture is one
-:class:`~stitchkit.core.errors.CheckpointError` naming the first key that does not fit.
+timm is asked to load the weights strictly into a model with the file's own
+class count; the classifier is then reset by building the model of the target
+shape (timm's own initialisation of a new head) and moving every other tensor
+into it, comparing the two key sets. A file of another architecture is one
+:class:`~stitchkit.core.errors.CheckpointError` naming the first key that
+differs and both shapes (:func:`stitchkit.io.state_dicts.first_difference`).
+It returns what was adapted (a JSON-able record, the provenance every
+adapter keeps as ``weights_record``).
 """
 
 from __future__ import annotations
@@ -19,46 +24,14 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import re
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..core.errors import CheckpointError, ConfigError
-from ..io.files import check_regular_file
+from ..io.state_dicts import first_difference, read_state_dict, shapes
 
 log = logging.getLogger("stitchkit")
-
-#: torch's load_state_dict messages, in the order torch reports them.
-_SIZE = re.compile(r"size mismatch for ([^:]+): copying a param with shape (?:torch\.Size\()?(\[[^\]]*\])\)? from checkpoint, the shape in current model is (?:torch\.Size\()?(\[[^\]]*\])\)?")
-_MISSING = re.compile(r'Missing key\(s\) in state_dict: "([^"]+)"')
-_UNEXPECTED = re.compile(r'Unexpected key\(s\) in state_dict: "([^"]+)"')
-
-
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a weights-only torch file, read by timm.
-
-    timm's reader unwraps ``{'state_dict_ema' | 'model_ema' | 'state_dict' | 'model': ...}``
-    (EMA weights first, as timm does) and strips DDP's ``module.`` prefix; nothing is unpickled.
-    """
-    from timm.models import load_state_dict
-
-    path = pathlib.Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        state = load_state_dict(str(path), weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling refused, truncated file, not safetensors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a readable weights file ({type(exc).__name__}: {first}); "
-            "use a .safetensors file or a .pth holding only tensors (torch.save(model.state_dict(), ...))"
-        ) from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors (optionally under 'model' or 'state_dict'), found {type(state).__name__}")
-    return dict(state)
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -67,28 +40,34 @@ def _names(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _shape(t: torch.Tensor) -> list[int]:
-    return [int(s) for s in t.shape]
+def _keys(modules: tuple[str, ...]) -> set[str]:
+    return {f"{m}.{p}" for m in modules for p in ("weight", "bias")}
 
 
-def mismatch(exc: BaseException) -> str:
-    """The first key torch could not load, with both shapes, from its ``load_state_dict`` error."""
-    text = str(exc)
-    m = _SIZE.search(text)
-    if m:
-        return f"{m.group(1)} is {m.group(2)} in the file but {m.group(3)} in the model"
-    m = _MISSING.search(text)
-    if m:
-        return f"{m.group(1)} is missing from the file"
-    m = _UNEXPECTED.search(text)
-    if m:
-        return f"{m.group(1)} is in the file but not in the model"
-    lines = text.strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+def _create(name: str, kind: type | None, family: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` refused with a ConfigError when it cannot build ``name`` as a ``kind`` network."""
+    import timm
+
+    try:
+        try:
+            model = timm.create_model(name, **kwargs)
+        except TypeError:
+            if "weight_init" not in kwargs:  # a family without that option: it is not ``kind``, said below
+                raise
+            model = timm.create_model(name, **{k: v for k, v in kwargs.items() if k != "weight_init"})
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        if kwargs.get("pretrained") and not isinstance(exc, TypeError):
+            raise  # a load failure: the caller names the key
+        raise ConfigError(f"timm could not create {name!r}{f' for the {family} adapter' if family else ''}: {exc}") from exc
+    if kind is not None and not isinstance(model, kind):
+        raise ConfigError(f"timm model {name!r} is a {type(model).__name__}, not a {kind.__name__}: the {family} adapter cannot take it")
+    return model
 
 
 def create_timm_model(
     name: str,
+    kind: type | None = None,
+    family: str = "",
     *,
     pretrained: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -96,7 +75,8 @@ def create_timm_model(
 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """``timm.create_model(name, **kwargs)`` with timm's weights (``pretrained``) or a local file.
 
-    ``kwargs`` carry the target shape (``num_classes``, ``img_size``, ``in_chans``, ...).
+    ``kwargs`` carry the target shape (``num_classes``, ``img_size``, ``in_chans``, ...);
+    ``kind`` (e.g. timm's ``SwinTransformer``) is the class the ``family`` adapter takes.
     A file goes through timm's pretrained loader, so it is adapted exactly as
     timm's own weights would be. The file's class count and input channels are
     read from its classifier and first convolution (named by the model's
@@ -113,56 +93,60 @@ def create_timm_model(
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else " (timm.list_models() lists them)"
         raise ConfigError(f"timm has no model {name!r}{hint}")
     if not checkpoint and not pretrained:
-        return timm.create_model(name, **kwargs), None
+        return _create(name, kind, family, **kwargs), None
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except Exception:  # noqa: BLE001 - e.g. an "hf-hub:" name: timm resolves its cfg while creating
         cfg = None
     cfg_dict: dict[str, Any] = cfg.to_dict() if cfg is not None else {}
+    classifier, first_conv = _names(cfg_dict.get("classifier")), _names(cfg_dict.get("first_conv"))
     src_classes = int(cfg_dict.get("num_classes") or 1000)
     src_input = tuple(cfg_dict.get("input_size") or (3, 224, 224))
     record: dict[str, Any] = {"timm_name": name, "source": "timm" if not checkpoint else "file"}
     overlay: dict[str, Any] = {}
-    shapes: dict[str, list[int]] | None = None  # the file's tensor shapes (timm reads the tensors itself)
+    file: dict[str, list[int]] | None = None  # the file's tensor shapes (timm reads the tensors itself)
     if checkpoint:
         path = pathlib.Path(checkpoint).expanduser()
-        state = read_state_dict(path)
-        for key in _names(cfg_dict.get("classifier")):
-            if f"{key}.weight" in state:
-                src_classes = int(state[f"{key}.weight"].shape[0])
-                break
-        else:
-            if cfg_dict.get("classifier"):
-                src_classes = 0  # headless file: timm drops the (absent) classifier
-        for key in _names(cfg_dict.get("first_conv")):
-            weight = state.get(f"{key}.weight")
-            if weight is not None and weight.ndim == 4:
-                src_input = (int(weight.shape[1]), *src_input[1:])
-                break
+        file = shapes(read_state_dict(path))
+        heads = [k for k in classifier if f"{k}.weight" in file]
+        src_classes = file[f"{heads[0]}.weight"][0] if heads else (0 if classifier else src_classes)  # 0: a headless file
+        conv = next((file[f"{k}.weight"] for k in first_conv if len(file.get(f"{k}.weight", ())) == 4), None)
+        if conv is not None:
+            src_input = (conv[1], *src_input[1:])
         overlay = {"file": str(path), "source": "", "num_classes": src_classes, "input_size": src_input}
         record["file"] = str(path)
-        shapes = {k: _shape(v) for k, v in state.items()}
-        del state  # before timm reads the file again: one copy of the weights in memory at a time
-    target_classes = kwargs.get("num_classes", src_classes)
-    target_chans = kwargs.get("in_chans", src_input[0])
-    wrong = (f"{overlay.get('file')}: the weights are not those of timm's {name!r} (", "); set timm_name to the architecture the file was saved from")
-    with _TimmLoadReport() as report:
-        try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay or None, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - torch's size mismatch, or a family's checkpoint filter failing on foreign keys
-            if shapes is None:
-                raise
-            raise CheckpointError(f"{wrong[0]}{mismatch(exc)}{wrong[1]}") from None
-    # timm loads non-strictly once it has dropped a classifier: only the classifier may be missing.
-    heads = {f"{c}.{p}" for c in _names(cfg_dict.get("classifier")) for p in ("weight", "bias")}
-    missing = [k for k in report.missing if k not in heads]
-    if shapes is not None and (report.unexpected or missing):
-        first = f"{report.unexpected[0]} is in the file but not in the model" if report.unexpected else f"{missing[0]} is missing from the file"
-        raise CheckpointError(f"{wrong[0]}{first}{wrong[1]}")
+    target_classes = int(kwargs.get("num_classes", src_classes))
+    target_chans = int(kwargs.get("in_chans", src_input[0]))
+    where = overlay.get("file") or f"timm's {name} weights"
+
+    def wrong(problem: str) -> CheckpointError:
+        return CheckpointError(f"{where}: the weights are not those of timm's {name!r} ({problem}); "
+                               "set timm_name to the architecture the file was saved from")
+
+    # timm loads strictly into a model with the file's classes: every key must fit, or it raises
+    try:
+        model = _create(name, kind, family, pretrained=True, pretrained_cfg_overlay=overlay or None,
+                        **{**kwargs, "num_classes": src_classes})
+    except (RuntimeError, ValueError, KeyError, AssertionError) as exc:  # torch's strict load; a family filter failing on foreign keys
+        if file is None:
+            raise ConfigError(f"timm could not load its weights for {name!r}: {exc}") from exc
+        import torch
+
+        with torch.device("meta"):
+            shaped = _create(name, kind, family, **{**kwargs, "num_classes": src_classes})
+        problem = first_difference(file, shapes(shaped.state_dict()), skip=_keys(first_conv))
+        raise wrong(problem or str(exc).strip().splitlines()[0]) from None
+    if target_classes != src_classes:  # timm's classifier reset: a new head, every other tensor moved over
+        loaded = {k: v for k, v in model.state_dict().items() if k not in _keys(classifier)}
+        model = _create(name, kind, family, **kwargs)
+        missing, unexpected = model.load_state_dict(loaded, strict=False)
+        stray = [k for k in [*unexpected, *missing] if k not in _keys(classifier)]
+        if stray:
+            raise wrong(f"{stray[0]} does not carry over to a {target_classes}-class model")
     record["from"] = {"num_classes": src_classes, "in_chans": int(src_input[0])}
-    if shapes is None:  # timm's weights: their size is in the pretrained cfg (a file's is in its tensors, see "resized")
+    if file is None:  # timm's weights: their size is in the pretrained cfg (a file's is in its tensors, see "resized")
         record["from"]["img_size"] = list(src_input[1:])
-    record["to"] = {"num_classes": int(target_classes), "in_chans": int(target_chans)}
+    record["to"] = {"num_classes": target_classes, "in_chans": target_chans}
     if "img_size" in kwargs:
         record["to"]["img_size"] = kwargs["img_size"]
     adapted: list[str] = []
@@ -170,70 +154,21 @@ def create_timm_model(
         adapted.append(f"classifier reset ({src_classes} -> {target_classes} classes, new weights)")
     if target_chans != src_input[0]:
         adapted.append(f"first convolution adapted ({src_input[0]} -> {target_chans} input channels)")
-    if shapes is not None:
-        current = {k: _shape(v) for k, v in model.state_dict().items()}
-        resized = {k: (v, current[k]) for k, v in shapes.items() if k in current and v != current[k]}
+    if file is not None:
+        current = shapes(model.state_dict())
+        resized = {k: (v, current[k]) for k, v in file.items() if k in current and v != current[k]}
         record["resized"] = {k: {"file": a, "model": b} for k, (a, b) in sorted(resized.items())}
-        own = {f"{c}.{p}" for c in (*_names(cfg_dict.get("first_conv")), *_names(cfg_dict.get("classifier"))) for p in ("weight", "bias")}
+        own = _keys(first_conv) | _keys(classifier)
         adapted += [f"{k} resampled {a} -> {b}" for k, (a, b) in sorted(resized.items()) if k not in own]
     elif "img_size" in kwargs and _size(kwargs["img_size"]) != list(src_input[1:]):
         adapted.append(f"position information resampled ({src_input[1]} -> {_size(kwargs['img_size'])[0]} px)")
     record["adapted"] = adapted
-    where = record.get("file", f"timm's {name} weights")
     log.info("stitchkit: loaded %s%s", where, f"; adapted: {'; '.join(adapted)}" if adapted else " unchanged")
     return model, record
-
-
-class _TimmLoadReport:
-    """The missing / unexpected keys timm reports after loading pretrained weights non-strictly."""
-
-    _logger = logging.getLogger("timm.models._builder")
-    _KEYS = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading")
-
-    def __init__(self) -> None:
-        self.missing: list[str] = []
-        self.unexpected: list[str] = []
-        self._handler = logging.Handler()
-        self._handler.emit = self._emit  # type: ignore[method-assign]
-
-    def _emit(self, record: logging.LogRecord) -> None:
-        m = self._KEYS.match(record.getMessage())
-        if m:
-            keys = [k.strip() for k in m.group(2).split(",") if k.strip()]
-            (self.missing if m.group(1) == "Missing" else self.unexpected).extend(keys)
-
-    def __enter__(self) -> _TimmLoadReport:
-        self._saved = (self._logger.level, self._logger.propagate)
-        self._logger.setLevel(logging.INFO)
-        self._logger.propagate = False  # timm's own lines stay quiet; stitchkit logs what was adapted
-        self._logger.addHandler(self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._logger.removeHandler(self._handler)
-        self._logger.setLevel(self._saved[0])
-        self._logger.propagate = self._saved[1]
 
 
 def _size(value: Any) -> list[int]:
     return [int(value), int(value)] if isinstance(value, int) else [int(v) for v in value]
 
 
-def load_strict(model: nn.Module, path: str | os.PathLike[str], what: str) -> None:
-    """Load a file into a model built from an explicit arch (no timm name): it must fit exactly."""
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the weights do not fit {what} ({mismatch(exc)}); save the file from a model of this arch, or give its timm_name so timm adapts it") from None
-
-
-
-def load_state_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a weights-only torch file (:func:`stitchkit.families.weights.read_state_dict`)."""
-    check_regular_file(path, "checkpoint file")  # missing, a directory or a FIFO: refused before open
-
-    return read_state_dict(path)
-
-
-__all__ = ["create_timm_model", "load_state_file", "load_strict", "mismatch", "read_state_dict"]
+__all__ = ["create_timm_model"]

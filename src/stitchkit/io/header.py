@@ -662,6 +662,7 @@ class PoolHeader:
             "format": file_kind(meta),
             "format_version": meta["format_version"],
             "writer": meta.get("writer", ""),
+            "metadata_sha256": meta.get(DIGEST_KEY),
             "pool": self.desc,
             "tensors": self.index,
         }

@@ -17,11 +17,37 @@ from torch import nn
 KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
+class ToChannels:
+    """Convert a PIL image to the model's channels (``L`` for 1, ``RGB`` for 3) before timm's transform.
+
+    So a grey image file works with a 3-channel model and a colour one with a
+    1-channel model, as both occur in one folder of real images. A class, not a
+    lambda, so DataLoader worker processes can pickle it.
+    """
+
+    def __init__(self, in_chans: int) -> None:
+        self.mode = "L" if in_chans == 1 else "RGB"
+
+    def __call__(self, img: Any) -> Any:
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f"ToChannels(mode={self.mode!r})"
+
+
+def with_channels(transform: Any, in_chans: int) -> Any:
+    """``transform`` preceded by :class:`ToChannels` (timm's transforms are a ``Compose``)."""
+    from torchvision import transforms
+
+    return transforms.Compose([ToChannels(in_chans), *getattr(transform, "transforms", [transform])])
+
+
 def eval_transform(pre: Mapping[str, Any]) -> Any:
-    """timm's evaluation transform: resize to ``size / crop_pct``, centre crop, to tensor, normalise."""
+    """timm's evaluation transform (resize to ``size / crop_pct``, centre crop, to tensor, normalise), after
+    converting the image to the model's channels."""
     from timm.data import create_transform
 
-    return create_transform(
+    return with_channels(create_transform(
         tuple(pre["input_size"]),
         is_training=False,
         interpolation=pre["interpolation"],
@@ -29,7 +55,7 @@ def eval_transform(pre: Mapping[str, Any]) -> Any:
         std=tuple(pre["std"]),
         crop_pct=pre["crop_pct"],
         crop_mode=pre.get("crop_mode", "center"),
-    )
+    ), int(pre["input_size"][0]))
 
 
 def attach(model: nn.Module, data: Mapping[str, Any] | None) -> nn.Module:

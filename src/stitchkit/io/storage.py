@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..core.errors import ConfigError, FileError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
+from ..core import limits
+from ..core.errors import ConfigError, FileError, LimitError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
 from .files import atomic_write, open_regular, refuse_overwrite
 from ..pool.lowrank import merge_low_rank
 from .header import (  # noqa: F401 - re-exported: the format's constants and schemas are part of this module's API
@@ -48,6 +49,9 @@ from .header import (  # noqa: F401 - re-exported: the format's constants and sc
     PathLike,
     _FLOAT_DTYPES,
     _check_metadata,
+    _check_version,
+    _parse_json,
+    file_kind,
     _check_pool_description,
     _check_schema,
     _dumps,
@@ -629,17 +633,26 @@ def _descendant_parts(p: pathlib.Path, desc: Mapping[str, Any]) -> tuple[Path, d
 def load_exported(
     path: PathLike, registry: Any = None, *, device: str | torch.device = "cpu", verify: bool = False, mmap: bool = False
 ) -> Descendant:
-    """Load a file written by :func:`export_descendant`; no pool needed.
+    """Load a file written by :func:`export_descendant`, or an export folder (``stitchkit export --hf``); no pool needed.
 
+    A folder's ``model.safetensors`` is a descendant file, or for a single-row
+    descendant the row's plain timm weights (which timm loads too); both load here.
     The model is in eval mode and carries what inference needs: ``transform``
     (timm's evaluation transform for an image file), ``classes`` (names in label
     order), ``preprocessing`` (timm's data config, also as ``pretrained_cfg``);
     None for files exported from pools that did not record them. ``verify`` and
     ``mmap``: as in :func:`load_pool`.
     """
+    from .hub import weights_in
+
     registry = registry if registry is not None else default_registry()
-    h = _read_header(path)
+    try:
+        h = _read_header(weights_in(path))
+    except FileError as exc:
+        raise PoolFormatError(pathlib.Path(path), str(exc).removeprefix(f"{path}: ")) from None
     p = h.path
+    if file_kind(h.metadata or {}) == PLAIN_FORMAT:
+        return _load_plain(h, registry, str(device), verify, mmap)
     desc, index = _check_metadata(h, DESCENDANT_FORMAT)
     if verify:
         verify_data(p)
@@ -662,6 +675,40 @@ def load_exported(
     _check_float(p, index, state)
     _load_into(p, skeleton, _read_tensors(p, index, str(device), None, mmap))
     # ready for inference: eval mode, with the transform and class names the pool was built with
+    return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
+
+
+def _load_plain(h: _Header, registry: Any, device: str, verify: bool, mmap: bool) -> Descendant:
+    """A single-row descendant from its plain-model file: the row's own keys, mapped to the descendant's."""
+    p, meta = h.path, h.metadata or {}
+    _check_version(p, meta)
+    if verify:
+        verify_data(p)
+    desc = _parse_json(p, meta, "stitchkit_descendant", DESCENDANT_SCHEMA)
+    target, rows, _ = _descendant_parts(p, desc)
+    if not target.is_single_row:
+        raise PoolFormatError(p, f"a plain-model file must hold a single-row descendant, but its path is {target.name}")
+    (r, row), = rows.items()
+    try:
+        limits.check_row(row["depth"], row["width"], row["heads"], f"row {r}")
+        limits.check_arch(row["arch"], f"row {r}")
+    except LimitError as exc:
+        raise PoolFormatError(p, f"metadata is out of bounds: {exc}") from None
+    cls = _adapter_class(p, registry, row["adapter"], f"row {r}")
+    mapping: dict[str, str] = {}
+
+    def build_row(rr: int, kind: type, arch: dict[str, Any]) -> Any:
+        return _build_row(p, kind, arch, RowShape.from_json(dict(row)), f"row {rr}", len(h.entries))
+
+    skeleton = descendant_skeleton({r: cls}, {r: row["arch"]}, {}, target, pool_keys=mapping, build_row=build_row)
+    prefix = f"rows.{r}."
+    index = {n: {"dtype": e["dtype"], "shape": e["shape"]} for n, e in h.entries.items()}  # the file's own header
+    state = skeleton.state_dict()
+    expected = {n[len(prefix):]: state[own] for n, own in mapping.items()}  # row keys -> the rebuilt tensors
+    _match_index(p, index, {n: (None, list(t.shape)) for n, t in expected.items()}, "the row's architecture", "the file")
+    _check_float(p, index, expected)
+    tensors = _read_tensors(p, list(index), device, None, mmap)
+    _load_into(p, skeleton, {mapping[prefix + n]: t for n, t in tensors.items()})
     return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
 
 
