@@ -5,15 +5,21 @@
 Each round edits a tiny pool file's metadata (``pool`` and ``tensors``) and a
 descendant file's ``descendant`` metadata at 1-3 random places (a value
 replaced by one of ~30 hostile values: huge or negative integers, strings,
-nulls, lists, nested objects; a key deleted; a list item duplicated), then
-flips 1-4 random bytes of the header. Every reader runs on each damaged file:
+nulls, lists, nested objects; a key deleted; a list item duplicated) and gives
+the result a matching ``metadata_sha256`` (a crafted file: the checks behind
+the digest), then flips 1-4 random bytes of the header. The **metadata**
+family (issue 24) makes one-value edits that change what a descendant computes
+or labels (``stitched_final_norm``, a row's ``global_pool``, the class order,
+the preprocessing, an evaluation, ``data_sha256``) *without* fixing the
+digest, on the pool and on the descendant file: every reader must refuse them. Every reader runs on each damaged file:
 ``stitchkit info``, ``select``, ``export`` (the CLI), ``load_pool``,
 ``load_descendant``, ``load_exported``, ``read_descendant_metadata``.
 
 Outcomes: **clean** (exit 2 with one line on stderr, or a StitchkitError),
 **accepted** (the reader succeeded: the edit left the described model the
 same, e.g. ``class_token: 7`` is truthy like ``true``, or only touched
-results or labels), **traceback** (any other exception) and **hang** (over
+results or labels), **wrong** (a metadata-family edit the reader accepted),
+**traceback** (any other exception) and **hang** (over
 30 s, by SIGALRM). A correct stitchkit reports 0 tracebacks and 0 hangs.
 """
 
@@ -36,6 +42,7 @@ from typing import Any
 import torch
 
 from stitchkit.io import storage
+from stitchkit.io.header import stamp
 from stitchkit.cli.main import main
 from stitchkit.core.errors import StitchkitError
 from stitchkit.pool.pool import Pool
@@ -53,6 +60,8 @@ def tiny_pool() -> Pool:
         torch.manual_seed(width)
         rows.append(TimmViT.from_arch(dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=width, depth=2, num_heads=heads)))
     pool = Pool.from_method(SequentialMethod(), rows)
+    pool.info["data"] = {"classes": list("abcde"), "preprocessing": {
+        "input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0, "crop_mode": "center"}}
     pool.evaluation = {p.name: {"top1": 0.5} for p in pool.paths}
     return pool.eval()
 
@@ -92,6 +101,17 @@ def mutate(rnd: random.Random, doc: Any) -> None:
         node.append(copy.deepcopy(node[where[-1]]))
 
 
+#: One-value edits that change a descendant's logits or labels (issue 24), on a pool or descendant description.
+EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "stitched_final_norm": lambda d: d.update(stitched_final_norm=False),
+    "global_pool": lambda d: d["rows"][-1]["arch"].update(global_pool="avg"),
+    "class order": lambda d: d["info"]["data"]["classes"].reverse(),
+    "preprocessing": lambda d: d["info"]["data"]["preprocessing"].update(mean=[0.485, 0.456, 0.406]),
+    "evaluation": lambda d: d.update(evaluation={}),
+    "data_sha256": lambda d: None,  # the entry itself, set in main_battery
+}
+
+
 class Hang(Exception):
     pass
 
@@ -99,14 +119,14 @@ class Hang(Exception):
 def main_battery(rounds: int, seed: int) -> dict[str, int]:
     rnd = random.Random(seed)
     registry = default_registry()
-    counts = {"clean": 0, "accepted": 0, "traceback": 0, "hang": 0}
+    counts = {"clean": 0, "accepted": 0, "wrong": 0, "traceback": 0, "hang": 0}
 
     def on_alarm(*_: Any) -> None:
         raise Hang()
 
     signal.signal(signal.SIGALRM, on_alarm)
 
-    def run(what: str, fn: Callable[[], Any]) -> None:
+    def run(what: str, fn: Callable[[], Any], must_refuse: bool = False) -> None:
         err = io.StringIO()
         signal.alarm(30)
         try:
@@ -119,6 +139,9 @@ def main_battery(rounds: int, seed: int) -> dict[str, int]:
             elif isinstance(result, int) and result != 0:
                 counts["traceback"] += 1
                 print("BAD EXIT", what, text[:300])
+            elif must_refuse:
+                counts["wrong"] += 1
+                print("WRONG (accepted an edited file)", what)
             else:
                 counts["accepted"] += 1
         except StitchkitError:
@@ -144,6 +167,7 @@ def main_battery(rounds: int, seed: int) -> dict[str, int]:
                 for _ in range(rnd.randint(1, 3)):
                     mutate(rnd, doc)
                 header["__metadata__"][key] = json.dumps(doc)
+                header["__metadata__"] = stamp(header["__metadata__"])
                 f = d / f"bad-{key}.safetensors"
                 write_raw(f, header, data)
                 tag = f"round {i} {key}"
@@ -156,6 +180,27 @@ def main_battery(rounds: int, seed: int) -> dict[str, int]:
                 else:
                     run(f"load_exported {tag}", lambda: storage.load_exported(f, registry))
                     run(f"read_descendant_metadata {tag}", lambda: storage.read_descendant_metadata(f))
+            for src, key in ((pool_file, "pool"), (desc_file, "descendant")):
+                header, data = read_raw(src)
+                edit = rnd.choice(sorted(EDITS))
+                if edit == "data_sha256":
+                    header["__metadata__"]["data_sha256"] = "0" * 64
+                else:
+                    doc = json.loads(header["__metadata__"][key])
+                    EDITS[edit](doc)
+                    header["__metadata__"][key] = json.dumps(doc)
+                f = d / f"edited-{key}.safetensors"
+                write_raw(f, header, data)
+                tag = f"round {i} metadata {key} {edit}"
+                if src == pool_file:
+                    run(f"info --verify {tag}", lambda: main(["info", str(f), "--verify"]), True)
+                    run(f"select {tag}", lambda: main(["select", str(f), "--max-params", "100000000"]), True)
+                    run(f"export {tag}", lambda: main(["export", str(f), "1", "-o", str(out)]), True)
+                    run(f"load_pool {tag}", lambda: storage.load_pool(f, registry), True)
+                    run(f"load_descendant {tag}", lambda: storage.load_descendant(f, 1, registry), True)
+                else:
+                    run(f"load_exported {tag}", lambda: storage.load_exported(f, registry), True)
+                    run(f"read_descendant_metadata {tag}", lambda: storage.read_descendant_metadata(f), True)
             raw = bytearray(pool_file.read_bytes())
             (n,) = struct.unpack("<Q", raw[:8])
             for _ in range(rnd.randint(1, 4)):

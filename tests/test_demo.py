@@ -42,6 +42,9 @@ def test_every_output_exists_and_parses(demo):
     for key in POOLS:
         meta = storage.read_pool_metadata(out / f"{key}.safetensors")
         assert meta["pool"]["method"] == key.removesuffix("-tm").removesuffix("-ls")
+        card = (out / f"{key}.md").read_text()  # its model card, naming the file and its metadata digest
+        assert card.startswith("---\nlibrary_name: stitchkit\n") and f"# {key}.safetensors" in card
+        assert meta["metadata_sha256"] in card
         assert len(meta["pool"]["evaluation"]) == len(meta["pool"]["paths"])  # every descendant evaluated
     inits = {k: storage.read_pool_metadata(out / f"{k}.safetensors")["pool"]["info"]["learngene"]["initializer"]
              for k in ("learngene-pool-tm", "learngene-pool-ls")}

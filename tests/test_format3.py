@@ -303,3 +303,17 @@ def test_a_pool_whose_rows_cannot_be_built_fails_info_verify_and_select(files, t
     assert "verified: every row builds from its arch" in capsys.readouterr().out
     assert main(["select", str(good), "--max-params", "10000000", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == pool.paths[-1].name
+
+
+def test_unusable_preprocessing_in_a_crafted_file_is_a_pool_format_error(files, tmp_path, registry):
+    """A digest-valid descendant whose info.data timm cannot use: one error naming the file (hostile battery, round 17)."""
+    bad = edited(files["descendant"], tmp_path / "bad.safetensors", "descendant",
+                 lambda d: d["info"]["data"]["preprocessing"].update(mean=3), restamp=True)
+    with pytest.raises(PoolFormatError, match=r"bad.safetensors: metadata info.data \(preprocessing, classes\) cannot be used"):
+        load_exported(bad, registry)
+    bad = edited(files["pool"], tmp_path / "bad-pool.safetensors", "pool", lambda d: d["info"]["data"].update(classes=5), restamp=True)
+    from stitchkit.apps.hub import export_hf
+
+    with pytest.raises(PoolFormatError, match="info.data must hold"):
+        export_hf(bad, 0, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-pool.safetensors", "bad.safetensors"]

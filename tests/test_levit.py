@@ -251,3 +251,56 @@ def test_ls_fits_levit_stitches_per_token_where_the_official_code_does():
         assert isinstance(layer, nn.Linear)
         torch.testing.assert_close(layer.weight.double(), sol[:-1].T, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(layer.bias.double(), sol[-1], rtol=1e-4, atol=1e-5)
+
+
+def _levit_file(path, **kwargs) -> dict[str, torch.Tensor]:
+    """A levit_128s state dict with random weights (attention biases too), saved as a safetensors file."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", **kwargs)
+    for name, p in model.named_parameters():
+        if name.endswith("attention_biases"):
+            nn.init.normal_(p)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    return state
+
+
+def test_an_imagenet_levit_file_starts_a_32px_10_class_grey_levit(tmp_path):
+    """224 px, 1000 classes, RGB -> 32 px, 10 classes, grey: timm resets the classifiers and adapts the first
+    convolution; the adapter crops each attention-bias table to the offsets the smaller grid has."""
+    file = _levit_file(tmp_path / "levit.safetensors")
+    a = TimmLeViT.from_name("levit_128s", checkpoint=tmp_path / "levit.safetensors", num_classes=10, in_chans=1, img_size=32)
+    assert (a.num_classes, a.input_size) == (10, (1, 32, 32))
+    got = a.model.state_dict()
+    # token grids at 224 px: 14, 7, 4 (stem stride 16, then halved rounding up); at 32 px: 2, 1, 1. A downsampling
+    # attention's keys are on the grid of the stage before it.
+    grids = {"stages.0.blocks.": (14, 2), "stages.1.downsample.": (14, 2), "stages.1.blocks.": (7, 1),
+             "stages.2.downsample.": (7, 1), "stages.2.blocks.": (4, 1)}
+    tables = [k for k in file if k.endswith("attention_biases")]
+    assert len(tables) == 2 + 3 + 4 + 2
+    for key in tables:
+        (old, new), = [g for prefix, g in grids.items() if key.startswith(prefix)]
+        heads = file[key].shape[0]
+        assert torch.equal(got[key], file[key].reshape(heads, old, old)[:, :new, :new].reshape(heads, new * new)), key
+    own = {"stem.conv1.linear.weight", *(f"{h}.linear.{p}" for h in ("head", "head_dist") for p in ("weight", "bias"))}
+    kept = [k for k in file if k not in own and k not in tables]
+    assert all(torch.equal(got[k], file[k]) for k in kept)
+    assert got["stem.conv1.linear.weight"].shape == (16, 1, 3, 3) and got["head.linear.weight"].shape == (10, 384)
+    record = a.weights_record
+    assert record["from"]["img_size"] == [224, 224] and record["to"]["img_size"] == [32, 32]
+    assert record["resized"]["stages.0.blocks.0.attn.attention_biases"] == {"file": [4, 196], "model": [4, 4]}
+    assert "attention biases fitted to the new token grids by offset (11 tables, stage 0: 14x14 -> 2x2)" in record["adapted"]
+    with torch.no_grad():
+        assert a.model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_a_larger_grid_gives_new_offsets_the_farthest_trained_bias(tmp_path):
+    file = _levit_file(tmp_path / "small.safetensors", img_size=32, num_classes=10)
+    a = TimmLeViT.from_name("levit_128s", checkpoint=tmp_path / "small.safetensors", num_classes=10, img_size=64)
+    old = file["stages.0.blocks.0.attn.attention_biases"].reshape(4, 2, 2)
+    new = a.model.state_dict()["stages.0.blocks.0.attn.attention_biases"].reshape(4, 4, 4)
+    assert torch.equal(new[:, :2, :2], old)  # the offsets both grids have keep their biases
+    assert torch.equal(new[:, 3, 3], old[:, 1, 1]) and torch.equal(new[:, 0, 3], old[:, 0, 1])  # edge padding
+    assert a.weights_record["from"]["img_size"] == [32, 32]

@@ -118,8 +118,9 @@ class _TransformedMSE(DistillationLoss):
     @classmethod
     @override
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> _TransformedMSE:  # noqa: ANN003
-        """The loss between networks of these shapes, on the paper's default levels."""
-        return cls.for_models(teacher, student)
+        """The loss between networks of these shapes, on the paper's default levels, on features of
+        ``context["layout"]`` (default ``tokens``)."""
+        return cls.for_models(teacher, student, layout=context.get("layout", "tokens"))
 
     @classmethod
     @override
@@ -253,8 +254,10 @@ class LearngeneDistillation(DistillationLoss):
     @classmethod
     @override
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> LearngeneDistillation:  # noqa: ANN003
-        """All three terms between networks of these shapes."""
-        return cls(teacher, student)
+        """All three terms between networks of these shapes (no attention term between networks without
+        attention), on features of ``context["layout"]`` (default ``tokens``)."""
+        terms = cls.TERMS if teacher.heads and student.heads else tuple(t for t in cls.TERMS if t != "attention")
+        return cls(teacher, student, terms=terms, layout=context.get("layout", "tokens"))
 
     @property
     def pairs(self) -> list[tuple[int, int]]:

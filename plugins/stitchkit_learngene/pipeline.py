@@ -49,7 +49,8 @@ from stitchkit.core.errors import ConfigError
 from stitchkit.core.spec import parse_rows
 from stitchkit.core.interfaces import AncestryAdapter, DistillationLoss, InitContext
 from stitchkit.pool.measure import count_macs
-from stitchkit.pool.pool import Pool
+from stitchkit.pool.metainit import meta_skeleton
+from stitchkit.pool.pool import Pool, check_stitchable
 from stitchkit.io.storage import save_pool
 
 from .config import LearngeneConfig
@@ -197,6 +198,8 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     parts = components(lg, registry)
     design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
+    with meta_skeleton():  # the rows on the meta device: stitchable (one input, joinable boundaries) before any distillation
+        check_stitchable(LearngenePoolMethod(paths=lg.paths), [type(ancestry).from_arch(ancestry.resized(s)) for s in shapes])
     train = lg.train_config(base, "distill")
     adapters: list[AncestryAdapter] = []
     extras: dict[str, torch.Tensor] = {}

@@ -15,6 +15,7 @@ from typing import Any
 
 from stitchkit.core.errors import ConfigError, StitchkitError
 from stitchkit.core.interfaces import AncestryAdapter
+from stitchkit.pool.pool import check_stitchable
 
 from .config import AnchorConfig, SNNetConfig
 from .configurations import check_anchors
@@ -52,6 +53,7 @@ def obtain_anchors(
     configs = cfg.anchor_configs()
     anchors = [create_anchor(i, anchor, data.spec, base.seed) for i, anchor in enumerate(configs)]
     check_anchors([a.shape for a in anchors])  # before any training, not after hours of it
+    check_stitchable(cfg.method(), anchors)  # one input, and every boundary a stitch joins can be joined
     for i, (anchor, adapter) in enumerate(zip(configs, anchors)):
         if anchor.train:
             identity = {"data": config.get("data", {}), "anchor": dataclasses.asdict(anchor)}

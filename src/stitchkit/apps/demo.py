@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .cards import write_pool_card
 from .compare import blocks_key, collect, compare_by_blocks, find_best, format_finding, markdown_report, plot_accuracy
 from ..engine.config import section
 from ..engine.settings import load_config, resolve
@@ -406,6 +407,7 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
         for key, path in zip(job.configs, paths):
             pools[key] = out / f"{key}.safetensors"
             copy_atomic(path, pools[key])
+            write_pool_card(pools[key])  # its model card beside it, as `stitchkit build` writes
         inits = " and ".join(c.get("learngene", c.get("snnet", {})).get("initializer", "").upper() for c in job.configs.values())
         if job.method == "snnet":
             what = f"train anchors, {inits} init, fine-tune, evaluate"

@@ -18,7 +18,7 @@ import shutil
 import uuid
 from typing import Any
 
-from ..core.errors import FileError
+from ..core.errors import FileError, PoolFormatError
 from ..core.spec import Path
 from ..io import hub, storage
 from ..io.files import refuse_overwrite
@@ -39,6 +39,16 @@ def _replaceable(out: pathlib.Path) -> None:
     if foreign:
         raise FileError(f"{out}: the folder holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, "
                         f"not only an earlier export ({', '.join(hub.FOLDER_FILES)}); give a new or empty folder")
+
+
+def _usable_data(p: pathlib.Path, data: Any) -> dict[str, Any]:
+    """The pool's ``info.data``, if its preprocessing and classes have the types timm's config needs."""
+    pre, classes = (data.get("preprocessing"), data.get("classes")) if isinstance(data, dict) else (None, None)
+    ok = isinstance(data, dict) and (pre is None or isinstance(pre, dict)) and (
+        classes is None or isinstance(classes, list) and all(isinstance(c, str) for c in classes))
+    if not ok:
+        raise PoolFormatError(p, "metadata info.data must hold a preprocessing object and a list of class names")
+    return data
 
 
 def _sizes(pool_or_path: Pool | os.PathLike[str] | str, index: int) -> tuple[int | None, int | None]:
@@ -85,7 +95,7 @@ def export_hf(pool_or_path: Pool | os.PathLike[str] | str, key: Path | int | str
         meta = h.metadata or {}
         kind = file_kind(meta)
         desc = json.loads(meta["stitchkit_descendant"] if kind == PLAIN_FORMAT else meta["descendant"])
-        data = (desc.get("info") or {}).get("data") or {}
+        data = _usable_data(weights, (desc.get("info") or {}).get("data") or {})
         params, macs = _sizes(pool_or_path, index)
         provenance = {"kind": kind, "descendant": desc["name"], "path": desc["path"], "method": desc["method"],
                       "rows": [{k: r[k] for k in ("row", "adapter", "arch")} for r in desc["rows"]],

@@ -201,7 +201,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     refuse_overwrite(args.output, [args.pool], "-o output")
     if args.timm:
         arch = storage.export_timm_state_dict(args.pool, args.descendant, args.output)
-        wrote = f"wrote {args.output}: plain timm VisionTransformer state dict (arch {json.dumps(arch)})"
+        family, network = storage.plain_row_family(args.output)
+        wrote = f"wrote {args.output}: the {family} row's own network ({network}) as a plain state dict (arch {json.dumps(arch)})"
     else:
         storage.export_descendant(args.pool, args.descendant, args.output)
         wrote = f"wrote {args.output}: load it with stitchkit.load_exported({str(args.output)!r})"

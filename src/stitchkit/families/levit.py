@@ -24,6 +24,7 @@ network on ``(B, C, H, W)`` maps) is refused with a message.
 
 from __future__ import annotations
 
+import math
 import pathlib
 import types
 from collections.abc import Mapping
@@ -36,9 +37,10 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.spec import FeatureSignature, RowShape
+from ..io.state_dicts import read_state_dict
 from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, restore_timm_buffers, stage_blocks, stage_of,
+    StagedAdapter, StageEntry, check_kwargs, planning_size, restore_timm_buffers, stage_blocks, stage_of,
 )
 
 _ARCH_KEYS = {
@@ -148,8 +150,30 @@ class TimmLeViT(StagedAdapter):
 
     @classmethod
     def from_name(cls, name: str, *, pretrained: bool = False, checkpoint: str | pathlib.Path | None = None, **kwargs: Any) -> TimmLeViT:
-        """A registered timm LeViT (``pretrained`` downloads timm's weights; ``checkpoint`` loads a local file)."""
-        model, record = create_timm_model(name, Levit, "timm-levit", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        """A registered timm LeViT (``pretrained`` downloads timm's weights; ``checkpoint`` loads a local file).
+
+        Weights saved at another image size (ImageNet's 224 px for 32 px digits) are loaded at their own
+        size, then their attention-bias tables are fitted to the new grids (:func:`_fit_attention_biases`):
+        timm's LeViT loader has no such step, and the tables' sizes follow the token grid.
+        """
+        target: Any = kwargs.get("img_size")
+        source = _weights_img_size(name, pretrained, checkpoint) if target is not None else None
+        if source is None or list(planning_size(source)) == list(planning_size(target)):
+            model, record = create_timm_model(name, Levit, "timm-levit", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        else:
+            loaded, record = create_timm_model(
+                name, Levit, "timm-levit", pretrained=pretrained, checkpoint=checkpoint, **{**kwargs, "img_size": source}
+            )
+            model, _ = create_timm_model(name, Levit, "timm-levit", **kwargs)
+            assert record is not None  # weights were loaded
+            record["adapted"].append(_fit_attention_biases(loaded, model))
+            before, after = loaded.state_dict(), model.state_dict()
+            record.setdefault("resized", {}).update(
+                {k: {"file": list(v.shape), "model": list(after[k].shape)} for k, v in before.items()
+                 if k.endswith("attention_biases") and v.shape != after[k].shape}
+            )
+            record.setdefault("from", {})["img_size"] = list(planning_size(source))
+            record.setdefault("to", {})["img_size"] = list(planning_size(target))
         adapter = cls(model)
         adapter.weights_record = record
         adapter.timm_name = name
@@ -265,6 +289,56 @@ class TimmLeViT(StagedAdapter):
         return {
             m: _attention_macs for m in self.model.modules() if isinstance(m, (LevitAttention, AttentionDownsample))
         }
+
+
+def _weights_img_size(name: str, pretrained: bool, checkpoint: str | pathlib.Path | None) -> tuple[int, int] | None:
+    """The image size the starting weights were saved at: a file's, from its first attention-bias table (a
+    square grid of whole stem patches); timm's, from its pretrained config. ``None``: no weights, or unknown."""
+    if checkpoint is None:
+        if not pretrained:
+            return None
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        size = ((cfg.to_dict().get("input_size") if cfg is not None else None) or (3, 224, 224))[1:]
+        return (int(size[0]), int(size[1]))
+    import timm
+
+    with torch.device("meta"):
+        stem: Any = timm.create_model(name).stem
+    stride = int(stem.stride)
+    table = read_state_dict(checkpoint).get("stages.0.blocks.0.attn.attention_biases")
+    if table is None or table.dim() != 2:
+        return None  # not a LeViT file: create_timm_model names the first key that differs
+    side = math.isqrt(int(table.shape[1]))
+    return (side * stride, side * stride) if side * side == int(table.shape[1]) else None
+
+
+def _fit_attention_biases(loaded: nn.Module, model: nn.Module) -> str:
+    """Move ``loaded``'s weights into ``model`` (the same LeViT on another grid), fitting each attention-bias
+    table to its new grid by relative offset: a table holds one bias per (|dy|, |dx|) offset in key tokens,
+    and a token covers the same pixels at any image size, so the offsets a smaller grid has keep their
+    biases (the table is cropped) and the offsets only a larger grid has take the bias of the farthest
+    trained one (edge padding). Returns the line for the weights record."""
+    state = loaded.state_dict()
+    fitted = []
+    for key, table in list(state.items()):
+        if not key.endswith("attention_biases"):
+            continue
+        old: Any = loaded.get_submodule(key.rsplit(".", 1)[0]).resolution
+        new: Any = model.get_submodule(key.rsplit(".", 1)[0]).resolution
+        if tuple(old) == tuple(new):
+            continue
+        grid = table.reshape(1, table.shape[0], int(old[0]), int(old[1]))[:, :, : int(new[0]), : int(new[1])]
+        pad = (0, max(0, int(new[1]) - grid.shape[3]), 0, max(0, int(new[0]) - grid.shape[2]))
+        if any(pad):
+            grid = nn.functional.pad(grid, pad, mode="replicate")
+        state[key] = grid.reshape(table.shape[0], -1).contiguous()
+        fitted.append((tuple(old), tuple(new)))
+    model.load_state_dict(state, strict=True)
+    first = fitted[0] if fitted else ((0, 0), (0, 0))
+    return (f"attention biases fitted to the new token grids by offset ({len(fitted)} tables, "
+            f"stage 0: {first[0][0]}x{first[0][1]} -> {first[1][0]}x{first[1][1]})")
 
 
 def _current_attention_biases(self: Any, device: torch.device) -> torch.Tensor:

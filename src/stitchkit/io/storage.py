@@ -675,7 +675,17 @@ def load_exported(
     _check_float(p, index, state)
     _load_into(p, skeleton, _read_tensors(p, index, str(device), None, mmap))
     # ready for inference: eval mode, with the transform and class names the pool was built with
-    return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
+    return _attach(p, skeleton.eval(), (desc.get("info") or {}).get("data"))
+
+
+def _attach(p: pathlib.Path, model: Descendant, data: Any) -> Descendant:
+    """:func:`~stitchkit.io.preprocessing.attach` the file's ``info.data``; a value timm cannot use is the file's fault."""
+    try:
+        return attach(model, data)  # type: ignore[return-value]
+    except Exception as exc:  # noqa: BLE001 - file-supplied preprocessing and classes, as in _build_row
+        raise PoolFormatError(
+            p, f"metadata info.data (preprocessing, classes) cannot be used: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _load_plain(h: _Header, registry: Any, device: str, verify: bool, mmap: bool) -> Descendant:
@@ -709,7 +719,7 @@ def _load_plain(h: _Header, registry: Any, device: str, verify: bool, mmap: bool
     _check_float(p, index, expected)
     tensors = _read_tensors(p, list(index), device, None, mmap)
     _load_into(p, skeleton, {mapping[prefix + n]: t for n, t in tensors.items()})
-    return attach(skeleton.eval(), (desc.get("info") or {}).get("data"))  # type: ignore[return-value]
+    return _attach(p, skeleton.eval(), (desc.get("info") or {}).get("data"))
 
 
 def export_timm_state_dict(
@@ -752,3 +762,44 @@ def export_timm_state_dict(
     metadata = {KIND_KEY: PLAIN_FORMAT, "format_version": FORMAT_VERSION, "writer": _writer(), **extra}
     _save(out, prepared, metadata)
     return dict(row["arch"])
+
+
+def load_plain_row(path: PathLike, registry: Any = None) -> Any:
+    """A ``--timm`` export rebuilt as its row's own network (a timm ``VisionTransformer``, ``SwinTransformer``,
+    ``ResNet``, ...) through the adapter recorded in the file (``stitchkit_adapter``, ``stitchkit_arch``),
+    its weights loaded strictly; returns the adapter (``.model`` is the network, ``.name`` its family)."""
+    import json
+
+    from .state_dicts import load_strict
+
+    registry = registry if registry is not None else default_registry()
+    h = _read_header(path)
+    p, meta = h.path, h.metadata or {}
+    if "stitchkit_arch" not in meta:
+        raise PoolFormatError(p, "not a stitchkit --timm export (no stitchkit_arch metadata); write one with 'stitchkit export POOL D --timm'")
+    name = meta.get("stitchkit_adapter", "timm-vit")  # the first --timm exports were all ViTs
+    cls: Any = _adapter_class(p, registry, name, "the row")
+    try:
+        arch = json.loads(meta["stitchkit_arch"])
+        limits.check_arch(arch, "the row")
+    except (json.JSONDecodeError, LimitError) as exc:
+        raise PoolFormatError(p, f"stitchkit_arch is not a usable arch: {exc}") from None
+    _build_row(p, cls, arch, None, "the row", len(h.entries))  # bounded on the meta device before a real build
+    adapter = cls.from_arch(arch)
+    load_strict(adapter.model, p, f"the {name} row its metadata describes")
+    return adapter
+
+
+def plain_row_family(path: PathLike, registry: Any = None) -> tuple[str, str]:
+    """The adapter a ``--timm`` export records and its network's class, e.g. ``("timm-swin",
+    "timm SwinTransformer")``, found by building the row on the meta device (no weights read)."""
+    import json
+
+    registry = registry if registry is not None else default_registry()
+    h = _read_header(path)
+    meta = h.metadata or {}
+    name = meta.get("stitchkit_adapter", "timm-vit")
+    adapter = _build_row(h.path, _adapter_class(h.path, registry, name, "the row"), json.loads(meta.get("stitchkit_arch", "{}")),
+                         None, "the row", len(h.entries))
+    kind = type(adapter.model)
+    return name, f"{kind.__module__.split('.')[0]} {kind.__name__}"

@@ -90,6 +90,7 @@ class Pool(nn.Module):
         depths = [a.shape.depth for a in rows]
         for p in paths:
             p.validate(depths, self.stitch_specs)
+        check_inputs(self.adapters)
         self.stitch_specs = _fit_signatures(self.adapters, self.stitch_specs, paths)
         self.stitches = nn.ModuleDict({n: make_stitch(s) for n, s in self.stitch_specs.items()})
         self.paths = list(paths)
@@ -263,6 +264,34 @@ class Pool(nn.Module):
         }
 
 
+def check_inputs(rows: Sequence[AncestryAdapter]) -> None:
+    """Every row must take the same image: a descendant runs its first row's stem, and one pool has one input."""
+    sizes = [tuple(a.input_size) for a in rows]
+    for r, size in enumerate(sizes[1:], 1):
+        if size != sizes[0]:
+            what = "channels" if size[0] != sizes[0][0] else "image size"
+            raise ConfigError(
+                f"rows 0 and {r} take different inputs (channels, height, width): {sizes[0]} and {size}; "
+                f"descendants starting in either row would need different images ({what} differ), so they cannot "
+                "share a pool: give every row the same img_size and in_chans"
+            )
+
+
+def check_stitchable(method: Method, rows: Sequence[AncestryAdapter]) -> None:
+    """Refuse rows ``method`` cannot stitch, naming the failing boundary, before anything trains.
+
+    The same checks :class:`Pool` makes when it is built (one input for every
+    row; at every boundary a stitch layer joins, a layout it can join and the
+    same token count or grid), run on the rows alone: builds call it on their
+    anchors or rows before the first training phase, ``stitchkit plan`` on its
+    meta-device rows.
+    """
+    check_inputs(rows)
+    shapes = [a.shape for a in rows]
+    stitches = method.stitches(shapes)
+    _fit_signatures(rows, {s.name: s for s in stitches}, method.paths(shapes, stitches))
+
+
 def _fit_signatures(
     adapters: Sequence[AncestryAdapter], specs: Mapping[str, StitchSpec], paths: Sequence[Path]
 ) -> dict[str, StitchSpec]:
@@ -278,7 +307,9 @@ def _fit_signatures(
             a, b = p.segments[i], p.segments[i + 1]
             front = adapters[a.row].signatures()[a.stop]
             end = adapters[b.row].signatures()[b.start]
-            uses[name].append((front, end, f"in path {p.name}"))
+            where = (f"after block {a.stop - 1} of row {a.row} ({adapters[a.row].name} {adapters[a.row].shape}), "
+                     f"before block {b.start} of row {b.row} ({adapters[b.row].name} {adapters[b.row].shape}), in path {p.name}")
+            uses[name].append((front, end, where))
     out: dict[str, StitchSpec] = {}
     for name, s in specs.items():
         for end_row in (s.src, s.dst):
@@ -293,7 +324,10 @@ def _fit_signatures(
                         f"stitch layer {name!r} expects width {want} at row {row}, which has "
                         f"{sig.channels} channels there ({sig}) {where}"
                     )
-            got = stitch_layouts(name, front, end)
+            try:
+                got = stitch_layouts(name, front, end)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (the boundary {where})") from None
             if layouts is not None and got != layouts:
                 raise ConfigError(f"stitch layer {name!r} joins {layouts} layouts at one place and {got} at another")
             layouts = got
