@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from stitchkit.core.errors import ConfigError
-from test_learngene_build import _config, ancestry_file, data, registry  # noqa: F401 - fixtures
+from test_learngene_build import _config, ancestry_file, data  # noqa: F401 - fixtures (registry: conftest)
 
 
 def _pools_equal(a, b):
