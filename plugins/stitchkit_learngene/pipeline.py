@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import logging
 import json
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ from stitchkit.engine.data import Data, derive_seed, seeded
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.spec import parse_rows
 from stitchkit.core.interfaces import AncestryAdapter, DistillationLoss, InitContext
+from stitchkit.pool.lowrank import check_rank
 from stitchkit.pool.measure import count_macs
 from stitchkit.pool.metainit import meta_skeleton
 from stitchkit.pool.pool import Pool, check_stitchable
@@ -56,7 +58,7 @@ from stitchkit.io.storage import save_pool
 from .config import LearngeneConfig
 from .distill import AuxiliaryDistillationTask
 from .extras import store_matrices
-from .losses import AttentionLoss, BlockLoss, LearngeneDistillation
+from .losses import REDUCTIONS, AttentionLoss, BlockLoss, LearngeneDistillation
 from .method import LearngenePoolMethod
 
 
@@ -72,7 +74,16 @@ def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str,
     base = TrainConfig.from_config(config)
     for phase in ("ancestry", "distill", "finetune"):
         lg.train_config(base, phase)
+    rows = parts["design"]["options"].get("rows")
+    if lg.design == "pool" and lg.stitch_rank and isinstance(rows, str):  # the rows' stitch layers are known before any data
+        check_stitch_rank(lg, sorted(parse_rows(rows), key=lambda s: s.width))
     return config, lg, method, parts
+
+
+def check_stitch_rank(lg: LearngeneConfig, shapes: list[Any]) -> None:
+    """``learngene.stitch_rank`` against the stitch layers of rows ``shapes`` (at most the smaller width; a note at it)."""
+    for note in check_rank(lg.stitch_rank, LearngenePoolMethod(paths=lg.paths).stitches(shapes), "learngene.stitch_rank"):
+        logging.getLogger("stitchkit").warning(note)
 
 
 def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
@@ -160,6 +171,13 @@ def components(lg: LearngeneConfig, registry) -> dict[str, dict[str, Any]]:  # n
         "initializer": (lg.initializer, dict(lg.initializer_args)),
         "sampler": (lg.sampler, dict(lg.sampler_args)),
     }
+    if "layout" in lg.loss_args:  # distil_rows passes the ancestry adapter's feature_layout: a value here would be ignored
+        raise ConfigError(
+            f"learngene.loss_args.layout = {lg.loss_args['layout']!r}: the layout is the ancestry adapter's feature layout "
+            "(tokens, nhwc or map) and is set from it; remove the key"
+        )
+    if lg.loss_args.get("reduction", lg.prediction_reduction) not in REDUCTIONS and lg.loss in ("learngene", "prediction"):
+        raise ConfigError(f"learngene.loss_args.reduction must be one of {', '.join(REDUCTIONS)}, got {lg.loss_args['reduction']!r}")
     for kind, (name, options) in chosen.items():
         registry.check(kind, name, options, where=f"learngene.{kind}_args")
     for name in lg.compare_initializers:
@@ -198,6 +216,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     parts = components(lg, registry)
     design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
+    check_stitch_rank(lg, shapes)  # before the first row is distilled
     with meta_skeleton():  # the rows on the meta device: stitchable (one input, joinable boundaries) before any distillation
         check_stitchable(LearngenePoolMethod(paths=lg.paths), [type(ancestry).from_arch(ancestry.resized(s)) for s in shapes])
     train = lg.train_config(base, "distill")
