@@ -1,7 +1,8 @@
-"""``stitchkit demo``: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage, on real digits, on a CPU.
+"""``stitchkit demo``: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage, on real images, on a CPU.
 
 One run trains a small 12-block ancestry on scikit-learn's handwritten
-digits, builds a Learngene Pool from it (two distilled 6-block rows, width
+digits (``--data fashion-mnist``: on a subset of Fashion-MNIST, tested on its
+official 10,000 test images), builds a Learngene Pool from it (two distilled 6-block rows, width
 ratio 4) and fine-tunes it twice from the same distilled rows, once per stitch
 initializer (TM, the paper's, and LS), next to an SN-Net of two anchors with
 the same shapes trained from scratch (so every pool stores exactly the same
@@ -36,6 +37,8 @@ import torch
 from .cards import write_pool_card
 from .compare import blocks_key, collect, compare_by_blocks, find_best, format_finding, markdown_report, plot_accuracy
 from ..engine.config import section
+from ..engine.idx import BASELINES
+from ..engine.model import model_info
 from ..engine.settings import load_config, resolve
 from ..engine.standalone import train_model
 from ..core.errors import ConfigError, StitchkitError
@@ -108,8 +111,48 @@ class Job:
     after: tuple[str, ...] = ()
 
 
-def default_config_path() -> pathlib.Path:
-    return pathlib.Path(str(resources.files("stitchkit") / "configs" / "demo.toml"))
+#: ``stitchkit demo --data NAME``: the shipped config of each data set.
+DATA_CONFIGS = {"digits": "demo.toml", "fashion-mnist": "demo-fashion-mnist.toml"}
+
+
+def default_config_path(data: str = "digits") -> pathlib.Path:
+    if data not in DATA_CONFIGS:
+        raise ConfigError(f"--data {data!r}: the demo ships configs for {', '.join(DATA_CONFIGS)}; use one, or --config FILE")
+    return pathlib.Path(str(resources.files("stitchkit") / "configs" / DATA_CONFIGS[data]))
+
+
+def data_name(source: str) -> str:
+    return {"digits": "Digits", "fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}.get(source, source)
+
+
+def describe_data(raw: Mapping[str, Any], ancestry_info: Mapping[str, Any]) -> str:
+    """What the run trained and tested on, from the splits the ancestry's model file recorded."""
+    data = raw["data"]
+    splits = (ancestry_info.get("data") or {}).get("splits") or {}
+    size = f"{data['img_size']}x{data['img_size']}"
+
+    def count(split: str) -> str:
+        rec = splits.get(split) or {}
+        n = f"{rec['images']:,}" if "images" in rec else "?"
+        return n + (f" (a stratified subset, seed {rec['seed']}, of {rec['subset_of']:,})" if "subset_of" in rec else "")
+
+    if data["source"] == "digits":
+        where = f"scikit-learn digits (8x8 upscaled to {size})"
+    elif data["source"] in ("fashion-mnist", "mnist"):
+        where = f"{data_name(data['source'])} (the official idx files, {size} grey)"
+    else:
+        where = f"{data['source']} ({size})"
+    return (f"Data: {where}: {count('train')} training, {count('val')} validation and {count('test')} test images "
+            f"(test: {'the official test set' if data['source'] in ('fashion-mnist', 'mnist') else 'a seeded stratified split'}); "
+            "accuracy is top-1 on the test split.")
+
+
+def trained_budget(info: Mapping[str, Any]) -> str:
+    """``1,170 steps (15 epochs of 10,000 images)``: what a model file says was trained."""
+    if "steps" not in info:
+        return "an unrecorded budget"
+    out = f"{info['steps']:,} steps"
+    return out + (f" ({info['epochs']:g} epochs of {info['train_images']:,} images)" if "epochs" in info else "")
 
 
 def expected_ranges_path() -> pathlib.Path:
@@ -364,15 +407,16 @@ def run_demo(
     overrides: Sequence[str] = (),
     *,
     config_path: str | os.PathLike[str] | None = None,
+    data: str = "digits",
     registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """Run the demo; return a summary (files written, storage, phase times)."""
+    """Run the demo on ``data`` (its shipped config, unless ``config_path``); return a summary (files written, storage, phase times)."""
     start = time.perf_counter()
     registry = registry or default_registry()
     for name in METHODS:
         registry.get("method", name)  # fail before any training if a method plugin is missing
     out = pathlib.Path(out_dir)
-    raw = load_config(config_path or default_config_path(), overrides)
+    raw = load_config(config_path or default_config_path(data), overrides)
     demo = section(raw, "demo", DemoConfig)  # validated
     for init in demo.learngene_initializers:  # unknown components or options stop here, before training
         registry.check("initializer", init, demo.learngene_initializer_args.get(init, {}),
@@ -397,7 +441,7 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
     ancestry_cfg["train"] = {**raw["train"], "epochs": demo.ancestry_epochs, **cap}
     _say("training the ancestry")
     ancestry = train_model(resolve(ancestry_cfg), out / "ancestry", name="ancestry")
-    phases.append(("train the 12-block ancestry", time.perf_counter() - t0))
+    phases.append((f"train the {raw['model']['depth']}-block ancestry", time.perf_counter() - t0))
     ancestry_cpu = time.process_time() - cpu0
 
     jobs = demo_jobs(raw, demo, ancestry, out)
@@ -417,19 +461,33 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
     storages = {k: v["storage_params"] for k, v in infos.items()}
     if len(set(storages.values())) != 1:
         raise StitchkitError(f"the demo's pools should store equal parameters, got {storages}")
-    plot = plot_accuracy(infos, out / "accuracy.png", title="Digits: accuracy of every descendant")
+    source = raw["data"]["source"]
+    baselines = BASELINES.get(source, [])
+    plot = plot_accuracy(infos, out / "accuracy.png", title=f"{data_name(source)}: accuracy of every descendant",
+                         references=[(label.split(" (")[0], top1) for label, top1 in baselines])
     expected = load_expected_ranges()
+    same_data = expected["recipe"]["data"]["source"] == source
     matches = recipe_of(raw, demo) == expected["recipe"]
     keys = list(pools)
+    ancestry_info = model_info(ancestry)
+    test = (ancestry_info.get("evaluation") or {}).get("test") or {}
+    cap_note = f", each phase capped at {demo.max_steps} steps" if demo.max_steps else ""
     notes = [
-        f"Data: scikit-learn digits (8x8 upscaled to {raw['data']['img_size']}x{raw['data']['img_size']}), "
-        "fixed seeded splits; accuracy is top-1 on the test split.",
-        f"Ancestry: {raw['model']['depth']} blocks, width {raw['model']['embed_dim']}, trained {demo.ancestry_epochs} epochs.",
+        describe_data(raw, ancestry_info),
+        f"Ancestry: {raw['model']['depth']} blocks, width {raw['model']['embed_dim']}, patch {raw['model']['patch_size']}, "
+        f"trained {trained_budget(ancestry_info)}"
+        + (f": test top-1 {test['top1']:.2f} %." if test else "."),
         f"Rows / anchors: {demo.rows}; {demo.auxiliary_epochs} epochs of distillation (Learngene Pool, once for "
-        f"every initializer) or training from scratch (SN-Net) each; {demo.finetune_epochs} fine-tuning epochs per pool.",
+        f"every initializer) or training from scratch (SN-Net) each; {demo.finetune_epochs} fine-tuning epochs per "
+        f"pool{cap_note}.",
         f"Stitch initialisation: {', '.join(i.upper() for i in demo.learngene_initializers)} (Learngene Pool, one pool "
         f"each), {demo.snnet_initializer.upper()} (SN-Net).",
         "Every pool stores exactly the same number of parameters (rows + stitch layers).",
+        *([f"Published {data_name(source)} results for reference (test top-1, from the README of Debian's "
+           "dataset-fashion-mnist package; dashed lines in the plot): "
+           + "; ".join(f"{label} {top1:g} %" for label, top1 in baselines) + "."] if baselines else []),
+        *([] if same_data else [f"No benchmark ranges over seeds exist for the demo on {data_name(source)}; the "
+                                "tables show this one run."]),
         "Each descendant against the same network trained on its own (from scratch and distilled from the "
         "ancestry, at the pool's fine-tuning epochs and at an equal share of the pool's training FLOPs) is "
         "measured by `python benchmarks/equal_compute.py` (benchmarks/RESULTS.md, \"What a pool buys\"); it is "
@@ -442,8 +500,8 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
     phases.append(("report and plot", time.perf_counter() - t0))
     total = time.perf_counter() - start
     report = markdown_report(
-        infos, title="stitchkit demo: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage",
-        phases=phases, notes=notes, plot=plot.name, intro=intro(infos, keys, expected, matches), total_seconds=total,
+        infos, title=f"stitchkit demo on {data_name(source)}: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage",
+        phases=phases, notes=notes, plot=plot.name, intro=intro(infos, keys, expected if same_data else None, matches), total_seconds=total,
     )
     write_text_atomic(out / "report.md", report)
     summary = {

@@ -26,7 +26,6 @@ from .config import section, write_bytes_atomic
 from .data import DataSpec
 
 
-
 @dataclass
 class ModelConfig:
     """The ``[model]`` section: any family by ``adapter`` and ``arch`` (the adapter's architecture) or by
