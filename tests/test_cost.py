@@ -284,3 +284,18 @@ def test_snnetv2_is_priced_through_snnet_phases() -> None:
     assert min(per_path) < finetune["trained_macs"] < max(per_path)
     assert evaluate["frozen_macs"] == sum(per_path)
     assert len(per_path) == len({d["name"] for d in result["alone"]["descendants"]}) > len(method.routes)
+
+
+def test_a_model_file_from_train_is_priced_at_its_recorded_budget(tmp_path: pathlib.Path, image_folder: pathlib.Path) -> None:
+    from stitchkit.engine.standalone import train_model
+
+    config = load_config(write(tmp_path, LEARNGENE, root=str(image_folder)))
+    model = train_model({k: config[k] for k in ("data", "model", "train")} | {"train": {**config["train"], "progress": False}},
+                        tmp_path / "anc")
+    config["learngene"]["ancestry"] = str(model)
+    result = training_cost(config)
+    (loaded,) = [p for p in result["phases"] if p["name"] == "ancestry (loaded)"]
+    # [train]: 2 epochs of floor(10 / 4) = 2 steps of batch 4: 16 images, not 300 pretraining epochs
+    assert loaded["images_seen"] == 16 and loaded["kind"] == "pretraining"
+    assert loaded["flops"] == flops(vit_macs(6, 16), 0, 16)
+    assert result["pretraining_flops"] == flops(vit_macs(6, 16), 0, 16)

@@ -20,6 +20,7 @@ from stitchkit.core.plans import Phase, TrainingPlan
 from stitchkit.apps.cost import (
     expected_step_macs,
     feature_passes_macs,
+    loaded_phase,
     meta_network,
     meta_network_file,
     network_macs,
@@ -47,8 +48,7 @@ def learngene_training_phases(
     model_cfg = ModelConfig.from_config(config)
     if lg.ancestry:
         ancestry = meta_network_file(lg.ancestry, registry)
-        first = Phase("ancestry (loaded)", f"{ancestry.shape} from {lg.ancestry}", pretrain_epochs, base.batch_size,
-                      trained_macs=network_macs(ancestry), kind="pretraining")
+        first = loaded_phase("ancestry (loaded)", lg.ancestry, ancestry, pretrain_epochs, base.batch_size)
     elif model_cfg.pretrained or model_cfg.checkpoint:
         ancestry = meta_network(spec, model_cfg)
         source = model_cfg.timm_name + (" (timm weights)" if model_cfg.pretrained else f" ({model_cfg.checkpoint})")
