@@ -29,7 +29,8 @@ from stitchkit.core.spec import Path, RowShape, Segment
 from stitchkit.testing import check_component, check_plugin, conformance_cases
 from stitchkit.families.vit import TimmViT
 
-#: The installed registry (core + entry points), whatever the environment says about autoloading.
+#: The installed registry (core + entry points), whatever the environment says about autoloading: built at
+#: collection time, before fixtures, because the cases are parametrized from it.
 INSTALLED = Registry(load_entrypoints=True)
 SHIPPED = {
     "stitchkit": {"ancestry:timm-vit", "ancestry:timm-levit", "method:sequential", "initializer:random", "sampler:uniform",
@@ -550,3 +551,166 @@ def test_tm_example_adds_what_distillation_leaves():
     for layer in pool.stitches.values():  # tm: every stitch weight is row 0's W averaged over levels
         torch.testing.assert_close(layer.weight.detach(), (w[0] + w[1]) / 2)
         assert not layer.bias.any()
+
+
+# --------------------------------------------------------------------------- every family's context
+def test_every_family_is_a_context_with_its_own_stitch_layers():
+    """The suite's families cover the three feature layouts, so stitch layers are nn.Linear (tokens, NHWC)
+    and 1x1 nn.Conv2d (maps); each family's rows are what its line says."""
+    from stitchkit.pool.pool import Pool
+    from stitchkit.testing import FAMILIES
+
+    reg = Registry(load_entrypoints=False)
+    seen = {}
+    for family in FAMILIES:
+        rows = [family.network(reg, text, seed=0) for text in family.rows]
+        assert [str(r.shape) for r in rows] == list(family.rows)
+        pool = Pool.from_method(SequentialMethod(), rows)
+        kinds = {"1x1 conv" if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) else
+                 "linear" if isinstance(m, nn.Linear) else type(m).__name__ for m in pool.stitches.values()}
+        seen[family.adapter] = (rows[0].feature_layout, kinds)
+    assert seen == {"timm-vit": ("tokens", {"linear"}), "timm-swin": ("nhwc", {"linear"}),
+                    "timm-resnet": ("map", {"1x1 conv"}), "timm-convnext": ("map", {"1x1 conv"}),
+                    "timm-levit": ("tokens", {"linear"})}
+    missing = set(reg.list("ancestry")) - set(seen)
+    assert not missing, f"core families {sorted(missing)} are no context yet: add a Family line to stitchkit.testing.FAMILIES"
+
+
+class EyeInit(StitchInitializer):
+    """Copies an identity into each weight, as if every stitch layer were an nn.Linear."""
+
+    name = "eye-linear-only"
+
+    def initialize(self, pool, context):
+        with torch.no_grad():
+            for layer in pool.stitches.values():
+                layer.weight.copy_(torch.eye(layer.weight.shape[0], layer.weight.shape[1]))
+                layer.bias.zero_()
+
+
+def test_initializer_that_breaks_on_1x1_convolutions_fails_on_a_cnn_family():
+    msg = fails("initializer", EyeInit, "writes every stitch layer", "on timm-resnet \\(map features\\): raised RuntimeError")
+    assert "timm-vit" not in msg and "timm-swin" not in msg  # Linear layers (tokens, NHWC) pass
+
+
+def test_initializer_that_assumes_tokens_fails_on_channels_last_features():
+    from stitchkit.pool.features import check_images, fit_stitch_layers
+
+    class TokensOnly(StitchInitializer):
+        """Least squares that takes features as (B, N, C) tokens: C is read from dimension 2."""
+
+        name = "tokens-only"
+        needs_images = True
+
+        def initialize(self, pool, context):
+            def solve(front, end, layer):
+                x = front.reshape(-1, front.shape[2]).double()  # (B, H, W, C) grids: shape[2] is W
+                y = end.reshape(-1, end.shape[2]).double()
+                a = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+                theta = torch.linalg.lstsq(a, y).solution
+                return theta[:-1].T, theta[-1]
+            fit_stitch_layers(pool, check_images(context.images, self.name), solve)
+
+    fails("initializer", TokensOnly, "writes every stitch layer",
+          r"on timm-swin \(nhwc features\): raised RuntimeError: torch.linalg.lstsq")
+
+
+def _swin():
+    from stitchkit.families.swin import TimmSwin
+
+    return TimmSwin
+
+
+def test_adapter_without_attention_macs_fails():
+    class NoAttentionMacs(TinyViT):
+        """Declares no attention matmuls."""
+
+        name = "no-attention-macs"
+
+        def uncounted_macs(self):
+            return {}
+
+    # by hand (tests/helpers.py): the 3-block width-32 example on 16 tokens + class token, 5 classes
+    from helpers import block_macs, stem_macs
+
+    n, d = 17, 32
+    true = stem_macs(d, 16, 4, 3) + 3 * block_macs(d, n) + d * 5
+    attention = 3 * 2 * n * n * d  # q @ k^T and attn @ v of each block
+    fails("ancestry", NoAttentionMacs, "attention MACs",
+          rf"count_macs gives {true - attention:,} MACs per image, FlopCounterMode {2 * true:,} FLOPs = {true:,} MACs: "
+          rf"{attention:,} MACs are not counted; declare the operations Linear/Conv2d hooks cannot see")
+
+
+def test_adapter_forgetting_restore_buffers_fails_the_round_trip():
+    base = _swin()
+
+    class NoRestore(base):
+        """Swin whose relative position indices are not recomputed after a lazy load."""
+
+        name = "no-restore"
+
+        def restore_buffers(self, module):
+            pass
+
+    fails("ancestry", NoRestore, "save/load round trip",
+          r"load_pool of a saved one-row pool raised StitchkitError: .*relative_position_index.*restore_buffers")
+
+
+def test_adapter_tapping_the_wrong_module_fails():
+    class TapsMlp(TinyViT):
+        """Returns the MLP as the attention sublayer."""
+
+        name = "taps-mlp"
+
+        def attention(self, index):
+            return self.blocks[index].mlp
+
+    fails("ancestry", TapsMlp, "attention taps", r"attention\(0\) is a Mlp without block 0's attention matmuls \(the Attention")
+
+    class TapsNext(TinyViT):
+        """Off by one: block i's tap is block i+1's attention."""
+
+        name = "taps-next"
+
+        def attention(self, index):
+            return self.blocks[(index + 1) % len(self.blocks)].attn
+
+    fails("ancestry", TapsNext, "attention taps", r"attention\(0\) is a Attention that is not part of block 0")
+
+
+def test_adapter_reporting_a_wrong_stage_layout_fails():
+    base = _swin()
+
+    class Swapped(base):
+        """Reports its stage depths in the wrong order (2 + 1 instead of 1 + 2)."""
+
+        name = "swapped-stages"
+
+        @property
+        def shape(self):
+            stages = super().shape.stage_shapes
+            return RowShape.staged([(stages[1][0], stages[0][1], stages[0][2]), (stages[0][0], stages[1][1], stages[1][2])])
+
+    fails("ancestry", Swapped, "stage layout", r"shape says stage 0 is 2x16 \(blocks 0..1\), but block\(s\) \[1\] output \[32\] channels")
+
+
+def test_a_component_may_decline_a_family_with_a_clear_error_but_not_the_first():
+    passed = check_component("design", "depth-reduced", INSTALLED)
+    assert {"refuses timm-swin", "refuses timm-resnet", "refuses timm-convnext"} <= set(passed)
+
+    class ViTOnly(Zeros):
+        """Refuses every pool (even a ViT one) in example()."""
+
+        name = "refuses-all"
+
+        @classmethod
+        def example(cls, *args, **context):
+            raise ConfigError("no pool is good enough")
+
+    fails("initializer", ViTOnly, "example", r"on timm-vit \(tokens features\): raised ConfigError: no pool is good enough")
+
+
+def test_every_method_runs_on_every_family_it_does_not_decline():
+    """snnetv2 on Swin rows: stitch widths are the widths where each layer stands (a stage's), not the rows' last."""
+    passed = check_component("method", "snnetv2", INSTALLED)
+    assert not [p for p in passed if p.startswith("refuses")] and "descendants build" in passed

@@ -87,6 +87,7 @@ def test_a_torchrun_build_prints_its_result_once(tmp_path):
            "--master_port", str(port), "-m", "stitchkit.cli", "build", str(tmp_path / "sn.toml"), "--out", str(tmp_path / "out")]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"pool written to {tmp_path / 'out' / 'pool.safetensors'}\n"
+    out = tmp_path / "out"
+    assert proc.stdout == f"pool written to {out / 'pool.safetensors'}\nmodel card written to {out / 'pool.md'}\n"
     assert "Traceback" not in proc.stderr and "stitchkit" not in proc.stderr
     assert "[rank1]" not in proc.stderr  # rank 1's C++ warnings too (torch's DDP reducer warns on rank 0)

@@ -26,6 +26,11 @@ from stitchkit.engine.trainer import TrainConfig, run_identity
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import Method
 from stitchkit.core.registry import Registry
+from stitchkit.core.spec import RowShape, single_row_path
+from stitchkit.io.storage import save_pool
+from stitchkit.pool.pool import Pool
+
+from helpers import tiny_row
 
 
 @pytest.mark.parametrize(
@@ -150,9 +155,10 @@ class _Recorder(Method):
 
     def build(self, config, *, out_dir, registry):
         _Recorder.calls.append((config, out_dir, registry))
-        out = out_dir / "pool.safetensors"
-        out.write_text("pool")
-        return out
+        # a real one-row pool: `stitchkit build` writes the pool's model card from the file it returns
+        row = tiny_row(RowShape(1, 8, 2))
+        pool = Pool([row], [], [single_row_path(0, 1)], method=self.name)
+        return save_pool(pool, out_dir / "pool.safetensors")
 
 
 def _registry():

@@ -13,7 +13,6 @@ from helpers import tiny_row
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import InitContext, TapRequest, Taps
 from stitchkit.pool.pool import Pool
-from stitchkit.core.registry import Registry
 from stitchkit.core.spec import RowShape, parse_rows
 from stitchkit.families.vit import TimmViT
 from stitchkit_learngene.designs import DepthReduced, PoolDesign, WidthReduced, uniform_block_selection
@@ -22,11 +21,6 @@ from stitchkit_learngene.levels import default_levels, level_ends, level_pairs
 from stitchkit_learngene.losses import AttentionLoss, BlockLoss, LearngeneDistillation, PredictionLoss
 from stitchkit_learngene.method import LearngenePoolMethod
 from stitchkit_learngene.paths import paired_stitching, sliding_window_paths
-
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry()  # with entry points: the plugin is found like any third-party one
 
 
 # --------------------------------------------------------------------------- levels
@@ -183,7 +177,10 @@ def test_learngene_distillation_sums_the_three_terms(registry):
 def test_each_loss_is_registered_on_its_own(registry):
     assert {"prediction", "block", "attention", "learngene"} <= set(registry.list("loss"))
     assert registry.provider("loss", "block") == "learngene-pool"
-    assert isinstance(registry.create("loss", "block", 8, 4, [(0, 0)]), BlockLoss)
+    # create and build agree: the kind's factory (for_models) with the two networks' shapes
+    made = registry.create("loss", "block", RowShape(4, 16, 2), RowShape(2, 8, 1), levels=1)
+    built = registry.build("loss", "block", RowShape(4, 16, 2), RowShape(2, 8, 1), options={"levels": 1})
+    assert isinstance(made, BlockLoss) and made.pairs == built.pairs == [(3, 1)]
 
 
 # --------------------------------------------------------------------------- designs

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from stitchkit.engine import DataConfig, TrainConfig, build_data, evaluate, fit, resolve
 from stitchkit.engine.model import save_model
 from stitchkit.core.errors import ConfigError, StitchkitError
-from stitchkit.core.registry import Registry
 from stitchkit.core.spec import RowShape
 from stitchkit.io.storage import load_descendant, load_pool, read_pool_metadata
 from stitchkit.families.vit import TimmViT
@@ -24,11 +23,6 @@ from stitchkit_learngene.losses import LearngeneDistillation
 DATA = {"source": "digits", "img_size": 8, "in_chans": 1}
 ANCESTRY = RowShape(4, 32, 2)
 QUIET = {"progress": False, "eval_every": 0, "label_smoothing": 0.0}
-
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry()
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +184,12 @@ def test_sliding_window_method_builds_its_paths(tmp_path, ancestry_file, registr
         ({"design": "depth-reduced"}, r"design 'depth-reduced' needs option\(s\) depth"),
         ({"loss": "blok"}, "unknown loss 'blok'; did you mean 'block'"),
         ({"loss_args": {"alpha": 0.3}}, r"loss 'learngene' has no option 'alpha' \(accepted options: levels"),
+        # a value of the wrong type, before data is read or a phase trains (not a TypeError after distillation)
+        ({"initializer": "tm-ls", "initializer_args": {"ridge": "0.1"}},
+         r"^learngene.initializer_args: initializer 'tm-ls': option 'ridge' must be a float, got '0.1' \(str\) "
+         r"\(no quotes around a number in TOML\)$"),
+        ({"loss_args": {"tau": True}}, r"loss 'learngene': option 'tau' must be a float, got True \(bool\)"),
+        ({"loss_args": {"terms": "block"}}, r"loss 'learngene': option 'terms' must be a list of str, got 'block'"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, ancestry_file, registry, learngene, match):
@@ -254,14 +254,15 @@ def test_design_drop_path_rate_reaches_the_rows_it_distils(tmp_path, ancestry_fi
     import stitchkit_learngene.pipeline as pipeline
 
     seen: list[list[float]] = []
-    real_fit = pipeline.fit
+    real_fit = pipeline.fit_together
 
-    def recording_fit(task, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        if kwargs["phase"].startswith("distill"):
-            seen.append([float(m.drop_prob) for b in task.student.blocks for m in b.modules() if isinstance(m, DropPath)])
-        return real_fit(task, *args, **kwargs)
+    def recording_fit(students, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        for s in students:
+            if s.phase.startswith("distill"):
+                seen.append([float(m.drop_prob) for b in s.task.student.blocks for m in b.modules() if isinstance(m, DropPath)])
+        return real_fit(students, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    monkeypatch.setattr(pipeline, "fit_together", recording_fit)
     config = _config(ancestry_file, design_args={"drop_path_rate": 0.3}, distill={"max_steps": 1}, finetune={"max_steps": 1})
     registry.method("learngene-pool").build(config, out_dir=tmp_path, registry=registry)
     expected = [0.3 * i / 2 for i in (1, 2)]  # 3 blocks: 0, 0.15, 0.3 (block 0 has no DropPath at rate 0)

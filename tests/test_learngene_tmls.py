@@ -10,15 +10,7 @@ from helpers import tiny_row
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import InitContext
 from stitchkit.pool.pool import Pool
-from stitchkit.core.registry import Registry
 from stitchkit.core.spec import RowShape
-
-
-@pytest.fixture(scope="module")
-def registry():
-    reg = Registry(load_entrypoints=True)
-    assert "tm-ls" in reg.list("initializer"), f"the shipped learngene-pool plugin is not installed ({reg.broken})"
-    return reg
 
 
 def make_pool(registry):

@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 import types
+from typing import Literal
 
 import pytest
 
@@ -207,6 +208,92 @@ def test_build_passes_options_and_refuses_unknown_ones():
         reg.check("design", "pool", {})
 
 
+class Typed(StitchInitializer):
+    """Every annotation form an option may have."""
+
+    name = "typed"
+
+    def __init__(self, ridge: float = 0.1, steps: int = 3, on: bool = True, label: str = "a",
+                 cap: int | None = None, mode: Literal["fast", "exact"] = "fast", sizes: tuple[int, ...] = (1,),
+                 pair: tuple[int, str] = (1, "a"), table: dict[str, float] | None = None, anything=None) -> None:
+        self.options = dict(ridge=ridge, steps=steps, on=on, label=label, cap=cap, mode=mode, sizes=sizes, pair=pair,
+                            table=table, anything=anything)
+
+    def initialize(self, pool, context):
+        pass
+
+
+TYPED_CASES = [  # (option, value, accepted?): decided by hand from the annotation and TOML's value types
+    ("ridge", 1, True), ("ridge", 0.5, True), ("ridge", "0.1", False), ("ridge", True, False), ("ridge", None, False),
+    ("steps", 2, True), ("steps", 2.0, False), ("steps", False, False), ("steps", "2", False),
+    ("on", False, True), ("on", 1, False), ("label", "b", True), ("label", 1, False),
+    ("cap", None, True), ("cap", 4, True), ("cap", 4.5, False),
+    ("mode", "exact", True), ("mode", "slow", False), ("sizes", [1, 2], True), ("sizes", [1, "2"], False),
+    ("sizes", "12", False), ("pair", [2, "b"], True), ("pair", [2, 3], False), ("pair", [2], False),
+    ("table", {"a": 1}, True), ("table", {"a": "x"}, False), ("table", [1], False), ("anything", object(), True),
+]
+
+
+@pytest.mark.parametrize("option,value,ok", TYPED_CASES, ids=lambda v: repr(v)[:12])
+def test_options_are_checked_for_the_annotated_type(option, value, ok):
+    reg = Registry(load_entrypoints=False)
+    reg.register_plugin(types.SimpleNamespace(register_initializers=stitchkit.hookimpl(lambda register: register(Typed))),
+                        name="typed-plugin")
+    if ok:
+        assert reg.build("initializer", "typed", options={option: value}).options[option] is value
+    else:
+        with pytest.raises(ConfigError, match=rf"^x.initializer_args: initializer 'typed': option '{option}' must be ") as info:
+            reg.check("initializer", "typed", {option: value}, where="x.initializer_args")
+        assert repr(value) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_type_messages_say_what_is_expected():
+    reg = Registry(load_entrypoints=False)
+    reg.register_plugin(types.SimpleNamespace(register_initializers=stitchkit.hookimpl(lambda register: register(Typed))),
+                        name="typed-plugin")
+    expected = {"ridge": "a float", "steps": "an int", "cap": "an int or None", "mode": "one of 'fast', 'exact'",
+                "pair": r"a list \[int, str\]", "label": "a str", "table": "a table or None"}
+    for option, words in expected.items():
+        with pytest.raises(ConfigError, match=rf"option '{option}' must be {words}, got \[\] \(list\)$"):
+            reg.check("initializer", "typed", {option: []})
+    with pytest.raises(ConfigError, match=r"option 'sizes' must be a list of int, got \['1'\] \(list\)$"):
+        reg.check("initializer", "typed", {"sizes": ["1"]})
+
+
+def test_create_and_build_agree():
+    """``create(kind, name, *context, **options)`` is ``build(kind, name, *context, options=options)``: the same
+    factory (a loss's for_models), the same option checks."""
+    reg = Registry(load_entrypoints=True)
+    teacher, student = stitchkit.RowShape(4, 32, 4), stitchkit.RowShape(2, 16, 2)
+    made = reg.create("loss", "learngene", teacher, student, terms=["block"], levels=1)
+    built = reg.build("loss", "learngene", teacher, student, options={"terms": ["block"], "levels": 1})
+    assert type(made) is type(built) and made.pairs == built.pairs == [(3, 1)] and list(made.losses) == ["block"]
+    with pytest.raises(ConfigError, match="option 'ridge' must be a float"):
+        reg.create("initializer", "tm-ls", ridge="0.1")
+    with pytest.raises(ConfigError, match="initializer 'random' has no option 'seed'"):
+        stitchkit.create_initializer("random", seed=1)  # the module-level shortcut is Registry.create
+    paths = [stitchkit.Path((stitchkit.Segment(0, 0, 1),))] * 4
+    assert [len(g) for g in reg.create("sampler", "flops-grouped", paths, [1, 2, 3, 4], groups=2).groups] == [2, 2]
+
+
+def test_one_table_describes_every_kind():
+    """The registry's hooks, the options' context, the factory and the conformance check all come from
+    core.kinds.KINDS: each row names a hook that exists, a base in core.interfaces and a checker in stitchkit.testing."""
+    from stitchkit import testing
+    from stitchkit.core import hookspecs, interfaces
+    from stitchkit.core.kinds import KINDS
+    from stitchkit.core.options import component_options
+
+    assert list(KINDS) == ["ancestry", "design", "loss", "initializer", "sampler", "method"]
+    for kind in KINDS.values():
+        assert callable(getattr(hookspecs, kind.hook)) and getattr(interfaces, kind.base.__name__) is kind.base
+        assert callable(getattr(testing, kind.checker))
+        assert getattr(stitchkit, f"list_{kind.plural}").__name__ == f"list_{kind.plural}"
+    assert KINDS["loss"].make(interfaces.DistillationLoss) == interfaces.DistillationLoss.for_models
+    assert KINDS["sampler"].make(interfaces.PathSampler) is interfaces.PathSampler
+    assert not {o.name for o in component_options("sampler", interfaces.PathSampler)} & set(KINDS["sampler"].context)
+
+
 # --------------------------------------------------------------------------- signatures at load time
 class WrongInitialize(StitchInitializer):
     """Forgets the context argument."""
@@ -324,37 +411,16 @@ BAD_INITIALIZE = """
         register(Orthogonal)
 """
 
-TINY_SNNET = """
-method = "snnet"
-[data]
-source = "digits"
-img_size = 8
-in_chans = 1
-[train]
-max_steps = 2
-batch_size = 32
-progress = false
-[snnet]
-initializer = "orthogonal"
-[[snnet.anchors]]
-shape = "1x16:2"
-patch_size = 4
-train = true
-[[snnet.anchors]]
-shape = "1x32:4"
-patch_size = 4
-train = true
-"""
 
-
-def test_a_build_naming_a_broken_plugins_component_stops_before_training(fake_site, tmp_path, capsys):
+def test_a_build_naming_a_broken_plugins_component_stops_before_training(fake_site, tmp_path, capsys, tiny_config):
     from stitchkit.cli.main import main
     from stitchkit.core.registry import reset_default_registry
 
     _install_fake_distribution(fake_site, "sk-fake-badinit", {"badinit": "sk_badinit_plugin"},
                                {"sk_badinit_plugin": BAD_INITIALIZE})
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY_SNNET)
+    config.write_text(tiny_config("snnet", ["1x16:2", "1x32:4"], train="max_steps = 2",
+                                  section='initializer = "orthogonal"'))
     reset_default_registry()
     try:
         assert main(["build", str(config), "--out", str(tmp_path / "run")]) == 2

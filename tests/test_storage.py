@@ -56,11 +56,6 @@ NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry(load_entrypoints=False)
-
-
 def make_pool() -> Pool:
     """Three rows of depth 3 (widths 16, 32, 48), 8 sequential paths, each labelled d<i>."""
     rows = [tiny_row(RowShape(3, 16, 2), 0), tiny_row(RowShape(3, 32, 4), 1), tiny_row(RowShape(3, 48, 4), 2)]
@@ -167,8 +162,8 @@ def test_file_layout_follows_the_docs(pool, pool_file):
     assert (8 + struct.unpack("<Q", pool_file.read_bytes()[:8])[0]) % 8 == 0
 
 
-def test_round_trip_is_bit_exact(pool, pool_file, registry, images):
-    loaded = load_pool(pool_file, registry)
+def test_round_trip_is_bit_exact(pool, pool_file, core_registry, images):
+    loaded = load_pool(pool_file, core_registry)
     a, b = expected_pool_tensors(pool), expected_pool_tensors(loaded)
     assert a.keys() == b.keys()
     for name in a:
@@ -185,7 +180,7 @@ def test_round_trip_is_bit_exact(pool, pool_file, registry, images):
 
 
 @pytest.mark.parametrize("loader", ["pool", "descendant", "exported"])
-def test_loaded_weights_do_not_follow_an_in_place_rewrite(pool, tmp_path, registry, images, loader):
+def test_loaded_weights_do_not_follow_an_in_place_rewrite(pool, tmp_path, core_registry, images, loader):
     """safetensors maps the file; a load copies the weights out, so ``cp other.safetensors this.safetensors``
     (truncate and rewrite in place, same inode) leaves a loaded model's outputs unchanged. With
     ``mmap=True`` the weights stay mapped: they equal the default load's until the file changes."""
@@ -198,14 +193,14 @@ def test_loaded_weights_do_not_follow_an_in_place_rewrite(pool, tmp_path, regist
         if t.is_floating_point():
             t.data.add_(1.0)
     if loader == "exported":
-        export_descendant(pool, path.label, live, registry=registry)
-        export_descendant(changed, path.label, other, registry=registry)
-        load = lambda **kw: load_exported(live, registry, **kw)  # noqa: E731
+        export_descendant(pool, path.label, live, registry=core_registry)
+        export_descendant(changed, path.label, other, registry=core_registry)
+        load = lambda **kw: load_exported(live, core_registry, **kw)  # noqa: E731
     else:
         save_pool(pool, live)
         save_pool(changed, other)
-        load = (lambda **kw: load_pool(live, registry, **kw).descendant(path)) if loader == "pool" else (  # noqa: E731
-            lambda **kw: load_descendant(live, path, registry, **kw))
+        load = (lambda **kw: load_pool(live, core_registry, **kw).descendant(path)) if loader == "pool" else (  # noqa: E731
+            lambda **kw: load_descendant(live, path, core_registry, **kw))
     model, mapped = load().eval(), load(mmap=True).eval()
     with torch.no_grad():
         before = model(images)
@@ -217,12 +212,12 @@ def test_loaded_weights_do_not_follow_an_in_place_rewrite(pool, tmp_path, regist
         assert not torch.equal(load()(images), before)  # the file did change
 
 
-def test_round_trip_keeps_bfloat16(pool, tmp_path, registry):
+def test_round_trip_keeps_bfloat16(pool, tmp_path, core_registry):
     half = make_pool().to(torch.bfloat16)
     half.extras = {}
     path = save_pool(half, tmp_path / "bf16.safetensors")
     assert {e["dtype"] for n, e in read_raw(path)[0].items() if n != "__metadata__"} == {"BF16"}
-    loaded = load_pool(path, registry)
+    loaded = load_pool(path, core_registry)
     assert list(half.state_dict()) == list(loaded.state_dict())
     for (n, x), (_, y) in zip(half.state_dict().items(), loaded.state_dict().items()):
         assert y.dtype == torch.bfloat16 and torch.equal(x, y), n
@@ -266,13 +261,13 @@ def test_read_pool_metadata_reads_the_header_only(pool, pool_file, monkeypatch):
     assert len(meta["tensors"]) == len(expected_pool_tensors(pool))
 
 
-def test_read_pool_metadata_needs_no_plugin(pool_file, tmp_path, registry):
+def test_read_pool_metadata_needs_no_plugin(pool_file, tmp_path, core_registry):
     """An adapter nobody registered: the header is still readable; loading says which plugin is missing."""
     bad = tmp_path / "plugin.safetensors"
     mutate_meta(pool_file, bad, lambda m: m.update(pool=m["pool"].replace('"timm-vit"', '"my-adapter"')))
     assert read_pool_metadata(bad)["pool"]["rows"][0]["adapter"] == "my-adapter"
     with pytest.raises(PoolFormatError, match=r"adapter 'my-adapter'.*install the plugin") as err:
-        load_pool(bad, registry)
+        load_pool(bad, core_registry)
     assert err.value.path == str(bad)
 
 
@@ -306,7 +301,7 @@ def test_non_persistent_buffers_are_refused_clearly(tmp_path):
 
 # --------------------------------------------------------------------------- lazy descendants
 @pytest.mark.parametrize("index", range(8))
-def test_load_descendant_reads_only_its_tensors(pool, pool_file, registry, images, monkeypatch, index):
+def test_load_descendant_reads_only_its_tensors(pool, pool_file, core_registry, images, monkeypatch, index):
     path = pool.paths[index]
     spied: list[str] = []
     real_open = storage.safe_open
@@ -329,7 +324,7 @@ def test_load_descendant_reads_only_its_tensors(pool, pool_file, registry, image
     monkeypatch.setattr(storage, "safe_open", Spy)
     reported: list[str] = []
     key = [index, path.name, path.label][index % 3]
-    d = load_descendant(pool_file, key, registry, on_read=reported.append).eval()
+    d = load_descendant(pool_file, key, core_registry, on_read=reported.append).eval()
     expected = descendant_tensor_names(path)
     assert len(spied) == len(set(spied)) and set(spied) == expected
     assert sorted(reported) == sorted(spied)
@@ -338,19 +333,19 @@ def test_load_descendant_reads_only_its_tensors(pool, pool_file, registry, image
         assert torch.equal(d(images), pool.descendant(path)(images))
 
 
-def test_load_descendant_unknown_key(pool_file, registry):
+def test_load_descendant_unknown_key(pool_file, core_registry):
     with pytest.raises(PathError, match="out of range"):
-        load_descendant(pool_file, 8, registry)
+        load_descendant(pool_file, 8, core_registry)
     with pytest.raises(PathError, match="no descendant named 'r9"):
-        load_descendant(pool_file, "r9[0:3]", registry)
+        load_descendant(pool_file, "r9[0:3]", core_registry)
 
 
 # --------------------------------------------------------------------------- export
 @pytest.mark.parametrize("source", ["pool", "file"])
-def test_export_and_load_exported(pool, pool_file, registry, images, tmp_path, source):
+def test_export_and_load_exported(pool, pool_file, core_registry, images, tmp_path, source):
     path = next(p for p in pool.paths if len(p.segments) == 3)  # r0 -> r1 -> r2, two stitch layers
     out = tmp_path / "d.safetensors"
-    export_descendant(pool if source == "pool" else pool_file, path.label, out, registry=registry)
+    export_descendant(pool if source == "pool" else pool_file, path.label, out, registry=core_registry)
     header, _ = read_raw(out)
     meta = header.pop("__metadata__")
     assert meta["format"] == "pt" and meta["stitchkit_format"] == "stitchkit-descendant" and meta["format_version"] == "3"
@@ -363,25 +358,25 @@ def test_export_and_load_exported(pool, pool_file, registry, images, tmp_path, s
     assert desc["evaluation"] is None
     if source == "file":
         assert desc["info"]["provenance"] == PROVENANCE
-    d = load_exported(out, registry).eval()
+    d = load_exported(out, core_registry).eval()
     with torch.no_grad():
         assert torch.equal(d(images), pool.descendant(path)(images))
 
 
-def test_export_keeps_the_evaluation_row(pool, tmp_path, registry, images):
+def test_export_keeps_the_evaluation_row(pool, tmp_path, core_registry, images):
     path = pool.paths[2]
     out = export_descendant(pool, 2, tmp_path / "e.safetensors")
     assert read_descendant_metadata(out)["descendant"]["evaluation"] == {"top1": 0.625, "params": 1234}
     with torch.no_grad():
-        assert torch.equal(load_exported(out, registry).eval()(images), pool.descendant(path)(images))
+        assert torch.equal(load_exported(out, core_registry).eval()(images), pool.descendant(path)(images))
 
 
-def test_pool_and_descendant_files_are_not_interchangeable(pool, pool_file, tmp_path, registry):
+def test_pool_and_descendant_files_are_not_interchangeable(pool, pool_file, tmp_path, core_registry):
     out = export_descendant(pool, 3, tmp_path / "x.safetensors")
     with pytest.raises(PoolFormatError, match="is a stitchkit-descendant file.*load_exported"):
-        load_pool(out, registry)
+        load_pool(out, core_registry)
     with pytest.raises(PoolFormatError, match="is a stitchkit-pool file.*load_pool"):
-        load_exported(pool_file, registry)
+        load_exported(pool_file, core_registry)
 
 
 @pytest.mark.parametrize("source", ["pool", "file"])
@@ -410,7 +405,7 @@ def test_timm_export_refuses_a_stitched_descendant(pool, tmp_path):
 
 
 # --------------------------------------------------------------------------- evaluation updates
-def test_update_evaluation_replaces_or_merges(pool, pool_file, tmp_path, registry):
+def test_update_evaluation_replaces_or_merges(pool, pool_file, tmp_path, core_registry):
     f = tmp_path / "eval.safetensors"
     f.write_bytes(pool_file.read_bytes())
     _, data_before = read_raw(f)
@@ -423,7 +418,7 @@ def test_update_evaluation_replaces_or_merges(pool, pool_file, tmp_path, registr
     header, data_after = read_raw(f)
     assert data_after == data_before  # tensor bytes copied verbatim
     assert load_file(str(f)).keys() == load_file(str(pool_file)).keys()  # still a plain safetensors file
-    loaded = load_pool(f, registry)
+    loaded = load_pool(f, core_registry)
     assert loaded.evaluation == got
     for name, t in expected_pool_tensors(pool).items():
         assert torch.equal(expected_pool_tensors(loaded)[name], t)
@@ -631,13 +626,13 @@ READERS = {
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-def test_every_corruption_is_a_pool_format_error(pool_file, tmp_path, registry, case):
+def test_every_corruption_is_a_pool_format_error(pool_file, tmp_path, core_registry, case):
     make, message = CORRUPTIONS[case]
     bad = tmp_path / "bad.safetensors"
     make(pool_file, bad)
     for reader_name, reader in READERS.items():
         with pytest.raises(PoolFormatError, match=message) as err:
-            reader(bad, registry)
+            reader(bad, core_registry)
         assert err.value.path == str(bad), reader_name
         assert str(err.value).startswith(f"{bad}: "), reader_name
     with pytest.raises(PoolFormatError, match=message):
@@ -670,7 +665,7 @@ ARCH_CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("case", sorted(ARCH_CORRUPTIONS))
-def test_architecture_mismatch_is_a_pool_format_error(pool_file, tmp_path, registry, case):
+def test_architecture_mismatch_is_a_pool_format_error(pool_file, tmp_path, core_registry, case):
     make, message = ARCH_CORRUPTIONS[case]
     bad = tmp_path / "bad.safetensors"
     make(pool_file, bad)
@@ -678,16 +673,16 @@ def test_architecture_mismatch_is_a_pool_format_error(pool_file, tmp_path, regis
     # descendant 1, r0[0:2]+s0_1_2+r1[2:3], uses the corrupted row 0 and its block 1
     for reader in (READERS["load_pool"], lambda f, reg: load_descendant(f, 1, reg)):
         with pytest.raises(PoolFormatError, match=message) as err:
-            reader(bad, registry)
+            reader(bad, core_registry)
         assert err.value.path == str(bad)
 
 
-def test_load_descendant_builds_and_checks_only_its_own_rows(pool, pool_file, tmp_path, registry, images):
+def test_load_descendant_builds_and_checks_only_its_own_rows(pool, pool_file, tmp_path, core_registry, images):
     """A row the descendant does not use is neither built nor checked: a broken row 0 does not stop r1[0:3]."""
     bad = tmp_path / "bad.safetensors"
     mutate_meta(pool_file, bad, mutate_pool_json(lambda p: p["rows"][0]["arch"].update(wings=2)))
     with pytest.raises(PoolFormatError, match="row 0: adapter 'timm-vit' cannot build arch"):
-        load_pool(bad, registry)
+        load_pool(bad, core_registry)
     built: list[tuple[str, int]] = []
     original = TimmViT.from_arch.__func__
 
@@ -697,17 +692,17 @@ def test_load_descendant_builds_and_checks_only_its_own_rows(pool, pool_file, tm
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TimmViT, "from_arch", classmethod(spy))
-        single = load_descendant(bad, 3, registry).eval()
+        single = load_descendant(bad, 3, core_registry).eval()
         assert built == [(32, 3)]  # row 1 alone (whole, on the meta device: no family is assumed to drop blocks)
         built.clear()
-        stitched = load_descendant(pool_file, 5, registry).eval()  # r1[0:2]+s1_2_2+r2[2:3]
+        stitched = load_descendant(pool_file, 5, core_registry).eval()  # r1[0:2]+s1_2_2+r2[2:3]
         assert sorted(set(built)) == [(32, 3), (48, 3)]  # rows 1 and 2 only
     with torch.no_grad():
         torch.testing.assert_close(single(images), pool.descendant(3).eval()(images), rtol=0, atol=0)
         torch.testing.assert_close(stitched(images), pool.descendant(5).eval()(images), rtol=0, atol=0)
 
 
-def test_corrupt_descendant_files(pool, tmp_path, registry):
+def test_corrupt_descendant_files(pool, tmp_path, core_registry):
     three_rows = next(p for p in pool.paths if len(p.segments) == 3)
     good = export_descendant(pool, three_rows.label, tmp_path / "good.safetensors")
     name = "segments.0.0.attn.qkv.weight"
@@ -732,7 +727,7 @@ def test_corrupt_descendant_files(pool, tmp_path, registry):
         bad = tmp_path / f"{case.replace(' ', '_')}.safetensors"
         make(bad)
         with pytest.raises(PoolFormatError, match=message) as err:
-            load_exported(bad, registry)
+            load_exported(bad, core_registry)
         assert err.value.path == str(bad), case
 
 
@@ -745,32 +740,32 @@ json_values = st.recursive(
 )
 
 
-def only_pool_format_errors(path, registry) -> None:
+def only_pool_format_errors(path, core_registry) -> None:
     """Loading may succeed (a harmless mutation) or raise PoolFormatError; nothing else."""
     for reader in READERS.values():
         try:
-            reader(path, registry)
+            reader(path, core_registry)
         except PoolFormatError as exc:
             assert exc.path == str(path)
 
 
 @FUZZ
 @given(st.binary(max_size=300))
-def test_fuzz_random_bytes(tmp_path, registry, blob):
+def test_fuzz_random_bytes(tmp_path, core_registry, blob):
     f = tmp_path / "fuzz.safetensors"
     f.write_bytes(blob)
     with pytest.raises(PoolFormatError):
-        load_pool(f, registry)
+        load_pool(f, core_registry)
 
 
 @FUZZ
 @given(header=json_values, tail=st.binary(max_size=64), length_delta=st.sampled_from([0, 0, 0, -1, 1, 1 << 40]))
-def test_fuzz_random_json_headers(tmp_path, registry, header, tail, length_delta):
+def test_fuzz_random_json_headers(tmp_path, core_registry, header, tail, length_delta):
     text = json.dumps(header).encode()
     f = tmp_path / "fuzz.safetensors"
     f.write_bytes(struct.pack("<Q", max(0, len(text) + length_delta)) + text + tail)
     with pytest.raises(PoolFormatError):
-        load_pool(f, registry)
+        load_pool(f, core_registry)
 
 
 def _locations(value, prefix=()):
@@ -787,7 +782,7 @@ def _locations(value, prefix=()):
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_metadata_mutations(pool_file, tmp_path, registry, data):
+def test_fuzz_metadata_mutations(pool_file, tmp_path, core_registry, data):
     header, blob = read_raw(pool_file)
     meta = header.pop("__metadata__")
     original = dict(meta)
@@ -812,7 +807,7 @@ def test_fuzz_metadata_mutations(pool_file, tmp_path, registry, data):
         restamp(meta)
     f = tmp_path / "fuzz.safetensors"
     write_raw(f, {"__metadata__": meta, **header}, blob)
-    only_pool_format_errors(f, registry)
+    only_pool_format_errors(f, core_registry)
 
 
 # --------------------------------------------------------------------------- docs
@@ -835,12 +830,12 @@ def test_docs_print_the_schemas_the_reader_checks():
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
-def test_format_1_files_still_load(registry, tmp_path):
+def test_format_1_files_still_load(core_registry, tmp_path):
     """Files written by stitchkit before format 2 (tests/fixtures/README.md) load and compute what they did."""
     v1 = FIXTURES / "pool-v1.safetensors"
     assert read_pool_metadata(v1)["format_version"] == "1"
     expected = load_file(str(FIXTURES / "v1-expected.safetensors"))
-    pool = load_pool(v1, registry)
+    pool = load_pool(v1, core_registry)
     assert [s.depth for s in pool.shapes] == [2, 2] and all(s.src_layout == "tokens" for s in pool.stitch_specs.values())
     assert [type(m) for m in pool.stitches.values()] == [torch.nn.Linear]
     pool.eval()
@@ -852,9 +847,9 @@ def test_format_1_files_still_load(registry, tmp_path):
         for i in range(len(pool.paths)):
             logits = pool.descendant(i)(x)
             torch.testing.assert_close(logits, expected[f"logits.{i}"], **tol)
-            lazy = load_descendant(v1, i, registry).eval()
+            lazy = load_descendant(v1, i, core_registry).eval()
             torch.testing.assert_close(lazy(x), logits, rtol=0, atol=0)
-    d = load_exported(FIXTURES / "descendant-v1.safetensors", registry).eval()
+    d = load_exported(FIXTURES / "descendant-v1.safetensors", core_registry).eval()
     with torch.no_grad():
         torch.testing.assert_close(d(x), expected["logits.1"], **tol)
     # rewritten today, the same pool is a format-3 file with explicit layouts

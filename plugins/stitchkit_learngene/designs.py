@@ -61,8 +61,18 @@ def copy_from_ancestry(row: AncestryAdapter, ancestry: AncestryAdapter) -> list[
 def _half(ancestry: RowShape) -> tuple[int, int, int]:
     """``(depth, width, heads)`` of a row with half the ancestry's depth and width (heads halved when they divide)."""
     width = max(1, ancestry.width // 2)
-    heads = ancestry.heads // 2 if ancestry.heads % 2 == 0 and width % (ancestry.heads // 2) == 0 else 1
+    heads = ancestry.heads // 2 if ancestry.heads and ancestry.heads % 2 == 0 and width % (ancestry.heads // 2) == 0 else 1
     return max(1, ancestry.depth // 2), width, heads
+
+
+def _single_stage(design: str, ancestry: RowShape) -> None:
+    """The depth- and width-reduced designs describe a plain (one-stage) row; a hierarchical ancestry takes
+    staged rows (design ``pool`` with rows such as ``1x48/1x96/3x192/1x384``)."""
+    if ancestry.stages:
+        raise ConfigError(
+            f"design {design!r} makes one-stage rows, but the ancestry {ancestry} has stages; use design 'pool' "
+            f"with staged rows (e.g. rows = \"{'/'.join(f'{max(1, d // 2)}x{w}' + (f':{h}' if h else '') for d, w, h in ancestry.stage_shapes)}\")"
+        )
 
 
 def check_drop_path(rate: float | None) -> float | None:
@@ -111,6 +121,7 @@ class DepthReduced(_SingleRow):
 
     @override
     def rows(self, ancestry: RowShape) -> list[RowShape]:
+        _single_stage(self.name, ancestry)
         if not 1 <= self.depth < ancestry.depth:
             raise ConfigError(
                 f"a depth-reduced auxiliary needs 1 <= depth < {ancestry.depth} (the ancestry's), got {self.depth}"
@@ -138,6 +149,7 @@ class WidthReduced(_SingleRow):
 
     @override
     def rows(self, ancestry: RowShape) -> list[RowShape]:
+        _single_stage(self.name, ancestry)
         if self.shape.width >= ancestry.width:
             raise ConfigError(
                 f"a width-reduced auxiliary needs width < {ancestry.width} (the ancestry's), got {self.shape.width}"
@@ -168,7 +180,12 @@ class PoolDesign(_RowArch):
     @classmethod
     @override
     def example(cls, *, ancestry: RowShape, **context) -> PoolDesign:  # noqa: ANN003
-        """The paper's two rows at half the ancestry's depth: half width, and full width copied from the ancestry."""
+        """The paper's two rows at half the ancestry's depth: half width, and full width copied from the ancestry
+        (a hierarchical ancestry: each stage at half its depth, the narrow row at half the width, both random)."""
+        if ancestry.stages:
+            halved = [(max(1, d // 2), w, h) for d, w, h in ancestry.stage_shapes]
+            narrow = [(d, max(1, w // 2), h // 2 if h % 2 == 0 else h) for d, w, h in halved]
+            return cls([RowShape.staged(narrow), RowShape.staged(halved)])
         depth, width, heads = _half(ancestry)
         return cls([RowShape(depth, width, heads), RowShape(depth, ancestry.width, ancestry.heads)], init="ancestry")
 

@@ -50,15 +50,22 @@ class TMInitializer(StitchInitializer):
     @override
     def example(cls, *, pool, **context) -> TMInitializer:  # noqa: ANN001, ANN003
         """An initializer for ``pool``, to which it adds what distillation would have left: the
-        ancestry's width (the widest row's) and seeded ``W`` for every narrower row, two levels each."""
+        ancestry's width (the widest row's) and seeded ``W`` for every narrower row, two levels each
+        (one per stage, at the stage's widths, in a hierarchical pool)."""
         from .extras import store_matrices
 
-        widest = max(s.width for s in pool.shapes)
-        pool.info.setdefault("learngene", {}).setdefault("ancestry", {"width": widest})
+        wide = max(pool.shapes, key=lambda s: s.width)
+        ancestry: dict = {"width": wide.width}
+        if wide.stages:  # a hierarchical pool: one level per stage, at the stage's widths
+            ancestry["stages"] = [list(st) for st in wide.stage_shapes]
+        pool.info.setdefault("learngene", {}).setdefault("ancestry", ancestry)
         g = torch.Generator().manual_seed(0)
         for r, shape in enumerate(pool.shapes):
-            if shape.width != widest:
-                store_matrices(pool.extras, r, "W", [torch.randn(widest, shape.width, generator=g) / widest**0.5 for _ in range(2)])
+            if shape.stage_shapes == wide.stage_shapes:
+                continue
+            widths = [(aw, w) for (_, aw, _), (_, w, _) in zip(wide.stage_shapes, shape.stage_shapes)] if wide.stages else \
+                [(wide.width, shape.width)] * 2
+            store_matrices(pool.extras, r, "W", [torch.randn(a, w, generator=g) / a**0.5 for a, w in widths])
         return cls()
 
     def transfer(self, src: torch.Tensor | None, dst: torch.Tensor | None, src_width: int, dst_width: int) -> torch.Tensor:

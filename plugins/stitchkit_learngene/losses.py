@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import DistillationLoss, TapRequest, Taps
-from stitchkit.core.spec import RowShape
+from stitchkit.core.spec import LAYOUTS, RowShape
 
 from .levels import default_levels, level_pairs, resolve_levels
 
@@ -97,6 +97,9 @@ class _TransformedMSE(DistillationLoss):
         super().__init__()
         if not pairs:
             raise ConfigError(f"{self.name} distillation needs at least one (ancestry block, auxiliary block) pair")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"{self.name} distillation: layout must be one of {', '.join(LAYOUTS)} (the ancestry "
+                              f"adapter's feature_layout), got {layout!r}")
         self.ancestry_width, self.auxiliary_width = int(ancestry_width), int(auxiliary_width)
         self.pairs = [(int(t), int(s)) for t, s in pairs]
         #: ``(d, d')`` per level: the channels of the compared blocks (stage widths in hierarchical families).
@@ -118,8 +121,9 @@ class _TransformedMSE(DistillationLoss):
     @classmethod
     @override
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> _TransformedMSE:  # noqa: ANN003
-        """The loss between networks of these shapes, on the paper's default levels."""
-        return cls.for_models(teacher, student)
+        """The loss between networks of these shapes, on the paper's default levels, on features of
+        ``context["layout"]`` (default ``tokens``)."""
+        return cls.for_models(teacher, student, layout=context.get("layout", "tokens"))
 
     @classmethod
     @override
@@ -253,8 +257,10 @@ class LearngeneDistillation(DistillationLoss):
     @classmethod
     @override
     def example(cls, *, teacher: RowShape, student: RowShape, **context) -> LearngeneDistillation:  # noqa: ANN003
-        """All three terms between networks of these shapes."""
-        return cls(teacher, student)
+        """All three terms between networks of these shapes (no attention term between networks without
+        attention), on features of ``context["layout"]`` (default ``tokens``)."""
+        terms = cls.TERMS if teacher.heads and student.heads else tuple(t for t in cls.TERMS if t != "attention")
+        return cls(teacher, student, terms=terms, layout=context.get("layout", "tokens"))
 
     @property
     def pairs(self) -> list[tuple[int, int]]:

@@ -49,6 +49,11 @@ def sliding_window_paths(rows: Sequence[RowShape], skip_rows: bool = False) -> l
     if len(depths) != 1:
         raise ConfigError(f"sliding-window stitching needs rows of equal depth, got depths {[r.depth for r in rows]}")
     (depth,) = depths
+    if any(r.stages for r in rows):
+        raise ConfigError(
+            f"sliding-window stitching joins a block to the next row's neighbouring blocks, across stage boundaries "
+            f"where widths and grids change; rows {[str(r) for r in rows]} have stages: use paths = \"sequential\""
+        )
     pairs = paired_stitching(depth)
     paths = []
     for through in row_chains(len(rows), skip_rows):

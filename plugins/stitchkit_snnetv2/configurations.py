@@ -119,9 +119,12 @@ def snnetv2_stitches(rows: Sequence[RowShape], kinds: Sequence[str] = ROUTES, *,
     check_two_anchors(rows)
     used: dict[str, StitchSpec] = {}
     for route in routes(rows, kinds, head_only=head_only):
-        for name in route_path(route, rows).stitches:
-            src, dst = (SMALL, LARGE) if name.startswith(f"s{SMALL}_{LARGE}_") else (LARGE, SMALL)
-            used.setdefault(name, StitchSpec(name, src, dst, rows[src].width, rows[dst].width))
+        path = route_path(route, rows)
+        for name, front, end in zip(path.stitches, path.segments, path.segments[1:]):
+            # the widths where the layer stands: leaving the front row's segment, entering the end row's
+            # (a hierarchical row's stage width there)
+            used.setdefault(name, StitchSpec(name, front.row, end.row, rows[front.row].width_at(front.stop),
+                                             rows[end.row].width_at(end.start)))
     order = sorted(used, key=lambda n: (used[n].src, int(n.rsplit("_", 1)[1])))
     return [used[n] for n in order]
 

@@ -21,19 +21,26 @@ the contract gives a generator or seed), and the documented
 :class:`~stitchkit.core.errors.StitchkitError` on bad input. Each kind's specific
 checks are listed in the docstring of its ``_check_<kind>`` function.
 
-Components are built through their ``example(**context)`` classmethod with the
-context below (tiny timm ViTs on 16x16 RGB images, patch 4, 5 classes):
+Components are built through their ``example(**context)`` classmethod, once
+per family of :data:`FAMILIES` (ViT, Swin, ResNet, ConvNeXt, LeViT: ``tokens``,
+``nhwc`` and ``map`` features, so stitch layers are ``nn.Linear`` and 1x1 ``nn.Conv2d``),
+each network the family adapter's ``example()`` resized to the shapes below:
 
 =============  ===============================================================
 kind           context passed to ``example``
 =============  ===============================================================
 ancestry       none
-design         ``ancestry``: :data:`ANCESTRY` (``4x32:4``)
-loss           ``teacher``: :data:`TEACHER` (``4x32:4``), ``student``: :data:`STUDENT` (``2x16:2``)
-initializer    ``pool``: a ``sequential`` pool of rows :data:`ROWS` (``3x16:2``, ``3x32:4``)
+design         ``ancestry``: the family's :attr:`Family.teacher` shape
+loss           ``teacher`` and ``student`` shapes, ``layout``: the family's feature layout
+initializer    ``pool``: a ``sequential`` pool of the family's two :attr:`Family.rows`
 sampler        ``paths`` and ``macs`` of that pool (positional)
-method         none; its pool is built from rows :data:`ROWS`
+method         none; its pool is built from the family's rows
 =============  ===============================================================
+
+A check that fails in one family says which (``... [check] on timm-resnet
+(map features): ...``). Adding a family to every context is one line of
+:data:`FAMILIES`. A loss that asks for attention taps is not run on a family
+without attention (its shapes have no heads).
 
 The suite uses its own RNG state (``torch.random.fork_rng``): running it does
 not change the caller's random streams.
@@ -56,20 +63,63 @@ from torch import nn
 from .core.errors import StitchkitError
 from .core.interfaces import AncestryAdapter, DistillationLoss, InitContext, PathSampler, TapRequest, Taps
 from .core.registry import KINDS, Registry, default_registry
-from .core.spec import FeatureSignature, Path, RowShape, StitchSpec
+from .core.spec import FeatureSignature, Path, RowShape, StitchSpec, parse_row
 
 __all__ = [
-    "ANCESTRY", "ROWS", "STUDENT", "TEACHER", "ConformanceCase", "check_component", "check_plugin",
-    "conformance_cases",
+    "ANCESTRY", "FAMILIES", "ROWS", "STUDENT", "TEACHER", "ConformanceCase", "Family", "check_component",
+    "check_plugin", "conformance_cases",
 ]
 
-#: The ancestry shape handed to designs.
+
+@dataclass(frozen=True)
+class Family:
+    """A family the contexts are built in: the registered adapter and the shapes (``RowShape`` text) of the
+    networks handed to components, each built as ``from_arch(example().resized(shape))``."""
+
+    adapter: str
+    #: The two rows (narrow, wide; equal depths) of the pools initializers, samplers and methods get.
+    rows: tuple[str, str]
+    #: The ancestry of designs and the teacher of losses.
+    teacher: str
+    #: The student of losses.
+    student: str
+
+    def shape(self, text: str) -> RowShape:
+        return parse_row(text)
+
+    def network(self, registry: Registry, text: str, seed: int) -> AncestryAdapter:
+        """A randomly initialised network of this family and shape, in eval mode. Parameters a family
+        initialises to zero (LeViT's residual-branch norms, which silence every attention output at
+        initialisation) get small random values, so that every tap carries a signal and a gradient."""
+        cls = registry.get("ancestry", self.adapter)
+        torch.manual_seed(seed)
+        adapter = cls.from_arch(cls.example().resized(self.shape(text)))  # type: ignore[attr-defined]
+        with torch.no_grad():
+            for p in adapter.model.parameters():
+                if p.is_floating_point() and not p.any():
+                    p.normal_(0.0, 0.1)
+        adapter.model.eval()
+        return adapter  # type: ignore[no-any-return]
+
+
+#: Every component is checked in each of these families (one line per family).
+FAMILIES: tuple[Family, ...] = (
+    Family("timm-vit", rows=("3x16:2", "3x32:4"), teacher="4x32:4", student="2x16:2"),
+    Family("timm-swin", rows=("1x8:1/2x16:2", "1x16:2/2x32:4"), teacher="1x16:2/2x32:4", student="1x8:1/1x16:2"),
+    Family("timm-resnet", rows=("1x4/1x8/1x8/1x16", "1x8/1x16/1x16/1x32"), teacher="1x4/2x8/1x8/1x16",
+           student="1x2/1x4/1x4/1x8"),
+    Family("timm-convnext", rows=("1x4/1x4/1x8/1x8", "1x8/1x8/1x16/1x16"), teacher="1x8/2x8/1x16/1x16",
+           student="1x4/1x4/1x8/1x8"),
+    # tokens whose count shrinks between stages, heads independent of the width (24 wide, 5 heads)
+    Family("timm-levit", rows=("1x8:1/2x12:3", "1x16:2/2x24:5"), teacher="1x16:2/3x24:5", student="1x8:1/1x12:3"),
+)
+
+#: The ViT family's shapes (kept for plugins that refer to them): the ancestry handed to designs,
+#: the teacher and student of losses, the rows of the pools.
 ANCESTRY = RowShape(4, 32, 4)
-#: Teacher and student shapes handed to losses.
 TEACHER, STUDENT = RowShape(4, 32, 4), RowShape(2, 16, 2)
-#: Rows of the pools that initializers, samplers and methods are checked on (narrow first, equal depth).
 ROWS = (RowShape(3, 16, 2), RowShape(3, 32, 4))
-IMG, PATCH, CHANS, CLASSES, BATCH = 16, 4, 3, 5, 4
+BATCH = 4
 
 
 # --------------------------------------------------------------------------- public API
@@ -108,7 +158,7 @@ def check_component(kind: str, name: str, registry: Registry | None = None) -> l
     checker.cls = cls
     with _quiet_rng():
         _check_common(checker, registry)
-        _CHECKS[kind](checker, registry)
+        _checker_of(kind)(checker, registry)
     return checker.passed
 
 
@@ -139,18 +189,46 @@ class _Checker:
         self.kind, self.name = kind, name
         self.cls: Any = type(None)  # the component class under test, whatever its kind
         self.passed: list[str] = []
+        self.where = ""  # the family whose context a check runs in, for the message
+        self.family: Family | None = None
+        #: family adapter -> the StitchkitError message with which the component declined that family
+        self.refused: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def in_family(self, family: Family, layout: str) -> Iterator[None]:
+        """Run the checks inside in ``family``'s context; a failure names the family and its feature layout.
+
+        In every family but the first (ViT), a component may decline the context where it is handed it
+        (``example``, ``rows``, ``stitches``/``paths``) with a StitchkitError, a clear message for its
+        users (a design of one-stage rows given a Swin): recorded as ``refuses <family>``, not a failure.
+        """
+        self.where, self.family = f" on {family.adapter} ({layout} features)", family
+        try:
+            yield
+        except _Refused:
+            pass
+        finally:
+            self.where, self.family = "", None
 
     @contextlib.contextmanager
     def check(self, what: str) -> Iterator[None]:
+        head = f"{self.kind} {self.name!r} [{what}]{self.where}"
         try:
             yield
+        except StitchkitError as exc:
+            if self.family is not None and self.family is not FAMILIES[0] and what in _DECLINABLE:
+                self.refused[self.family.adapter] = f"{type(exc).__name__}: {exc}"
+                self.passed.append(f"refuses {self.family.adapter}")
+                raise _Refused() from None
+            raise AssertionError(f"{head}: raised {type(exc).__name__}: {exc}") from exc
         except _CheckFailed as exc:
-            raise AssertionError(f"{self.kind} {self.name!r} [{what}]: {exc}") from None
+            raise AssertionError(f"{head}: {exc}") from None
         except AssertionError as exc:
-            raise AssertionError(f"{self.kind} {self.name!r} [{what}]: {exc}") from None
+            raise AssertionError(f"{head}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any crash is a failed check, reported as such
-            raise AssertionError(f"{self.kind} {self.name!r} [{what}]: raised {type(exc).__name__}: {exc}") from exc
-        self.passed.append(what)
+            raise AssertionError(f"{head}: raised {type(exc).__name__}: {exc}") from exc
+        if what not in self.passed:
+            self.passed.append(what)
 
     def example(self, *args: Any, **context: Any) -> Any:
         obj = self.cls.example(*args, **context)  # type: ignore[attr-defined]
@@ -161,6 +239,14 @@ class _Checker:
 
 class _CheckFailed(Exception):
     pass
+
+
+class _Refused(Exception):
+    """A component declined a family's context with a StitchkitError (see :meth:`_Checker.in_family`)."""
+
+
+#: The checks where a component is handed a family's context and may decline it.
+_DECLINABLE = frozenset({"example", "rows", "stitches", "paths validate"})
 
 
 def _require(ok: bool, problem: str) -> None:
@@ -224,20 +310,18 @@ def _seeded(seed: int, make: Callable[[], Any]) -> Any:
     return make()
 
 
-def _vit(shape: RowShape, seed: int) -> AncestryAdapter:
-    from .families.vit import TimmViT
-
-    torch.manual_seed(seed)
-    adapter = TimmViT.from_arch(
-        dict(img_size=IMG, patch_size=PATCH, in_chans=CHANS, num_classes=CLASSES, embed_dim=shape.width,
-             depth=shape.depth, num_heads=shape.heads)
-    )
-    adapter.model.eval()
-    return adapter
-
-
-def _images(n: int = BATCH, size: tuple[int, int, int] = (CHANS, IMG, IMG), seed: int = 0) -> torch.Tensor:
+def _images(n: int = BATCH, size: tuple[int, ...] = (3, 16, 16), seed: int = 0) -> torch.Tensor:
     return torch.randn(n, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _rows(family: Family, registry: Registry) -> list[AncestryAdapter]:
+    return [family.network(registry, text, seed=10 + i) for i, text in enumerate(family.rows)]
+
+
+def _families(registry: Registry) -> Iterator[tuple[Family, str]]:
+    """Each family of :data:`FAMILIES` with its feature layout."""
+    for family in FAMILIES:
+        yield family, registry.get("ancestry", family.adapter).feature_layout  # type: ignore[attr-defined]
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -254,21 +338,25 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str |
     return None
 
 
+def _layer_words(layer: nn.Module) -> str:
+    return "1x1 nn.Conv2d" if isinstance(layer, nn.Conv2d) else f"nn.{type(layer).__name__}"
+
+
 def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def _pool(dtype: torch.dtype = torch.float32) -> Any:
-    from .pool.pool import Pool
+def _pool(family: Family, registry: Registry, dtype: torch.dtype = torch.float32) -> Any:
+    """A ``sequential`` pool of the family's two rows (stitch layers at every block boundary)."""
     from .components.sequential import SequentialMethod
+    from .pool.pool import Pool
 
-    pool = Pool.from_method(SequentialMethod(), [_vit(s, seed=10 + i) for i, s in enumerate(ROWS)])
-    return pool.to(dtype)
+    return Pool.from_method(SequentialMethod(), _rows(family, registry)).to(dtype)
 
 
 # --------------------------------------------------------------------------- common checks
 def _check_common(c: _Checker, registry: Registry) -> None:
-    base = KINDS[c.kind][1]
+    base = KINDS[c.kind].base
     with c.check("subclass"):
         _require(issubclass(c.cls, base), f"{c.cls.__name__} is not a subclass of stitchkit.core.interfaces.{base.__name__}")
     with c.check("name"):
@@ -351,9 +439,14 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
         _require(len(sigs) == shape.depth + 1, f"signatures() gives {len(sigs)} entries for {shape.depth} blocks (needs depth + 1)")
         _require(all(isinstance(s, FeatureSignature) for s in sigs), "signatures() must return FeatureSignature objects")
         _require(sigs[-1].channels == shape.width, f"the last block outputs {sigs[-1].channels} channels but shape.width = {shape.width}")
+    with c.check("stage layout"):
+        real = [s.channels for s in sigs[1:]]  # block i's output channels
         for i, (d, w, _h) in enumerate(shape.stage_shapes):
-            last = shape.stage_starts[i] + d  # the boundary after the stage's last block
-            _require(sigs[last].channels == w, f"stage {i} ends with {sigs[last].channels} channels, its shape says {w}")
+            start = shape.stage_starts[i]
+            wrong = [start + b for b in range(d) if real[start + b] != w]
+            _require(not wrong, f"shape says stage {i} is {d}x{w} (blocks {start}..{start + d - 1}), but block(s) {wrong} output "
+                                f"{[real[b] for b in wrong]} channels ({[str(sigs[b + 1]) for b in wrong]}); the stages "
+                                f"of shape {shape} disagree with the blocks' signatures {[str(s) for s in sigs]}")
     x = _images(2, size)
     depth = shape.depth
     request = TapRequest(blocks=tuple(range(depth)), attentions=tuple(range(depth)) if shape.heads else ())
@@ -388,6 +481,37 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
             _require(sorted(taps.attentions) == list(range(depth)), f"attention taps {sorted(taps.attentions)}, requested {list(range(depth))}")
         leftover = [i for i, blk in enumerate(a.blocks) if any(m._forward_hooks for m in blk.modules())]
         _require(not leftover, f"forward_taps left forward hooks on blocks {leftover}")
+    if shape.heads:
+        with c.check("attention taps"):
+            owned = a.uncounted_macs()
+            for i, blk in enumerate(a.blocks):
+                att = a.attention(i)
+                inside = {id(m) for m in blk.modules()}
+                _require(id(att) in inside, f"attention({i}) is a {type(att).__name__} that is not part of block {i}; "
+                                            f"return block {i}'s self-attention sublayer")
+                here = [m for m in owned if id(m) in inside]
+                _require(not here or any(m is mm for m in here for mm in att.modules()),
+                         f"attention({i}) is a {type(att).__name__} without block {i}'s attention matmuls (the "
+                         f"{type(here[0]).__name__ if here else ''} that uncounted_macs() declares); the attention tap "
+                         f"must be the self-attention sublayer's output")
+    with c.check("attention MACs"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from .pool.measure import count_macs
+
+        declared = count_macs(a)
+        # the math kernel: FlopCounterMode then sees scaled_dot_product_attention as the matmuls it is
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+            a.model(torch.zeros((1, *size)))
+        flops = counter.get_total_flops()
+        _require(2 * declared == flops,
+                 f"count_macs gives {declared:,} MACs per image, FlopCounterMode {flops:,} FLOPs = {flops / 2:,.0f} MACs"
+                 + (f": {flops // 2 - declared:,} MACs are not counted; declare the operations Linear/Conv2d hooks cannot "
+                    f"see (the attention matmuls q @ k^T and attn @ v) in uncounted_macs()" if 2 * declared < flops else
+                    f": {declared - flops // 2:,} MACs too many; uncounted_macs() declares operations the network does not run"))
+    with c.check("save/load round trip"):
+        _check_round_trip(c, a, x, registry)
     with c.check("resized"):
         new = _grown(shape)
         arch2 = a.resized(new)
@@ -408,6 +532,34 @@ def _check_ancestry(c: _Checker, registry: Registry) -> None:
                                 "from_arch with an unknown arch key")
 
 
+def _check_round_trip(c: _Checker, a: AncestryAdapter, x: torch.Tensor, registry: Registry) -> None:
+    """A one-row pool of the network, saved and loaded whole and lazily (rows rebuilt on the meta device,
+    non-persistent buffers recomputed by ``restore_buffers``), computes what it computed."""
+    import tempfile
+
+    from .components.sequential import SequentialMethod
+    from .io.storage import load_descendant, load_pool, save_pool
+    from .pool.pool import Pool
+
+    pool = Pool.from_method(SequentialMethod(), [a]).eval()
+    with torch.no_grad():
+        want = pool.descendant(0)(x)
+    with tempfile.TemporaryDirectory(prefix="stitchkit-conformance-") as tmp:
+        path = save_pool(pool, f"{tmp}/one-row.safetensors")
+        for how, load in (("load_pool", lambda: load_pool(path, registry).descendant(0)),
+                          ("load_descendant", lambda: load_descendant(path, 0, registry))):
+            try:
+                loaded = load().eval()
+            except StitchkitError as exc:
+                raise _CheckFailed(f"{how} of a saved one-row pool raised {type(exc).__name__}: {exc}") from None
+            with torch.no_grad():
+                got = loaded(x)
+            _require(torch.equal(got, want),
+                     f"{how} of a saved one-row pool computes other logits (max difference "
+                     f"{(got - want).abs().max().item():.3g}); a tensor outside the state dict is not restored "
+                     f"(restore_buffers) or arch() does not rebuild the network")
+
+
 def _grown(shape: RowShape) -> RowShape:
     """A deeper, wider shape of the same stage structure (heads kept): what ``resized`` is checked with."""
     if not shape.stages:
@@ -417,21 +569,30 @@ def _grown(shape: RowShape) -> RowShape:
 
 # --------------------------------------------------------------------------- design
 def _check_design(c: _Checker, registry: Registry) -> None:
-    """``rows(ancestry)`` is a non-empty list of RowShape, narrow first, the same every call; each
-    row built with ``design.row_arch(ancestry.resized(row))`` and ``initialize``d keeps its shape and finite weights,
-    reproducibly, and leaves the ancestry untouched; float64 stays float64; an ancestry too small
-    to derive rows from (``1x1:1``) raises a StitchkitError."""
-    ancestry = _vit(ANCESTRY, seed=1)
+    """In each family: ``rows(ancestry)`` is a non-empty list of RowShape, narrow first, the same every
+    call; each row built with ``design.row_arch(ancestry.resized(row))`` and ``initialize``d keeps its shape and finite
+    weights, reproducibly, and leaves the ancestry untouched; float64 stays float64. An ancestry too
+    small to derive rows from (``1x1:1``) raises a StitchkitError."""
+    for family, layout in _families(registry):
+        with c.in_family(family, layout):
+            _check_design_in(c, family.network(registry, family.teacher, seed=1))
+    with c.check("bad input"):
+        design = _seeded(0, lambda: c.example(ancestry=parse_row(FAMILIES[0].teacher)))
+        _raises_stitchkit_error(lambda: design.rows(RowShape(1, 1, 1)), "rows() for a 1x1:1 ancestry (nothing to reduce)")
+
+
+def _check_design_in(c: _Checker, ancestry: AncestryAdapter) -> None:
+    shape = ancestry.shape
     with c.check("example"):
-        design = _seeded(0, lambda: c.example(ancestry=ANCESTRY))
+        design = _seeded(0, lambda: c.example(ancestry=shape))
     with c.check("rows"):
-        rows = design.rows(ANCESTRY)
+        rows = design.rows(shape)
         _require(isinstance(rows, list) and bool(rows) and all(isinstance(r, RowShape) for r in rows),
-                 f"rows({ANCESTRY}) returned {rows!r}; expected a non-empty list of RowShape")
+                 f"rows({shape}) returned {rows!r}; expected a non-empty list of RowShape")
         _require([r.width for r in rows] == sorted(r.width for r in rows), f"rows are not sorted narrow first: {[str(r) for r in rows]}")
     with c.check("deterministic"):
-        again = _seeded(0, lambda: c.example(ancestry=ANCESTRY))
-        _require(design.rows(ANCESTRY) == rows and again.rows(ANCESTRY) == rows, "rows() differ between calls")
+        again = _seeded(0, lambda: c.example(ancestry=shape))
+        _require(design.rows(shape) == rows and again.rows(shape) == rows, "rows() differ between calls")
 
     def built(r: RowShape, anc: AncestryAdapter, dtype: torch.dtype) -> AncestryAdapter:
         torch.manual_seed(100)
@@ -457,26 +618,35 @@ def _check_design(c: _Checker, registry: Registry) -> None:
             row = built(r, anc64, torch.float64)
             bad = [k for k, v in row.model.state_dict().items() if v.is_floating_point() and (v.dtype != torch.float64 or not _finite(v))]
             _require(not bad, f"a float64 row {r} has non-float64 or non-finite tensors after initialize: {bad[:3]}")
-    with c.check("bad input"):
-        _raises_stitchkit_error(lambda: design.rows(RowShape(1, 1, 1)), "rows() for a 1x1:1 ancestry (nothing to reduce)")
 
 
 # --------------------------------------------------------------------------- loss
 def _check_loss(c: _Checker, registry: Registry) -> None:
-    """``teacher_taps`` / ``student_taps`` are TapRequests within each network's depth; the loss of
-    one forward pass is a finite 0-dim tensor whose gradient reaches the student and every
-    parameter of the loss; the same seed gives the same loss module and value; float64 gives a
-    float64 value; taps missing what it requested raise a StitchkitError (MissingTapError)."""
-    teacher, student = _vit(TEACHER, seed=1), _vit(STUDENT, seed=2)
+    """In each family: ``teacher_taps`` / ``student_taps`` are TapRequests within each network's depth;
+    the loss of one forward pass is a finite 0-dim tensor whose gradient reaches the student and every
+    parameter of the loss; the same seed gives the same loss module and value; float64 gives a float64
+    value; taps missing what it requested raise a StitchkitError (MissingTapError). A loss asking for
+    attention taps is not run on a family whose networks have no attention."""
+    for family, layout in _families(registry):
+        teacher, student = family.network(registry, family.teacher, seed=1), family.network(registry, family.student, seed=2)
+        with c.in_family(family, layout):
+            _check_loss_in(c, teacher, student, layout)
+
+
+def _check_loss_in(c: _Checker, teacher: AncestryAdapter, student: AncestryAdapter, layout: str) -> None:
+    student.model.train()  # as the trainer runs it: a frozen teacher in eval mode, the student training
+    shapes = dict(teacher=teacher.shape, student=student.shape, layout=layout)
     with c.check("example"):
-        loss = _seeded(0, lambda: c.example(teacher=TEACHER, student=STUDENT))
+        loss = _seeded(0, lambda: c.example(**shapes))
     with c.check("taps"):
         treq, sreq = loss.teacher_taps(), loss.student_taps()
-        for req, net, who in ((treq, TEACHER, "teacher"), (sreq, STUDENT, "student")):
+        for req, net, who in ((treq, teacher.shape, "teacher"), (sreq, student.shape, "student")):
             _require(isinstance(req, TapRequest), f"{who}_taps() returned {type(req).__name__}, not TapRequest")
             out = [i for i in (*req.blocks, *req.attentions) if not 0 <= i < net.depth]
             _require(not out, f"{who}_taps() asks for blocks {out} of a {net.depth}-block {who}")
-    x = _images()
+    if (treq.attentions and not teacher.shape.heads) or (sreq.attentions and not student.shape.heads):
+        return  # attention taps of a family without attention: not this loss's family
+    x = _images(size=teacher.input_size)
 
     def value(lo: DistillationLoss, t_net: AncestryAdapter, s_net: AncestryAdapter, dtype: torch.dtype) -> tuple[torch.Tensor, Taps, Taps]:
         with torch.no_grad():
@@ -495,7 +665,7 @@ def _check_loss(c: _Checker, registry: Registry) -> None:
         none = [n for n, p in loss.named_parameters() if p.requires_grad and (p.grad is None or not _finite(p.grad))]
         _require(not none, f"the loss's own parameters {none[:5]} get no (finite) gradient; parameters that never receive one cannot learn")
     with c.check("deterministic"):
-        again = _seeded(0, lambda: c.example(teacher=TEACHER, student=STUDENT))
+        again = _seeded(0, lambda: c.example(**shapes))
         diff = _same_state(_state(loss), _state(again))
         _require(diff is None, f"example() under the same seed gives different loss parameters ({diff})")
         with torch.no_grad():
@@ -516,17 +686,26 @@ def _check_loss(c: _Checker, registry: Registry) -> None:
 
 # --------------------------------------------------------------------------- initializer
 def _check_initializer(c: _Checker, registry: Registry) -> None:
-    """``initialize`` writes every stitch layer of a ``sequential`` pool in place (same module and
-    parameter objects, same dtype, finite values: layers are pre-filled with NaN), leaves the rows
-    and their train/eval mode alone, gives the same weights on a fresh pool under different global
+    """In each family (``nn.Linear`` stitch layers on tokens and channels-last grids, 1x1 ``nn.Conv2d`` on
+    maps): ``initialize`` writes every stitch layer of a ``sequential`` pool in place (same module and
+    parameter objects, same shape and dtype, finite values: layers are pre-filled with NaN), leaves the
+    rows and their train/eval mode alone, gives the same weights on a fresh pool under different global
     seeds (randomness only from ``context.seed``), keeps a float64 pool float64; an initializer with
     ``needs_images`` raises a StitchkitError without a (B, C, H, W) batch."""
     with c.check("needs_images"):
         _require(isinstance(c.cls.needs_images, bool), f"needs_images is {c.cls.needs_images!r}, not a bool")
-    context = InitContext(images=_images(), seed=0)
+    for family, layout in _families(registry):
+        with c.in_family(family, layout):
+            _check_initializer_in(c, family, registry)
+
+
+def _check_initializer_in(c: _Checker, family: Family, registry: Registry) -> None:
+    with c.check("example"):
+        c.example(pool=_pool(family, registry))
 
     def run(dtype: torch.dtype, global_seed: int) -> dict[str, torch.Tensor]:
-        pool = _pool(dtype)
+        pool = _pool(family, registry, dtype)
+        context = InitContext(images=_images(size=pool.adapters[0].input_size), seed=0)
         init = c.example(pool=pool)
         objects = {n: (layer, layer.weight, layer.bias) for n, layer in pool.stitches.items()}
         shapes = {n: (tuple(layer.weight.shape), tuple(layer.bias.shape)) for n, layer in pool.stitches.items()}
@@ -543,9 +722,11 @@ def _check_initializer(c: _Checker, registry: Registry) -> None:
                      f"stitch layer {n!r} was replaced; write the existing parameters in place (with torch.no_grad(): .copy_())")
             for what, t, shape in (("weight", layer.weight, shapes[n][0]), ("bias", layer.bias, shapes[n][1])):
                 _require(tuple(t.shape) == shape,
-                         f"{what} of stitch layer {n!r} has shape {tuple(t.shape)}, expected {shape} (nn.Linear: (out, in))")
+                         f"{what} of stitch layer {n!r} has shape {tuple(t.shape)}, expected {shape} "
+                         f"({'nn.Linear: (out, in)' if layer.weight.dim() == 2 else 'a 1x1 nn.Conv2d: (out, in, 1, 1)'})")
                 _require(t.dtype == dtype, f"stitch layer {n!r} became {t.dtype} on a {dtype} pool")
-                _require(_finite(t), f"stitch layer {n!r} holds NaN or inf after initialize (not written, or a degenerate solve)")
+                _require(_finite(t), f"stitch layer {n!r} holds NaN or inf after initialize (not written, or a "
+                                     f"degenerate solve; a {_layer_words(layer)})")
         _require(_same_state(rows, _state(pool.rows)) is None, "initialize changed the rows' weights; it may only write stitch layers")
         _require(all(m.training for m in pool.rows.modules()), "initialize left the rows in eval mode; restore their mode")
         return _state(pool.stitches)
@@ -559,20 +740,26 @@ def _check_initializer(c: _Checker, registry: Registry) -> None:
         run(torch.float64, 3)
     if c.cls.needs_images:
         with c.check("bad input"):
-            pool = _pool()
+            pool = _pool(family, registry)
             init = c.example(pool=pool)
+            images = _images(size=pool.adapters[0].input_size)
             _raises_stitchkit_error(lambda: init.initialize(pool, InitContext(images=None, seed=0)),
                                     "initialize without images (needs_images = True)")
-            _raises_stitchkit_error(lambda: init.initialize(pool, InitContext(images=_images()[0], seed=0)),
+            _raises_stitchkit_error(lambda: init.initialize(pool, InitContext(images=images[0], seed=0)),
                                     "initialize with a (C, H, W) tensor instead of a batch")
 
 
 # --------------------------------------------------------------------------- sampler
 def _check_sampler(c: _Checker, registry: Registry) -> None:
-    """``sample(generator)`` returns a non-empty list of paths from the given list; equal generator
-    seeds give equal draws under different global seeds (randomness only from the generator, so
-    every rank trains the same path); no paths, or MACs of the wrong length, raise a StitchkitError."""
-    pool = _pool()
+    """In each family: ``sample(generator)`` returns a non-empty list of paths from the given list; equal
+    generator seeds give equal draws under different global seeds (randomness only from the generator,
+    so every rank trains the same path); no paths, or MACs of the wrong length, raise a StitchkitError."""
+    for family, layout in _families(registry):
+        with c.in_family(family, layout):
+            _check_sampler_in(c, _pool(family, registry))
+
+
+def _check_sampler_in(c: _Checker, pool: Any) -> None:
     parts = pool.part_macs()
     paths = list(pool.paths)
     macs = [pool.path_macs(p, parts) for p in paths]
@@ -606,11 +793,26 @@ def _check_sampler(c: _Checker, registry: Registry) -> None:
 
 # --------------------------------------------------------------------------- method
 def _check_method(c: _Checker, registry: Registry) -> None:
-    """``stitches(rows)`` gives uniquely named layers whose widths fit the rows; ``paths`` is a
-    non-empty list of uniquely named paths that all validate and build descendants with finite
-    ``(B, classes)`` logits, in float32 and float64; both are the same on every call; the default
-    initializer and sampler are registered; no rows raise a StitchkitError."""
-    shapes = list(ROWS)
+    """In each family: ``stitches(rows)`` gives uniquely named layers whose widths are widths of their
+    rows; ``paths`` is a non-empty list of uniquely named paths that all validate and build descendants
+    with finite ``(B, classes)`` logits, in float32 and float64; both are the same on every call; the
+    default initializer and sampler are registered; no rows raise a StitchkitError."""
+    for family, layout in _families(registry):
+        with c.in_family(family, layout):
+            _check_method_in(c, _rows(family, registry))
+    with c.check("defaults registered"):
+        method = c.example()
+        for kind, default in (("initializer", method.default_initializer), ("sampler", method.default_sampler)):
+            try:
+                registry.get(kind, default)
+            except StitchkitError as exc:
+                raise _CheckFailed(f"default_{kind} {default!r}: {exc}") from None
+    with c.check("bad input"):
+        _raises_stitchkit_error(lambda: c.example().stitches([]), "stitches([]) (no rows)")
+
+
+def _check_method_in(c: _Checker, rows: list[AncestryAdapter]) -> None:
+    shapes = [r.shape for r in rows]
     with c.check("example"):
         method = c.example()
     with c.check("stitches"):
@@ -620,7 +822,8 @@ def _check_method(c: _Checker, registry: Registry) -> None:
         _require(len(set(names)) == len(names), f"stitch layer names repeat: {names}")
         for s in specs:
             _require(0 <= s.src < len(shapes) and 0 <= s.dst < len(shapes)
-                     and (s.src_width, s.dst_width) == (shapes[s.src].width, shapes[s.dst].width),
+                     and s.src_width in {w for _, w, _ in shapes[s.src].stage_shapes}
+                     and s.dst_width in {w for _, w, _ in shapes[s.dst].stage_shapes},
                      f"stitch layer {s} does not fit rows {[str(r) for r in shapes]}")
     with c.check("paths validate"):
         paths = method.paths(shapes, specs)
@@ -643,32 +846,20 @@ def _check_method(c: _Checker, registry: Registry) -> None:
     with c.check("descendants build"):
         from .pool.pool import Pool
 
-        pool = Pool.from_method(method, [_vit(s, seed=10 + i) for i, s in enumerate(shapes)])
+        pool = Pool.from_method(method, rows)
         pool.eval()
-        x = _images()
+        x = _images(size=rows[0].input_size)
+        classes = rows[0].num_classes
         for dtype in (torch.float32, torch.float64):
             pool.to(dtype)
             with torch.no_grad():
                 for p in pool.paths:
                     y = pool.descendant(p)(x.to(dtype))
-                    _require(tuple(y.shape) == (BATCH, CLASSES) and y.dtype == dtype and _finite(y),
+                    _require(tuple(y.shape) == (BATCH, classes) and y.dtype == dtype and _finite(y),
                              f"descendant {p.name} gives {tuple(y.shape)} {y.dtype} logits (finite: {_finite(y)}); "
-                             f"expected finite ({BATCH}, {CLASSES}) {dtype}")
-    with c.check("defaults registered"):
-        for kind, default in (("initializer", method.default_initializer), ("sampler", method.default_sampler)):
-            try:
-                registry.get(kind, default)
-            except StitchkitError as exc:
-                raise _CheckFailed(f"default_{kind} {default!r}: {exc}") from None
-    with c.check("bad input"):
-        _raises_stitchkit_error(lambda: method.stitches([]), "stitches([]) (no rows)")
+                             f"expected finite ({BATCH}, {classes}) {dtype}")
 
 
-_CHECKS: dict[str, Callable[[_Checker, Registry], None]] = {
-    "ancestry": _check_ancestry,
-    "design": _check_design,
-    "loss": _check_loss,
-    "initializer": _check_initializer,
-    "sampler": _check_sampler,
-    "method": _check_method,
-}
+def _checker_of(kind: str) -> Callable[[_Checker, Registry], None]:
+    """The check function the kind's table row names (:attr:`stitchkit.core.kinds.Kind.checker`)."""
+    return globals()[KINDS[kind].checker]  # type: ignore[no-any-return]

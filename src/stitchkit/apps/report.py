@@ -134,18 +134,21 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
     }
 
 
+def best_per_size(descendants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The evaluated descendants more accurate than every smaller one (by params, then MACs): the best at each size."""
+    best, top = [], float("-inf")
+    for d in sorted((d for d in descendants if "top1" in d), key=lambda d: (d["params"], d["macs"])):
+        if d["top1"] > top:
+            best.append(d)
+            top = d["top1"]
+    return best
+
+
 def is_model_file(path: str | os.PathLike) -> bool:
     """True for a single network written by ``stitchkit train`` (not a pool); False for anything else."""
-    from safetensors import SafetensorError, safe_open
+    from ..io.header import MODEL_FORMAT, kind_of_file  # local: like pool_info, read without torch
 
-    from ..engine.model import MODEL_FORMAT
-    from ..io.header import file_kind
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return file_kind(fh.metadata() or {}) == MODEL_FORMAT
-    except (SafetensorError, OSError, ValueError):
-        return False
+    return kind_of_file(path) == MODEL_FORMAT
 
 
 def model_file_info(path: str | os.PathLike) -> dict[str, Any]:

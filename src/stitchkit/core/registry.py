@@ -28,15 +28,10 @@ import pluggy
 from . import hookspecs
 from .contract import signature_problem
 from .errors import ConfigError, DuplicateComponentError, PluginError, UnknownComponentError
-from .options import Option, check_options, component_options, factory
-from .interfaces import (
-    AncestryAdapter,
-    AuxiliaryDesign,
-    DistillationLoss,
-    Method,
-    PathSampler,
-    StitchInitializer,
-)
+from .interfaces import AncestryAdapter, Method
+from .kinds import KINDS as KINDS  # re-exported: the table of kinds
+from .kinds import Kind as Kind
+from .options import Option, check_options, component_options
 
 ENTRY_POINT_GROUP = "stitchkit"
 #: Set to a non-empty value other than ``0`` to skip entry-point plugins (tests do).
@@ -45,15 +40,6 @@ CORE_PLUGIN = "stitchkit"
 #: The module registering the core's components (adapters, samplers, the random initializer, ``sequential``).
 CORE_PLUGIN_MODULE = "stitchkit.components.builtin"
 
-#: kind -> (hook name, base class)
-KINDS: dict[str, tuple[str, type]] = {
-    "ancestry": ("register_ancestries", AncestryAdapter),
-    "design": ("register_designs", AuxiliaryDesign),
-    "loss": ("register_losses", DistillationLoss),
-    "initializer": ("register_initializers", StitchInitializer),
-    "sampler": ("register_samplers", PathSampler),
-    "method": ("register_methods", Method),
-}
 #: Hooks that answer a question instead of registering components.
 QUERY_HOOKS = ("ancestry_for_model",)
 
@@ -138,7 +124,7 @@ class Registry:
         nothing of the plugin is kept.
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
-        known = {spec for spec, _ in KINDS.values()} | set(QUERY_HOOKS)
+        known = {k.hook for k in KINDS.values()} | set(QUERY_HOOKS)
         for attr in dir(plugin):
             opts = self.pm.parse_hookimpl_opts(plugin, attr)
             if opts is not None and attr not in known:
@@ -149,8 +135,8 @@ class Registry:
         self.pm.register(plugin, name=name)
         try:
             staged: list[Entry] = []
-            for kind, (hook, _base) in KINDS.items():
-                caller = getattr(self.pm.hook, hook)
+            for kind, spec in KINDS.items():
+                caller = getattr(self.pm.hook, spec.hook)
                 for impl in caller.get_hookimpls():
                     if impl.plugin is plugin:
                         impl.function(register=self._stager(kind, name, staged))
@@ -178,7 +164,7 @@ class Registry:
                     del self._conflicts[key]
 
     def _stager(self, kind: str, plugin: str, staged: list[Entry]) -> Callable[[type], None]:
-        base = KINDS[kind][1]
+        base = KINDS[kind].base
 
         def register(cls: type) -> None:
             if not isinstance(cls, type) or not issubclass(cls, base):
@@ -240,13 +226,18 @@ class Registry:
         self.get(kind, name)
         return self._tables[kind][name].plugin
 
-    def create(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Instantiate the component ``name`` with the given arguments (its constructor, as registered)."""
-        return self.get(kind, name)(*args, **kwargs)
+    def create(self, kind: str, name: str, *context: Any, **options: Any) -> Any:
+        """Make the component ``name``: the kind's context arguments, then its options as keywords.
+
+        The same as :meth:`build` with ``options=options``: both check the options (names and types)
+        and call the kind's factory (:class:`~stitchkit.core.kinds.Kind`; ``for_models`` for losses).
+        """
+        return self.build(kind, name, *context, options=options)
 
     def check(self, kind: str, name: str, options: Mapping[str, Any] | None = None, where: str = "") -> type:
-        """The class of ``name``, after checking that it takes ``options`` (a :class:`ConfigError` naming
-        the accepted options if not). Call it for every component of a run before any training."""
+        """The class of ``name``, after checking that it takes ``options``, each of the type its factory
+        annotates (a :class:`ConfigError` naming the key, what it must be and the accepted options if
+        not). Call it for every component of a run before any data is read or anything trains."""
         cls = self.get(kind, name)
         check_options(kind, name, cls, options or {}, where)
         return cls
@@ -255,7 +246,7 @@ class Registry:
         """Make the component ``name`` from a config: the kind's context arguments (sampler: paths and
         MACs; loss: teacher and student shapes) and the ``<kind>_args`` table as keyword arguments."""
         cls = self.check(kind, name, options, where)
-        return factory(kind, cls)(*context, **dict(options or {}))
+        return KINDS[kind].make(cls)(*context, **dict(options or {}))
 
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
@@ -328,15 +319,15 @@ def _lister(kind: str) -> Callable[..., list[str]]:
         return default_registry().list(kind, pattern)
 
     lister.__doc__ = f"Names of registered {kind} components matching a wildcard pattern."
-    lister.__name__ = lister.__qualname__ = "list_" + ("ancestries" if kind == "ancestry" else f"{kind}s")
+    lister.__name__ = lister.__qualname__ = f"list_{KINDS[kind].plural}"
     return lister
 
 
 def _creator(kind: str) -> Callable[..., Any]:
-    def creator(name: str, *args: Any, **kwargs: Any) -> Any:
-        return default_registry().create(kind, name, *args, **kwargs)
+    def creator(name: str, *context: Any, **options: Any) -> Any:
+        return default_registry().create(kind, name, *context, **options)
 
-    creator.__doc__ = f"Create the {kind} registered as ``name``."
+    creator.__doc__ = f"Make the {kind} registered as ``name`` from its context arguments and options (Registry.create)."
     creator.__name__ = creator.__qualname__ = f"create_{kind}"
     return creator
 

@@ -21,10 +21,9 @@ from safetensors.torch import save
 
 from ..core.errors import ConfigError, PoolFormatError, StitchkitError
 from ..core.interfaces import AncestryAdapter
+from ..io.header import HF_FORMAT, KIND_KEY, MODEL_FORMAT, check_digest, file_kind, stamp
 from .config import section, write_bytes_atomic
 from .data import DataSpec
-
-MODEL_FORMAT = "stitchkit-model"
 
 
 @dataclass
@@ -128,8 +127,6 @@ def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Map
     """One network as safetensors, with the adapter name and arch in the metadata (atomic)."""
     path = pathlib.Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.model.state_dict().items()}
-    from ..io.header import KIND_KEY, stamp
-
     meta = {
         KIND_KEY: MODEL_FORMAT,  # `format` is "pt" (what Hugging Face loaders check), the digest covers the rest
         "version": "2",
@@ -143,8 +140,6 @@ def save_model(adapter: AncestryAdapter, path: str | os.PathLike[str], info: Map
 
 def check_model_metadata(path: pathlib.Path, meta: dict[str, str]) -> None:
     """A model file's kind, and (version 2: ``format: pt``) its metadata digest; version 1 named the kind in ``format``."""
-    from ..io.header import HF_FORMAT, KIND_KEY, check_digest, file_kind
-
     if file_kind(meta) != MODEL_FORMAT:
         found = meta.get(KIND_KEY) if meta.get("format") == HF_FORMAT else meta.get("format")
         raise PoolFormatError(path, f"not a stitchkit model file (metadata format {found!r}); train one with train_model")

@@ -97,6 +97,10 @@ class TimmConvNeXt(StagedAdapter):
             "use_grn": not isinstance(first.mlp.norm, nn.Identity) if hasattr(first.mlp, "norm") else False,
             "conv_mlp": bool(first.use_conv_mlp),
         }
+        last: Any = getattr(m.stages[-1].blocks[-1], "drop_path", None)
+        rate = float(getattr(last, "drop_prob", 0.0))  # timm's stochastic depth reaches the rate at the last block
+        if rate:
+            arch["drop_path_rate"] = float(f"{rate:.6g}")
         if gamma is None:
             arch["ls_init_value"] = None
         elif gamma.device.type != "meta":

@@ -79,6 +79,8 @@ class TimmResNet(StagedAdapter):
         kinds = {type(b) for b in self._blocks}
         if not kinds <= {BasicBlock, Bottleneck}:
             raise ConfigError(f"timm-resnet takes basic or bottleneck blocks, got {sorted(k.__name__ for k in kinds)}")
+        if len(kinds) > 1:  # its arch records one block type: a mix would not rebuild as itself
+            raise ConfigError(f"timm-resnet takes one block type in every stage, got a mix of {sorted(k.__name__ for k in kinds)}")
         self._img_size = planning_size(img_size)
 
     # -- construction -------------------------------------------------------

@@ -31,6 +31,8 @@ from ..core.spec import LAYOUTS, Path, RowShape, StitchSpec, find_path
 #: The file kinds, in ``__metadata__[KIND_KEY]`` (format 3) or in ``__metadata__["format"]`` (formats 1 and 2).
 POOL_FORMAT = "stitchkit-pool"
 DESCENDANT_FORMAT = "stitchkit-descendant"
+#: One network written by ``stitchkit train`` (:func:`stitchkit.engine.model.save_model`).
+MODEL_FORMAT = "stitchkit-model"
 #: A single-row descendant written as its row's own state dict (``export_timm_state_dict``, ``export --hf``).
 PLAIN_FORMAT = "stitchkit-plain-model"
 #: ``format``, the key Hugging Face loaders check: always ``pt`` since format 3 (the tensors are PyTorch's).
@@ -380,6 +382,14 @@ def metadata_digest(meta: Mapping[str, str]) -> str:
     """
     body = {k: meta[k] for k in sorted(meta) if k != DIGEST_KEY}
     return hashlib.sha256(json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def kind_of_file(path: PathLike) -> str | None:
+    """The kind a safetensors file declares (:func:`file_kind`), read with the standard library; None if unreadable."""
+    try:
+        return file_kind(_read_header(path).metadata or {})
+    except (PoolFormatError, FileError, OSError):
+        return None
 
 
 def file_kind(meta: Mapping[str, str]) -> str | None:

@@ -19,18 +19,14 @@ from .files import atomic_write, refuse_overwrite
 
 def _load_model(path: str | os.PathLike, timm_state_dict: bool) -> tuple[torch.nn.Module, tuple[int, ...], dict[str, str]]:
     """The model, its input size, and the data info (preprocessing, classes) to store in the ONNX file."""
-    if timm_state_dict:
+    if timm_state_dict:  # the row's own network, rebuilt through the adapter the file records
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
-        from ..families.vit import TimmViT
+        from .storage import load_plain_row
 
+        adapter = load_plain_row(path)
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        if "stitchkit_arch" not in meta:
-            raise ConfigError(f"{path}: not a stitchkit timm export (no stitchkit_arch metadata)")
-        adapter = TimmViT.from_arch(json.loads(meta["stitchkit_arch"]))
-        adapter.model.load_state_dict(load_file(str(path)))
         props = {k: meta[k] for k in ("stitchkit_preprocessing", "stitchkit_classes") if k in meta}
         return adapter.model, adapter.input_size, props
     from .storage import load_exported

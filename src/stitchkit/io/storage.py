@@ -762,3 +762,44 @@ def export_timm_state_dict(
     metadata = {KIND_KEY: PLAIN_FORMAT, "format_version": FORMAT_VERSION, "writer": _writer(), **extra}
     _save(out, prepared, metadata)
     return dict(row["arch"])
+
+
+def load_plain_row(path: PathLike, registry: Any = None) -> Any:
+    """A ``--timm`` export rebuilt as its row's own network (a timm ``VisionTransformer``, ``SwinTransformer``,
+    ``ResNet``, ...) through the adapter recorded in the file (``stitchkit_adapter``, ``stitchkit_arch``),
+    its weights loaded strictly; returns the adapter (``.model`` is the network, ``.name`` its family)."""
+    import json
+
+    from .state_dicts import load_strict
+
+    registry = registry if registry is not None else default_registry()
+    h = _read_header(path)
+    p, meta = h.path, h.metadata or {}
+    if "stitchkit_arch" not in meta:
+        raise PoolFormatError(p, "not a stitchkit --timm export (no stitchkit_arch metadata); write one with 'stitchkit export POOL D --timm'")
+    name = meta.get("stitchkit_adapter", "timm-vit")  # the first --timm exports were all ViTs
+    cls: Any = _adapter_class(p, registry, name, "the row")
+    try:
+        arch = json.loads(meta["stitchkit_arch"])
+        limits.check_arch(arch, "the row")
+    except (json.JSONDecodeError, LimitError) as exc:
+        raise PoolFormatError(p, f"stitchkit_arch is not a usable arch: {exc}") from None
+    _build_row(p, cls, arch, None, "the row", len(h.entries))  # bounded on the meta device before a real build
+    adapter = cls.from_arch(arch)
+    load_strict(adapter.model, p, f"the {name} row its metadata describes")
+    return adapter
+
+
+def plain_row_family(path: PathLike, registry: Any = None) -> tuple[str, str]:
+    """The adapter a ``--timm`` export records and its network's class, e.g. ``("timm-swin",
+    "timm SwinTransformer")``, found by building the row on the meta device (no weights read)."""
+    import json
+
+    registry = registry if registry is not None else default_registry()
+    h = _read_header(path)
+    meta = h.metadata or {}
+    name = meta.get("stitchkit_adapter", "timm-vit")
+    adapter = _build_row(h.path, _adapter_class(h.path, registry, name, "the row"), json.loads(meta.get("stitchkit_arch", "{}")),
+                         None, "the row", len(h.entries))
+    kind = type(adapter.model)
+    return name, f"{kind.__module__.split('.')[0]} {kind.__name__}"
