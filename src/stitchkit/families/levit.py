@@ -182,6 +182,12 @@ class TimmLeViT(StagedAdapter):
         adapter.timm_name = name
         return adapter
 
+
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """timm's ``levit_128s`` entry point (``create_levit`` takes every Levit argument and ``distilled``)."""
+        return "levit_128s", {k: v for k, v in arch.items() if k not in ("timm_name", "residual_bn_init")}
+
     def arch(self) -> dict[str, Any]:
         m = self.model
         blocks = [st.blocks[0] for st in m.stages]
