@@ -443,3 +443,25 @@ def test_a_full_rank_stitch_rank_is_noted_in_the_pre_flight_check(tmp_path, capl
     with caplog.at_level("WARNING", logger="stitchkit"):
         default_registry().method("learngene-pool").check_config(config, registry=default_registry())
     assert "learngene.stitch_rank = 16 is the full rank of 1 stitch layer(s) (e.g. s0_1_1)" in caplog.text
+
+
+@pytest.mark.parametrize("key", ["anchors.0.pos_embed", "anchors.1.head.weight", "anchors.2.patch_embed.proj.weight"])
+def test_import_refuses_a_flattened_tensor_the_shape_is_read_from(capsys, checkpoint, tmp_path, key):
+    """Found by the hostile battery: a 1-D pos_embed gave an IndexError traceback."""
+    bad = _edited(checkpoint[0], tmp_path, key, lambda t: t.reshape(-1)[:-1])
+    err = fails_cleanly(capsys, "import", "snnet", str(bad), "--anchors", ANCHORS, "-o", str(tmp_path / "o.safetensors"))
+    assert f"{key} has shape (" in err and "dimensions a timm ViT's has" in err
+
+
+def test_a_failed_hf_export_names_the_users_folder_and_leaves_nothing(capsys, pool_file, tmp_path, monkeypatch):
+    from stitchkit.apps import hub
+
+    def read_only(pool, key, path, **kw):  # what a read-only target gives inside the temporary folder
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(hub.storage, "export_timm_state_dict", read_only)
+    out = tmp_path / "model"
+    before = digest(pool_file)
+    err = fails_cleanly(capsys, "export", str(pool_file), "0", "--hf", str(out))
+    assert err == f"stitchkit: error: {out}: {os.strerror(errno.EROFS)}; the file system is read-only; choose another location\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.safetensors"] and digest(pool_file) == before

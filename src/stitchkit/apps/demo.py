@@ -12,8 +12,10 @@ run's own numbers and the spread the benchmark measured over seeds, and an
 accuracy plot. Both methods are reached through the registry by name, like
 any plugin.
 
-After the ancestry the Learngene builds run here while SN-Net is built side
-by side in a worker process (``demo.workers``: 2 by default on two or more
+After the ancestry the Learngene build runs here (its two rows distilled
+together and its pools fine-tuned together, one ancestry forward per batch
+for all of them: ``demo.together``) while SN-Net is built side by side in a
+worker process (``demo.workers``: 2 by default on two or more
 cores; each process one torch thread; the results do not depend on it).
 Every phase is resumable: rerunning the same command continues where a killed
 run stopped and skips finished phases.
@@ -75,6 +77,9 @@ class DemoConfig:
     workers: int = 0
     #: Cap on optimizer steps per phase (0: none); the test suite's fast demo uses it.
     max_steps: int = 0
+    #: Distil the Learngene rows together and fine-tune the Learngene pools together, the ancestry's forward
+    #: computed once per batch for all of them (false: one at a time, one network in memory; the same pools).
+    together: bool = True
 
     def validate(self, where: str = "demo") -> None:
         try:
@@ -101,14 +106,14 @@ class DemoConfig:
 
 @dataclass
 class Job:
-    """One pool build: its method, resolved config, output folder and the jobs it waits for."""
+    """One build of one method: its pools' configs (several: built together from one distillation), its folder."""
 
     key: str
     label: str
     method: str
-    config: dict[str, Any]
+    #: Pool key -> build config.
+    configs: dict[str, dict[str, Any]]
     out_dir: pathlib.Path
-    after: tuple[str, ...] = ()
 
 
 #: ``stitchkit demo --data NAME``: the shipped config of each data set.
@@ -186,6 +191,7 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
                 "initializer": init,
                 "initializer_args": dict(demo.learngene_initializer_args.get(init, {})),
                 "pool_file": f"pool-{init}.safetensors",
+                "together": demo.together,
                 "distill": phase,
                 "finetune": finetune,
             },
@@ -206,37 +212,41 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
 
 
 def demo_jobs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.Path, out: pathlib.Path) -> list[Job]:
-    """Every pool build, in the order a single process runs them. The first Learngene build
-    distils the rows; the others wait for it and reuse them (same folder, finished phases skipped)."""
-    jobs, first = [], ""
-    for key, cfg in method_configs(config, demo, ancestry).items():
-        if cfg["method"] == "learngene-pool":
-            jobs.append(Job(key, pool_label(key), "learngene-pool", cfg, out / "learngene-pool", (first,) if first else ()))
-            first = first or key
-        else:
-            jobs.append(Job(key, pool_label(key), cfg["method"], cfg, out / key))
+    """The builds: one Learngene build of every initializer's pool (the rows distilled once, the pools
+    fine-tuned side by side), then SN-Net."""
+    configs = method_configs(config, demo, ancestry)
+    learngene = {k: c for k, c in configs.items() if c["method"] == "learngene-pool"}
+    inits = ", ".join(k.removeprefix("learngene-pool-").upper() for k in learngene)
+    jobs = [Job("learngene-pool", f"Learngene Pool ({inits})", "learngene-pool", learngene, out / "learngene-pool")]
+    jobs += [Job(k, pool_label(k), c["method"], {k: c}, out / k) for k, c in configs.items() if k not in learngene]
     return jobs
 
 
-def _build(method: str, config: dict[str, Any], out_dir: str, registry: Registry | None = None) -> tuple[str, float, float]:
-    """Run one build; return (pool file, wall seconds, CPU seconds)."""
+def _build(method: str, configs: Sequence[dict[str, Any]], out_dir: str, registry: Registry | None = None) -> tuple[list[str], float, float]:
+    """Run one build of one or more pools (together where the method can); return (pool files, wall seconds, CPU seconds)."""
     registry = registry or default_registry()
     wall, cpu = time.perf_counter(), time.process_time()
-    built = registry.method(method).build(resolve(config), out_dir=pathlib.Path(out_dir), registry=registry)
-    return str(built), time.perf_counter() - wall, time.process_time() - cpu
+    builder = registry.method(method)
+    resolved = [resolve(c) for c in configs]
+    together = getattr(builder, "build_together", None)
+    if len(resolved) > 1 and callable(together):
+        built = list(together(resolved, out_dir=pathlib.Path(out_dir), registry=registry))
+    else:
+        built = [builder.build(c, out_dir=pathlib.Path(out_dir), registry=registry) for c in resolved]
+    return [str(b) for b in built], time.perf_counter() - wall, time.process_time() - cpu
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """A worker process: ``python -c "import stitchkit.apps.demo as d; d.worker_main()" JOB.json THREADS``.
 
-    Builds the job the JSON file describes and writes ``[pool file, wall s, CPU s]`` next to it
+    Builds the job the JSON file describes and writes ``[pool files, wall s, CPU s]`` next to it
     (``.result``); a stitchkit error is one line on stderr and exit status 2.
     """
     job_file, threads = (sys.argv[1:] if argv is None else list(argv))[:2]
     torch.set_num_threads(int(threads))
     job = json.loads(pathlib.Path(job_file).read_text())
     try:
-        result = _build(job["method"], job["config"], job["out_dir"])
+        result = _build(job["method"], job["configs"], job["out_dir"])
     except StitchkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -248,29 +258,18 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
-def _chain(jobs: Sequence[Job]) -> list[Job]:
-    """The first job and every job that waits on one of the chain (the Learngene builds sharing rows)."""
-    chain = [jobs[0]]
-    for job in jobs[1:]:
-        if any(a in {c.key for c in chain} for a in job.after):
-            chain.append(job)
-    return chain
-
-
-def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pathlib.Path) -> dict[str, tuple[pathlib.Path, float, float]]:
-    """Run ``jobs``: all here, in order (``workers`` 1); or the first job and the jobs waiting on it here
-    while up to ``workers - 1`` worker processes build the others side by side.
+def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pathlib.Path) -> dict[str, tuple[list[pathlib.Path], float, float]]:
+    """Run ``jobs``: all here, in order (``workers`` 1); or the first job here while up to
+    ``workers - 1`` worker processes build the others side by side.
 
     Workers are fresh interpreters (``subprocess``, not ``multiprocessing``: nothing of the
     caller's ``__main__`` is re-imported) that find the methods through entry points; only
-    the jobs off the chain go there, so one interpreter start-up (seconds of CPU) is paid
+    the jobs after the first go there, so one interpreter start-up (seconds of CPU) is paid
     per worker and none on the critical path.
     """
-    done: dict[str, tuple[pathlib.Path, float, float]] = {}
-    local = list(jobs) if workers <= 1 else _chain(jobs)
+    done: dict[str, tuple[list[pathlib.Path], float, float]] = {}
+    local = list(jobs) if workers <= 1 else list(jobs[:1])
     queue = [j for j in jobs if j not in local]
-    if any(j.after for j in queue):
-        raise ValueError(f"demo jobs off the first job's chain must wait on nothing: {[(j.key, j.after) for j in queue]}")
     running: dict[str, tuple[subprocess.Popen[bytes], Job, pathlib.Path]] = {}
 
     def launch() -> None:
@@ -278,8 +277,8 @@ def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pat
             job = queue.pop(0)
             scratch.mkdir(parents=True, exist_ok=True)
             spec = scratch / f"job-{job.key}.json"
-            config = {**job.config, "train": {**job.config["train"], "progress": False}}  # the bars here are this process's
-            write_text_atomic(spec, json.dumps({"method": job.method, "config": config, "out_dir": str(job.out_dir)}))
+            configs = [{**c, "train": {**c["train"], "progress": False}} for c in job.configs.values()]  # the bars here are this process's
+            write_text_atomic(spec, json.dumps({"method": job.method, "configs": configs, "out_dir": str(job.out_dir)}))
             spec.with_name(spec.name + ".result").unlink(missing_ok=True)
             cmd = [sys.executable, "-c", "import stitchkit.apps.demo as d; raise SystemExit(d.worker_main())", str(spec), str(torch.get_num_threads())]
             running[job.key] = (subprocess.Popen(cmd), job, spec)
@@ -294,16 +293,16 @@ def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pat
             if proc.returncode != 0 or not result.is_file():
                 raise StitchkitError(f"demo: building {job.label} failed (worker exit status {proc.returncode}, its error is "
                                      f"printed above); rerun the same command to resume, or set demo.workers = 1")
-            path, wall, cpu = json.loads(result.read_text())
-            done[key] = (pathlib.Path(path), wall, cpu)
+            paths, wall, cpu = json.loads(result.read_text())
+            done[key] = ([pathlib.Path(p) for p in paths], wall, cpu)
             _say(f"{job.label}: done in {wall:.0f} s")
 
     try:
         launch()
         for job in local:
             _say(f"{job.label}: building")
-            path, wall, cpu = _build(job.method, job.config, str(job.out_dir), registry)
-            done[job.key] = (pathlib.Path(path), wall, cpu)
+            paths, wall, cpu = _build(job.method, list(job.configs.values()), str(job.out_dir), registry)
+            done[job.key] = ([pathlib.Path(p) for p in paths], wall, cpu)
             reap()
             launch()
         while running or queue:
@@ -448,13 +447,19 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
     built = run_jobs(jobs, workers, registry, out / ".workers")
     pools: dict[str, pathlib.Path] = {}
     for job in jobs:
-        path, wall, _ = built[job.key]
-        pools[job.key] = out / f"{job.key}.safetensors"
-        copy_atomic(path, pools[job.key])
-        write_pool_card(pools[job.key])  # its model card beside it, as `stitchkit build` writes
-        init = job.config.get("learngene", job.config.get("snnet", {})).get("initializer", "").upper()
-        first = "train anchors" if job.method == "snnet" else ("reuse the distilled rows" if job.after else "distil rows")
-        phases.append((f"{job.label}: {first}, {init} init, fine-tune, evaluate", wall))
+        paths, wall, _ = built[job.key]
+        for key, path in zip(job.configs, paths):
+            pools[key] = out / f"{key}.safetensors"
+            copy_atomic(path, pools[key])
+            write_pool_card(pools[key])  # its model card beside it, as `stitchkit build` writes
+        inits = " and ".join(c.get("learngene", c.get("snnet", {})).get("initializer", "").upper() for c in job.configs.values())
+        if job.method == "snnet":
+            what = f"train anchors, {inits} init, fine-tune, evaluate"
+        elif len(job.configs) > 1 and demo.together:
+            what = f"distil rows together, {inits} init, fine-tune the pools together, evaluate"
+        else:
+            what = f"distil rows, {inits} init, fine-tune, evaluate"
+        phases.append((f"{job.label}: {what}", wall))
 
     t0 = time.perf_counter()
     infos = collect({pool_label(k): p for k, p in pools.items()})
@@ -480,6 +485,9 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
         f"Rows / anchors: {demo.rows}; {demo.auxiliary_epochs} epochs of distillation (Learngene Pool, once for "
         f"every initializer) or training from scratch (SN-Net) each; {demo.finetune_epochs} fine-tuning epochs per "
         f"pool{cap_note}.",
+        ("The Learngene rows were distilled together and its pools fine-tuned together: one ancestry forward per "
+         "batch for all of them, the same weights as one at a time (docs/training.md)." if demo.together else
+         "The Learngene rows were distilled, and its pools fine-tuned, one at a time (demo.together = false)."),
         f"Stitch initialisation: {', '.join(i.upper() for i in demo.learngene_initializers)} (Learngene Pool, one pool "
         f"each), {demo.snnet_initializer.upper()} (SN-Net).",
         "Every pool stores exactly the same number of parameters (rows + stitch layers).",

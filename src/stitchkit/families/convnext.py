@@ -79,6 +79,12 @@ class TimmConvNeXt(StagedAdapter):
         adapter.timm_name = name
         return adapter
 
+
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """timm's ``convnext_tiny`` entry point with every ConvNeXt argument from the arch (``img_size`` is the adapter's)."""
+        return "convnext_tiny", {k: v for k, v in arch.items() if k not in ("timm_name", "img_size")}
+
     def arch(self) -> dict[str, Any]:
         m = self.model
         first = m.stages[0].blocks[0]
