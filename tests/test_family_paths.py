@@ -304,3 +304,21 @@ def test_each_core_adapter_names_its_timm_model_and_the_hook_agrees(registry, fa
 def test_a_family_that_is_no_timm_model_cannot_name_one():
     with pytest.raises(ConfigError, match=r"^rows of the 'other-vit' adapter have no timm model to write as a timm folder"):
         _Other.timm_model_args({})
+
+
+def test_a_model_file_whose_weights_do_not_fit_its_arch_names_the_key_and_shapes(registry, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from stitchkit.core.errors import PoolFormatError
+    from stitchkit.engine.model import load_model
+
+    cls = registry.ancestry("timm-resnet")
+    narrow = cls.from_arch(dict(block="basic", layers=[1, 1, 1, 1], channels=[4, 8, 8, 16], stem_width=4, num_classes=3))
+    wide = {**narrow.arch(), "channels": [4, 8, 8, 32]}
+    meta = {"format": "stitchkit-model", "version": "1", "adapter": "timm-resnet", "arch": json.dumps(wide), "info": "{}"}
+    save_file(narrow.model.state_dict(), str(tmp_path / "m.safetensors"), metadata=meta)  # a version-1 file: no digest
+    with pytest.raises(PoolFormatError, match=r"m\.safetensors[^\n]*weights do not fit the stored timm-resnet arch "
+                                              r"\(layer4\.0\.conv1\.weight is \[16, 8, 3, 3\] in the file but \[32, 8, 3, 3\] in the model\)"):
+        load_model(tmp_path / "m.safetensors", registry)

@@ -161,6 +161,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             print(f"\npool unchanged: {result.pool} is a finished build of this config (nothing rerun; --restart builds it again)")
         else:
             print(f"\npool written to {result.pool}")
+            print(f"model card written to {result.pool.with_suffix('.md')}")
     return 0
 
 
