@@ -224,3 +224,14 @@ def test_a_card_shows_the_builds_record_and_anchors(pool_file):
     record = next(line for line in text.splitlines() if line.startswith("- the build's record (`info.snnet`)"))
     assert "finetune_steps `6`" in record and " ...`" in record and len(record) < 700
     assert "SN-Net (Pan et al., CVPR 2023)" in text and "tags: [\"stitchkit\", \"image-classification\", \"model-stitching\", \"snnet\"]" in text
+
+
+def test_an_in_memory_pool_exports_the_same_folder(pool_file, tmp_path, images):
+    pool = storage.load_pool(pool_file, Registry(load_entrypoints=False)).eval()
+    a, b = tmp_path / "from-pool", tmp_path / "from-file"
+    config = export_hf(pool, "r0[0:2]", a)
+    assert config == export_hf(pool_file, "r0[0:2]", b)  # sizes computed for the pool equal the stored ones
+    assert (a / "README.md").read_text().replace("from-pool", "X") == (b / "README.md").read_text().replace("from-file", "X")
+    model = timm.create_model(f"local-dir:{a}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), pool.descendant(0)(images))
