@@ -111,12 +111,11 @@ def shared_teacher(name: str, steps: int, warmup: int, repeats: int, registry: R
             fit_together([Student(t, train, f"row{r}", callbacks=[timer] if r == len(tasks) - 1 else [])
                           for r, t in enumerate(tasks)], data, out_dir=tmp)
             together_s.append(median_after(timer.times, warmup))
-    with torch.device("meta"):
-        t_macs = count_macs(vit(setup["ancestry"], setup["img"], setup["patch"], 10, 0).model)
+    t_macs = count_macs(ancestry)
     r_macs = 0.0
     tokens = (setup["img"] // setup["patch"]) ** 2 + 1
     for task in distillation_tasks(setup, ancestry, registry):
-        r_macs += count_macs(task.student.model) + tokens * sum(p.numel() for p in task.distill.parameters() if p.ndim == 2)
+        r_macs += count_macs(task.student) + tokens * sum(p.numel() for p in task.distill.parameters() if p.ndim == 2)
     batch = setup["batch"]
     apart, together = statistics.median(apart_s), statistics.median(together_s)
     return {

@@ -127,7 +127,7 @@ def test_students_together_equal_each_trained_alone_bit_for_bit(data, tmp_path):
 
 def test_students_together_resume_after_a_kill_and_skip_finished_ones(data, tmp_path):
     teacher = vit(32, 3, seed=1)
-    train = cfg(epochs=2, checkpoint_every=3)
+    train = cfg(epochs=2, checkpoint_every=3, mixup=0.8, cutmix=1.0)  # the mixing stream resumes too
     alone = _students(teacher)
     for i, task in enumerate(alone):
         fit(task, data, train, out_dir=tmp_path / "alone", phase=f"row{i}")

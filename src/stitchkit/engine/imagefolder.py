@@ -64,7 +64,7 @@ class FolderWalk:
         for index, name in enumerate(classes):
             top = os.path.join(folder, name)
             found = 0
-            for root, fnames in sorted(self._walk(top)):
+            for root, fnames in sorted(self._walk(top, where)):
                 for fname in sorted(fnames):
                     path = os.path.join(root, fname)
                     if path.lower().endswith(IMG_EXTENSIONS) and self._first(path, folder, name, where):
@@ -76,7 +76,7 @@ class FolderWalk:
                 )
         return classes, samples
 
-    def _walk(self, top: str) -> list[tuple[str, list[str]]]:
+    def _walk(self, top: str, where: str) -> list[tuple[str, list[str]]]:
         """``(directory, file names)`` under ``top``, entering a directory (or a link to one) only the first time."""
         out: list[tuple[str, list[str]]] = []
         stack = [top]
@@ -84,13 +84,16 @@ class FolderWalk:
             directory = stack.pop()
             dirs: list[str] = []
             files: list[str] = []
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    try:
-                        is_dir = entry.is_dir()  # follows symlinks
-                    except OSError:
-                        is_dir = False
-                    (dirs if is_dir else files).append(entry.name)
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        try:
+                            is_dir = entry.is_dir()  # follows symlinks
+                        except OSError:  # a link loop onto itself: a file that cannot be read (refused if an image)
+                            is_dir = False
+                        (dirs if is_dir else files).append(entry.name)
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read the folder {directory} ({exc.strerror or exc}); check its permissions") from None
             out.append((directory, files))
             for name in dirs:
                 path = os.path.join(directory, name)

@@ -440,6 +440,8 @@ class _Member:
         self.last_ckpt: pathlib.Path | None = self.found[-1][1] if self.found else None
         self.rng_cpu = torch.get_rng_state()
         self.rng_cuda: torch.Tensor | None = None
+        #: The random states of the checkpoint resumed from (``None``: a fresh start).
+        self.host_rng: Mapping[str, Any] | None = None
         self.started = time.perf_counter()
         self.seconds_before = 0.0
         self.window_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -602,6 +604,7 @@ def _resume(m: _Member, plan: _Plan) -> None:
         m.state = TrainState(meta["step"], meta["epoch"], meta["batch"], bool(meta["finished"]), dict(meta["metrics"]))
         with m.own_rng(ctx):
             _restore_rng(meta["rng"], ctx, derive_seed("train", train.seed, m.phase, ctx.rank, m.state.step))
+        m.host_rng = meta["rng"]
         if train.model_ema:
             m.ema = _make_ema(m.model, train)
             ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
@@ -617,6 +620,19 @@ def _resume(m: _Member, plan: _Plan) -> None:
         if train.model_ema:
             m.ema = _make_ema(m.model, train)
     m.seconds_before = float(m.state.metrics.get("train_s", 0.0))
+
+
+def _host_rng(m: _Member, plan: _Plan) -> None:
+    """Python's and numpy's generators (timm's Mixup draws from numpy's), shared by the students that train:
+    from the first one's checkpoint (a finished student's, resumed before, must not set them), or seeded fresh."""
+    rng = m.host_rng
+    if rng is not None and rng.get("world_size") == plan.ctx.world_size:
+        set_python_rng_state(rng["python"])
+        set_numpy_rng_state(rng["numpy"])
+    elif rng is None and plan.mixup is not None:
+        import numpy as np
+
+        np.random.seed(derive_seed("mixup", plan.seed, plan.ctx.rank) % 2**32)  # every student sees the same mixing
 
 
 def _make_ema(model: nn.Module, train: TrainConfig) -> nn.Module:
@@ -777,10 +793,6 @@ def _fit(students: Sequence[Student], data: Data, out_dir: pathlib.Path, teacher
     results: dict[int, FitResult] = {}
     for m in members:
         _resume(m, plan)
-    if plan.mixup is not None and all(m.last_ckpt is None for m in members):
-        import numpy as np  # timm's Mixup draws from numpy's global generator; every student sees the same mixing
-
-        np.random.seed(derive_seed("mixup", plan.seed, ctx.rank) % 2**32)
     for i, m in enumerate(members):
         if m.state.finished:
             if ctx.is_main:
@@ -792,6 +804,7 @@ def _fit(students: Sequence[Student], data: Data, out_dir: pathlib.Path, teacher
         barrier()
         _leave_rng(members, ctx)
         return [results[i] for i in range(len(members))]
+    _host_rng(live[0], plan)
     for position, m in enumerate(live):
         _open_log(m, plan, position)
     barrier()  # every rank has read the checkpoint before rank 0 may replace it
