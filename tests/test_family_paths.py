@@ -322,3 +322,22 @@ def test_a_model_file_whose_weights_do_not_fit_its_arch_names_the_key_and_shapes
     with pytest.raises(PoolFormatError, match=r"m\.safetensors[^\n]*weights do not fit the stored timm-resnet arch "
                                               r"\(layer4\.0\.conv1\.weight is \[16, 8, 3, 3\] in the file but \[32, 8, 3, 3\] in the model\)"):
         load_model(tmp_path / "m.safetensors", registry)
+
+
+def test_a_timm_teacher_is_priced_through_its_family_or_as_a_plain_timm_model(registry):
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stitchkit.apps.cost import timm_teacher_macs
+    from stitchkit.engine.data import DataSpec
+
+    spec = DataSpec(num_classes=10, in_chans=1, img_size=32)
+    torch.manual_seed(0)
+    cnn = timm.create_model("regnety_002", num_classes=10, in_chans=1).eval()  # no adapter: a logits teacher
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        cnn(torch.zeros(1, 1, 32, 32))
+    assert timm_teacher_macs("regnety_002", spec, registry) == counter.get_total_flops() // 2
+    convnext = registry.ancestry("timm-convnext").from_name("test_convnext", **{"num_classes": 10, "in_chans": 1, "img_size": 32})
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        convnext.model.eval()(torch.zeros(1, 1, 32, 32))
+    assert timm_teacher_macs("test_convnext", spec, registry) == counter.get_total_flops() // 2
