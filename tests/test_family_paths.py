@@ -32,6 +32,7 @@ def registry() -> Registry:
         ("deit_tiny_patch16_224", "timm-vit"), ("vit_base_patch16_224", "timm-vit"), ("deit3_small_patch16_224", "timm-vit"),
         ("swin_tiny_patch4_window7_224", "timm-swin"), ("resnet18", "timm-resnet"), ("seresnet50", "timm-resnet"),
         ("convnext_tiny", "timm-convnext"), ("test_convnext", "timm-convnext"), ("levit_192", "timm-levit"),
+        ("deit_small_patch16_224.fb_in1k", "timm-vit"), ("hf-hub:timm/resnet18.a1_in1k", "timm-resnet"),  # tags, timm's Hub
     ],
 )
 def test_the_core_adapters_answer_for_their_timm_models(registry, name, adapter):
