@@ -182,7 +182,6 @@ class TimmLeViT(StagedAdapter):
         adapter.timm_name = name
         return adapter
 
-
     @classmethod
     def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """timm's ``levit_128s`` entry point (``create_levit`` takes every Levit argument and ``distilled``)."""
