@@ -506,3 +506,23 @@ def test_snnetv2_stitch_rank_is_checked_on_paper_in_the_pre_flight_check(tmp_pat
         method.check_config(load_config(cfg, []), registry=default_registry())  # the default, 64: noted too on 64-wide anchors
     assert "is the full rank of" in caplog.text
     method.check_config(load_config(cfg, ["snnetv2.stitch_rank=8"]), registry=default_registry())
+
+
+def test_an_image_that_changes_after_the_check_is_named_when_loaded(tmp_path):
+    files = _images(tmp_path / "data")
+    d = _folder_data(tmp_path / "data", val_fraction=0.0, test_fraction=0.0)
+    for f in files:  # damaged after the check, before the epoch reads them
+        f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(StitchkitError, match=r"^data.root: .*\.png is not a readable image any more \(.*\); it changed after"):
+        next(iter(d.train_loader(8, epoch=0, seed=0)))
+
+
+
+@pytest.mark.parametrize("config, settings, words", [
+    (LEARNGENE, ['learngene.initializer="tm-ls"', "learngene.initializer_args.ridge=-0.5"], "tm-ls initializer: ridge must be >= 0, got -0.5"),
+    (SNNETV2, ['snnetv2.initializer_args.mode="sideways"'], "ls initializer: mode must be one of"),
+    (SNNETV2, ["snnetv2.initializer_args.ridge=-1.0"], "ls initializer: ridge must be >= 0, got -1.0"),
+    (SNNETV2, ["snnetv2.sampler_args.gaps=3"], "snnetv2.sampler_args"),
+])
+def test_initializer_values_fail_in_the_pre_flight_check(capsys, tmp_path, config, settings, words):
+    assert words in _build_fails(capsys, tmp_path, config, *settings)
