@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from ..core import limits
 from ..core.errors import ConfigError
@@ -64,7 +64,7 @@ class FolderWalk:
         for index, name in enumerate(classes):
             top = os.path.join(folder, name)
             found = 0
-            for root, fnames in sorted(self._walk(top)):
+            for root, fnames in sorted(self._walk(top, where)):
                 for fname in sorted(fnames):
                     path = os.path.join(root, fname)
                     if path.lower().endswith(IMG_EXTENSIONS) and self._first(path, folder, name, where):
@@ -76,7 +76,7 @@ class FolderWalk:
                 )
         return classes, samples
 
-    def _walk(self, top: str) -> list[tuple[str, list[str]]]:
+    def _walk(self, top: str, where: str) -> list[tuple[str, list[str]]]:
         """``(directory, file names)`` under ``top``, entering a directory (or a link to one) only the first time."""
         out: list[tuple[str, list[str]]] = []
         stack = [top]
@@ -84,13 +84,16 @@ class FolderWalk:
             directory = stack.pop()
             dirs: list[str] = []
             files: list[str] = []
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    try:
-                        is_dir = entry.is_dir()  # follows symlinks
-                    except OSError:
-                        is_dir = False
-                    (dirs if is_dir else files).append(entry.name)
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        try:
+                            is_dir = entry.is_dir()  # follows symlinks
+                        except OSError:  # a link loop onto itself: a file that cannot be read (refused if an image)
+                            is_dir = False
+                        (dirs if is_dir else files).append(entry.name)
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read the folder {directory} ({exc.strerror or exc}); check its permissions") from None
             out.append((directory, files))
             for name in dirs:
                 path = os.path.join(directory, name)
@@ -146,6 +149,7 @@ class WalkedImageFolder(ImageFolder):
 
     def __init__(self, root: str, walk: FolderWalk, where: str, **kw: Any) -> None:
         self._found = walk.samples(root, where)
+        kw.setdefault("loader", load_image)
         super().__init__(root, **kw)
 
     def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
@@ -154,6 +158,16 @@ class WalkedImageFolder(ImageFolder):
 
     def make_dataset(self, *args: Any, **kw: Any) -> list[tuple[str, int]]:  # type: ignore[override]
         return list(self._found[1])
+
+
+def load_image(path: str) -> Any:
+    """torchvision's loader, but a file that no longer reads (changed since :func:`check_images`) is named."""
+    try:
+        return default_loader(path)
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"data.root: {path} is not a readable image any more ({first}); it changed after the "
+                          "check before training: restore or remove it, then resume") from None
 
 
 def check_images(paths: Sequence[str], where: str, *, max_pixels: int = limits.MAX_IMAGE_PIXELS) -> None:
