@@ -515,3 +515,14 @@ def test_an_image_that_changes_after_the_check_is_named_when_loaded(tmp_path):
         f.write_bytes(f.read_bytes()[:40])
     with pytest.raises(StitchkitError, match=r"^data.root: .*\.png is not a readable image any more \(.*\); it changed after"):
         next(iter(d.train_loader(8, epoch=0, seed=0)))
+
+
+
+@pytest.mark.parametrize("config, settings, words", [
+    (LEARNGENE, ['learngene.initializer="tm-ls"', "learngene.initializer_args.ridge=-0.5"], "tm-ls initializer: ridge must be >= 0, got -0.5"),
+    (SNNETV2, ['snnetv2.initializer_args.mode="sideways"'], "ls initializer: mode must be one of"),
+    (SNNETV2, ["snnetv2.initializer_args.ridge=-1.0"], "ls initializer: ridge must be >= 0, got -1.0"),
+    (SNNETV2, ["snnetv2.sampler_args.gaps=3"], "snnetv2.sampler_args"),
+])
+def test_initializer_values_fail_in_the_pre_flight_check(capsys, tmp_path, config, settings, words):
+    assert words in _build_fails(capsys, tmp_path, config, *settings)

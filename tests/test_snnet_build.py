@@ -137,9 +137,12 @@ def test_shipped_configs_resolve_and_validate(registry):
     from stitchkit_snnet.method import SNNetMethod
 
     names = sorted(p.name for p in CONFIGS.glob("*.toml"))
-    assert names == ["deit-imagenet.toml", "digits-levit.toml", "digits-resnet.toml", "digits.toml", "equal-storage-digits.toml"]
+    assert names == ["deit-imagenet.toml", "digits-levit.toml", "digits-resnet.toml", "digits.toml", "equal-storage-digits.toml",
+                     "fashion-mnist.toml"]
+    # fashion-mnist.toml's teacher is the ancestry `stitchkit train` writes first (the docs' order); a file is checked to exist
+    teacher = {"fashion-mnist.toml": ["snnet.teacher=largest-anchor"]}
     for name in names:
-        config = load_config(CONFIGS / name)
+        config = load_config(CONFIGS / name, teacher.get(name, []))
         assert config["method"] == "snnet"
         cfg = section(config, "snnet", SNNetConfig)
         cfg.train_config(TrainConfig.from_config(config), "finetune")
@@ -150,6 +153,10 @@ def test_shipped_configs_resolve_and_validate(registry):
     rows = [RowShape(a.depth, a.embed_dim, a.num_heads) for a in equal]
     assert rows == [RowShape(3, 32, 2), RowShape(3, 64, 4)]
     assert len(SNNetMethod().stitches(rows)) == 2
+    # Fashion-MNIST: the Learngene Pool config's rows (equal storage), patch 7 like the ancestry, one stitch layer
+    fm = section(load_config(CONFIGS / "fashion-mnist.toml", teacher["fashion-mnist.toml"]), "snnet", SNNetConfig).anchor_configs()
+    assert [(RowShape(a.depth, a.embed_dim, a.num_heads), a.patch_size, a.train) for a in fm] == [
+        (RowShape(6, 16, 1), 7, True), (RowShape(6, 64, 4), 7, True)]
     # the ResNet digits anchors: timm-resnet networks given by arch, stitched in stages 1 and 2
     # (stage depths 2 -> 4 and 2 -> 6: 3 + 5 configurations on 2 + 2 layers, as ResNet-18 -> ResNet-50)
     resnets = section(load_config(CONFIGS / "digits-resnet.toml"), "snnet", SNNetConfig).anchor_configs()

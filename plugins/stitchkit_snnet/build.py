@@ -51,9 +51,10 @@ def check_snnet_config(
     base = TrainConfig.from_config(config)
     for phase in ("anchor_training", "finetune"):
         cfg.train_config(base, phase)
-    registry.get("initializer", cfg.initializer)
+    # an initializer holds only its options: made now, its own value checks (ls's mode, solver, ridge) run before any phase
+    registry.build("initializer", cfg.initializer, options=cfg.initializer_args, where=f"{name}.initializer_args")
     if getattr(cfg, "sampler", ""):
-        registry.get("sampler", cfg.sampler)
+        registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
     if cfg.stitch_rank:
         _check_rank_on_paper(cfg, config, name)
 
