@@ -83,7 +83,7 @@ def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str,
 def check_stitch_rank(lg: LearngeneConfig, shapes: list[Any]) -> None:
     """``learngene.stitch_rank`` against the stitch layers of rows ``shapes`` (at most the smaller width; a note at it)."""
     for note in check_rank(lg.stitch_rank, LearngenePoolMethod(paths=lg.paths).stitches(shapes), "learngene.stitch_rank"):
-        logging.getLogger("stitchkit").warning(note)
+        logging.getLogger("stitchkit").warning(f"stitchkit: note: {note}")
 
 
 def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
@@ -218,7 +218,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     parts = components(lg, registry)
     design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
-    check_stitch_rank(lg, shapes)  # before the first row is distilled
+    check_rank(lg.stitch_rank, LearngenePoolMethod(paths=lg.paths).stitches(shapes), "learngene.stitch_rank")  # before any row
     with meta_skeleton():  # the rows on the meta device: stitchable (one input, joinable boundaries) before any distillation
         check_stitchable(LearngenePoolMethod(paths=lg.paths), [type(ancestry).from_arch(ancestry.resized(s)) for s in shapes])
     train = lg.train_config(base, "distill")
