@@ -532,3 +532,11 @@ def test_initializer_values_fail_in_the_pre_flight_check(capsys, tmp_path, confi
 ])
 def test_snnetv2_sampler_values_fail_before_any_anchor_trains(capsys, tmp_path, setting, words):
     assert words in _build_fails(capsys, tmp_path, SNNETV2, setting)
+
+
+@pytest.mark.parametrize("settings, words", [
+    (['learngene.sampler="ros"', "learngene.sampler_args.gap_fraction=-0.1"], "the ros sampler needs 0 <= gap_fraction <= 1, got -0.1"),
+    (['learngene.sampler="flops-grouped"', "learngene.sampler_args.groups=0"], "the flops-grouped sampler needs groups >= 1, got 0"),
+])
+def test_learngene_sampler_values_fail_before_the_ancestry_trains(capsys, tmp_path, settings, words):
+    assert words in _build_fails(capsys, tmp_path, LEARNGENE, *settings)
