@@ -389,6 +389,19 @@ def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(out)
 
 
+def diff_runs(before: list[dict[str, Any]], after: list[dict[str, Any]], depth: int) -> str:
+    """Per descendant, each column's mean top-1 in ``before`` -> ``after`` (columns both have)."""
+    (_, old), (_, new) = summarise(before, depth), summarise(after, depth)
+    old_by = {r["descendant"]: r for r in old}
+    cols = [c for c in new[0] if c not in ("depth", "descendant", "params") and c in old[0]]
+    lines = ["| descendant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in new:
+        o = old_by.get(r["descendant"])
+        cells = ["-" if o is None or o[c] is None or r[c] is None else f"{o[c][0]:.1f} -> {r[c][0]:.1f}" for c in cols]
+        lines.append(f"| `{r['descendant']}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 #: The demo's recipe (src/stitchkit/configs/demo.toml) that these runs repeat; the demo shows the
 #: ranges only when its own config matches it.
 DEMO_RECIPE = {
@@ -474,6 +487,8 @@ def main(argv=None) -> int:
                    "(src/stitchkit/configs/demo_ranges.json), with OUT/demo-runs.json when present, and stop")
     p.add_argument("--demo-runs", nargs="+", metavar="DIR", help="with --demo-ranges: first record these `stitchkit demo` "
                    "output folders (the demo run with --set train.seed=N on another machine) in OUT/demo-runs.json")
+    p.add_argument("--diff", nargs=2, metavar=("BEFORE", "AFTER"), help="only print, per descendant of --designs, the "
+                   "mean top-1 of each column in two runs.json files (e.g. before and after a change) and stop")
     p.add_argument("--finetune-sweep", type=int, nargs="+", metavar="EPOCHS",
                    help="instead: fine-tune TM, TM-pinv, LS and SN-Net for each of these numbers of epochs")
     p.add_argument("--snnetv2", action="store_true", help="also SN-Netv2 on SN-Net's anchors")
@@ -489,6 +504,9 @@ def main(argv=None) -> int:
         other = out / "demo-runs.json"
         ranges = demo_ranges(json.loads((out / "runs.json").read_text()), json.loads(other.read_text()) if other.is_file() else None)
         pathlib.Path(args.demo_ranges).write_text(json.dumps(ranges, indent=1) + "\n")
+        return 0
+    if args.diff:
+        print(diff_runs(*(json.loads(pathlib.Path(f).read_text())["runs"] for f in args.diff), args.designs[0]))
         return 0
     registry = Registry()
     if args.finetune_sweep:
