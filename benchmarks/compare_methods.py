@@ -30,7 +30,7 @@ authors' recipe"): alpha 0.1, L_pred averaged over batch x classes,
 sliding-window paths, drop path 0.1 in the rows, the distillation lr scaled by
 batch / 512 and a constant fine-tuning lr 10x lower. They go to
 ``lg<depth>-authors-<variant>`` beside the paper recipe's folders and reuse the
-same ancestry and SN-Net runs (SN-Net's recipe is the same under both), so
+same ancestry and SN-Net's results (SN-Net's recipe is the same under both), so
 
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --out OUT
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --recipe authors --out OUT
@@ -139,6 +139,8 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
         if vdir == base_dir:
             results["after_init"] = meta["info"]["learngene"]["after_init"]
             results["params"] = {p: e["params"] for p, e in meta["evaluation"].items()}
+    if authors:  # SN-Net's recipe is the same under both: its results come from the paper recipe's run (main)
+        return results
     cfg = {"method": "snnet", **BASE, "train": train, "snnet": {
         "anchors": [{"shape": s, "patch_size": 4, "train": True} for s in rows.split(",")],
         "initializer": "ls", "teacher": str(ancestry), "evaluate_after_init": True,
@@ -389,6 +391,14 @@ def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(out)
 
 
+def with_snnet(result: dict[str, Any], paper_cache: pathlib.Path) -> dict[str, Any]:
+    """An authors'-recipe result with SN-Net's results taken from the paper recipe's run of the same seed
+    (SN-Net is trained the same way under both recipes), when that run has finished."""
+    if "snnet" not in result and paper_cache.is_file():
+        return {**result, "snnet": json.loads(paper_cache.read_text())["snnet"]}
+    return result
+
+
 def diff_runs(before: list[dict[str, Any]], after: list[dict[str, Any]], depth: int) -> str:
     """Per descendant, each column's mean top-1 in ``before`` -> ``after`` (columns both have)."""
     (_, old), (_, new) = summarise(before, depth), summarise(after, depth)
@@ -521,11 +531,11 @@ def main(argv=None) -> int:
                                        out / f"seed{seed}" / "ancestry") if (args.snnetv2 or args.lg_two_way or args.stitch_variants) else None
                 if ancestry is not None and run_extras(result, out / f"seed{seed}", depth, args, registry, ancestry):
                     cache.write_text(json.dumps(result, indent=2))
-                runs.append(result)
+                runs.append(with_snnet(result, out / f"seed{seed}" / f"results-{depth}.json"))
                 continue
             result = run_seed_design(out, seed, depth, args, registry)
             cache.write_text(json.dumps(result, indent=2))
-            runs.append(result)
+            runs.append(with_snnet(result, out / f"seed{seed}" / f"results-{depth}.json"))
             print(f"seed {seed}, rows of {depth}: done ({sum(result['seconds'].values()):.0f} s)", flush=True)
     report, rows = [], []
     for depth in args.designs:
