@@ -27,6 +27,7 @@ import torch
 from stitchkit.engine import DataConfig, PoolTask, TrainConfig, build_data, fit
 from stitchkit.engine.data import DataSpec
 from stitchkit.engine.model import ModelConfig, build_model
+from stitchkit.engine.callbacks import Callback
 from stitchkit.engine.tasks import ClassificationTask, TrainTask
 from stitchkit.pool.pool import Pool
 from stitchkit.core.registry import Registry
@@ -39,8 +40,8 @@ def _timed_fit(task_factory: Any, data: Any, steps: int, compile: bool) -> tuple
     paths: list[list[str]] = []
     last = [time.process_time()]
 
-    def cb(event: str, st: Any) -> None:
-        if event == "step_end":
+    class Timer(Callback):
+        def step_end(self, st: Any) -> None:
             now = time.process_time()
             times.append(now - last[0])
             paths.append(list(st.paths))
@@ -50,7 +51,7 @@ def _timed_fit(task_factory: Any, data: Any, steps: int, compile: bool) -> tuple
                         eval_every=0, label_smoothing=0.0, compile=compile)
     with tempfile.TemporaryDirectory() as tmp:
         last[0] = time.process_time()
-        fit(task, data, train, out_dir=pathlib.Path(tmp), phase="bench", callbacks=[cb])
+        fit(task, data, train, out_dir=pathlib.Path(tmp), phase="bench", callbacks=[Timer()])
     return times, paths
 
 

@@ -77,11 +77,10 @@ def test_suite_leaves_the_callers_random_streams_alone():
 # --------------------------------------------------------------------------- broken components
 def plugin_of(*classes):
     """A throwaway plugin module registering each class with the hook of its kind."""
-    hooks = {AuxiliaryDesign: "register_designs", DistillationLoss: "register_losses",
-             StitchInitializer: "register_initializers", PathSampler: "register_samplers",
-             Method: "register_methods", stitchkit.AncestryAdapter: "register_ancestries"}
+    from stitchkit.core.kinds import KINDS
+
     mod = types.ModuleType("broken_components")
-    for base, hook in hooks.items():
+    for base, hook in ((k.base, k.hook) for k in KINDS.values()):
         mine = [c for c in classes if issubclass(c, base)]
         if mine:
             def impl(register, mine=mine):

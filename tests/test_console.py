@@ -88,6 +88,9 @@ def test_a_torchrun_build_prints_its_result_once(tmp_path):
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    assert proc.stdout == f"pool written to {out / 'pool.safetensors'}\nmodel card written to {out / 'pool.md'}\n"
+    # rank 0 alone prints: the pool's table once, then where the pool and its card are
+    assert proc.stdout.endswith(f"\npool written to {out / 'pool.safetensors'}\nmodel card written to {out / 'pool.md'}\n")
+    assert proc.stdout.count("pool written to") == 1 and proc.stdout.count(f"pool {out / 'pool.safetensors'}  (") == 1
+    assert (out / "pool.md").read_text().startswith("---\nlibrary_name: stitchkit\n")
     assert "Traceback" not in proc.stderr and "stitchkit" not in proc.stderr
     assert "[rank1]" not in proc.stderr  # rank 1's C++ warnings too (torch's DDP reducer warns on rank 0)

@@ -105,7 +105,9 @@ def test_learngene_cost_equals_hand_count(tmp_path: pathlib.Path, image_folder: 
     expected = {
         "ancestry": (anc, 0, images(5, n, batch)),
         "distill-row0": (narrow + loss_macs, anc, images(3, n, batch)),
-        "distill-row1": (wide, anc, images(3, n, batch)),  # same width: W = M = identity, nothing learned
+        # same width: W = M = identity, nothing learned; distilled together with row 0, so the ancestry's
+        # forward on each batch is counted once, on row 0's phase
+        "distill-row1": (wide, 0, images(3, n, batch)),
         "stitch-init-ls": (0, narrow + wide, 6),
         "finetune-ls": (sum(paths) / 4, anc, images(7, n, batch)),
         "evaluate": (0, sum(paths), 4),
@@ -128,6 +130,10 @@ def test_learngene_cost_equals_hand_count(tmp_path: pathlib.Path, image_folder: 
     assert alone["shared_flops"] == flops(*expected["ancestry"])
     assert alone["total_flops"] == alone["shared_flops"] + alone["descendants_flops"]
     assert alone["ratio_to_pool"] == alone["total_flops"] / build
+    # one row at a time (learngene.together = false): the ancestry's forward paid for each row
+    apart = {p["name"]: p for p in training_cost({**config, "learngene": {**config["learngene"], "together": False}})["phases"]}
+    assert apart["distill-row1"]["frozen_macs"] == anc
+    assert apart["distill-row1"]["flops"] == flops(wide, anc, images(3, n, batch))
 
 
 SNNET = """
@@ -233,7 +239,10 @@ def test_deit_base_configs_price_at_imagenet_scale() -> None:
     result = training_cost(config, train_images=1281167, eval_images=50000, num_classes=1000, alone=True)
     phases = {p["name"]: p for p in result["phases"]}
     # DeiT-B forward at 224 px: 17.56 GMACs (the planner's count, docs/planner.md); 100 epochs of batch 128
-    assert phases["distill-row1"]["frozen_macs"] == phases["ancestry (loaded)"]["trained_macs"]
+    # the two rows distilled together: the ancestry's forward priced once, on row 0's phase
+    assert phases["distill-row0"]["frozen_macs"] == phases["ancestry (loaded)"]["trained_macs"]
+    assert phases["distill-row1"]["frozen_macs"] == 0
+    assert f"{result['build_flops']:.3e}" == "1.599e+19"  # 2.049e+19 with one ancestry forward per row (docs/planner.md)
     assert round(phases["ancestry (loaded)"]["trained_macs"] / 1e9, 2) == 17.56
     assert phases["distill-row0"]["images_seen"] == 100 * (1281167 // 128) * 128
     assert len(result["alone"]["descendants"]) == 7
@@ -284,3 +293,18 @@ def test_snnetv2_is_priced_through_snnet_phases() -> None:
     assert min(per_path) < finetune["trained_macs"] < max(per_path)
     assert evaluate["frozen_macs"] == sum(per_path)
     assert len(per_path) == len({d["name"] for d in result["alone"]["descendants"]}) > len(method.routes)
+
+
+def test_a_model_file_from_train_is_priced_at_its_recorded_budget(tmp_path: pathlib.Path, image_folder: pathlib.Path) -> None:
+    from stitchkit.engine.standalone import train_model
+
+    config = load_config(write(tmp_path, LEARNGENE, root=str(image_folder)))
+    model = train_model({k: config[k] for k in ("data", "model", "train")} | {"train": {**config["train"], "progress": False}},
+                        tmp_path / "anc")
+    config["learngene"]["ancestry"] = str(model)
+    result = training_cost(config)
+    (loaded,) = [p for p in result["phases"] if p["name"] == "ancestry (loaded)"]
+    # [train]: 2 epochs of floor(10 / 4) = 2 steps of batch 4: 16 images, not 300 pretraining epochs
+    assert loaded["images_seen"] == 16 and loaded["kind"] == "pretraining"
+    assert loaded["flops"] == flops(vit_macs(6, 16), 0, 16)
+    assert result["pretraining_flops"] == flops(vit_macs(6, 16), 0, 16)

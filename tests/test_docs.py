@@ -58,3 +58,27 @@ def test_documented_ridge_initializer_is_ls_at_zero_and_the_closed_form_above():
     w0, _ = ridge(0.0).solve(front, end, layer)
     w1, _ = ridge(30.0).solve(front, end, layer)
     assert w1.norm() < 0.9 * w0.norm()  # the penalty shrinks the weight
+
+
+def test_the_stable_surface_listed_is_the_code():
+    """docs/plugins.md's stable surface: the stitchkit.<name> list is stitchkit.__all__, and every listed module
+    imports and holds the names its row gives."""
+    import importlib
+
+    import stitchkit
+
+    text = (DOCS / "plugins.md").read_text()
+    names = re.search(r"<!-- public-names -->(.*?)<!-- /public-names -->", text, flags=re.S).group(1)
+    listed = set(re.findall(r"`(\w+)`", names.replace("`list_<kinds>()`", "").replace("`create_<kind>(name, *context,", "")))
+    assert listed == set(stitchkit.__all__), sorted(listed ^ set(stitchkit.__all__))
+    for name in stitchkit.__all__:
+        getattr(stitchkit, name)
+    table = re.search(r"<!-- plugin-modules -->(.*?)<!-- /plugin-modules -->", text, flags=re.S).group(1)
+    rows = re.findall(r"^\| `(stitchkit[\w.]*)` \| (.*) \|$", table, flags=re.M)
+    assert len(rows) == 16
+    from stitchkit.core.spec import RowShape
+
+    for module, what in rows:
+        mod = importlib.import_module(module)
+        for name in re.findall(r"`(\w+)`", what):  # RowShape's members are listed in its row
+            assert hasattr(mod, name) or hasattr(RowShape, name), f"docs/plugins.md lists {module}.{name}, which does not exist"

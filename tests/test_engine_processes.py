@@ -24,7 +24,7 @@ WORKER = textwrap.dedent(
     import json, os, pathlib, sys, time
     import torch
     from safetensors.torch import save_file
-    from stitchkit.engine import DataConfig, PoolTask, TrainConfig, build_data, fit
+    from stitchkit.engine import Callback, DataConfig, PoolTask, TrainConfig, build_data, fit
     from stitchkit.pool.pool import Pool
     from stitchkit.core.registry import Registry
     from stitchkit.families.vit import TimmViT
@@ -46,17 +46,19 @@ WORKER = textwrap.dedent(
     names = {id(p): n for n, p in pool.named_parameters()}
     log = open(out / f"paths-rank{rank}.jsonl", "a")
 
-    def callback(event, st):
-        if event == "after_backward":
+    class Watch(Callback):
+        def after_backward(self, st):
             used = {names[id(p)] for p in task.descendant(pool, pool.path(st.paths[0])).parameters()}
             with_grad = {n for n, p in pool.named_parameters() if p.grad is not None}
             log.write(json.dumps({"step": st.step, "paths": st.paths, "grad_is_path": used == with_grad}) + "\\n")
             log.flush()
-        if event == "step_end" and os.environ.get("PAUSE_AT_STEP") == str(st.step):
-            (out / "paused").write_text(str(st.step))
-            time.sleep(600)  # the test kills us here
 
-    fit(task, data, train, out_dir=out, phase="finetune", config={"worker": "pool"}, callbacks=[callback])
+        def step_end(self, st):
+            if os.environ.get("PAUSE_AT_STEP") == str(st.step):
+                (out / "paused").write_text(str(st.step))
+                time.sleep(600)  # the test kills us here
+
+    fit(task, data, train, out_dir=out, phase="finetune", config={"worker": "pool"}, callbacks=[Watch()])
     if rank == 0:
         save_file({k: v.contiguous() for k, v in pool.state_dict().items()}, str(out / "final.safetensors"))
     '''

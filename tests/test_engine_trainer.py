@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stitchkit.engine import (
+    Callback,
     ClassificationTask,
     DataConfig,
     DistillationTask,
@@ -91,13 +92,13 @@ def test_params_outside_the_sampled_path_are_bit_identical(data, tmp_path):
     task = PoolTask(pool, sampler)
     seen = {}
 
-    def cb(event, st):
-        if event == "after_backward":
+    class Seen(Callback):
+        def after_backward(self, st):
             seen["paths"] = st.paths
             seen["grads"] = {n: p.grad.detach().clone() for n, p in pool.named_parameters() if p.grad is not None}
 
     train = cfg(max_steps=1, weight_decay=0.1, clip_grad=0.5, label_smoothing=0.1, seed=3)
-    fit(task, data, train, out_dir=tmp_path, phase="p", callbacks=[cb])
+    fit(task, data, train, out_dir=tmp_path, phase="p", callbacks=[Seen()])
 
     # the path: drawn from a generator seeded by (seed, step 0), as every rank would
     g = torch.Generator().manual_seed(derive_seed("path", 3, 0))
@@ -130,12 +131,12 @@ def test_sandwich_sampler_trains_three_paths_in_one_step(data, tmp_path):
     task = PoolTask(pool, REG.create("sampler", "sandwich", pool.paths, macs))
     got = {}
 
-    def cb(event, st):
-        if event == "after_backward":
+    class Got(Callback):
+        def after_backward(self, st):
             got["paths"] = st.paths
             got["grad"] = {n for n, p in pool.named_parameters() if p.grad is not None}
 
-    fit(task, data, cfg(max_steps=1), out_dir=tmp_path, phase="p", callbacks=[cb])
+    fit(task, data, cfg(max_steps=1), out_dir=tmp_path, phase="p", callbacks=[Got()])
     assert len(got["paths"]) == 3 and got["paths"][0] == pool.paths[0].name and got["paths"][1] == pool.paths[-1].name
     names = {id(p): n for n, p in pool.named_parameters()}
     union = {names[id(p)] for name in got["paths"] for p in pool.descendant(name).parameters()}
@@ -191,11 +192,11 @@ def test_distillation_trains_student_and_W_with_one_frozen_teacher_pass(data, tm
     calls, frozen = [], []
     teacher.model.patch_embed.register_forward_hook(lambda *a: calls.append(1))
 
-    def cb(event, st):
-        if event == "fit_end":
+    class Frozen(Callback):
+        def fit_end(self, st):
             frozen.append(not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters()))
 
-    res = fit(DistillationTask(student, teacher, loss, alpha=0.5), data, cfg(max_steps=3, eval_every=0), out_dir=tmp_path, phase="d", callbacks=[cb])
+    res = fit(DistillationTask(student, teacher, loss, alpha=0.5), data, cfg(max_steps=3, eval_every=0), out_dir=tmp_path, phase="d", callbacks=[Frozen()])
     assert res.steps == 3 and len(calls) == 3  # the teacher ran once per step, taps and logits from one pass
     assert all(torch.equal(v, t_before[k]) for k, v in teacher.model.state_dict().items())
     assert frozen == [True]  # frozen while training ...
@@ -441,11 +442,11 @@ def test_compile_makes_one_graph_per_path_and_trains_the_same_pool(data, tmp_pat
     eager = _finetune(data, tmp_path / "eager")
     seen, per_step = [], []
 
-    def cb(event, st):
-        if event == "step_end":
+    class PerStep(Callback):
+        def step_end(self, st):
             per_step.append((tuple(st.paths), len(graphs)))
 
-    compiled = _finetune(data, tmp_path / "compiled", callbacks=[cb], compile=True)
+    compiled = _finetune(data, tmp_path / "compiled", callbacks=[PerStep()], compile=True)
     for n in eager:
         torch.testing.assert_close(compiled[n], eager[n], atol=1e-6, rtol=1e-5)
     before = 0

@@ -1,5 +1,5 @@
 """One path for every family (issue 22 items 3, 4, 8): the model name -> adapter hook, stochastic depth kept
-by ViT rows, and, per family, starting weights from a 1000-class checkpoint, the ``--timm --onnx`` export
+by ViT rows, and, per family (Swin, ResNet, ConvNeXt, LeViT), starting weights from a 1000-class checkpoint, the ``--timm --onnx`` export
 rebuilt through the recorded adapter, and a teacher of the family's own with taps.
 
 The networks are timm's own tiny test models (``test_vit``, ``test_resnet``, ``test_convnext``) and a Swin-T
@@ -118,6 +118,8 @@ FAMILIES = {
     "timm-resnet": ("resnet18", [dict(layers=(1, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8),
                                  dict(layers=(1, 1, 1, 1), channels=(16, 24, 32, 48), stem_width=8)], False),
     "timm-convnext": ("test_convnext", [dict(dims=(16, 24, 32, 48)), {}], False),
+    "timm-levit": ("levit_128s", [dict(embed_dim=(16, 24, 32), key_dim=8, depth=(1, 1, 1), num_heads=(2, 3, 4)),
+                                  dict(embed_dim=(32, 48, 64), key_dim=8, depth=(1, 1, 1), num_heads=(4, 6, 8))], True),
 }
 
 
@@ -159,7 +161,8 @@ def test_a_pool_of_each_family_starts_from_imagenet_files_exports_and_distils_fr
     name, overrides, sized_teacher = FAMILIES[family]
     cls = full_registry.ancestry(family)
     cfg = timm.models.get_pretrained_cfg(name).to_dict()
-    conv, head = f"{cfg['first_conv']}.weight", {f"{cfg['classifier']}.weight", f"{cfg['classifier']}.bias"}
+    heads = (cfg["classifier"],) if isinstance(cfg["classifier"], str) else cfg["classifier"]  # LeViT: two
+    conv, head = f"{cfg['first_conv']}.weight", {f"{h}.{p}" for h in heads for p in ("weight", "bias")}
     data = {"num_classes": 10, "in_chans": 1, "img_size": 32}
 
     # 1. each anchor starts from a 1000-class RGB checkpoint, adapted by timm to 10 grey classes
@@ -172,16 +175,16 @@ def test_a_pool_of_each_family_starts_from_imagenet_files_exports_and_distils_fr
         assert set(got) == set(src)
         for key, value in got.items():
             if key in head:
-                assert value.shape[0] == 10  # a new classifier
+                assert value.shape[0] == 10  # a new classifier (a LeViT's distillation head too)
             elif key == conv:
                 torch.testing.assert_close(value, src[key].sum(dim=1, keepdim=True))  # RGB -> grey, as timm adapts
-            elif value.shape != src[key].shape:  # Swin's windows shrink on a 2x2 grid: timm resamples the bias table
-                assert key.endswith("relative_position_bias_table")
-                assert f"{key} resampled {list(src[key].shape)} -> {list(value.shape)}" in row.weights_record["adapted"]
+            elif value.shape != src[key].shape:  # position biases follow the grid (a Swin's windows, a LeViT's tokens)
+                assert key.endswith(("relative_position_bias_table", "attention_biases")), key
+                assert row.weights_record["resized"][key] == {"file": list(src[key].shape), "model": list(value.shape)}
             else:
                 assert torch.equal(value, src[key]), key
         record = row.weights_record
-        assert record["file"] == str(tmp_path / f"anchor{i}.safetensors") and record["from"] == {"num_classes": 1000, "in_chans": 3}
+        assert record["file"] == str(tmp_path / f"anchor{i}.safetensors") and {k: record["from"][k] for k in ("num_classes", "in_chans")} == {"num_classes": 1000, "in_chans": 3}
         assert record["adapted"][:2] == ["classifier reset (1000 -> 10 classes, new weights)", "first convolution adapted (3 -> 1 input channels)"]
         rows.append(row)
 
@@ -230,3 +233,92 @@ def test_a_pool_of_each_family_starts_from_imagenet_files_exports_and_distils_fr
                  out_dir=tmp_path / "distil", phase="distil")
     assert result.steps == 2 and result.last_metrics["distill"] > 0
     assert all(not torch.equal(a, b) for a, b in zip(before, loss.matrices))  # W learned from the teacher's taps
+
+
+@pytest.mark.parametrize(("family", "arch"), [
+    ("timm-swin", dict(img_size=16, patch_size=2, embed_dim=8, depths=[1, 2], num_heads=[1, 2], window_size=4)),
+    ("timm-resnet", dict(block="basic", layers=[1, 1, 1, 2], channels=[4, 8, 8, 16], stem_width=4, img_size=16)),
+    ("timm-convnext", dict(depths=[1, 1, 1, 2], dims=[8, 8, 16, 16], kernel_sizes=3, patch_size=4, img_size=16)),
+])
+def test_every_staged_family_keeps_drop_path_rate_through_arch_and_resized(registry, family, arch):
+    cls = registry.ancestry(family)
+    net = cls.from_arch({**arch, "num_classes": 5, "drop_path_rate": 0.2})
+    assert net.arch()["drop_path_rate"] == 0.2
+    assert cls.from_arch(net.resized(net.shape)).arch()["drop_path_rate"] == 0.2
+
+
+def test_model_config_builds_any_family_by_name_or_arch_through_the_registry(registry, tmp_path):
+    from safetensors.torch import save_file
+
+    from stitchkit.core.errors import CheckpointError
+    from stitchkit.engine.data import DataSpec
+    from stitchkit.engine.model import ModelConfig, build_model
+
+    spec = DataSpec(num_classes=10, in_chans=1, img_size=32)
+    net = build_model(spec, ModelConfig(timm_name="test_convnext", drop_path_rate=0.1), registry=registry)
+    assert net.name == "timm-convnext" and net.arch()["drop_path_rate"] == 0.1 and net.num_classes == 10
+    arch = dict(block="basic", layers=[1, 1, 1, 1], channels=[4, 8, 8, 16], stem_width=4)
+    resnet = build_model(spec, ModelConfig(adapter="timm-resnet", arch=arch), registry=registry)
+    assert resnet.input_size == (1, 32, 32)
+    save_file({k: v.contiguous() for k, v in resnet.model.state_dict().items()}, str(tmp_path / "r.safetensors"))
+    again = build_model(spec, ModelConfig(adapter="timm-resnet", arch=arch, checkpoint=str(tmp_path / "r.safetensors")), seed=5, registry=registry)
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), resnet.model.state_dict().values()))
+    wider = {**arch, "channels": [4, 8, 8, 32]}
+    with pytest.raises(CheckpointError, match=r"r\.safetensors: the weights do not fit a timm-resnet network of shape [^\n]*"
+                                              r"\(layer4\.0\.conv1\.weight is \[16, 8, 3, 3\] in the file but \[32, 8, 3, 3\] in the model\)"):
+        build_model(spec, ModelConfig(adapter="timm-resnet", arch=wider, checkpoint=str(tmp_path / "r.safetensors")), registry=registry)
+    with pytest.raises(ConfigError, match=r"model\.arch needs model\.adapter"):
+        build_model(spec, ModelConfig(arch=arch), registry=registry)
+
+
+def test_a_file_of_another_family_member_is_one_checkpoint_error_naming_the_key_and_shapes(registry, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from stitchkit.core.errors import CheckpointError
+
+    save_file(timm.create_model("test_convnext2").state_dict(), str(tmp_path / "other.safetensors"))  # 1000 classes
+    with pytest.raises(CheckpointError) as err:
+        registry.ancestry("timm-convnext").from_name("test_convnext", checkpoint=tmp_path / "other.safetensors", num_classes=10)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'other.safetensors'}: the weights are not those of timm's 'test_convnext' (")
+    assert msg.endswith("); set timm_name to the architecture the file was saved from")
+    assert "(stem.0.weight is [32, 3, 4, 4] in the file but [24, 3, 4, 4] in the model)" in msg  # the first key that differs
+
+
+@pytest.mark.parametrize("family", ["timm-vit", "timm-swin", "timm-resnet", "timm-convnext", "timm-levit"])
+def test_each_core_adapter_names_its_timm_model_and_the_hook_agrees(registry, family):
+    import json
+
+    import timm
+
+    cls = registry.ancestry(family)
+    row = cls.example()
+    name, args = cls.timm_model_args(json.loads(json.dumps(row.arch())))  # through JSON, as config.json stores it
+    assert registry.ancestry_for(name) == family  # the model name the adapter gives is one the hook sends back to it
+    torch.manual_seed(0)
+    model = timm.create_model(name, **args)
+    model.load_state_dict(row.model.state_dict(), strict=True)  # the very network: same keys, same shapes
+
+
+def test_a_family_that_is_no_timm_model_cannot_name_one():
+    with pytest.raises(ConfigError, match=r"^rows of the 'other-vit' adapter have no timm model to write as a timm folder"):
+        _Other.timm_model_args({})
+
+
+def test_a_model_file_whose_weights_do_not_fit_its_arch_names_the_key_and_shapes(registry, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from stitchkit.core.errors import PoolFormatError
+    from stitchkit.engine.model import load_model
+
+    cls = registry.ancestry("timm-resnet")
+    narrow = cls.from_arch(dict(block="basic", layers=[1, 1, 1, 1], channels=[4, 8, 8, 16], stem_width=4, num_classes=3))
+    wide = {**narrow.arch(), "channels": [4, 8, 8, 32]}
+    meta = {"format": "stitchkit-model", "version": "1", "adapter": "timm-resnet", "arch": json.dumps(wide), "info": "{}"}
+    save_file(narrow.model.state_dict(), str(tmp_path / "m.safetensors"), metadata=meta)  # a version-1 file: no digest
+    with pytest.raises(PoolFormatError, match=r"m\.safetensors[^\n]*weights do not fit the stored timm-resnet arch "
+                                              r"\(layer4\.0\.conv1\.weight is \[16, 8, 3, 3\] in the file but \[32, 8, 3, 3\] in the model\)"):
+        load_model(tmp_path / "m.safetensors", registry)

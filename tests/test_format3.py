@@ -317,3 +317,14 @@ def test_unusable_preprocessing_in_a_crafted_file_is_a_pool_format_error(files, 
     with pytest.raises(PoolFormatError, match="info.data must hold"):
         export_hf(bad, 0, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-pool.safetensors", "bad.safetensors"]
+
+
+def test_a_plain_model_file_loads_with_stitchkit_and_refuses_edits(files, tmp_path, registry, images, pool):
+    d = load_exported(files["plain"], registry)
+    with torch.no_grad():
+        assert torch.equal(d(images), pool.descendant(0)(images))
+    assert d.classes == DATA["classes"]
+    bad = edited(files["plain"], tmp_path / "bad.safetensors", "stitchkit_descendant",
+                 lambda desc: desc["rows"][0]["arch"].update(global_pool="avg"))
+    with pytest.raises(PoolFormatError, match="does not match the metadata_sha256"):
+        load_exported(bad, registry)

@@ -206,3 +206,32 @@ def test_a_built_pool_has_a_card_that_reads_back_against_the_pool(tmp_path, caps
     assert (tmp_path / "again.md").read_text() == text
     assert main(["card", str(pool_path), "-o", str(pool_path)]) == 2  # never over the pool
     assert "stitchkit: error:" in capsys.readouterr().err
+
+
+def test_a_card_shows_the_builds_record_and_anchors(pool_file):
+    """SN-Net records its anchors and recipe in info.snnet; the card lists them (long values cut, never dumped)."""
+    from stitchkit.apps.cards import pool_card
+    from stitchkit.apps.report import file_descendants_table
+    from stitchkit.io.header import read_pool_metadata
+
+    meta = read_pool_metadata(pool_file)
+    meta["pool"]["method"] = "snnet"
+    meta["pool"]["info"]["snnet"] = {"anchors": [{"source": "deit_tiny_patch16_224", "weights": "timm", "trained_here": False},
+                                                 {"source": "2x16:4", "weights": "random", "trained_here": True}],
+                                     "finetune_steps": 6, "levels": list(range(500))}
+    text = pool_card(meta, file_descendants_table(meta), [1, 2], 3, "p.safetensors")
+    assert "Anchors: deit_tiny_patch16_224 (timm), 2x16:4 (random, trained here)." in text
+    record = next(line for line in text.splitlines() if line.startswith("- the build's record (`info.snnet`)"))
+    assert "finetune_steps `6`" in record and " ...`" in record and len(record) < 700
+    assert "SN-Net (Pan et al., CVPR 2023)" in text and "tags: [\"stitchkit\", \"image-classification\", \"model-stitching\", \"snnet\"]" in text
+
+
+def test_an_in_memory_pool_exports_the_same_folder(pool_file, tmp_path, images):
+    pool = storage.load_pool(pool_file, Registry(load_entrypoints=False)).eval()
+    a, b = tmp_path / "from-pool", tmp_path / "from-file"
+    config = export_hf(pool, "r0[0:2]", a)
+    assert config == export_hf(pool_file, "r0[0:2]", b)  # sizes computed for the pool equal the stored ones
+    assert (a / "README.md").read_text().replace("from-pool", "X") == (b / "README.md").read_text().replace("from-file", "X")
+    model = timm.create_model(f"local-dir:{a}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), pool.descendant(0)(images))

@@ -254,14 +254,15 @@ def test_design_drop_path_rate_reaches_the_rows_it_distils(tmp_path, ancestry_fi
     import stitchkit_learngene.pipeline as pipeline
 
     seen: list[list[float]] = []
-    real_fit = pipeline.fit
+    real_fit = pipeline.fit_together
 
-    def recording_fit(task, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        if kwargs["phase"].startswith("distill"):
-            seen.append([float(m.drop_prob) for b in task.student.blocks for m in b.modules() if isinstance(m, DropPath)])
-        return real_fit(task, *args, **kwargs)
+    def recording_fit(students, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        for s in students:
+            if s.phase.startswith("distill"):
+                seen.append([float(m.drop_prob) for b in s.task.student.blocks for m in b.modules() if isinstance(m, DropPath)])
+        return real_fit(students, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    monkeypatch.setattr(pipeline, "fit_together", recording_fit)
     config = _config(ancestry_file, design_args={"drop_path_rate": 0.3}, distill={"max_steps": 1}, finetune={"max_steps": 1})
     registry.method("learngene-pool").build(config, out_dir=tmp_path, registry=registry)
     expected = [0.3 * i / 2 for i in (1, 2)]  # 3 blocks: 0, 0.15, 0.3 (block 0 has no DropPath at rate 0)

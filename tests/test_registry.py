@@ -411,37 +411,16 @@ BAD_INITIALIZE = """
         register(Orthogonal)
 """
 
-TINY_SNNET = """
-method = "snnet"
-[data]
-source = "digits"
-img_size = 8
-in_chans = 1
-[train]
-max_steps = 2
-batch_size = 32
-progress = false
-[snnet]
-initializer = "orthogonal"
-[[snnet.anchors]]
-shape = "1x16:2"
-patch_size = 4
-train = true
-[[snnet.anchors]]
-shape = "1x32:4"
-patch_size = 4
-train = true
-"""
 
-
-def test_a_build_naming_a_broken_plugins_component_stops_before_training(fake_site, tmp_path, capsys):
+def test_a_build_naming_a_broken_plugins_component_stops_before_training(fake_site, tmp_path, capsys, tiny_config):
     from stitchkit.cli.main import main
     from stitchkit.core.registry import reset_default_registry
 
     _install_fake_distribution(fake_site, "sk-fake-badinit", {"badinit": "sk_badinit_plugin"},
                                {"sk_badinit_plugin": BAD_INITIALIZE})
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY_SNNET)
+    config.write_text(tiny_config("snnet", ["1x16:2", "1x32:4"], train="max_steps = 2",
+                                  section='initializer = "orthogonal"'))
     reset_default_registry()
     try:
         assert main(["build", str(config), "--out", str(tmp_path / "run")]) == 2

@@ -14,35 +14,6 @@ from stitchkit.core.registry import Registry
 from stitchkit.io.storage import load_descendant, load_pool, read_pool_metadata
 from stitchkit_snnet import plugin
 
-TINY = """
-method = "snnet"
-[data]
-source = "digits"
-img_size = 8
-in_chans = 1
-[train]
-seed = 0
-epochs = 1
-max_steps = 4
-batch_size = 32
-lr = 1e-3
-progress = false
-device = "cpu"
-[snnet]
-init_images = 40
-trainable = "{trainable}"
-distillation = "{distillation}"
-[snnet.finetune]
-max_steps = 6
-[[snnet.anchors]]
-shape = "2x16:2"
-patch_size = 4
-train = true
-[[snnet.anchors]]
-shape = "2x32:4"
-patch_size = 4
-train = true
-"""
 
 
 
@@ -53,14 +24,16 @@ def registry():
     return reg
 
 
-def write_config(tmp_path, **kw):
+def write_config(tiny_config, tmp_path, trainable="all", distillation="hard"):
     path = tmp_path / "snnet.toml"
-    path.write_text(TINY.format(**{"trainable": "all", "distillation": "hard", **kw}))
+    path.write_text(tiny_config(
+        "snnet", ["2x16:2", "2x32:4"], train="seed = 0\nepochs = 1\nmax_steps = 4\nlr = 1e-3",
+        section=f'init_images = 40\ntrainable = "{trainable}"\ndistillation = "{distillation}"\n[snnet.finetune]\nmax_steps = 6'))
     return path
 
 
-def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
-    config = load_config(write_config(tmp_path))
+def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry, tiny_config):
+    config = load_config(write_config(tiny_config, tmp_path))
     out = tmp_path / "run"
     path = registry.method("snnet").build(config, out_dir=out, registry=registry)
     meta = read_pool_metadata(path)
@@ -94,7 +67,7 @@ def test_tiny_build_writes_loadable_pool_and_resumes(tmp_path, registry):
     assert meta["pool"]["paths"] == read_pool_metadata(path)["pool"]["paths"]
 
 
-def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
+def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry, tiny_config):
     """Anchors from local files, only stitch layers trained: the rows stay bit-identical to the files."""
     from stitchkit.engine import save_model
     from stitchkit.families.vit import TimmViT
@@ -107,7 +80,7 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
         files.append(save_model(net, tmp_path / f"net{i}.safetensors"))
     anchors = ", ".join(f'{{shape = "2x{w}:{h}", patch_size = 4, checkpoint = "{f}"}}' for (w, h), f in zip([(16, 2), (32, 4)], files))
     config = load_config(
-        write_config(tmp_path, trainable="stitches", distillation="soft"),
+        write_config(tiny_config, tmp_path, trainable="stitches", distillation="soft"),
         [f"snnet.anchors=[{anchors}]", f'snnet.teacher="{files[2]}"', "snnet.kernel_size=1", "snnet.initializer_args.max_images=7",
          'snnet.initializer_args.mode="train"'],
     )
@@ -141,10 +114,13 @@ def test_checkpoint_anchors_stitches_only_and_teacher_file(tmp_path, registry):
         ({"snnet": {"initializer_args": {"lam": 0.01}}},
          r"snnet.initializer_args: initializer 'ls' has no option 'lam' \(accepted options: max_images"),
         ({"snnet": {"sampler": "flops-grouped", "sampler_args": {"group": 2}}}, "sampler 'flops-grouped' has no option 'group'"),
+        # the type a factory annotates, before data is read (ls: max_images: int | None)
+        ({"snnet": {"initializer_args": {"max_images": "7"}}},
+         r"^snnet.initializer_args: initializer 'ls': option 'max_images' must be an int or None, got '7' \(str\)"),
     ],
 )
-def test_bad_configs_are_refused(tmp_path, registry, edit, match):
-    config = load_config(write_config(tmp_path))
+def test_bad_configs_are_refused(tmp_path, registry, edit, match, tiny_config):
+    config = load_config(write_config(tiny_config, tmp_path))
     for key, value in edit["snnet"].items():
         config["snnet"][key] = value
     config["train"]["max_steps"] = 1

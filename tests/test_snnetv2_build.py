@@ -20,39 +20,12 @@ from stitchkit_snnetv2 import CONFIGS
 from stitchkit_snnetv2 import plugin
 from stitchkit_snnetv2.method import SNNetv2Method
 
-TINY = """
-method = "snnetv2"
-[data]
-source = "digits"
-img_size = 8
-in_chans = 1
-[train]
-seed = 0
-epochs = 1
-max_steps = 4
-batch_size = 32
-lr = 1e-3
-progress = false
-device = "cpu"
-[snnetv2]
-init_images = 40
-stitch_rank = 2
-stitch_alpha = 4.0
-trainable = "stitches"
-[snnetv2.sampler_args]
-gap_fraction = 0.2
-[snnetv2.finetune]
-max_steps = 6
-lr = 1e-2
-[[snnetv2.anchors]]
-shape = "3x16:2"
-patch_size = 4
-train = true
-[[snnetv2.anchors]]
-shape = "3x32:4"
-patch_size = 4
-train = true
-"""
+def tiny_v2(tiny_config):
+    return tiny_config(
+        "snnetv2", ["3x16:2", "3x32:4"], train="seed = 0\nepochs = 1\nmax_steps = 4\nlr = 1e-3",
+        section='init_images = 40\nstitch_rank = 2\nstitch_alpha = 4.0\ntrainable = "stitches"\n'
+                "[snnetv2.sampler_args]\ngap_fraction = 0.2\n[snnetv2.finetune]\nmax_steps = 6\nlr = 1e-2")
+
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +36,9 @@ def registry():
     return reg
 
 
-def test_tiny_build_trains_the_update_not_the_ls_base(tmp_path, registry):
+def test_tiny_build_trains_the_update_not_the_ls_base(tmp_path, registry, tiny_config):
     cfg_path = tmp_path / "v2.toml"
-    cfg_path.write_text(TINY)
+    cfg_path.write_text(tiny_v2(tiny_config))
     config = load_config(cfg_path)
     out = tmp_path / "run"
     path = registry.method("snnetv2").build(config, out_dir=out, registry=registry)
@@ -105,9 +78,9 @@ def test_tiny_build_trains_the_update_not_the_ls_base(tmp_path, registry):
         ({"sampler_args": {"gapp": 1}}, "sampler_args: sampler 'ros'.*gapp"),
     ],
 )
-def test_config_errors(tmp_path, registry, override, match):
+def test_config_errors(tmp_path, registry, override, match, tiny_config):
     cfg_path = tmp_path / "v2.toml"
-    cfg_path.write_text(TINY)
+    cfg_path.write_text(tiny_v2(tiny_config))
     config = load_config(cfg_path)
     config["snnetv2"] = {**config["snnetv2"], **override}
     config["snnetv2"].setdefault("anchors", load_config(cfg_path)["snnetv2"]["anchors"])

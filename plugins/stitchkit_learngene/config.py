@@ -87,6 +87,10 @@ class LearngeneConfig:
     eval_split: str = "test"
     #: Pool file name inside the output directory.
     pool_file: str = "pool.safetensors"
+    #: Distil every row in one run, the ancestry's forward computed once per batch for all of them (and, in a
+    #: build of several pools, fine-tune them in one run the same way); all of them are in memory at once.
+    #: false: one at a time. The weights are the same either way.
+    together: bool = True
     #: ``[train]`` keys overridden while distilling the auxiliary models.
     distill: dict[str, Any] = field(default_factory=dict)
     #: ``[train]`` keys overridden while fine-tuning the pool.

@@ -20,6 +20,7 @@ from stitchkit.core.plans import Phase, TrainingPlan
 from stitchkit.apps.cost import (
     expected_step_macs,
     feature_passes_macs,
+    loaded_phase,
     meta_network,
     meta_network_file,
     network_macs,
@@ -47,8 +48,7 @@ def learngene_training_phases(
     model_cfg = ModelConfig.from_config(config)
     if lg.ancestry:
         ancestry = meta_network_file(lg.ancestry, registry)
-        first = Phase("ancestry (loaded)", f"{ancestry.shape} from {lg.ancestry}", pretrain_epochs, base.batch_size,
-                      trained_macs=network_macs(ancestry), kind="pretraining")
+        first = loaded_phase("ancestry (loaded)", lg.ancestry, ancestry, pretrain_epochs, base.batch_size)
     elif model_cfg.pretrained or model_cfg.checkpoint:
         ancestry = meta_network(spec, model_cfg)
         source = model_cfg.timm_name + (" (timm weights)" if model_cfg.pretrained else f" ({model_cfg.checkpoint})")
@@ -78,9 +78,13 @@ def learngene_training_phases(
             # each d x d' transformation matrix multiplies every teacher token once
             loss_macs = tokens * sum(p.numel() for p in loss.parameters() if p.ndim == 2)
             rows.append(row)
-            phases.append(Phase(f"distill-row{r}", f"row {shape} (+{loss_macs / 1e6:.1f} MMACs of W/M), ancestry frozen",
+            # distilled together (learngene.together), every row learns from one ancestry forward per batch:
+            # priced once, on the first row's phase
+            shared = lg.together and r > 0
+            phases.append(Phase(f"distill-row{r}", f"row {shape} (+{loss_macs / 1e6:.1f} MMACs of W/M), "
+                                + ("ancestry forward shared with distill-row0" if shared else "ancestry frozen"),
                                 distill.epochs, distill.batch_size, distill.max_steps,
-                                trained_macs=network_macs(row) + loss_macs, frozen_macs=ancestry_macs))
+                                trained_macs=network_macs(row) + loss_macs, frozen_macs=0.0 if shared else ancestry_macs))
         pool = Pool.from_method(LearngenePoolMethod(paths=path_set or lg.paths, skip_rows=lg.skip_rows), rows)
     row_macs = [network_macs(r) for r in rows]
     macs = path_macs(pool)
@@ -114,6 +118,9 @@ def learngene_training_phases(
               distill.epochs, distill.batch_size, distill.max_steps, trained_macs=m, frozen_macs=ancestry_macs)
         for p, m in zip(pool.paths, macs)
     ]
+    if lg.together and len(rows) > 1:
+        notes.append("the rows are distilled together: the frozen ancestry runs once per batch for all of them "
+                     "(learngene.together = false prices one ancestry forward per row)")
     notes.append("alone: each descendant distilled from the same ancestry with the auxiliary models' recipe "
                  "(W/M matrices not counted); the ancestry phase is shared by both routes")
     return TrainingPlan(phases=phases, alone=alone, shared=[first.name], notes=notes)

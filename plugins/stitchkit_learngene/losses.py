@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from stitchkit.core.errors import ConfigError
 from stitchkit.core.interfaces import DistillationLoss, TapRequest, Taps
-from stitchkit.core.spec import RowShape
+from stitchkit.core.spec import LAYOUTS, RowShape
 
 from .levels import default_levels, level_pairs, resolve_levels
 
@@ -97,6 +97,9 @@ class _TransformedMSE(DistillationLoss):
         super().__init__()
         if not pairs:
             raise ConfigError(f"{self.name} distillation needs at least one (ancestry block, auxiliary block) pair")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"{self.name} distillation: layout must be one of {', '.join(LAYOUTS)} (the ancestry "
+                              f"adapter's feature_layout), got {layout!r}")
         self.ancestry_width, self.auxiliary_width = int(ancestry_width), int(auxiliary_width)
         self.pairs = [(int(t), int(s)) for t, s in pairs]
         #: ``(d, d')`` per level: the channels of the compared blocks (stage widths in hierarchical families).

@@ -95,6 +95,13 @@ class LearngenePoolMethod(Method):
 
         return run_pipeline(self, config, out_dir=pathlib.Path(out_dir), registry=registry)
 
+    def build_together(self, configs: Sequence[Mapping[str, Any]], *, out_dir: pathlib.Path, registry) -> list[pathlib.Path]:  # noqa: ANN001
+        """Several pools from one distillation, fine-tuned side by side (the demo's TM and LS pools); see
+        :func:`.pipeline.build_together`."""
+        from .pipeline import build_together
+
+        return build_together(self, configs, out_dir=pathlib.Path(out_dir), registry=registry)
+
 
 class SlidingWindowLearngenePoolMethod(LearngenePoolMethod):
     """Learngene Pool with the official code's sliding-window paths (18 / 27 descendants for l = 6 / 9)."""

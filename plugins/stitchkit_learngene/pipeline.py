@@ -17,17 +17,20 @@ fine-tunes again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import logging
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from stitchkit.engine import (
     DataConfig,
+    Student,
     ModelConfig,
     PoolTask,
     TrainConfig,
@@ -36,7 +39,7 @@ from stitchkit.engine import (
     dist_context,
     evaluate,
     evaluate_pool,
-    fit,
+    fit_together,
     load_model,
     section,
     train_model,
@@ -44,7 +47,9 @@ from stitchkit.engine import (
 from stitchkit.engine.settings import resolve
 from stitchkit.engine.data import Data, derive_seed, seeded
 from stitchkit.core.errors import ConfigError
+from stitchkit.core.spec import parse_rows
 from stitchkit.core.interfaces import AncestryAdapter, DistillationLoss, InitContext
+from stitchkit.pool.lowrank import check_rank
 from stitchkit.pool.measure import count_macs
 from stitchkit.pool.metainit import meta_skeleton
 from stitchkit.pool.pool import Pool, check_stitchable
@@ -53,7 +58,7 @@ from stitchkit.io.storage import save_pool
 from .config import LearngeneConfig
 from .distill import AuxiliaryDistillationTask
 from .extras import store_matrices
-from .losses import AttentionLoss, BlockLoss, LearngeneDistillation
+from .losses import REDUCTIONS, AttentionLoss, BlockLoss, LearngeneDistillation
 from .method import LearngenePoolMethod
 
 
@@ -69,44 +74,82 @@ def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str,
     base = TrainConfig.from_config(config)
     for phase in ("ancestry", "distill", "finetune"):
         lg.train_config(base, phase)
+    rows = parts["design"]["options"].get("rows")
+    if lg.design == "pool" and lg.stitch_rank and isinstance(rows, str):  # the rows' stitch layers are known before any data
+        check_stitch_rank(lg, sorted(parse_rows(rows), key=lambda s: s.width))
     return config, lg, method, parts
+
+
+def check_stitch_rank(lg: LearngeneConfig, shapes: list[Any]) -> None:
+    """``learngene.stitch_rank`` against the stitch layers of rows ``shapes`` (at most the smaller width; a note at it)."""
+    for note in check_rank(lg.stitch_rank, LearngenePoolMethod(paths=lg.paths).stitches(shapes), "learngene.stitch_rank"):
+        logging.getLogger("stitchkit").warning(note)
 
 
 def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
     """Build a learngene pool from a resolved config; return the pool file."""
-    config, lg, method, parts = check_config(method, config, registry)
+    return build_together(method, [config], out_dir=out_dir, registry=registry)[0]
+
+
+def build_together(method, configs: Sequence[Mapping[str, Any]], *, out_dir: pathlib.Path, registry) -> list[pathlib.Path]:  # noqa: ANN001
+    """Several pools from one ancestry and one set of distilled rows, fine-tuned side by side; their pool files.
+
+    ``configs`` may differ only in what fine-tuning depends on (the initializer, its options,
+    the sampler, the pool file ...): the rows are distilled once, and with ``learngene.together``
+    every pool is fine-tuned in one run that computes the ancestry's forward once per batch for
+    all of them (each pool's weights are those of building it alone). Phases are named as in a
+    single build (``finetune-<initializer>``), so the initializers must differ.
+    """
+    checked = [check_config(method, c, registry) for c in configs]
+    config, lg, _, parts = checked[0]
+    for other, olg, _, _ in checked[1:]:
+        for r in range(len(parse_rows(lg.rows))):
+            if _phase_config(other, olg, r) != _phase_config(config, lg, r):
+                raise ConfigError("learngene: pools built together share the ancestry and the distilled rows; these configs "
+                                  "differ in a setting distillation depends on (build them separately)")
+    inits = [c[1].initializer for c in checked]
+    if len(set(inits)) != len(inits):
+        raise ConfigError(f"learngene: pools built together need distinct initializers (their fine-tuning phases), got {inits}")
     base = TrainConfig.from_config(config)
     out_dir = pathlib.Path(out_dir)
     data = build_data(DataConfig.from_config(config))
     ctx = dist_context(base.device)
     ancestry = obtain_ancestry(config, lg, data, base, out_dir, registry)
     rows = distil_rows(config, lg, data, base, ancestry, out_dir, registry)
-    rows["info"]["components"] = {"ancestry": {"name": ancestry.name, "options": {}}, **parts}
-    pool = Pool.from_method(
-        method, rows["adapters"], info=rows["info"], extras=rows["extras"], stitch_rank=lg.stitch_rank, stitch_alpha=lg.stitch_alpha
-    )
-    pool.info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes, "splits": data.splits}  # exports carry them
     loader = data.eval_loader(lg.eval_split, rank=ctx.rank, world_size=ctx.world_size)
-    after_init = {}
-    for name in lg.compare_initializers:
-        initialize_stitches(pool, name, lg, data, base, registry, lg.initializer_args if name == lg.initializer else {})
-        after_init[name] = _top1(evaluate_pool(pool, loader))
-    initialize_stitches(pool, lg.initializer, lg, data, base, registry, lg.initializer_args)
-    if after_init:
-        pool.info["learngene"]["after_init"] = after_init
-    finetune(pool, config, lg, data, base, ancestry, out_dir, registry)
-    evaluate_pool(pool, loader, store=True)
-    path = out_dir / lg.pool_file
-    if ctx.is_main:
-        pool.to("cpu")
-        provenance = {"config": dict(config), "eval_split": lg.eval_split}
-        if ancestry.weights_record is not None:  # what timm adapted when loading the ancestry's weights
-            provenance["ancestry_weights"] = ancestry.weights_record
-        save_pool(pool, path, provenance=provenance)
+    pools, students = [], []
+    for i, (cfg, clg, cmethod, cparts) in enumerate(checked):
+        info = copy.deepcopy(rows["info"])
+        info["components"] = {"ancestry": {"name": ancestry.name, "options": {}}, **cparts}
+        adapters = rows["adapters"] if len(checked) == 1 else copy.deepcopy(rows["adapters"])  # each pool owns its rows
+        pool = Pool.from_method(cmethod, adapters, info=info, extras=dict(rows["extras"]), stitch_rank=clg.stitch_rank,
+                                stitch_alpha=clg.stitch_alpha)
+        pool.info["data"] = {"preprocessing": data.preprocessing, "classes": data.classes, "splits": data.splits}  # exports carry them
+        after_init = {}
+        for name in clg.compare_initializers:
+            initialize_stitches(pool, name, clg, data, base, registry, clg.initializer_args if name == clg.initializer else {})
+            after_init[name] = _top1(evaluate_pool(pool, loader))
+        initialize_stitches(pool, clg.initializer, clg, data, base, registry, clg.initializer_args)
+        if after_init:
+            pool.info["learngene"]["after_init"] = after_init
+        pools.append(pool)
+        students.append(finetune_student(pool, cfg, clg, base, ancestry, registry))
+    fit_together(students, data, out_dir=out_dir, together=lg.together)
+    paths = []
+    for (cfg, clg, _, _), pool in zip(checked, pools):
+        evaluate_pool(pool, loader, store=True)
+        path = out_dir / clg.pool_file
+        if ctx.is_main:
+            pool.to("cpu")
+            provenance = {"config": dict(cfg), "eval_split": clg.eval_split}
+            if ancestry.weights_record is not None:  # what timm adapted when loading the ancestry's weights
+                provenance["ancestry_weights"] = ancestry.weights_record
+            save_pool(pool, path, provenance=provenance)
+        paths.append(path)
     from stitchkit.engine.distributed import barrier
 
     barrier()
-    return path
+    return paths
 
 
 # --------------------------------------------------------------------------- components
@@ -128,6 +171,13 @@ def components(lg: LearngeneConfig, registry) -> dict[str, dict[str, Any]]:  # n
         "initializer": (lg.initializer, dict(lg.initializer_args)),
         "sampler": (lg.sampler, dict(lg.sampler_args)),
     }
+    if "layout" in lg.loss_args:  # distil_rows passes the ancestry adapter's feature_layout: a value here would be ignored
+        raise ConfigError(
+            f"learngene.loss_args.layout = {lg.loss_args['layout']!r}: the layout is the ancestry adapter's feature layout "
+            "(tokens, nhwc or map) and is set from it; remove the key"
+        )
+    if lg.loss_args.get("reduction", lg.prediction_reduction) not in REDUCTIONS and lg.loss in ("learngene", "prediction"):
+        raise ConfigError(f"learngene.loss_args.reduction must be one of {', '.join(REDUCTIONS)}, got {lg.loss_args['reduction']!r}")
     for kind, (name, options) in chosen.items():
         registry.check(kind, name, options, where=f"learngene.{kind}_args")
     for name in lg.compare_initializers:
@@ -166,6 +216,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     parts = components(lg, registry)
     design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
+    check_stitch_rank(lg, shapes)  # before the first row is distilled
     with meta_skeleton():  # the rows on the meta device: stitchable (one input, joinable boundaries) before any distillation
         check_stitchable(LearngenePoolMethod(paths=lg.paths), [type(ancestry).from_arch(ancestry.resized(s)) for s in shapes])
     train = lg.train_config(base, "distill")
@@ -174,6 +225,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     levels: dict[str, list[list[int]]] = {}
     accuracy: dict[str, float] = {}
     ctx = dist_context(base.device)
+    students = []
     for r, shape in enumerate(shapes):
         with seeded(derive_seed("learngene-row", train.seed, r)):
             row = type(ancestry).from_arch(design.row_arch(ancestry.resized(shape)))
@@ -183,8 +235,13 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
                 options["layout"] = ancestry.feature_layout  # W acts on channels: last dim, or dim 1 of a CNN map
             loss = registry.build("loss", lg.loss, ancestry.shape, shape, options=options,
                                   where="learngene.loss_args")
-        task = AuxiliaryDistillationTask(row, ancestry, loss, alpha=lg.alpha)
-        fit(task, data, train, out_dir=out_dir, phase=f"distill-row{r}", config=_phase_config(config, lg, r))
+        students.append(Student(AuxiliaryDistillationTask(row, ancestry, loss, alpha=lg.alpha), train, f"distill-row{r}",
+                                _phase_config(config, lg, r)))
+    # every row learns from the same ancestry on the same batches: one ancestry forward per batch for all
+    fit_together(students, data, out_dir=out_dir, together=lg.together)
+    for r, student in enumerate(students):
+        assert isinstance(student.task, AuxiliaryDistillationTask)
+        row, loss = student.task.student, student.task.distill
         store_matrices(extras, r, "W", learned_matrices(loss, "block"))
         store_matrices(extras, r, "M", learned_matrices(loss, "attention"))
         levels[str(r)] = [list(p) for p in getattr(loss, "pairs", [])]
@@ -225,8 +282,8 @@ def initialize_stitches(pool: Pool, name: str, lg: LearngeneConfig, data: Data, 
     pool.info.setdefault("learngene", {})["initializer"] = name
 
 
-def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainConfig, ancestry: AncestryAdapter, out_dir: pathlib.Path, registry) -> None:  # noqa: ANN001
-    """Fine-tune the pool, one path per step from the sampler (phase ``finetune-<initializer>``)."""
+def finetune_student(pool: Pool, config, lg: LearngeneConfig, base: TrainConfig, ancestry: AncestryAdapter, registry) -> Student:  # noqa: ANN001
+    """The pool's fine-tuning, one path per step from the sampler (phase ``finetune-<initializer>``), for :func:`fit_together`."""
     train = lg.train_config(base, "finetune")
     macs = [count_macs(pool.descendant(p)) for p in pool.paths]
     sampler = registry.build("sampler", lg.sampler, pool.paths, macs, options=lg.sampler_args, where="learngene.sampler_args")
@@ -237,11 +294,11 @@ def finetune(pool: Pool, config, lg: LearngeneConfig, data: Data, base: TrainCon
         tau=lg.tau,
         reduction=lg.prediction_reduction,
     )
-    fit(task, data, train, out_dir=out_dir, phase=f"finetune-{lg.initializer}", config=_phase_config(config, lg, None))
+    return Student(task, train, f"finetune-{lg.initializer}", _phase_config(config, lg, None))
 
 
 # --------------------------------------------------------------------------- helpers
-_REPORT_ONLY = ("compare_initializers", "eval_split", "pool_file")
+_REPORT_ONLY = ("compare_initializers", "eval_split", "pool_file", "together")
 _FINETUNE_ONLY = ("paths", "initializer", "initializer_args", "init_images", "sampler", "sampler_args",
                   "stitch_rank", "stitch_alpha", "finetune_distillation", "finetune")
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 from stitchkit.core.errors import ConfigError, StitchkitError
 from stitchkit.core.interfaces import AncestryAdapter
+from stitchkit.pool.lowrank import check_rank
 from stitchkit.pool.pool import check_stitchable
 
 from .config import AnchorConfig, SNNetConfig
@@ -43,9 +45,11 @@ def create_anchor(index: int, anchor: AnchorConfig, spec: Any, seed: int) -> Anc
 
 
 def obtain_anchors(
-    cfg: SNNetConfig, config: Mapping[str, Any], data: Any, base: Any, out_dir: pathlib.Path, seconds: list[float] | None = None
+    cfg: SNNetConfig, config: Mapping[str, Any], data: Any, base: Any, out_dir: pathlib.Path, seconds: list[float] | None = None,
+    name: str = "snnet",
 ) -> list[AncestryAdapter]:
-    """Every anchor, in order, trained on ``data`` first where ``train = true`` (each phase's training time appended to ``seconds``)."""
+    """Every anchor, in order, trained on ``data`` first where ``train = true`` (each phase's training time appended to ``seconds``);
+    the anchors' shapes and the ``[name]`` section's ``stitch_rank`` are checked before any training."""
     from stitchkit.engine import ClassificationTask, dist_context, fit, save_model
 
     ctx = dist_context(base.device)
@@ -53,6 +57,7 @@ def obtain_anchors(
     configs = cfg.anchor_configs()
     anchors = [create_anchor(i, anchor, data.spec, base.seed) for i, anchor in enumerate(configs)]
     check_anchors([a.shape for a in anchors])  # before any training, not after hours of it
+    check_stitch_rank(cfg, [a.shape for a in anchors], f"{name}.stitch_rank")
     check_stitchable(cfg.method(), anchors)  # one input, and every boundary a stitch joins can be joined
     for i, (anchor, adapter) in enumerate(zip(configs, anchors)):
         if anchor.train:
@@ -64,6 +69,12 @@ def obtain_anchors(
                 save_model(adapter, out_dir / "anchors" / f"anchor{i}.safetensors", {"snnet_anchor": i, "steps": result.steps, "last": result.last_metrics})
         adapter.model.cpu()
     return anchors
+
+
+def check_stitch_rank(cfg: SNNetConfig, shapes: list[Any], where: str) -> None:
+    """``stitch_rank`` against the stitch layers the anchors get (at most the smaller width; a note at it)."""
+    for note in check_rank(cfg.stitch_rank, cfg.method().stitches(shapes), where):
+        logging.getLogger("stitchkit").warning(note)
 
 
 def obtain_teacher(cfg: SNNetConfig, anchors: list[AncestryAdapter], spec: Any, registry: Any) -> Any:

@@ -84,7 +84,7 @@ def build_snnet(
     # 1. anchors (and the teacher, copied before anything is fine-tuned)
     t = time.perf_counter()
     anchor_seconds: list[float] = []
-    anchors = obtain_anchors(cfg, config, data, base, out_dir, anchor_seconds)
+    anchors = obtain_anchors(cfg, config, data, base, out_dir, anchor_seconds, name=name)
     teacher = obtain_teacher(cfg, anchors, data.spec, registry)
     timings["anchors_s"] = time.perf_counter() - t
 

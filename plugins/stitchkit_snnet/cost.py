@@ -19,6 +19,7 @@ from stitchkit.core.plans import Phase, TrainingPlan
 from stitchkit.apps.cost import (
     expected_step_macs,
     feature_passes_macs,
+    loaded_phase,
     meta_network,
     meta_network_file,
     network_macs,
@@ -51,8 +52,10 @@ def snnet_training_phases(
         net = meta_network(spec, from_mapping(ModelConfig, anchor.model_section(), f"{name}.anchors[{i}]"))
         anchors.append(net)
         label = anchor.timm_name or str(net.shape)
-        if anchor.pretrained or anchor.checkpoint:
-            phases.append(Phase(f"anchor{i} (loaded)", f"{label} {'timm weights' if anchor.pretrained else anchor.checkpoint}",
+        if anchor.checkpoint and not anchor.pretrained:  # a model file from `stitchkit train`: at its recorded budget
+            phases.append(loaded_phase(f"anchor{i} (loaded)", anchor.checkpoint, net, pretrain_epochs, base.batch_size))
+        elif anchor.pretrained:
+            phases.append(Phase(f"anchor{i} (loaded)", f"{label} timm weights",
                                 pretrain_epochs, base.batch_size, trained_macs=network_macs(net), kind="pretraining"))
         if anchor.train:
             phases.append(Phase(f"anchor{i}", f"{label} trained here", anchor_train.epochs, anchor_train.batch_size,

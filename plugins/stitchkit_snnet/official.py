@@ -91,12 +91,15 @@ def split_state(
 
 def _anchor_kwargs(p: pathlib.Path, a: int, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """``num_classes`` and ``img_size`` of anchor ``a`` as its tensors say (so small-image checkpoints load)."""
-    try:
-        num_classes = state["head.weight"].shape[0]
-        patch = state["patch_embed.proj.weight"].shape[-1]
-        tokens = state["pos_embed"].shape[1]
-    except KeyError as exc:
-        raise OfficialCheckpointError(p, f"anchor {a} has no {exc.args[0]!r} (key anchors.{a}.{exc.args[0]})") from None
+    for key, ndim in (("head.weight", 2), ("patch_embed.proj.weight", 4), ("pos_embed", 3)):
+        if key not in state:
+            raise OfficialCheckpointError(p, f"anchor {a} has no {key!r} (key anchors.{a}.{key})")
+        if not isinstance(state[key], torch.Tensor) or state[key].ndim != ndim:
+            shape = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
+            raise OfficialCheckpointError(p, f"anchors.{a}.{key} has shape {shape}, not the {ndim} dimensions a timm ViT's has")
+    num_classes = state["head.weight"].shape[0]
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    tokens = state["pos_embed"].shape[1]
     prefix = 1 if "cls_token" in state else 0
     side = math.isqrt(tokens - prefix)
     if side * side != tokens - prefix:

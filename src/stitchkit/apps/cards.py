@@ -114,12 +114,23 @@ def _training_lines(info: Mapping[str, Any], method: str) -> list[str]:
         if isinstance(section, Mapping) and section:
             lines.append(f"- `[{name}]`: " + ", ".join(f"{k} {json.dumps(v)}" for k, v in section.items()))
             break
+    for name in dict.fromkeys([method, method.split("-")[0]]):  # the build's own record: anchors, steps, timings, ...
+        record = info.get(name)
+        if isinstance(record, Mapping) and record:
+            lines.append(f"- the build's record (`info.{name}`): " + ", ".join(f"{k} {_short(v)}" for k, v in record.items()))
+            break
     for kind, comp in (info.get("components") or {}).items():
         opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in (comp.get("options") or {}).items())
         lines.append(f"- {kind}: `{comp.get('name')}`" + (f" ({opts})" if opts else ""))
     if prov:
         lines.append(f"- provenance: `{json.dumps(prov, sort_keys=True)}`")
     return lines
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    """``value`` as compact JSON, cut at ``limit`` characters (a card lists a record, it does not dump it)."""
+    text = json.dumps(value, sort_keys=True, separators=(", ", ": "))
+    return f"`{text if len(text) <= limit else text[:limit] + ' ...'}`"
 
 
 def _method_line(method: str) -> str:
@@ -141,6 +152,11 @@ def pool_card(meta: Mapping[str, Any], descendants: Sequence[Mapping[str, Any]],
     if ancestry:
         name = ancestry.get("timm_name") or ancestry.get("name") or json.dumps(ancestry, sort_keys=True)
         lines += [f"Ancestry: {name}.", ""]
+    anchors = (info.get(method) or {}).get("anchors") if isinstance(info.get(method), Mapping) else None
+    if isinstance(anchors, list) and all(isinstance(a, Mapping) for a in anchors):  # SN-Net's record of its anchors
+        lines += ["Anchors: " + ", ".join(
+            f"{a.get('source', '?')} ({a.get('weights', 'weights unknown')}{', trained here' if a.get('trained_here') else ''})"
+            for a in anchors) + ".", ""]
     lines += ["## Rows and stitch layers", "", *_row_lines(desc["rows"], row_params), "",
               f"{_stitch_summary(desc['stitches'])}; {_num(storage_params)} parameters stored in all"
               + (" (stitched descendants skip the end row's final norm, as the official SN-Net code)"

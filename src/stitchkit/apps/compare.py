@@ -155,8 +155,12 @@ def format_finding(findings: Sequence[GroupFinding], rows: Sequence[Mapping[str,
     return "Best " + "; ".join(parts) + "."
 
 
-def plot_accuracy(infos: Mapping[str, dict[str, Any]], out: str | os.PathLike, *, title: str = "") -> pathlib.Path:
+def plot_accuracy(infos: Mapping[str, dict[str, Any]], out: str | os.PathLike, *, title: str = "",
+                  references: Sequence[tuple[str, float]] = ()) -> pathlib.Path:
     """PNG with accuracy against params (left) and MACs (right): every descendant a point.
+
+    ``references``: published (label, top-1) results on the same data, drawn as
+    grey dashed lines so a reader can place the pools among known models.
 
     Each pool's line is a staircase: the best accuracy among its descendants at
     or below each size, so it never promises what no descendant delivers. The
@@ -189,6 +193,9 @@ def plot_accuracy(infos: Mapping[str, dict[str, Any]], out: str | os.PathLike, *
             ax.scatter([p[0] for p in rest], [p[1] for p in rest], s=26, marker=marker, facecolors="none", edgecolors=color, alpha=0.8)
             ax.scatter([p[0] for p in front], [p[1] for p in front], s=34, marker=marker, color=color,
                        label=f"{label} ({len(front)} of {len(pts)} on its frontier)")
+        for label, top1 in references:
+            ax.axhline(top1, color="0.5", lw=0.8, ls="--", alpha=0.8)
+            ax.text(right, top1, f" {label} {top1:g}", fontsize=6, color="0.35", va="bottom", ha="right")
         ax.set_xlabel("parameters (M)" if key == "params" else "MACs per image (M)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_xlim(left=0, right=right)

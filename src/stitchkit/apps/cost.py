@@ -203,6 +203,22 @@ def meta_network_file(path: str, registry: Any) -> Any:
         return registry.ancestry(meta["adapter"]).from_arch(json.loads(meta["arch"]))
 
 
+def loaded_phase(name: str, path: str, net: Any, pretrain_epochs: int, batch_size: int) -> Phase:
+    """The pretraining phase of a network loaded from ``path``: a model file written by ``stitchkit train``
+    is priced at the budget it records (its steps x its batch size), anything else at ``pretrain_epochs``."""
+    info: dict[str, Any] = {}
+    try:
+        with safe_open(str(pathlib.Path(path).expanduser()), framework="pt") as fh:
+            info = json.loads((fh.metadata() or {}).get("info", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        info = {}
+    batch = ((info.get("config") or {}).get("train") or {}).get("batch_size")
+    if isinstance(info.get("steps"), int) and isinstance(batch, int):
+        return Phase(name, f"{net.shape} from {path} (trained {info['steps']:,} steps of batch {batch}, as recorded)",
+                     images=info["steps"] * batch, trained_macs=network_macs(net), kind="pretraining")
+    return Phase(name, f"{net.shape} from {path}", pretrain_epochs, batch_size, trained_macs=network_macs(net), kind="pretraining")
+
+
 def network_macs(adapter: Any) -> int:
     """Forward MACs per image of one network (on any device, the meta device included)."""
     return count_macs(adapter)  # the adapter declares what hooks cannot count (attention matmuls)

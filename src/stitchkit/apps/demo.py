@@ -1,7 +1,8 @@
-"""``stitchkit demo``: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage, on real digits, on a CPU.
+"""``stitchkit demo``: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage, on real images, on a CPU.
 
 One run trains a small 12-block ancestry on scikit-learn's handwritten
-digits, builds a Learngene Pool from it (two distilled 6-block rows, width
+digits (``--data fashion-mnist``: on a subset of Fashion-MNIST, tested on its
+official 10,000 test images), builds a Learngene Pool from it (two distilled 6-block rows, width
 ratio 4) and fine-tunes it twice from the same distilled rows, once per stitch
 initializer (TM, the paper's, and LS), next to an SN-Net of two anchors with
 the same shapes trained from scratch (so every pool stores exactly the same
@@ -11,8 +12,10 @@ run's own numbers and the spread the benchmark measured over seeds, and an
 accuracy plot. Both methods are reached through the registry by name, like
 any plugin.
 
-After the ancestry the Learngene builds run here while SN-Net is built side
-by side in a worker process (``demo.workers``: 2 by default on two or more
+After the ancestry the Learngene build runs here (its two rows distilled
+together and its pools fine-tuned together, one ancestry forward per batch
+for all of them: ``demo.together``) while SN-Net is built side by side in a
+worker process (``demo.workers``: 2 by default on two or more
 cores; each process one torch thread; the results do not depend on it).
 Every phase is resumable: rerunning the same command continues where a killed
 run stopped and skips finished phases.
@@ -36,6 +39,8 @@ import torch
 from .cards import write_pool_card
 from .compare import blocks_key, collect, compare_by_blocks, find_best, format_finding, markdown_report, plot_accuracy
 from ..engine.config import section
+from ..engine.idx import BASELINES
+from ..engine.model import model_info
 from ..engine.settings import load_config, resolve
 from ..engine.standalone import train_model
 from ..core.errors import ConfigError, StitchkitError
@@ -72,6 +77,9 @@ class DemoConfig:
     workers: int = 0
     #: Cap on optimizer steps per phase (0: none); the test suite's fast demo uses it.
     max_steps: int = 0
+    #: Distil the Learngene rows together and fine-tune the Learngene pools together, the ancestry's forward
+    #: computed once per batch for all of them (false: one at a time, one network in memory; the same pools).
+    together: bool = True
 
     def validate(self, where: str = "demo") -> None:
         try:
@@ -98,18 +106,58 @@ class DemoConfig:
 
 @dataclass
 class Job:
-    """One pool build: its method, resolved config, output folder and the jobs it waits for."""
+    """One build of one method: its pools' configs (several: built together from one distillation), its folder."""
 
     key: str
     label: str
     method: str
-    config: dict[str, Any]
+    #: Pool key -> build config.
+    configs: dict[str, dict[str, Any]]
     out_dir: pathlib.Path
-    after: tuple[str, ...] = ()
 
 
-def default_config_path() -> pathlib.Path:
-    return pathlib.Path(str(resources.files("stitchkit") / "configs" / "demo.toml"))
+#: ``stitchkit demo --data NAME``: the shipped config of each data set.
+DATA_CONFIGS = {"digits": "demo.toml", "fashion-mnist": "demo-fashion-mnist.toml"}
+
+
+def default_config_path(data: str = "digits") -> pathlib.Path:
+    if data not in DATA_CONFIGS:
+        raise ConfigError(f"--data {data!r}: the demo ships configs for {', '.join(DATA_CONFIGS)}; use one, or --config FILE")
+    return pathlib.Path(str(resources.files("stitchkit") / "configs" / DATA_CONFIGS[data]))
+
+
+def data_name(source: str) -> str:
+    return {"digits": "Digits", "fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}.get(source, source)
+
+
+def describe_data(raw: Mapping[str, Any], ancestry_info: Mapping[str, Any]) -> str:
+    """What the run trained and tested on, from the splits the ancestry's model file recorded."""
+    data = raw["data"]
+    splits = (ancestry_info.get("data") or {}).get("splits") or {}
+    size = f"{data['img_size']}x{data['img_size']}"
+
+    def count(split: str) -> str:
+        rec = splits.get(split) or {}
+        n = f"{rec['images']:,}" if "images" in rec else "?"
+        return n + (f" (a stratified subset, seed {rec['seed']}, of {rec['subset_of']:,})" if "subset_of" in rec else "")
+
+    if data["source"] == "digits":
+        where = f"scikit-learn digits (8x8 upscaled to {size})"
+    elif data["source"] in ("fashion-mnist", "mnist"):
+        where = f"{data_name(data['source'])} (the official idx files, {size} grey)"
+    else:
+        where = f"{data['source']} ({size})"
+    return (f"Data: {where}: {count('train')} training, {count('val')} validation and {count('test')} test images "
+            f"(test: {'the official test set' if data['source'] in ('fashion-mnist', 'mnist') else 'a seeded stratified split'}); "
+            "accuracy is top-1 on the test split.")
+
+
+def trained_budget(info: Mapping[str, Any]) -> str:
+    """``1,170 steps (15 epochs of 10,000 images)``: what a model file says was trained."""
+    if "steps" not in info:
+        return "an unrecorded budget"
+    out = f"{info['steps']:,} steps"
+    return out + (f" ({info['epochs']:g} epochs of {info['train_images']:,} images)" if "epochs" in info else "")
 
 
 def expected_ranges_path() -> pathlib.Path:
@@ -143,6 +191,7 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
                 "initializer": init,
                 "initializer_args": dict(demo.learngene_initializer_args.get(init, {})),
                 "pool_file": f"pool-{init}.safetensors",
+                "together": demo.together,
                 "distill": phase,
                 "finetune": finetune,
             },
@@ -163,37 +212,41 @@ def method_configs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.P
 
 
 def demo_jobs(config: dict[str, Any], demo: DemoConfig, ancestry: pathlib.Path, out: pathlib.Path) -> list[Job]:
-    """Every pool build, in the order a single process runs them. The first Learngene build
-    distils the rows; the others wait for it and reuse them (same folder, finished phases skipped)."""
-    jobs, first = [], ""
-    for key, cfg in method_configs(config, demo, ancestry).items():
-        if cfg["method"] == "learngene-pool":
-            jobs.append(Job(key, pool_label(key), "learngene-pool", cfg, out / "learngene-pool", (first,) if first else ()))
-            first = first or key
-        else:
-            jobs.append(Job(key, pool_label(key), cfg["method"], cfg, out / key))
+    """The builds: one Learngene build of every initializer's pool (the rows distilled once, the pools
+    fine-tuned side by side), then SN-Net."""
+    configs = method_configs(config, demo, ancestry)
+    learngene = {k: c for k, c in configs.items() if c["method"] == "learngene-pool"}
+    inits = ", ".join(k.removeprefix("learngene-pool-").upper() for k in learngene)
+    jobs = [Job("learngene-pool", f"Learngene Pool ({inits})", "learngene-pool", learngene, out / "learngene-pool")]
+    jobs += [Job(k, pool_label(k), c["method"], {k: c}, out / k) for k, c in configs.items() if k not in learngene]
     return jobs
 
 
-def _build(method: str, config: dict[str, Any], out_dir: str, registry: Registry | None = None) -> tuple[str, float, float]:
-    """Run one build; return (pool file, wall seconds, CPU seconds)."""
+def _build(method: str, configs: Sequence[dict[str, Any]], out_dir: str, registry: Registry | None = None) -> tuple[list[str], float, float]:
+    """Run one build of one or more pools (together where the method can); return (pool files, wall seconds, CPU seconds)."""
     registry = registry or default_registry()
     wall, cpu = time.perf_counter(), time.process_time()
-    built = registry.method(method).build(resolve(config), out_dir=pathlib.Path(out_dir), registry=registry)
-    return str(built), time.perf_counter() - wall, time.process_time() - cpu
+    builder = registry.method(method)
+    resolved = [resolve(c) for c in configs]
+    together = getattr(builder, "build_together", None)
+    if len(resolved) > 1 and callable(together):
+        built = list(together(resolved, out_dir=pathlib.Path(out_dir), registry=registry))
+    else:
+        built = [builder.build(c, out_dir=pathlib.Path(out_dir), registry=registry) for c in resolved]
+    return [str(b) for b in built], time.perf_counter() - wall, time.process_time() - cpu
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """A worker process: ``python -c "import stitchkit.apps.demo as d; d.worker_main()" JOB.json THREADS``.
 
-    Builds the job the JSON file describes and writes ``[pool file, wall s, CPU s]`` next to it
+    Builds the job the JSON file describes and writes ``[pool files, wall s, CPU s]`` next to it
     (``.result``); a stitchkit error is one line on stderr and exit status 2.
     """
     job_file, threads = (sys.argv[1:] if argv is None else list(argv))[:2]
     torch.set_num_threads(int(threads))
     job = json.loads(pathlib.Path(job_file).read_text())
     try:
-        result = _build(job["method"], job["config"], job["out_dir"])
+        result = _build(job["method"], job["configs"], job["out_dir"])
     except StitchkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -205,29 +258,18 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
-def _chain(jobs: Sequence[Job]) -> list[Job]:
-    """The first job and every job that waits on one of the chain (the Learngene builds sharing rows)."""
-    chain = [jobs[0]]
-    for job in jobs[1:]:
-        if any(a in {c.key for c in chain} for a in job.after):
-            chain.append(job)
-    return chain
-
-
-def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pathlib.Path) -> dict[str, tuple[pathlib.Path, float, float]]:
-    """Run ``jobs``: all here, in order (``workers`` 1); or the first job and the jobs waiting on it here
-    while up to ``workers - 1`` worker processes build the others side by side.
+def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pathlib.Path) -> dict[str, tuple[list[pathlib.Path], float, float]]:
+    """Run ``jobs``: all here, in order (``workers`` 1); or the first job here while up to
+    ``workers - 1`` worker processes build the others side by side.
 
     Workers are fresh interpreters (``subprocess``, not ``multiprocessing``: nothing of the
     caller's ``__main__`` is re-imported) that find the methods through entry points; only
-    the jobs off the chain go there, so one interpreter start-up (seconds of CPU) is paid
+    the jobs after the first go there, so one interpreter start-up (seconds of CPU) is paid
     per worker and none on the critical path.
     """
-    done: dict[str, tuple[pathlib.Path, float, float]] = {}
-    local = list(jobs) if workers <= 1 else _chain(jobs)
+    done: dict[str, tuple[list[pathlib.Path], float, float]] = {}
+    local = list(jobs) if workers <= 1 else list(jobs[:1])
     queue = [j for j in jobs if j not in local]
-    if any(j.after for j in queue):
-        raise ValueError(f"demo jobs off the first job's chain must wait on nothing: {[(j.key, j.after) for j in queue]}")
     running: dict[str, tuple[subprocess.Popen[bytes], Job, pathlib.Path]] = {}
 
     def launch() -> None:
@@ -235,8 +277,8 @@ def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pat
             job = queue.pop(0)
             scratch.mkdir(parents=True, exist_ok=True)
             spec = scratch / f"job-{job.key}.json"
-            config = {**job.config, "train": {**job.config["train"], "progress": False}}  # the bars here are this process's
-            write_text_atomic(spec, json.dumps({"method": job.method, "config": config, "out_dir": str(job.out_dir)}))
+            configs = [{**c, "train": {**c["train"], "progress": False}} for c in job.configs.values()]  # the bars here are this process's
+            write_text_atomic(spec, json.dumps({"method": job.method, "configs": configs, "out_dir": str(job.out_dir)}))
             spec.with_name(spec.name + ".result").unlink(missing_ok=True)
             cmd = [sys.executable, "-c", "import stitchkit.apps.demo as d; raise SystemExit(d.worker_main())", str(spec), str(torch.get_num_threads())]
             running[job.key] = (subprocess.Popen(cmd), job, spec)
@@ -251,16 +293,16 @@ def run_jobs(jobs: Sequence[Job], workers: int, registry: Registry, scratch: pat
             if proc.returncode != 0 or not result.is_file():
                 raise StitchkitError(f"demo: building {job.label} failed (worker exit status {proc.returncode}, its error is "
                                      f"printed above); rerun the same command to resume, or set demo.workers = 1")
-            path, wall, cpu = json.loads(result.read_text())
-            done[key] = (pathlib.Path(path), wall, cpu)
+            paths, wall, cpu = json.loads(result.read_text())
+            done[key] = ([pathlib.Path(p) for p in paths], wall, cpu)
             _say(f"{job.label}: done in {wall:.0f} s")
 
     try:
         launch()
         for job in local:
             _say(f"{job.label}: building")
-            path, wall, cpu = _build(job.method, job.config, str(job.out_dir), registry)
-            done[job.key] = (pathlib.Path(path), wall, cpu)
+            paths, wall, cpu = _build(job.method, list(job.configs.values()), str(job.out_dir), registry)
+            done[job.key] = ([pathlib.Path(p) for p in paths], wall, cpu)
             reap()
             launch()
         while running or queue:
@@ -364,15 +406,16 @@ def run_demo(
     overrides: Sequence[str] = (),
     *,
     config_path: str | os.PathLike[str] | None = None,
+    data: str = "digits",
     registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """Run the demo; return a summary (files written, storage, phase times)."""
+    """Run the demo on ``data`` (its shipped config, unless ``config_path``); return a summary (files written, storage, phase times)."""
     start = time.perf_counter()
     registry = registry or default_registry()
     for name in METHODS:
         registry.get("method", name)  # fail before any training if a method plugin is missing
     out = pathlib.Path(out_dir)
-    raw = load_config(config_path or default_config_path(), overrides)
+    raw = load_config(config_path or default_config_path(data), overrides)
     demo = section(raw, "demo", DemoConfig)  # validated
     for init in demo.learngene_initializers:  # unknown components or options stop here, before training
         registry.check("initializer", init, demo.learngene_initializer_args.get(init, {}),
@@ -397,39 +440,62 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
     ancestry_cfg["train"] = {**raw["train"], "epochs": demo.ancestry_epochs, **cap}
     _say("training the ancestry")
     ancestry = train_model(resolve(ancestry_cfg), out / "ancestry", name="ancestry")
-    phases.append(("train the 12-block ancestry", time.perf_counter() - t0))
+    phases.append((f"train the {raw['model']['depth']}-block ancestry", time.perf_counter() - t0))
     ancestry_cpu = time.process_time() - cpu0
 
     jobs = demo_jobs(raw, demo, ancestry, out)
     built = run_jobs(jobs, workers, registry, out / ".workers")
     pools: dict[str, pathlib.Path] = {}
     for job in jobs:
-        path, wall, _ = built[job.key]
-        pools[job.key] = out / f"{job.key}.safetensors"
-        copy_atomic(path, pools[job.key])
-        write_pool_card(pools[job.key])  # its model card beside it, as `stitchkit build` writes
-        init = job.config.get("learngene", job.config.get("snnet", {})).get("initializer", "").upper()
-        first = "train anchors" if job.method == "snnet" else ("reuse the distilled rows" if job.after else "distil rows")
-        phases.append((f"{job.label}: {first}, {init} init, fine-tune, evaluate", wall))
+        paths, wall, _ = built[job.key]
+        for key, path in zip(job.configs, paths):
+            pools[key] = out / f"{key}.safetensors"
+            copy_atomic(path, pools[key])
+            write_pool_card(pools[key])  # its model card beside it, as `stitchkit build` writes
+        inits = " and ".join(c.get("learngene", c.get("snnet", {})).get("initializer", "").upper() for c in job.configs.values())
+        if job.method == "snnet":
+            what = f"train anchors, {inits} init, fine-tune, evaluate"
+        elif len(job.configs) > 1 and demo.together:
+            what = f"distil rows together, {inits} init, fine-tune the pools together, evaluate"
+        else:
+            what = f"distil rows, {inits} init, fine-tune, evaluate"
+        phases.append((f"{job.label}: {what}", wall))
 
     t0 = time.perf_counter()
     infos = collect({pool_label(k): p for k, p in pools.items()})
     storages = {k: v["storage_params"] for k, v in infos.items()}
     if len(set(storages.values())) != 1:
         raise StitchkitError(f"the demo's pools should store equal parameters, got {storages}")
-    plot = plot_accuracy(infos, out / "accuracy.png", title="Digits: accuracy of every descendant")
+    source = raw["data"]["source"]
+    baselines = BASELINES.get(source, [])
+    plot = plot_accuracy(infos, out / "accuracy.png", title=f"{data_name(source)}: accuracy of every descendant",
+                         references=[(label.split(" (")[0], top1) for label, top1 in baselines])
     expected = load_expected_ranges()
+    same_data = expected["recipe"]["data"]["source"] == source
     matches = recipe_of(raw, demo) == expected["recipe"]
     keys = list(pools)
+    ancestry_info = model_info(ancestry)
+    test = (ancestry_info.get("evaluation") or {}).get("test") or {}
+    cap_note = f", each phase capped at {demo.max_steps} steps" if demo.max_steps else ""
     notes = [
-        f"Data: scikit-learn digits (8x8 upscaled to {raw['data']['img_size']}x{raw['data']['img_size']}), "
-        "fixed seeded splits; accuracy is top-1 on the test split.",
-        f"Ancestry: {raw['model']['depth']} blocks, width {raw['model']['embed_dim']}, trained {demo.ancestry_epochs} epochs.",
+        describe_data(raw, ancestry_info),
+        f"Ancestry: {raw['model']['depth']} blocks, width {raw['model']['embed_dim']}, patch {raw['model']['patch_size']}, "
+        f"trained {trained_budget(ancestry_info)}"
+        + (f": test top-1 {test['top1']:.2f} %." if test else "."),
         f"Rows / anchors: {demo.rows}; {demo.auxiliary_epochs} epochs of distillation (Learngene Pool, once for "
-        f"every initializer) or training from scratch (SN-Net) each; {demo.finetune_epochs} fine-tuning epochs per pool.",
+        f"every initializer) or training from scratch (SN-Net) each; {demo.finetune_epochs} fine-tuning epochs per "
+        f"pool{cap_note}.",
+        ("The Learngene rows were distilled together and its pools fine-tuned together: one ancestry forward per "
+         "batch for all of them, the same weights as one at a time (docs/training.md)." if demo.together else
+         "The Learngene rows were distilled, and its pools fine-tuned, one at a time (demo.together = false)."),
         f"Stitch initialisation: {', '.join(i.upper() for i in demo.learngene_initializers)} (Learngene Pool, one pool "
         f"each), {demo.snnet_initializer.upper()} (SN-Net).",
         "Every pool stores exactly the same number of parameters (rows + stitch layers).",
+        *([f"Published {data_name(source)} results for reference (test top-1, from the README of Debian's "
+           "dataset-fashion-mnist package; dashed lines in the plot): "
+           + "; ".join(f"{label} {top1:g} %" for label, top1 in baselines) + "."] if baselines else []),
+        *([] if same_data else [f"No benchmark ranges over seeds exist for the demo on {data_name(source)}; the "
+                                "tables show this one run."]),
         "Each descendant against the same network trained on its own (from scratch and distilled from the "
         "ancestry, at the pool's fine-tuning epochs and at an equal share of the pool's training FLOPs) is "
         "measured by `python benchmarks/equal_compute.py` (benchmarks/RESULTS.md, \"What a pool buys\"); it is "
@@ -442,8 +508,8 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
     phases.append(("report and plot", time.perf_counter() - t0))
     total = time.perf_counter() - start
     report = markdown_report(
-        infos, title="stitchkit demo: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage",
-        phases=phases, notes=notes, plot=plot.name, intro=intro(infos, keys, expected, matches), total_seconds=total,
+        infos, title=f"stitchkit demo on {data_name(source)}: Learngene Pool (TM and LS stitches) vs SN-Net at equal storage",
+        phases=phases, notes=notes, plot=plot.name, intro=intro(infos, keys, expected if same_data else None, matches), total_seconds=total,
     )
     write_text_atomic(out / "report.md", report)
     summary = {

@@ -84,8 +84,8 @@ def export_hf(pool_or_path: Pool | os.PathLike[str] | str, key: Path | int | str
         index = pool_or_path.paths.index(target)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         weights = tmp / hub.WEIGHTS
         if target.is_single_row:
             storage.export_timm_state_dict(pool_or_path, target, weights, registry=registry)
@@ -118,8 +118,10 @@ def export_hf(pool_or_path: Pool | os.PathLike[str] | str, key: Path | int | str
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         _swap_in(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and any(str(f).startswith(str(tmp)) for f in (exc.filename, exc.filename2) if f):
+            raise OSError(exc.errno, exc.strerror, str(out)) from None  # the user named the folder, not our temp one
         raise
     return config
 

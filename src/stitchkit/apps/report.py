@@ -134,6 +134,16 @@ def pool_info(path: str | os.PathLike, registry: Registry | None = None) -> dict
     }
 
 
+def best_per_size(descendants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The evaluated descendants more accurate than every smaller one (by params, then MACs): the best at each size."""
+    best, top = [], float("-inf")
+    for d in sorted((d for d in descendants if "top1" in d), key=lambda d: (d["params"], d["macs"])):
+        if d["top1"] > top:
+            best.append(d)
+            top = d["top1"]
+    return best
+
+
 def is_model_file(path: str | os.PathLike) -> bool:
     """True for a single network written by ``stitchkit train`` (not a pool); False for anything else."""
     from ..io.header import MODEL_FORMAT, kind_of_file  # local: like pool_info, read without torch

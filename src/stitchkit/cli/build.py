@@ -8,15 +8,17 @@ stopped. Works unchanged under ``torchrun --nproc_per_node N``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..engine.config import config_hash, save_resolved
 from ..engine.settings import load_config
 from ..engine.distributed import barrier, dist_context
-from ..engine.runlog import append_run_record
+from ..engine.runlog import append_run_record, read_run_records
 from ..core.errors import ConfigError
 from ..io.files import OutputLock
 from ..core.registry import Registry, default_registry
@@ -43,6 +45,39 @@ def clear_checkpoints(out_dir: pathlib.Path) -> int:
     return removed
 
 
+@dataclass(frozen=True)
+class BuildResult:
+    """A build's pool file, and whether it was already there: a finished build of the same config, untouched."""
+
+    pool: pathlib.Path
+    unchanged: bool = False
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def finished_pool(out: pathlib.Path, config: dict) -> pathlib.Path | None:
+    """The pool file the last build of exactly ``config`` in ``out`` wrote, if it is still the file written.
+
+    A rerun of a finished build then needs no phase and no evaluation (minutes on
+    a CPU for the descendants alone); any change to the config or the file builds again.
+    """
+    want = config_hash(config)
+    for record in reversed(read_run_records(out)):
+        if record.get("event") != "build" or record.get("config_sha256") != want or record.get("unchanged"):
+            continue  # an "unchanged" record points back at the build that wrote the file
+        pool = pathlib.Path(record.get("pool", ""))
+        if "pool_sha256" in record and pool.is_file() and file_sha256(pool) == record["pool_sha256"]:
+            return pool
+        return None
+    return None
+
+
 def build_command(
     config_path: str | os.PathLike[str],
     overrides: Sequence[str] = (),
@@ -51,9 +86,22 @@ def build_command(
     *,
     registry: Registry | None = None,
 ) -> pathlib.Path:
+    """Load the config, find its method and run ``method.build``; return the pool file (see :func:`run_build`)."""
+    return run_build(config_path, overrides, out_dir, resume, registry=registry).pool
+
+
+def run_build(
+    config_path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    *,
+    registry: Registry | None = None,
+) -> BuildResult:
     """Load the config, find its method and run ``method.build``; return the pool file.
 
-    ``resume=False`` deletes the checkpoints of a previous run in the output
+    A finished build of the same config whose pool file is untouched is not run
+    again (``unchanged``). ``resume=False`` deletes the checkpoints of a previous run in the output
     directory first, so every phase starts over.
     """
     config = load_config(config_path, overrides)
@@ -73,7 +121,13 @@ def build_command(
             if not resume:
                 clear_checkpoints(out)
             save_resolved(config, out)
+        done = finished_pool(out, config) if resume else None
         barrier()
+        if done is not None:
+            if ctx.is_main:
+                append_run_record(out, {"event": "build", "method": name, "config_sha256": config_hash(config), "pool": str(done),
+                                        "unchanged": True, "wall_s": 0.0})
+            return BuildResult(done, unchanged=True)
         started = time.perf_counter()
         pool = method.build(config, out_dir=out, registry=registry)
         if ctx.is_main:
@@ -81,8 +135,8 @@ def build_command(
 
             write_pool_card(pool)  # POOL.md beside the pool: its model card, from the file's metadata
             append_run_record(out, {"event": "build", "method": name, "config_sha256": config_hash(config), "pool": str(pool),
-                                    "wall_s": round(time.perf_counter() - started, 3)})
-        return pool
+                                    "pool_sha256": file_sha256(pathlib.Path(pool)), "wall_s": round(time.perf_counter() - started, 3)})
+        return BuildResult(pathlib.Path(pool))
     finally:
         if lock is not None:
             lock.release()

@@ -143,12 +143,25 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_command
+    from ..apps.report import best_per_size, format_pool_info, pool_info
+    from .build import run_build
 
     _set_threads(args)
-    out = build_command(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
-    print(f"pool written to {out}")
-    print(f"model card written to {out.with_suffix('.md')}")
+    result = run_build(args.config, args.set or [], out_dir=args.out, resume=not args.restart)
+    from .console import rank
+
+    if rank() == 0:
+        info = pool_info(result.pool)
+        print(format_pool_info(info))
+        best = best_per_size(info["descendants"])
+        if best:
+            print("\nbest at or below each size (a larger descendant is listed only if it is more accurate):")
+            print("\n".join(f"  #{d['index']:<3} {d['params']:>12,} params {d['macs']:>14,} MACs  top-1 {d['top1']:.2f}" for d in best))
+        if result.unchanged:
+            print(f"\npool unchanged: {result.pool} is a finished build of this config (nothing rerun; --restart builds it again)")
+        else:
+            print(f"\npool written to {result.pool}")
+            print(f"model card written to {result.pool.with_suffix('.md')}")
     return 0
 
 
@@ -227,7 +240,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..core.limits import check_int
 
     torch.set_num_threads(check_int(args.threads, "--threads", maximum=1024))
-    summary = run_demo(args.out, args.set or [], config_path=args.config)
+    summary = run_demo(args.out, args.set or [], config_path=args.config, data=args.data)
     print(pathlib.Path(summary["report"]).read_text())
     print(f"wrote {summary['report']}, {summary['plot']} and the pool files "
           f"{', '.join(summary['pools'].values())} in {summary['total_seconds']:.0f} s")
@@ -385,7 +398,10 @@ def parser() -> argparse.ArgumentParser:
 
     pd = command("demo", help="Learngene Pool vs SN-Net at equal storage on the bundled digits (CPU, minutes)")
     pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")
-    pd.add_argument("--config", help="demo config (default: the shipped configs/demo.toml)")
+    pd.add_argument("--data", default="digits", choices=["digits", "fashion-mnist"],
+                    help="data set and its shipped config: digits (bundled, 2 minutes) or fashion-mnist "
+                         "(apt-get install dataset-fashion-mnist; under 20 minutes on 2 cores)")
+    pd.add_argument("--config", help="demo config (default: the shipped config of --data, e.g. configs/demo.toml)")
     pd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. demo.finetune_epochs=20")
     pd.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: the demo's models are tiny and extra threads mostly contend)")

@@ -161,6 +161,19 @@ class AncestryAdapter(ABC):
     def arch(self) -> dict[str, Any]:
         """A JSON-serialisable description :meth:`from_arch` rebuilds the network from."""
 
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The timm registry name and JSON keyword arguments with which ``timm.create_model`` builds a
+        network of ``arch`` as itself: what a single-row export's ``config.json`` says (``architecture``,
+        ``model_args``) so timm's ``local-dir:``/``hf-hub:`` loaders rebuild the row. Families that are no
+        timm model keep this default, which refuses."""
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"rows of the {getattr(cls, 'name', cls.__name__)!r} adapter have no timm model to write as a timm folder "
+            "(the adapter does not implement timm_model_args); export without --hf"
+        )
+
     @abstractmethod
     def resized(self, shape: RowShape) -> dict[str, Any]:
         """The arch of a same-family network of another shape (depth, width and heads; per stage for

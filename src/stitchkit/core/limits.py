@@ -33,6 +33,9 @@ MAX_WIDTH = 65_536
 MAX_HEADS = 1024
 #: Input image side, in pixels.
 MAX_IMG_SIZE = 8192
+#: Pixels of one source image (an ImageFolder file): the largest input a model can take, ``MAX_IMG_SIZE``
+#: squared; a bigger one (a decompression bomb, a wrong file) is refused from its header before decoding.
+MAX_IMAGE_PIXELS = MAX_IMG_SIZE * MAX_IMG_SIZE
 #: Classifier outputs.
 MAX_CLASSES = 1_000_000
 #: Descendants (paths) of one pool.

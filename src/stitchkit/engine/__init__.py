@@ -20,12 +20,13 @@ from .settings import load_config, resolve
 from .standalone import train_model
 from .teacher import LogitsTeacher, load_teacher
 from .tasks import Batch, ClassificationTask, DistillationTask, PoolTask, TrainTask, soft_cross_entropy
-from .trainer import FitResult, StepState, TrainConfig, fit, learning_rate
+from .callbacks import Callback, StepState
+from .trainer import FitResult, Student, TrainConfig, fit, fit_together, learning_rate
 
 __all__ = [
-    "Batch", "ClassificationTask", "Data", "DataConfig", "DataSpec", "DistContext", "DistillationTask",
-    "FitResult", "LogitsTeacher", "ModelConfig", "PoolTask", "StepState", "TrainConfig", "TrainTask", "apply_overrides",
+    "Batch", "Callback", "ClassificationTask", "Data", "DataConfig", "DataSpec", "DistContext", "DistillationTask",
+    "FitResult", "LogitsTeacher", "ModelConfig", "PoolTask", "StepState", "Student", "TrainConfig", "TrainTask", "apply_overrides",
     "build_data", "build_model", "check_keys", "config_hash", "dist_context", "evaluate", "evaluate_pool",
-    "fit", "format_table", "learning_rate", "load_config", "load_model", "load_teacher", "model_info", "parse_override",
+    "fit", "fit_together", "format_table", "learning_rate", "load_config", "load_model", "load_teacher", "model_info", "parse_override",
     "resolve", "save_model", "save_resolved", "section", "soft_cross_entropy", "train_model",
 ]

@@ -237,13 +237,17 @@ def save_checkpoint(
     rng: Mapping[str, Any],
     data_order: Mapping[str, Any],
     keep: int = 2,
+    extra: Mapping[str, torch.Tensor] | None = None,
 ) -> pathlib.Path:
-    """Write checkpoint ``step-<state.step>`` atomically; keep the newest ``keep`` (and always this one)."""
+    """Write checkpoint ``step-<state.step>`` atomically; keep the newest ``keep`` (and always this one).
+
+    ``extra`` tensors (e.g. ``ema.*``, the moving average) are stored under their own names beside ``model.*``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"step-{state.step:08d}"
     weights = directory / f"{stem}.safetensors"
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
-    tensors = {**_cpu_tensors("model.", model_state), **_cpu_tensors("", opt_tensors)}
+    tensors = {**_cpu_tensors("model.", model_state), **_cpu_tensors("", opt_tensors), **_cpu_tensors("", extra or {})}
     write_bytes_atomic(weights, save(tensors, metadata={"format": "pt", "stitchkit_format": "stitchkit-checkpoint", "version": str(FORMAT)}))
     meta = {
         "format": FORMAT,

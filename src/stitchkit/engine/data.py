@@ -511,9 +511,10 @@ def _class_difference(a: list[str], b: list[str], name_a: str, name_b: str) -> s
 def _imagefolder_data(cfg: DataConfig) -> Data:
     """train/ (+ val/, test/), or a flat class folder; a missing val/ or test/ is split off the training images.
 
-    With train/ and val/ but no test/ (ImageNet's layout), val/ is the test split too.
+    With train/ and val/ but no test/ (ImageNet's layout), val/ is the test split too. The folders are
+    walked once, each file counted once and in one split, and every image opened (:mod:`.imagefolder`).
     """
-    from torchvision.datasets import ImageFolder
+    from .imagefolder import FolderWalk, WalkedImageFolder, check_images  # torchvision: only ImageFolder sources pay its import
 
     root = pathlib.Path(cfg.root).expanduser()
     if not root.is_dir():
@@ -534,20 +535,18 @@ def _imagefolder_data(cfg: DataConfig) -> Data:
     pre = preprocessing(tcfg, cfg.img_size, cfg.in_chans)  # the transforms convert every image to in_chans
     eval_tf = eval_transform(pre)
     train_tf = create_train_transform(tcfg, pre) if cfg.augment else eval_tf
-    try:
-        full = ImageFolder(str(base), transform=train_tf)
-        folders = {name: ImageFolder(str(root / name), transform=eval_tf) for name in ("val", "test") if has[name]}
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise ConfigError(
-            f"data.root: cannot read ImageFolder under {root} ({str(exc).splitlines()[0]}); it needs train/ (+ val/, test/) "
-            "or one folder of images per class"
-        ) from None
+    walk = FolderWalk()
+    walk.reserve([str(base)] + [str(root / name) for name in ("val", "test") if has[name]])
+    full = WalkedImageFolder(str(base), walk, "data.root", transform=train_tf)
+    folders = {name: WalkedImageFolder(str(root / name), walk, "data.root", transform=eval_tf) for name in ("val", "test") if has[name]}
+    walk.warn("data.root")
     for name, ds in folders.items():
         if ds.classes != full.classes:
             raise ConfigError(
                 f"data.root: {name}/ and {origin} have different class folders ({_class_difference(full.classes, ds.classes, origin, name + '/')}); "
                 "every split needs the same class folders"
             )
+    check_images([p for ds in (full, *folders.values()) for p, _ in ds.samples], "data.root")  # before the first phase
     full_eval = copy.copy(full)
     full_eval.transform = eval_tf
     labels = [t for _, t in full.samples]

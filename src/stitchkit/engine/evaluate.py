@@ -70,10 +70,14 @@ def evaluate_pool(
 
     ``store=True`` also writes the results into ``pool.evaluation`` (saved with the pool).
     """
+    from tqdm.auto import tqdm
+
     chosen = [pool.path(p) for p in (pool.paths if paths is None else paths)]
     index = {p.name: i for i, p in enumerate(pool.paths)}
     results: dict[str, dict[str, Any]] = {}
-    for path in chosen:
+    # a bar on a terminal (rank 0 only): evaluating every descendant is the last minutes of a CPU build
+    other_rank = torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+    for path in tqdm(chosen, desc="evaluating descendants", unit="descendant", leave=False, disable=True if other_rank else None):
         d = pool.descendant(path)
         res: dict[str, Any] = {"index": index.get(path.name, -1), "label": path.label, "blocks": path.num_blocks}
         res.update(evaluate(d, loader, device=device, precision=precision))

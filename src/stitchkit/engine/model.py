@@ -26,7 +26,6 @@ from .config import section, write_bytes_atomic
 from .data import DataSpec
 
 
-
 @dataclass
 class ModelConfig:
     """The ``[model]`` section: any family by ``adapter`` and ``arch`` (the adapter's architecture) or by
@@ -171,10 +170,12 @@ def load_model(path: str | os.PathLike[str], registry: Any = None) -> AncestryAd
 
         registry = default_registry()
     adapter = registry.ancestry(name).from_arch(arch)
-    try:
-        adapter.model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise PoolFormatError(path, f"weights do not fit the stored arch: {exc}") from exc
+    from ..io.state_dicts import first_difference, shapes
+
+    problem = first_difference(shapes(tensors), shapes(adapter.model.state_dict()))
+    if problem is not None:
+        raise PoolFormatError(path, f"weights do not fit the stored {name} arch ({problem})")
+    adapter.model.load_state_dict(tensors, strict=True)
     return adapter
 
 

@@ -25,7 +25,8 @@ from .config import write_bytes_atomic
 class RunLog:
     """Progress and metrics of one phase, written under ``directory`` when ``active``."""
 
-    def __init__(self, directory: pathlib.Path, *, phase: str, total_steps: int, initial_step: int, active: bool, progress: bool = True, tensorboard: bool = False) -> None:
+    def __init__(self, directory: pathlib.Path, *, phase: str, total_steps: int, initial_step: int, active: bool, progress: bool = True, tensorboard: bool = False,
+                 position: int = 0) -> None:
         self.phase, self.active = phase, active
         self.path = directory / "metrics.jsonl"
         self._bar = None
@@ -39,6 +40,7 @@ class RunLog:
             desc=phase,
             unit="step",
             dynamic_ncols=True,
+            position=position,  # one line per phase trained together
             disable=not (progress and sys.stderr.isatty()),
         )
         if tensorboard:

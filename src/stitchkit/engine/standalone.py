@@ -74,7 +74,8 @@ def trained_summary(path: str | os.PathLike[str]) -> str:
     test = info.get("evaluation", {}).get("test") or {}
     lines = []
     if test:
-        lines.append(f"test top-1 {test['top1']:.2f} % (top-5 {test['top5']:.2f} %) on {test.get('images', '?'):,} "
+        top5 = f" (top-5 {test['top5']:.2f} %)" if "top5" in test else ""  # fewer than 5 classes: no top-5
+        lines.append(f"test top-1 {test['top1']:.2f} %{top5} on {test.get('images', '?'):,} "
                      f"test images ({info.get('data', {}).get('source', '?')})")
     budget = f"{info['steps']:,} steps" if "steps" in info else ""
     if "epochs" in info:

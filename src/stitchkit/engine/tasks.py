@@ -130,7 +130,8 @@ class DistillationTask(TrainTask):
         return self.distill.teacher_taps()
 
     def eval_model(self, model: nn.Module) -> nn.Module | None:
-        return self.student.model
+        """The student in ``model`` (the trained one, or a copy of it such as its moving average)."""
+        return model["student"] if isinstance(model, nn.ModuleDict) else self.student.model
 
     def loss(self, model: nn.Module, batch: Batch, teacher: Taps | None, path: Path | None) -> LossOutput:
         assert teacher is not None
@@ -189,7 +190,9 @@ class PoolTask(TrainTask):
         return self.descendant(model, path)
 
     def descendant(self, model: nn.Module, path: Path) -> Descendant:
-        """The descendant of ``path`` sharing ``model``'s (the pool's) parameters, cached."""
+        """The descendant of ``path`` sharing ``model``'s (the pool's) parameters, cached for the trained pool."""
+        if model is not self.pool:  # a copy of the pool (its moving average): not cached
+            return model.descendant(path)  # type: ignore[operator,no-any-return]
         d = self._descendants.get(path.name)
         if d is None:
             d = self._descendants[path.name] = model.descendant(path)  # type: ignore[operator]

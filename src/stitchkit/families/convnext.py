@@ -79,6 +79,12 @@ class TimmConvNeXt(StagedAdapter):
         adapter.timm_name = name
         return adapter
 
+
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """timm's ``convnext_tiny`` entry point with every ConvNeXt argument from the arch (``img_size`` is the adapter's)."""
+        return "convnext_tiny", {k: v for k, v in arch.items() if k not in ("timm_name", "img_size")}
+
     def arch(self) -> dict[str, Any]:
         m = self.model
         first = m.stages[0].blocks[0]
@@ -97,6 +103,10 @@ class TimmConvNeXt(StagedAdapter):
             "use_grn": not isinstance(first.mlp.norm, nn.Identity) if hasattr(first.mlp, "norm") else False,
             "conv_mlp": bool(first.use_conv_mlp),
         }
+        last: Any = getattr(m.stages[-1].blocks[-1], "drop_path", None)
+        rate = float(getattr(last, "drop_prob", 0.0))  # timm's stochastic depth reaches the rate at the last block
+        if rate:
+            arch["drop_path_rate"] = float(f"{rate:.6g}")
         if gamma is None:
             arch["ls_init_value"] = None
         elif gamma.device.type != "meta":

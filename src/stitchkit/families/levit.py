@@ -17,7 +17,10 @@ cached tensor outlives a weight update made in eval mode, cannot be
 back-propagated through twice, and makes ``copy.deepcopy`` of a network
 (the SN-Net teacher, the conformance suite) fail once it holds a graph; the
 adapter has its attentions gather the biases from the current weights on
-every call instead (one indexing per attention).
+every call instead (one indexing per attention). The bias tables' sizes
+follow the token grid, so weights saved at another image size have their
+tables fitted by offset when they are loaded (:meth:`TimmLeViT.from_name`).
+
 Only the token variants are taken; timm's ``levit_conv_*`` (the same
 network on ``(B, C, H, W)`` maps) is refused with a message.
 """
@@ -178,6 +181,12 @@ class TimmLeViT(StagedAdapter):
         adapter.weights_record = record
         adapter.timm_name = name
         return adapter
+
+
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """timm's ``levit_128s`` entry point (``create_levit`` takes every Levit argument and ``distilled``)."""
+        return "levit_128s", {k: v for k, v in arch.items() if k not in ("timm_name", "residual_bn_init")}
 
     def arch(self) -> dict[str, Any]:
         m = self.model

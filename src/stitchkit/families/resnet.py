@@ -124,6 +124,17 @@ class TimmResNet(StagedAdapter):
         adapter.timm_name = name
         return adapter
 
+
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """timm's ``resnet18`` (basic) or ``resnet50`` (bottleneck) entry point, which sets the block class;
+        every other ResNet argument from the arch (``img_size`` is the adapter's)."""
+        entry = {"basic": "resnet18", "bottleneck": "resnet50"}
+        block = arch.get("block", "basic")
+        if block not in entry:
+            raise ConfigError(f"timm-resnet block must be one of {sorted(entry)}, got {block!r}")
+        return entry[block], {k: v for k, v in arch.items() if k not in ("timm_name", "img_size", "block")}
+
     def arch(self) -> dict[str, Any]:
         m = self.model
         first: Any = self._blocks[0]

@@ -91,6 +91,12 @@ class TimmSwin(StagedAdapter):
         adapter.timm_name = name
         return adapter
 
+
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """timm's ``swin_tiny_patch4_window7_224`` entry point with every SwinTransformer argument from the arch."""
+        return "swin_tiny_patch4_window7_224", {k: v for k, v in arch.items() if k != "timm_name"}
+
     def arch(self) -> dict[str, Any]:
         m = self.model
         first = m.layers[0].blocks[0]

@@ -168,6 +168,12 @@ class TimmViT(AncestryAdapter):
         load_strict(self.model, path, f"a ViT of shape {self.shape}",
                     "save the file from a model of this arch, or give its timm_name so timm adapts it")
 
+
+    @classmethod
+    def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """timm's ``vit_tiny_patch16_224`` entry point with every VisionTransformer argument from the arch."""
+        return "vit_tiny_patch16_224", {k: v for k, v in arch.items() if k != "timm_name"}
+
     def arch(self) -> dict[str, Any]:
         m = self.model
         blk = m.blocks[0] if len(m.blocks) else None

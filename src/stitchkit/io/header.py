@@ -31,10 +31,10 @@ from ..core.spec import LAYOUTS, Path, RowShape, StitchSpec, find_path
 #: The file kinds, in ``__metadata__[KIND_KEY]`` (format 3) or in ``__metadata__["format"]`` (formats 1 and 2).
 POOL_FORMAT = "stitchkit-pool"
 DESCENDANT_FORMAT = "stitchkit-descendant"
+#: One network written by ``stitchkit train`` (:func:`stitchkit.engine.model.save_model`).
+MODEL_FORMAT = "stitchkit-model"
 #: A single-row descendant written as its row's own state dict (``export_timm_state_dict``, ``export --hf``).
 PLAIN_FORMAT = "stitchkit-plain-model"
-#: A single network written by ``stitchkit train`` (:func:`stitchkit.engine.model.save_model`).
-MODEL_FORMAT = "stitchkit-model"
 #: ``format``, the key Hugging Face loaders check: always ``pt`` since format 3 (the tensors are PyTorch's).
 HF_FORMAT = "pt"
 #: The metadata key holding the file's kind since format 3.

@@ -5,8 +5,8 @@ for the same folder uploaded) is how timm users share and load weights. A
 single-row descendant is a plain timm network, so its folder is one timm loads
 with its preprocessing and class names; a stitched descendant's folder holds a
 stitchkit descendant file that :func:`stitchkit.io.storage.load_exported` reads.
-This module needs no torch: it maps a row to its timm model and writes the
-config; :mod:`stitchkit.apps.hub` writes whole folders.
+The row's adapter says which timm model it is (``timm_model_args``); this module
+writes the config, :mod:`stitchkit.apps.hub` writes whole folders.
 """
 
 from __future__ import annotations
@@ -25,39 +25,18 @@ CARD = "README.md"
 #: Everything an export folder holds; a folder holding anything else is never replaced.
 FOLDER_FILES = (WEIGHTS, CONFIG, CARD)
 
-#: adapter -> (a timm registry name whose entry point builds that family's model class from keyword
-#: arguments alone; keys of the arch that are not the model's keyword arguments). Every model argument
-#: the entry point sets is overridden by the arch, which records them all.
-_TIMM_BASES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "timm-vit": ("vit_tiny_patch16_224", ("timm_name",)),
-    "timm-swin": ("swin_tiny_patch4_window7_224", ("timm_name",)),
-    "timm-convnext": ("convnext_tiny", ("timm_name", "img_size")),
-    # create_levit takes every Levit argument and `distilled` (LevitDistilled or Levit); residual_bn_init is only an init
-    "timm-levit": ("levit_128s", ("timm_name", "residual_bn_init")),
-}
-_RESNET_BASES = {"basic": "resnet18", "bottleneck": "resnet50"}
-
-
-def timm_model_config(adapter: str, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The timm registry name and the JSON keyword arguments that rebuild a row as its own timm model.
+def timm_model_config(adapter: str, arch: Mapping[str, Any], registry: Any = None) -> tuple[str, dict[str, Any]]:
+    """The timm registry name and the JSON keyword arguments that rebuild a row as its own timm model,
+    as the row's adapter declares them (:meth:`~stitchkit.core.interfaces.AncestryAdapter.timm_model_args`).
 
     ``timm.create_model(name, **model_args)`` builds exactly the row's network
     (for ``timm-vit``: ``VisionTransformer(**arch)``), which is what a ``local-dir:``
     folder's ``config.json`` must say (``architecture``, ``model_args``).
     """
-    if adapter == "timm-resnet":
-        block = arch.get("block", "basic")
-        if block not in _RESNET_BASES:
-            raise ConfigError(f"timm-resnet block must be one of {sorted(_RESNET_BASES)}, got {block!r}")
-        # the entry point sets the block class; everything else comes from the arch (img_size is not a ResNet argument)
-        return _RESNET_BASES[block], {k: v for k, v in arch.items() if k not in ("timm_name", "img_size", "block")}
-    if adapter not in _TIMM_BASES:
-        raise ConfigError(
-            f"rows of the {adapter!r} adapter have no timm model to write as a timm folder "
-            f"(supported: {', '.join(sorted([*_TIMM_BASES, 'timm-resnet']))}); export without --timm/--hf"
-        )
-    name, drop = _TIMM_BASES[adapter]
-    return name, {k: v for k, v in arch.items() if k not in drop}
+    from ..core.registry import default_registry
+
+    registry = registry if registry is not None else default_registry()
+    return registry.ancestry(adapter).timm_model_args(arch)
 
 
 def timm_folder_config(

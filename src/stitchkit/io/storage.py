@@ -727,11 +727,11 @@ def export_timm_state_dict(
 ) -> dict[str, Any]:
     """Write a single-row descendant as the row model's own state dict (safetensors).
 
-    For the ``timm-vit`` adapter these are plain timm ``VisionTransformer``
-    keys (``patch_embed.*``, ``blocks.<i>.*``, ``norm.*``, ``head.*``), loadable
-    by ``VisionTransformer(**arch).load_state_dict`` or
-    ``TimmViT.load_checkpoint``. Returns the row's arch (the model's kwargs,
-    also stored in the metadata as ``stitchkit_arch``).
+The keys are the row network's own (for ``timm-vit``, plain timm ``VisionTransformer``
+    keys ``patch_embed.*``, ``blocks.<i>.*``, ``norm.*``, ``head.*``; a Swin row's are
+    ``SwinTransformer`` keys, ...); :func:`load_plain_row` rebuilds the network through the
+    adapter recorded in the file. Returns the row's arch (stored in the metadata as
+    ``stitchkit_arch``, next to the adapter as ``stitchkit_adapter``).
     """
     out = pathlib.Path(out_path)
     _refuse_input(out, pool_or_path)

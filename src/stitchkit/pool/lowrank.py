@@ -19,6 +19,7 @@ convolution layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,6 +27,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import ConfigError
+from ..core.spec import StitchSpec
+
+
+def check_rank(rank: int, stitches: Sequence[StitchSpec], where: str = "stitch_rank") -> list[str]:
+    """Refuse a rank above a stitch layer's smaller width; return a note for each width it does not go below.
+
+    A ``d_in -> d_out`` layer has rank at most ``min(d_in, d_out)``: a larger
+    update trains ``rank * (d_in + d_out)`` parameters that can express
+    nothing more (1000 on 64-wide layers: 1.36M parameters where full rank
+    stores 0.40M). At exactly the smaller width the update is full rank and
+    saves nothing over a plain layer, which is allowed but noted.
+    """
+    if not rank:
+        return []
+    if rank < 0:
+        raise ConfigError(f"{where} must be >= 0 (0: full-rank stitch layers), got {rank}")
+    smallest = min(stitches, key=lambda s: min(s.src_width, s.dst_width), default=None)
+    if smallest is not None and rank > min(smallest.src_width, smallest.dst_width):
+        bound = min(smallest.src_width, smallest.dst_width)
+        raise ConfigError(
+            f"{where} = {rank} is above the rank of stitch layer {smallest.name} ({smallest.src_width} -> "
+            f"{smallest.dst_width} channels, at most {bound}); use at most {bound}, or 0 for full-rank layers"
+        )
+    full = [s.name for s in stitches if rank == min(s.src_width, s.dst_width)]
+    if not full:
+        return []
+    return [f"{where} = {rank} is the full rank of {len(full)} stitch layer(s) (e.g. {full[0]}): their low-rank update "
+            "saves nothing over a plain layer; a smaller rank trains fewer parameters"]
 
 
 class LowRankMixin:

@@ -26,7 +26,7 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.interfaces import AncestryAdapter, Method
 from .measure import count_macs, count_params
-from .lowrank import low_rank_params
+from .lowrank import check_rank, low_rank_params
 from ..core.spec import FeatureSignature, Path, RowShape, StitchSpec, find_path
 from .stitch_layers import make_stitch, stitch_layouts
 from .stitched import Descendant, build_descendant
@@ -113,6 +113,7 @@ class Pool(nn.Module):
         stitches = method.stitches(shapes)
         paths = method.paths(shapes, stitches)
         if stitch_rank:
+            check_rank(stitch_rank, stitches)
             stitches = [dataclasses.replace(s, rank=stitch_rank, alpha=stitch_alpha) for s in stitches]
         return cls(rows, stitches, paths, method=method.name, **kwargs)
 
