@@ -308,3 +308,18 @@ def test_a_model_file_from_train_is_priced_at_its_recorded_budget(tmp_path: path
     assert loaded["images_seen"] == 16 and loaded["kind"] == "pretraining"
     assert loaded["flops"] == flops(vit_macs(6, 16), 0, 16)
     assert result["pretraining_flops"] == flops(vit_macs(6, 16), 0, 16)
+
+
+def test_loaded_networks_are_priced_by_what_their_file_records(tmp_path: pathlib.Path) -> None:
+    from stitchkit.apps.cost import loaded_phase, network_macs
+    from stitchkit.engine.data import DataSpec
+    from stitchkit.engine.model import ModelConfig, build_model, save_model
+
+    net = build_model(DataSpec(CHANS, IMG, CLASSES), ModelConfig(depth=2, embed_dim=16, num_heads=2, patch_size=PATCH))
+    anchor = save_model(net, tmp_path / "anchor0.safetensors", {"snnet_anchor": 0, "steps": 5, "batch_size": 4})  # an SN-Net anchor
+    plain = save_model(net, tmp_path / "plain.safetensors", {})  # no budget recorded
+    macs = network_macs(net)
+    assert macs == vit_macs(2, 16)
+    recorded = loaded_phase("anchor0 (loaded)", str(anchor), net, 300, 64)
+    assert (recorded.images_seen(1000), recorded.kind, recorded.trained_macs) == (20, "pretraining", macs)
+    assert loaded_phase("x", str(plain), net, 300, 64).images_seen(1000) == 300 * (1000 // 64) * 64

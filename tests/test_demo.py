@@ -15,7 +15,6 @@ from stitchkit.io import storage
 from stitchkit.apps.compare import blocks_key, compare_by_blocks, find_best, format_finding
 from stitchkit.apps.demo import load_expected_ranges, run_demo
 from stitchkit.core.errors import ConfigError
-from stitchkit.core.registry import Registry
 from stitchkit.apps.report import pool_info
 
 FAST = ["demo.max_steps=2", "demo.ancestry_epochs=1", "demo.auxiliary_epochs=1", "demo.finetune_epochs=1",
@@ -26,10 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    registry = Registry(load_entrypoints=True)
-    for method in ("learngene-pool", "snnet"):
-        assert method in registry.list("method"), f"the shipped {method} plugin is not installed"
+def demo(tmp_path_factory, registry):
     out = tmp_path_factory.mktemp("demo")
     # two processes (SN-Net in a worker): the path `stitchkit demo` takes on a 2-core machine
     return run_demo(out, [*FAST, "demo.workers=2"], registry=registry), out
@@ -65,12 +61,12 @@ def test_every_output_exists_and_parses(demo):
     assert components["learngene-pool-ls"]["initializer"] == {"name": "ls", "options": {}}
 
 
-def test_one_process_builds_the_same_pools(demo, tmp_path):
+def test_one_process_builds_the_same_pools(demo, tmp_path, registry):
     """SN-Net built in a worker process side by side, or everything here in order: the same pool files."""
     from safetensors.torch import load_file
 
     _, out = demo
-    run_demo(tmp_path, [*FAST, "demo.workers=1"], registry=Registry(load_entrypoints=True))
+    run_demo(tmp_path, [*FAST, "demo.workers=1"], registry=registry)
     for key in POOLS:
         a, b = load_file(out / f"{key}.safetensors"), load_file(tmp_path / f"{key}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), key
@@ -233,9 +229,9 @@ def test_bad_demo_config(tmp_path):
         run_demo(tmp_path, ["demo.workers=-1"])
 
 
-def test_unknown_initializer_option_stops_before_training(tmp_path):
+def test_unknown_initializer_option_stops_before_training(tmp_path, registry):
     with pytest.raises(ConfigError, match=r"demo.learngene_initializer_args.tm: initializer 'tm' has no option 'ridge'"):
-        run_demo(tmp_path, [*FAST, "demo.learngene_initializer_args.tm.ridge=0.1"], registry=Registry(load_entrypoints=True))
+        run_demo(tmp_path, [*FAST, "demo.learngene_initializer_args.tm.ridge=0.1"], registry=registry)
     with pytest.raises(ConfigError, match=r"demo.learngene_initializer_args: tm-ls is not in demo.learngene_initializers"):
-        run_demo(tmp_path, [*FAST, "demo.learngene_initializer_args.tm-ls.ridge=0.1"], registry=Registry(load_entrypoints=True))
+        run_demo(tmp_path, [*FAST, "demo.learngene_initializer_args.tm-ls.ridge=0.1"], registry=registry)
     assert not (tmp_path / "ancestry").exists()  # refused before the ancestry trained

@@ -32,6 +32,7 @@ def registry() -> Registry:
         ("deit_tiny_patch16_224", "timm-vit"), ("vit_base_patch16_224", "timm-vit"), ("deit3_small_patch16_224", "timm-vit"),
         ("swin_tiny_patch4_window7_224", "timm-swin"), ("resnet18", "timm-resnet"), ("seresnet50", "timm-resnet"),
         ("convnext_tiny", "timm-convnext"), ("test_convnext", "timm-convnext"), ("levit_192", "timm-levit"),
+        ("deit_small_patch16_224.fb_in1k", "timm-vit"), ("hf-hub:timm/resnet18.a1_in1k", "timm-resnet"),  # tags, timm's Hub
     ],
 )
 def test_the_core_adapters_answer_for_their_timm_models(registry, name, adapter):
@@ -322,3 +323,43 @@ def test_a_model_file_whose_weights_do_not_fit_its_arch_names_the_key_and_shapes
     with pytest.raises(PoolFormatError, match=r"m\.safetensors[^\n]*weights do not fit the stored timm-resnet arch "
                                               r"\(layer4\.0\.conv1\.weight is \[16, 8, 3, 3\] in the file but \[32, 8, 3, 3\] in the model\)"):
         load_model(tmp_path / "m.safetensors", registry)
+
+
+def test_a_timm_teacher_is_priced_through_its_family_or_as_a_plain_timm_model(registry):
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stitchkit.apps.cost import timm_teacher_macs
+    from stitchkit.engine.data import DataSpec
+
+    spec = DataSpec(num_classes=10, in_chans=1, img_size=32)
+    torch.manual_seed(0)
+    cnn = timm.create_model("regnety_002", num_classes=10, in_chans=1).eval()  # no adapter: a logits teacher
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        cnn(torch.zeros(1, 1, 32, 32))
+    assert timm_teacher_macs("regnety_002", spec, registry) == counter.get_total_flops() // 2
+    convnext = registry.ancestry("timm-convnext").from_name("test_convnext", **{"num_classes": 10, "in_chans": 1, "img_size": 32})
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        convnext.model.eval()(torch.zeros(1, 1, 32, 32))
+    assert timm_teacher_macs("test_convnext", spec, registry) == counter.get_total_flops() // 2
+
+
+def test_stitchkit_train_starts_a_convnext_from_an_imagenet_file_by_name_alone(tmp_path, capsys):
+    """[model] timm_name only: the hook picks timm-convnext, timm adapts the 1000-class RGB file, the record is kept."""
+    from stitchkit.cli.main import main
+    from stitchkit.engine.model import load_model, model_info
+
+    torch.manual_seed(0)
+    _imagenet_file(tmp_path / "convnext.safetensors", "test_convnext", {})
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(
+        '[data]\nsource = "digits"\nimg_size = 32\nin_chans = 1\n'
+        f'[model]\ntimm_name = "test_convnext"\ncheckpoint = "{tmp_path / "convnext.safetensors"}"\ndrop_path_rate = 0.1\n'
+        '[train]\nmax_steps = 2\nbatch_size = 16\nprogress = false\neval_every = 0\n'
+    )
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    model = load_model(tmp_path / "run" / "ancestry.safetensors")
+    assert model.name == "timm-convnext" and model.num_classes == 10 and model.arch()["drop_path_rate"] == 0.1
+    weights = model_info(tmp_path / "run" / "ancestry.safetensors")["weights"]
+    assert weights["file"] == str(tmp_path / "convnext.safetensors")
+    assert weights["adapted"] == ["classifier reset (1000 -> 10 classes, new weights)", "first convolution adapted (3 -> 1 input channels)"]

@@ -516,7 +516,7 @@ def test_any_edited_number_is_loaded_or_refused_as_a_pool_format_error(pool_dir,
 
 def test_the_limits_are_documented():
     doc = (pathlib.Path(__file__).parents[1] / "docs" / "format.md").read_text()
-    for name in ("MAX_ROWS", "MAX_DEPTH", "MAX_TOTAL_BLOCKS", "MAX_JSON_CONTAINERS", "MAX_WIDTH", "MAX_HEADS", "MAX_IMG_SIZE", "MAX_CLASSES", "MAX_PATHS", "MAX_STITCHES",
+    for name in ("MAX_ROWS", "MAX_DEPTH", "MAX_TOTAL_BLOCKS", "MAX_JSON_CONTAINERS", "MAX_WIDTH", "MAX_HEADS", "MAX_IMG_SIZE", "MAX_IMAGE_PIXELS", "MAX_CLASSES", "MAX_PATHS", "MAX_STITCHES",
                  "MAX_BATCH_SIZE", "MAX_ARCH_INT"):
         assert f"`{name}` | {getattr(limits, name):,}" in doc, name
 

@@ -485,3 +485,44 @@ def test_an_unreadable_folder_and_a_link_onto_itself_are_one_line(capsys, tmp_pa
     monkeypatch.setattr(imagefolder.os, "scandir", scandir)
     err = fails_cleanly(capsys, "train", str(_train_config(tmp_path, tmp_path / "data")), "--out", str(tmp_path / "run"))
     assert f"data.root: cannot read the folder {tmp_path / 'data' / 'b'} (Permission denied)" in err
+
+
+def test_snnetv2_stitch_rank_is_checked_on_paper_in_the_pre_flight_check(tmp_path, caplog):
+    """No data read, no anchor built with weights: the anchors' widths come from their architectures on the meta device."""
+    from stitchkit.core.errors import ConfigError
+    from stitchkit.core.registry import default_registry
+    from stitchkit.engine.settings import load_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SNNETV2)
+    method = default_registry().method("snnetv2")
+    with pytest.raises(ConfigError, match=r"snnetv2.stitch_rank = 65 is above the rank of stitch layer s0_1_0 \(64 -> 128"):
+        method.check_config(load_config(cfg, ["snnetv2.stitch_rank=65"]), registry=default_registry())
+    with caplog.at_level("WARNING", logger="stitchkit"):
+        method.check_config(load_config(cfg, ["snnetv2.stitch_rank=64"]), registry=default_registry())
+    assert "snnetv2.stitch_rank = 64 is the full rank of" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stitchkit"):
+        method.check_config(load_config(cfg, []), registry=default_registry())  # the default, 64: noted too on 64-wide anchors
+    assert "is the full rank of" in caplog.text
+    method.check_config(load_config(cfg, ["snnetv2.stitch_rank=8"]), registry=default_registry())
+
+
+def test_an_image_that_changes_after_the_check_is_named_when_loaded(tmp_path):
+    files = _images(tmp_path / "data")
+    d = _folder_data(tmp_path / "data", val_fraction=0.0, test_fraction=0.0)
+    for f in files:  # damaged after the check, before the epoch reads them
+        f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(StitchkitError, match=r"^data.root: .*\.png is not a readable image any more \(.*\); it changed after"):
+        next(iter(d.train_loader(8, epoch=0, seed=0)))
+
+
+
+@pytest.mark.parametrize("config, settings, words", [
+    (LEARNGENE, ['learngene.initializer="tm-ls"', "learngene.initializer_args.ridge=-0.5"], "tm-ls initializer: ridge must be >= 0, got -0.5"),
+    (SNNETV2, ['snnetv2.initializer_args.mode="sideways"'], "ls initializer: mode must be one of"),
+    (SNNETV2, ["snnetv2.initializer_args.ridge=-1.0"], "ls initializer: ridge must be >= 0, got -1.0"),
+    (SNNETV2, ["snnetv2.sampler_args.gaps=3"], "snnetv2.sampler_args"),
+])
+def test_initializer_values_fail_in_the_pre_flight_check(capsys, tmp_path, config, settings, words):
+    assert words in _build_fails(capsys, tmp_path, config, *settings)

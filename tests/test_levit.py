@@ -5,6 +5,7 @@ each family's own head rule where the core has none."""
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import timm
@@ -155,6 +156,7 @@ def test_levit_attention_biases_follow_the_weights_in_eval_mode_and_copy():
     for _ in range(2):
         a.model(x).sum().backward()  # timm's cache would hold one graph across both passes
     twin = copy.deepcopy(a)  # timm's cache would hold a non-leaf tensor here
+    assert pickle.dumps(a.model)  # the cache-free attentions are module-level classes: the network still pickles
     with torch.no_grad():
         assert torch.equal(twin.model(x), a.model(x))
     grads = [p.grad for n, p in a.model.named_parameters() if n.endswith("attention_biases")]

@@ -137,9 +137,12 @@ def test_shipped_configs_resolve_and_validate(registry):
     from stitchkit_snnet.method import SNNetMethod
 
     names = sorted(p.name for p in CONFIGS.glob("*.toml"))
-    assert names == ["deit-imagenet.toml", "digits-resnet.toml", "digits.toml", "equal-storage-digits.toml"]
+    assert names == ["deit-imagenet.toml", "digits-levit.toml", "digits-resnet.toml", "digits.toml", "equal-storage-digits.toml",
+                     "fashion-mnist.toml"]
+    # fashion-mnist.toml's teacher is the ancestry `stitchkit train` writes first (the docs' order); a file is checked to exist
+    teacher = {"fashion-mnist.toml": ["snnet.teacher=largest-anchor"]}
     for name in names:
-        config = load_config(CONFIGS / name)
+        config = load_config(CONFIGS / name, teacher.get(name, []))
         assert config["method"] == "snnet"
         cfg = section(config, "snnet", SNNetConfig)
         cfg.train_config(TrainConfig.from_config(config), "finetune")
@@ -150,9 +153,21 @@ def test_shipped_configs_resolve_and_validate(registry):
     rows = [RowShape(a.depth, a.embed_dim, a.num_heads) for a in equal]
     assert rows == [RowShape(3, 32, 2), RowShape(3, 64, 4)]
     assert len(SNNetMethod().stitches(rows)) == 2
+    # Fashion-MNIST: the Learngene Pool config's rows (equal storage), patch 7 like the ancestry, one stitch layer
+    fm = section(load_config(CONFIGS / "fashion-mnist.toml", teacher["fashion-mnist.toml"]), "snnet", SNNetConfig).anchor_configs()
+    assert [(RowShape(a.depth, a.embed_dim, a.num_heads), a.patch_size, a.train) for a in fm] == [
+        (RowShape(6, 16, 1), 7, True), (RowShape(6, 64, 4), 7, True)]
     # the ResNet digits anchors: timm-resnet networks given by arch, stitched in stages 1 and 2
     # (stage depths 2 -> 4 and 2 -> 6: 3 + 5 configurations on 2 + 2 layers, as ResNet-18 -> ResNet-50)
     resnets = section(load_config(CONFIGS / "digits-resnet.toml"), "snnet", SNNetConfig).anchor_configs()
     assert [(a.adapter, a.arch["layers"]) for a in resnets] == [("timm-resnet", [2, 2, 2, 2]), ("timm-resnet", [2, 4, 6, 2])]
     shapes = [RowShape.staged([(d, w, 0) for d, w in zip(a.arch["layers"], a.arch["channels"])]) for a in resnets]
     assert len(SNNetMethod().paths(shapes, SNNetMethod().stitches(shapes))) == 2 + 3 + 5
+    # the LeViT digits anchors: the official LeViT-192 -> 256 structure (depths 4-4-4, the true heads, stages 0 and 1
+    # stitched): 2 anchors + 3 + 3 configurations on 3 + 3 Linear layers
+    levits = section(load_config(CONFIGS / "digits-levit.toml"), "snnet", SNNetConfig).anchor_configs()
+    assert [a.adapter for a in levits] == ["timm-levit"] * 2
+    shapes = [RowShape.staged(list(zip(a.arch["depth"], a.arch["embed_dim"], a.arch["num_heads"]))) for a in levits]
+    assert [str(r) for r in shapes] == ["4x24:3/4x36:5/4x48:6", "4x32:4/4x48:6/4x64:8"]
+    stitches = SNNetMethod().stitches(shapes)
+    assert len(stitches) == 6 and len(SNNetMethod().paths(shapes, stitches)) == 2 + 3 + 3

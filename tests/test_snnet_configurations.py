@@ -123,10 +123,9 @@ def test_method_rejects_unordered_anchors_and_foreign_stitches():
         m.paths(rows, m.stitches(rows)[:-1])
 
 
-def test_registered_through_entry_point_and_plugin_module():
-    reg = Registry(load_entrypoints=True)
-    assert reg.provider("method", "snnet") == "snnet"
-    assert reg.provider("initializer", "ls") == "snnet"
+def test_registered_through_entry_point_and_plugin_module(registry):
+    assert registry.provider("method", "snnet") == "snnet"
+    assert registry.provider("initializer", "ls") == "snnet"
     iso = Registry(load_entrypoints=False)
     iso.register_plugin(plugin, name="snnet-test")
     assert isinstance(iso.method("snnet"), SNNetMethod)

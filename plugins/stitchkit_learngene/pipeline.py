@@ -183,6 +183,8 @@ def components(lg: LearngeneConfig, registry) -> dict[str, dict[str, Any]]:  # n
     for name in lg.compare_initializers:
         registry.check("initializer", name, lg.initializer_args if name == lg.initializer else {},
                        where="learngene.compare_initializers")
+    # an initializer holds only its options: made now, its own value checks (a negative ridge) run before any phase
+    registry.build("initializer", lg.initializer, options=lg.initializer_args, where="learngene.initializer_args")
     return {kind: {"name": name, "options": json.loads(json.dumps(options))} for kind, (name, options) in chosen.items()}
 
 

@@ -66,7 +66,8 @@ def obtain_anchors(
             if seconds is not None:
                 seconds.append(result.seconds)
             if ctx.is_main:
-                save_model(adapter, out_dir / "anchors" / f"anchor{i}.safetensors", {"snnet_anchor": i, "steps": result.steps, "last": result.last_metrics})
+                save_model(adapter, out_dir / "anchors" / f"anchor{i}.safetensors", {"snnet_anchor": i, "steps": result.steps,
+                                                                                     "batch_size": train_cfg.batch_size, "last": result.last_metrics})
         adapter.model.cpu()
     return anchors
 

@@ -51,9 +51,35 @@ def check_snnet_config(
     base = TrainConfig.from_config(config)
     for phase in ("anchor_training", "finetune"):
         cfg.train_config(base, phase)
-    registry.get("initializer", cfg.initializer)
+    # an initializer holds only its options: made now, its own value checks (ls's mode, solver, ridge) run before any phase
+    registry.build("initializer", cfg.initializer, options=cfg.initializer_args, where=f"{name}.initializer_args")
     if getattr(cfg, "sampler", ""):
-        registry.get("sampler", cfg.sampler)
+        registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
+    if cfg.stitch_rank:
+        _check_rank_on_paper(cfg, config, name)
+
+
+def _check_rank_on_paper(cfg: SNNetConfig, config: Mapping[str, Any], name: str) -> None:
+    """``stitch_rank`` against the anchors' widths, from their architectures on the meta device (no weights, no data).
+
+    An anchor that cannot be described here is left to :func:`.anchors.obtain_anchors`, which checks the
+    rank again on the real anchors before any training.
+    """
+    from stitchkit.apps.cost import meta_network
+    from stitchkit.engine import DataConfig, ModelConfig
+    from stitchkit.engine.config import from_mapping
+    from stitchkit.engine.data import DataSpec
+
+    from .anchors import check_stitch_rank
+
+    data = DataConfig.from_config(dict(config))
+    spec = DataSpec(data.in_chans, data.img_size, 2)  # widths do not depend on the class count, which needs the data
+    try:
+        shapes = [meta_network(spec, from_mapping(ModelConfig, a.model_section(), f"{name}.anchors[{i}]")).shape
+                  for i, a in enumerate(cfg.anchor_configs(name))]
+    except Exception:  # noqa: BLE001 - e.g. a timm name unknown offline: the real anchors are checked before training
+        return
+    check_stitch_rank(cfg, shapes, f"{name}.stitch_rank")
 
 
 def build_snnet(

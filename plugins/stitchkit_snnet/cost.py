@@ -24,6 +24,7 @@ from stitchkit.apps.cost import (
     meta_network_file,
     network_macs,
     path_macs,
+    timm_teacher_macs,
 )
 from stitchkit.engine import ModelConfig, TrainConfig, section
 from stitchkit.engine.config import from_mapping
@@ -69,7 +70,7 @@ def snnet_training_phases(
     elif cfg.teacher == "largest-anchor":
         teacher_macs = anchor_macs[-1]
     elif cfg.teacher.startswith("timm:"):
-        teacher_macs = network_macs(meta_network(spec, ModelConfig(timm_name=cfg.teacher[len("timm:"):])))
+        teacher_macs = timm_teacher_macs(cfg.teacher[len("timm:"):], spec, registry)
     else:
         teacher_macs = network_macs(meta_network_file(cfg.teacher, registry))
 

@@ -172,7 +172,7 @@ def training_cost(
     return result
 
 
-def meta_network(spec: Any, model_cfg: Any) -> Any:
+def meta_network(spec: Any, model_cfg: Any, registry: Any = None) -> Any:
     """The ``[model]``-style network ``model_cfg`` describes, on the meta device, without its weights.
 
     Loaded weights (``pretrained``, ``checkpoint``) do not change the
@@ -180,7 +180,33 @@ def meta_network(spec: Any, model_cfg: Any) -> Any:
     """
     shape_only = dataclasses.replace(model_cfg, pretrained=False, checkpoint="")
     with torch.device("meta"):
-        return build_model(spec, shape_only, seed=0)
+        return build_model(spec, shape_only, seed=0, registry=registry)
+
+
+def timm_teacher_macs(name: str, spec: Any, registry: Any) -> int:
+    """Forward MACs per image of the ``timm:NAME`` teacher, built on the meta device (nothing downloaded):
+    through the adapter the plugins name for it, as :func:`~stitchkit.engine.teacher.load_teacher` builds it
+    (the family's declared attention MACs counted), else as the plain timm classifier (a RegNet's convolutions)."""
+    from ..engine.model import ModelConfig
+
+    try:
+        family = registry.ancestry_for(name)
+    except ConfigError:  # no adapter builds it: the teacher is a logits-only timm model
+        family = None
+    if family is not None:
+        return network_macs(meta_network(spec, ModelConfig(adapter=family, timm_name=name), registry))
+    import timm
+
+    shape = {"num_classes": spec.num_classes, "in_chans": spec.in_chans}
+    with torch.device("meta"):
+        try:
+            try:  # transformers take the data's image size; CNNs have no such argument
+                model = timm.create_model(name, img_size=spec.img_size, **shape)
+            except TypeError:
+                model = timm.create_model(name, **shape)
+        except Exception as exc:  # noqa: BLE001 - an unknown name, an unbuildable variant
+            raise ConfigError(f"teacher timm:{name}: timm cannot build it ({type(exc).__name__}: {exc})") from None
+    return count_macs(model, (spec.in_chans, spec.img_size, spec.img_size))
 
 
 def meta_network_file(path: str, registry: Any) -> Any:
@@ -205,14 +231,15 @@ def meta_network_file(path: str, registry: Any) -> Any:
 
 def loaded_phase(name: str, path: str, net: Any, pretrain_epochs: int, batch_size: int) -> Phase:
     """The pretraining phase of a network loaded from ``path``: a model file written by ``stitchkit train``
-    is priced at the budget it records (its steps x its batch size), anything else at ``pretrain_epochs``."""
+    (or an SN-Net build's trained anchor) is priced at the budget it records (its steps x its batch size),
+    anything else at ``pretrain_epochs``."""
     info: dict[str, Any] = {}
     try:
         with safe_open(str(pathlib.Path(path).expanduser()), framework="pt") as fh:
             info = json.loads((fh.metadata() or {}).get("info", "{}"))
     except (SafetensorError, OSError, ValueError):
         info = {}
-    batch = ((info.get("config") or {}).get("train") or {}).get("batch_size")
+    batch = ((info.get("config") or {}).get("train") or {}).get("batch_size", info.get("batch_size"))  # train / SN-Net anchors
     if isinstance(info.get("steps"), int) and isinstance(batch, int):
         return Phase(name, f"{net.shape} from {path} (trained {info['steps']:,} steps of batch {batch}, as recorded)",
                      images=info["steps"] * batch, trained_macs=network_macs(net), kind="pretraining")

@@ -407,7 +407,7 @@ def parser() -> argparse.ArgumentParser:
                     help="torch CPU threads (default 1: the demo's models are tiny and extra threads mostly contend)")
     pd.set_defaults(func=_cmd_demo)
 
-    pt = command("train", help="train a plain ViT (an ancestry or an anchor) from a TOML config")
+    pt = command("train", help="train one network of any family (an ancestry or an anchor) from a TOML config")
     pt.add_argument("config", help="TOML config with [data], [model], [train]")
     pt.add_argument("--set", action="append", metavar="KEY=VALUE")
     pt.add_argument("--out", default="runs/ancestry", help="output folder")

@@ -37,9 +37,11 @@ TIMM_MODULES = {
 
 @hookimpl
 def ancestry_for_model(name):  # noqa: ANN001, ANN201
-    """The core adapter for a timm model name, from the timm module that registers it (nothing built)."""
+    """The core adapter for a timm model name (``arch`` or ``arch.tag``; ``hf-hub:timm/arch.tag``, timm's own
+    Hub repositories, named by the model), from the timm module that registers it (nothing built)."""
     import timm.models
 
+    name = name.removeprefix("hf-hub:timm/")
     if not timm.models.is_model(name):
         return None
     for adapter, modules in TIMM_MODULES.items():

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from ..core import limits
 from ..core.errors import ConfigError
@@ -149,6 +149,7 @@ class WalkedImageFolder(ImageFolder):
 
     def __init__(self, root: str, walk: FolderWalk, where: str, **kw: Any) -> None:
         self._found = walk.samples(root, where)
+        kw.setdefault("loader", load_image)
         super().__init__(root, **kw)
 
     def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
@@ -157,6 +158,16 @@ class WalkedImageFolder(ImageFolder):
 
     def make_dataset(self, *args: Any, **kw: Any) -> list[tuple[str, int]]:  # type: ignore[override]
         return list(self._found[1])
+
+
+def load_image(path: str) -> Any:
+    """torchvision's loader, but a file that no longer reads (changed since :func:`check_images`) is named."""
+    try:
+        return default_loader(path)
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"data.root: {path} is not a readable image any more ({first}); it changed after the "
+                          "check before training: restore or remove it, then resume") from None
 
 
 def check_images(paths: Sequence[str], where: str, *, max_pixels: int = limits.MAX_IMAGE_PIXELS) -> None:

@@ -27,7 +27,7 @@ from .trainer import TrainConfig, fit
 def train_model(
     config: Mapping[str, Any], out_dir: str | os.PathLike[str] = "runs/ancestry", *, name: str = "ancestry", save_config: bool = True
 ) -> pathlib.Path:
-    """Train the ``[model]`` ViT on the ``[data]`` with the ``[train]`` settings; return ``out_dir/<name>.safetensors``.
+    """Train the ``[model]`` network on the ``[data]`` with the ``[train]`` settings; return ``out_dir/<name>.safetensors``.
 
     Resumes (or skips) like any phase; safe to run under torchrun. ``save_config=False``
     when it is one phase of a larger build, whose ``resolved.json`` holds the whole config.

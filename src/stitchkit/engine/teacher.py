@@ -37,7 +37,7 @@ class LogitsTeacher:
         if request.blocks or request.attentions:
             raise ConfigError(
                 f"teacher {self.name} gives logits only, but the loss asks for block/attention taps "
-                f"{request}; use a ViT teacher (or prediction distillation only)"
+                f"{request}; use a teacher of a family an adapter builds (timm:NAME of a ViT, Swin, ResNet, ConvNeXt, LeViT, or a model file), or prediction distillation only"
             )
         return Taps(logits=self.model(x))
 

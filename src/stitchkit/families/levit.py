@@ -16,8 +16,8 @@ caches the gathered attention biases in eval mode, keyed by device only: a
 cached tensor outlives a weight update made in eval mode, cannot be
 back-propagated through twice, and makes ``copy.deepcopy`` of a network
 (the SN-Net teacher, the conformance suite) fail once it holds a graph; the
-adapter has its attentions gather the biases from the current weights on
-every call instead (one indexing per attention). The bias tables' sizes
+adapter makes its attentions subclasses that gather the biases from the
+current weights on every call instead (one indexing per attention). The bias tables' sizes
 follow the token grid, so weights saved at another image size have their
 tables fitted by offset when they are loaded (:meth:`TimmLeViT.from_name`).
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,9 +107,10 @@ class TimmLeViT(StagedAdapter):
         if 0 in depths:
             raise ConfigError(f"timm-levit needs at least one block per stage, got depths {depths}")
         super().__init__(model, [stage_blocks(stage) for stage in model.stages], stem=LeViTStem(model), head=LeViTHead(model))
-        for m in model.modules():
-            if isinstance(m, (LevitAttention, AttentionDownsample)):
-                m.get_attention_biases = types.MethodType(_current_attention_biases, m)  # type: ignore[method-assign]
+        for m in model.modules():  # timm's attentions, as the subclasses without the eval-mode bias cache
+            live = _LIVE_BIASES.get(type(m))
+            if live is not None:
+                m.__class__ = live
         #: The weight the batch norms closing the residual branches started from (``None``: timm's 0).
         self.residual_bn_init: float | None = None
 
@@ -181,7 +181,6 @@ class TimmLeViT(StagedAdapter):
         adapter.weights_record = record
         adapter.timm_name = name
         return adapter
-
 
     @classmethod
     def timm_model_args(cls, arch: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -350,9 +349,24 @@ def _fit_attention_biases(loaded: nn.Module, model: nn.Module) -> str:
             f"stage 0: {first[0][0]}x{first[0][1]} -> {first[1][0]}x{first[1][1]})")
 
 
-def _current_attention_biases(self: Any, device: torch.device) -> torch.Tensor:
-    """timm's ``get_attention_biases`` without its eval-mode cache: gathered from the current weights."""
-    return self.attention_biases[:, self.attention_bias_idxs]  # type: ignore[no-any-return]
+class _LiveBiasAttention(LevitAttention):
+    """timm's LeViT attention, its biases gathered from the current weights on every call (no eval-mode cache)."""
+
+    def get_attention_biases(self, device: torch.device) -> torch.Tensor:
+        index: Any = self.attention_bias_idxs  # a registered buffer
+        return self.attention_biases[:, index]
+
+
+class _LiveBiasAttentionDownsample(AttentionDownsample):
+    """timm's LeViT downsampling attention, its biases gathered from the current weights on every call."""
+
+    def get_attention_biases(self, device: torch.device) -> torch.Tensor:
+        index: Any = self.attention_bias_idxs  # a registered buffer
+        return self.attention_biases[:, index]
+
+
+#: timm's attention classes -> the same without the cache (module-level classes: a network still pickles).
+_LIVE_BIASES: dict[type, type] = {LevitAttention: _LiveBiasAttention, AttentionDownsample: _LiveBiasAttentionDownsample}
 
 
 def _residual_closing_norms(model: nn.Module) -> list[Any]:
