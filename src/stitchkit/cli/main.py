@@ -400,7 +400,8 @@ def parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")
     pd.add_argument("--data", default="digits", choices=["digits", "fashion-mnist"],
                     help="data set and its shipped config: digits (bundled, 2 minutes) or fashion-mnist "
-                         "(apt-get install dataset-fashion-mnist; under 20 minutes on 2 cores)")
+                         "(apt-get install dataset-fashion-mnist; a 12,000-image subset, tested on the official "
+                         "10,000 images: several times longer, see docs/training.md)")
     pd.add_argument("--config", help="demo config (default: the shipped config of --data, e.g. configs/demo.toml)")
     pd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. demo.finetune_epochs=20")
     pd.add_argument("--threads", type=int, default=1,
