@@ -30,7 +30,7 @@ authors' recipe"): alpha 0.1, L_pred averaged over batch x classes,
 sliding-window paths, drop path 0.1 in the rows, the distillation lr scaled by
 batch / 512 and a constant fine-tuning lr 10x lower. They go to
 ``lg<depth>-authors-<variant>`` beside the paper recipe's folders and reuse the
-same ancestry and SN-Net runs (SN-Net's recipe is the same under both), so
+same ancestry and SN-Net's results (SN-Net's recipe is the same under both), so
 
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --out OUT
     python benchmarks/compare_methods.py --seeds 0 1 2 --designs 6 --recipe authors --out OUT
@@ -139,6 +139,8 @@ def run_seed_design(out: pathlib.Path, seed: int, depth: int, args: argparse.Nam
         if vdir == base_dir:
             results["after_init"] = meta["info"]["learngene"]["after_init"]
             results["params"] = {p: e["params"] for p, e in meta["evaluation"].items()}
+    if authors:  # SN-Net's recipe is the same under both: its results come from the paper recipe's run (main)
+        return results
     cfg = {"method": "snnet", **BASE, "train": train, "snnet": {
         "anchors": [{"shape": s, "patch_size": 4, "train": True} for s in rows.split(",")],
         "initializer": "ls", "teacher": str(ancestry), "evaluate_after_init": True,
@@ -389,6 +391,27 @@ def claims(table: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(out)
 
 
+def with_snnet(result: dict[str, Any], paper_cache: pathlib.Path) -> dict[str, Any]:
+    """An authors'-recipe result with SN-Net's results taken from the paper recipe's run of the same seed
+    (SN-Net is trained the same way under both recipes), when that run has finished."""
+    if "snnet" not in result and paper_cache.is_file():
+        return {**result, "snnet": json.loads(paper_cache.read_text())["snnet"]}
+    return result
+
+
+def diff_runs(before: list[dict[str, Any]], after: list[dict[str, Any]], depth: int) -> str:
+    """Per descendant, each column's mean top-1 in ``before`` -> ``after`` (columns both have)."""
+    (_, old), (_, new) = summarise(before, depth), summarise(after, depth)
+    old_by = {r["descendant"]: r for r in old}
+    cols = [c for c in new[0] if c not in ("depth", "descendant", "params") and c in old[0]]
+    lines = ["| descendant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in new:
+        o = old_by.get(r["descendant"])
+        cells = ["-" if o is None or o[c] is None or r[c] is None else f"{o[c][0]:.1f} -> {r[c][0]:.1f}" for c in cols]
+        lines.append(f"| `{r['descendant']}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 #: The demo's recipe (src/stitchkit/configs/demo.toml) that these runs repeat; the demo shows the
 #: ranges only when its own config matches it.
 DEMO_RECIPE = {
@@ -474,6 +497,8 @@ def main(argv=None) -> int:
                    "(src/stitchkit/configs/demo_ranges.json), with OUT/demo-runs.json when present, and stop")
     p.add_argument("--demo-runs", nargs="+", metavar="DIR", help="with --demo-ranges: first record these `stitchkit demo` "
                    "output folders (the demo run with --set train.seed=N on another machine) in OUT/demo-runs.json")
+    p.add_argument("--diff", nargs=2, metavar=("BEFORE", "AFTER"), help="only print, per descendant of --designs, the "
+                   "mean top-1 of each column in two runs.json files (e.g. before and after a change) and stop")
     p.add_argument("--finetune-sweep", type=int, nargs="+", metavar="EPOCHS",
                    help="instead: fine-tune TM, TM-pinv, LS and SN-Net for each of these numbers of epochs")
     p.add_argument("--snnetv2", action="store_true", help="also SN-Netv2 on SN-Net's anchors")
@@ -490,6 +515,9 @@ def main(argv=None) -> int:
         ranges = demo_ranges(json.loads((out / "runs.json").read_text()), json.loads(other.read_text()) if other.is_file() else None)
         pathlib.Path(args.demo_ranges).write_text(json.dumps(ranges, indent=1) + "\n")
         return 0
+    if args.diff:
+        print(diff_runs(*(json.loads(pathlib.Path(f).read_text())["runs"] for f in args.diff), args.designs[0]))
+        return 0
     registry = Registry()
     if args.finetune_sweep:
         return sweep_main(out, args, registry)
@@ -503,11 +531,11 @@ def main(argv=None) -> int:
                                        out / f"seed{seed}" / "ancestry") if (args.snnetv2 or args.lg_two_way or args.stitch_variants) else None
                 if ancestry is not None and run_extras(result, out / f"seed{seed}", depth, args, registry, ancestry):
                     cache.write_text(json.dumps(result, indent=2))
-                runs.append(result)
+                runs.append(with_snnet(result, out / f"seed{seed}" / f"results-{depth}.json"))
                 continue
             result = run_seed_design(out, seed, depth, args, registry)
             cache.write_text(json.dumps(result, indent=2))
-            runs.append(result)
+            runs.append(with_snnet(result, out / f"seed{seed}" / f"results-{depth}.json"))
             print(f"seed {seed}, rows of {depth}: done ({sum(result['seconds'].values()):.0f} s)", flush=True)
     report, rows = [], []
     for depth in args.designs:

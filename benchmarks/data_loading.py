@@ -10,8 +10,9 @@ that claim to draw the same augmentation.
 fashion-mnist: the idx source (data.train_images of the official training
 files, batch 128, with and without its shift augmentation) against an
 ImageFolder of the same images written here as grey PNGs (in_chans = 1,
-without augmentation: the same work, load and normalise); prints both and
-their ratio. Needs the Debian package dataset-fashion-mnist.
+without augmentation: the same work, load and normalise), and that folder
+through the evaluation loader (what the training loader costs without
+per-image random state); prints each and the idx / ImageFolder ratio. Needs the Debian package dataset-fashion-mnist.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def per_image(data, batch: int, epochs: int) -> tuple[int, float, str]:
     return n, time.process_time() - start, digest.hexdigest()
 
 
+def evaluation(data, batch: int) -> tuple[int, float, str]:
+    """The same images through the evaluation loader (no per-image seeding ever): the floor for the training loader."""
+    n, start = 0, time.process_time()
+    for images, labels in data.eval_loader("train", batch_size=batch):
+        n += len(labels)
+    return n, time.process_time() - start, ""
+
+
 def fashion_mnist(images: int, epochs: int) -> None:
     import numpy as np
     from PIL import Image
@@ -55,7 +64,8 @@ def fashion_mnist(images: int, epochs: int) -> None:
             Image.fromarray(((x[0].numpy() * 0.5 + 0.5) * 255).round().astype(np.uint8), "L").save(folder / f"{k}.png")
         folder_data = build_data(DataConfig(source="imagefolder", root=str(root), augment=False, **common))
         results = {"idx source": per_image(idx[False], 128, epochs), "idx source, shift augmentation": per_image(idx[True], 128, epochs),
-                   "ImageFolder of the same PNGs": per_image(folder_data, 128, epochs)}
+                   "ImageFolder of the same PNGs": per_image(folder_data, 128, epochs),
+                   "ImageFolder, evaluation loader": evaluation(folder_data, 128)}
     for name, (n, cpu, _) in results.items():
         print(f"{name:32s} {n} images in {cpu:.2f} s CPU: {1e6 * cpu / n:.1f} us/image, {n / cpu:,.0f} images/s")
     a, b = results["idx source"], results["ImageFolder of the same PNGs"]

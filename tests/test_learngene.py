@@ -416,3 +416,43 @@ def test_shipped_configs_are_valid(name, rows, distill, finetune):
     if name.startswith("learngene_deit"):
         assert config["model"]["timm_name"] == "deit_base_patch16_224" and config["model"]["pretrained"]
         assert (base.batch_size, base.lr) == (128, 5e-4)
+
+
+@pytest.mark.parametrize("depth,descendants", [(6, 18), (9, 27)])
+def test_official_recipe_configs_differ_from_the_paper_configs_exactly_as_documented(depth, descendants):
+    """The ``_official`` configs against their paper-text twins: every differing key is one of the
+    rows of docs/learngene_pool.md's table ("The authors' recipe"), nothing else differs, and
+    ``stitchkit cost`` prices them with the sliding-window descendants."""
+    from stitchkit.apps.cost import training_cost
+    from stitchkit.engine import TrainConfig, load_config, section
+    from stitchkit_learngene.config import LearngeneConfig
+
+    paper = load_config(CONFIGS / f"learngene_deit_base_l{depth}.toml")
+    official = load_config(CONFIGS / f"learngene_deit_base_l{depth}_official.toml")
+
+    def flat(d, prefix=""):  # noqa: ANN001, ANN202
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "transform" else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(paper), flat(official)
+    changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "description"}
+    assert changed == {
+        "train.label_smoothing": (0.1, 0.0), "train.mixup": (0.8, 0.0), "train.cutmix": (1.0, 0.0),
+        "train.lr_reference_batch": (0, 512), "train.model_ema": (False, True),  # the decay is the default, 0.99996
+        "train.min_lr": (1e-6, 1e-5),
+        "learngene.paths": ("sequential", "sliding-window"), "learngene.alpha": (0.5, 0.1),
+        "learngene.prediction_reduction": (None, "mean"), "learngene.finetune_distillation": (True, False),
+        "learngene.design_args.drop_path_rate": (None, 0.1),
+        "learngene.finetune.batch_size": (None, 32), "learngene.finetune.lr": (None, 5e-5),
+        "learngene.finetune.min_lr": (None, 5e-5), "learngene.finetune.warmup_epochs": (None, 0.0),
+        "learngene.finetune.lr_reference_batch": (None, 0),
+    }
+    assert official["train"]["model_ema_decay"] == 0.99996
+    lg = section(official, "learngene", LearngeneConfig)
+    base = TrainConfig.from_config(official)
+    assert lg.train_config(base, "distill").epochs == 100 and lg.train_config(base, "finetune").epochs == 50
+    assert (lg.train_config(base, "finetune").lr_reference_batch, base.lr_reference_batch) == (0, 512)
+    result = training_cost(official, train_images=1281167, eval_images=50000, num_classes=1000, alone=True)
+    assert len(result["alone"]["descendants"]) == descendants

@@ -27,10 +27,12 @@ DISTILLATION = ("hard", "soft", "none")
 class AnchorConfig(ModelConfig):
     """One ``[[snnet.anchors]]`` entry: which network, and how to get its weights.
 
-    The engine's ``[model]`` keys (a timm model by ``timm_name``, where
-    ``pretrained = true`` downloads timm's weights; or any ViT shape by
-    ``depth``, ``embed_dim``, ``num_heads``, ``patch_size``, ``mlp_ratio``; a
-    local ``checkpoint`` file loads weights), plus ``shape =
+    The engine's ``[model]`` keys (a model of any family by ``timm_name``, its
+    adapter chosen by the plugins' ``ancestry_for_model`` hook unless ``adapter``
+    names one, where ``pretrained = true`` downloads timm's weights; any family by
+    ``adapter`` and ``arch``; or a ViT shape by ``depth``, ``embed_dim``,
+    ``num_heads``, ``patch_size``, ``mlp_ratio``; a local ``checkpoint`` file
+    loads weights), plus ``shape =
     "DEPTHxWIDTH:HEADS"`` as a shorthand and ``train = true`` to train it on
     ``[data]`` first (from its loaded weights if any, else from scratch).
     """
