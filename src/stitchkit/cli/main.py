@@ -419,6 +419,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(exc: BaseException) -> str:
+    """The message of a stitchkit error, without the worker traceback a DataLoader worker's re-raise puts in it."""
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:  # torch's ExceptionWrapper.reraise
+        last = text.strip().splitlines()[-1]  # "stitchkit.core.errors.ConfigError: <the message>"
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def _fail(message: str) -> int:
     from .console import error
 
@@ -457,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StitchkitError as exc:
         if args.traceback:
             raise
-        return _fail(str(exc))
+        return _fail(error_line(exc))
     except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly, as SIGPIPE would
         _silence_stdout()
         return SIGPIPE_STATUS
