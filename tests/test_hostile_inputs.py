@@ -540,3 +540,20 @@ def test_snnetv2_sampler_values_fail_before_any_anchor_trains(capsys, tmp_path, 
 ])
 def test_learngene_sampler_values_fail_before_the_ancestry_trains(capsys, tmp_path, settings, words):
     assert words in _build_fails(capsys, tmp_path, LEARNGENE, *settings)
+
+
+
+def test_a_bad_image_in_a_loader_worker_is_still_one_line(tmp_path):
+    """With num_workers > 0 torch re-raises the worker's error with its traceback inside the message; the CLI shows the line."""
+    from stitchkit.cli.main import error_line
+
+    files = _images(tmp_path / "data")
+    d = _folder_data(tmp_path / "data", val_fraction=0.0, test_fraction=0.0, num_workers=1)
+    for f in files:
+        f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(StitchkitError) as caught:
+        next(iter(d.train_loader(8, epoch=0, seed=0)))
+    assert "Original Traceback" in str(caught.value)  # what torch gives
+    line = error_line(caught.value)
+    assert line.startswith("data.root: ") and "is not a readable image any more" in line and "\n" not in line
+    assert error_line(StitchkitError("plain: one line")) == "plain: one line"
