@@ -349,6 +349,7 @@ max_steps = 1
 progress = false
 [snnetv2]
 init_images = 40
+stitch_rank = 8
 [snnetv2.finetune]
 max_steps = 1
 [[snnetv2.anchors]]
@@ -501,10 +502,6 @@ def test_snnetv2_stitch_rank_is_checked_on_paper_in_the_pre_flight_check(tmp_pat
     with caplog.at_level("WARNING", logger="stitchkit"):
         method.check_config(load_config(cfg, ["snnetv2.stitch_rank=64"]), registry=default_registry())
     assert "snnetv2.stitch_rank = 64 is the full rank of" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="stitchkit"):
-        method.check_config(load_config(cfg, []), registry=default_registry())  # the default, 64: noted too on 64-wide anchors
-    assert "is the full rank of" in caplog.text
     method.check_config(load_config(cfg, ["snnetv2.stitch_rank=8"]), registry=default_registry())
 
 
@@ -526,3 +523,37 @@ def test_an_image_that_changes_after_the_check_is_named_when_loaded(tmp_path):
 ])
 def test_initializer_values_fail_in_the_pre_flight_check(capsys, tmp_path, config, settings, words):
     assert words in _build_fails(capsys, tmp_path, config, *settings)
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("snnetv2.sampler_args.gap_fraction=1.5", "the ros sampler needs 0 <= gap_fraction <= 1, got 1.5"),
+    ('snnetv2.sampler_args.weighting="cubic"', "the ros sampler's weighting must be 'uniform' or 'linear', got 'cubic'"),
+    ("snnetv2.sampler_args.k=0", "the ros sampler needs k > 0, got 0"),
+])
+def test_snnetv2_sampler_values_fail_before_any_anchor_trains(capsys, tmp_path, setting, words):
+    assert words in _build_fails(capsys, tmp_path, SNNETV2, setting)
+
+
+@pytest.mark.parametrize("settings, words", [
+    (['learngene.sampler="ros"', "learngene.sampler_args.gap_fraction=-0.1"], "the ros sampler needs 0 <= gap_fraction <= 1, got -0.1"),
+    (['learngene.sampler="flops-grouped"', "learngene.sampler_args.groups=0"], "the flops-grouped sampler needs groups >= 1, got 0"),
+])
+def test_learngene_sampler_values_fail_before_the_ancestry_trains(capsys, tmp_path, settings, words):
+    assert words in _build_fails(capsys, tmp_path, LEARNGENE, *settings)
+
+
+
+def test_a_bad_image_in_a_loader_worker_is_still_one_line(tmp_path):
+    """With num_workers > 0 torch re-raises the worker's error with its traceback inside the message; the CLI shows the line."""
+    from stitchkit.cli.main import error_line
+
+    files = _images(tmp_path / "data")
+    d = _folder_data(tmp_path / "data", val_fraction=0.0, test_fraction=0.0, num_workers=1)
+    for f in files:
+        f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(StitchkitError) as caught:
+        next(iter(d.train_loader(8, epoch=0, seed=0)))
+    assert "Original Traceback" in str(caught.value)  # what torch gives
+    line = error_line(caught.value)
+    assert line.startswith("data.root: ") and "is not a readable image any more" in line and "\n" not in line
+    assert error_line(StitchkitError("plain: one line")) == "plain: one line"

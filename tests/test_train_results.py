@@ -52,7 +52,7 @@ def test_train_reports_its_test_accuracy_and_info_reads_the_model(tmp_path, caps
     assert main(["info", str(path)]) == 0
     text = capsys.readouterr().out
     params = sum(p.numel() for p in load_model(path).model.parameters())
-    assert f"{params:,} params" in text and "written by stitchkit train" in text
+    assert f"{params:,} params" in text and "one network: a model file from stitchkit train" in text
     assert f"test top-1 {test['top1']:.2f} %, top-5 {test['top5']:.2f} % on 20 images" in text
     assert "train: 40 images from synthetic, a stratified subset of 70 (seed 0)" in text
     assert "trained 15 steps = 3 epochs of 40 images (batch 8, lr 0.0005, seed 0)" in text

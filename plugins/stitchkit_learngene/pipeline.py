@@ -74,16 +74,36 @@ def check_config(method, config: Mapping[str, Any], registry) -> tuple[dict[str,
     base = TrainConfig.from_config(config)
     for phase in ("ancestry", "distill", "finetune"):
         lg.train_config(base, phase)
-    rows = parts["design"]["options"].get("rows")
-    if lg.design == "pool" and lg.stitch_rank and isinstance(rows, str):  # the rows' stitch layers are known before any data
-        check_stitch_rank(lg, sorted(parse_rows(rows), key=lambda s: s.width))
+    _check_on_paper(lg, method, config, registry, parts)
     return config, lg, method, parts
 
 
-def check_stitch_rank(lg: LearngeneConfig, shapes: list[Any]) -> None:
-    """``learngene.stitch_rank`` against the stitch layers of rows ``shapes`` (at most the smaller width; a note at it)."""
-    for note in check_rank(lg.stitch_rank, LearngenePoolMethod(paths=lg.paths).stitches(shapes), "learngene.stitch_rank"):
-        logging.getLogger("stitchkit").warning(note)
+def _check_on_paper(lg: LearngeneConfig, method: LearngenePoolMethod, config: Mapping[str, Any], registry, parts) -> None:  # noqa: ANN001
+    """``stitch_rank`` and the sampler's option values against the pool the design makes, built on the meta device
+    from the ancestry's architecture (no weights, no data). What cannot be described here is checked by the build
+    itself before the first row is distilled."""
+    from stitchkit.apps.cost import meta_network, meta_network_file
+    from stitchkit.engine.data import DataSpec
+
+    data = DataConfig.from_config(dict(config))
+    spec = DataSpec(data.in_chans, data.img_size, 2)  # widths and MACs do not depend on the class count, which needs the data
+    try:
+        ancestry = meta_network_file(lg.ancestry, registry) if lg.ancestry else meta_network(spec, ModelConfig.from_config(config))
+        design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
+        shapes = design.rows(ancestry.shape)
+        with torch.device("meta"):
+            rows = [type(ancestry).from_arch(ancestry.resized(s)) for s in shapes]
+    except Exception:  # noqa: BLE001 - e.g. a timm name unknown offline, or a design the ancestry refuses: the build says so
+        return
+    for note in check_rank(lg.stitch_rank, method.stitches(shapes), "learngene.stitch_rank"):
+        logging.getLogger("stitchkit").warning(f"stitchkit: note: {note}")
+    try:
+        with torch.device("meta"):
+            pool = Pool.from_method(method, rows, stitch_rank=lg.stitch_rank, stitch_alpha=lg.stitch_alpha)
+            macs = [count_macs(pool.descendant(p)) for p in pool.paths]
+    except Exception:  # noqa: BLE001 - what the meta device cannot run is checked by the build itself
+        return
+    registry.build("sampler", lg.sampler, pool.paths, macs, options=lg.sampler_args, where="learngene.sampler_args")
 
 
 def run_pipeline(method, config: Mapping[str, Any], *, out_dir: pathlib.Path, registry) -> pathlib.Path:  # noqa: ANN001
@@ -218,7 +238,7 @@ def distil_rows(config, lg: LearngeneConfig, data: Data, base: TrainConfig, ance
     parts = components(lg, registry)
     design = registry.build("design", lg.design, options=parts["design"]["options"], where="learngene.design_args")
     shapes = design.rows(ancestry.shape)
-    check_stitch_rank(lg, shapes)  # before the first row is distilled
+    check_rank(lg.stitch_rank, LearngenePoolMethod(paths=lg.paths).stitches(shapes), "learngene.stitch_rank")  # before any row
     with meta_skeleton():  # the rows on the meta device: stitchable (one input, joinable boundaries) before any distillation
         check_stitchable(LearngenePoolMethod(paths=lg.paths), [type(ancestry).from_arch(ancestry.resized(s)) for s in shapes])
     train = lg.train_config(base, "distill")

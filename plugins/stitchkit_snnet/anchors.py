@@ -57,7 +57,7 @@ def obtain_anchors(
     configs = cfg.anchor_configs()
     anchors = [create_anchor(i, anchor, data.spec, base.seed) for i, anchor in enumerate(configs)]
     check_anchors([a.shape for a in anchors])  # before any training, not after hours of it
-    check_stitch_rank(cfg, [a.shape for a in anchors], f"{name}.stitch_rank")
+    check_rank(cfg.stitch_rank, cfg.method().stitches([a.shape for a in anchors]), f"{name}.stitch_rank")  # (noted pre-flight)
     check_stitchable(cfg.method(), anchors)  # one input, and every boundary a stitch joins can be joined
     for i, (anchor, adapter) in enumerate(zip(configs, anchors)):
         if anchor.train:
@@ -75,7 +75,7 @@ def obtain_anchors(
 def check_stitch_rank(cfg: SNNetConfig, shapes: list[Any], where: str) -> None:
     """``stitch_rank`` against the stitch layers the anchors get (at most the smaller width; a note at it)."""
     for note in check_rank(cfg.stitch_rank, cfg.method().stitches(shapes), where):
-        logging.getLogger("stitchkit").warning(note)
+        logging.getLogger("stitchkit").warning(f"stitchkit: note: {note}")
 
 
 def obtain_teacher(cfg: SNNetConfig, anchors: list[AncestryAdapter], spec: Any, registry: Any) -> Any:

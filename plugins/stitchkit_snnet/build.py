@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from stitchkit.core.errors import ConfigError
+from stitchkit.core.errors import ConfigError, StitchkitError
 from stitchkit.core.interfaces import InitContext
 from stitchkit.pool.measure import count_macs, count_params
 from stitchkit.pool.pool import Pool
@@ -53,14 +53,13 @@ def check_snnet_config(
         cfg.train_config(base, phase)
     # an initializer holds only its options: made now, its own value checks (ls's mode, solver, ridge) run before any phase
     registry.build("initializer", cfg.initializer, options=cfg.initializer_args, where=f"{name}.initializer_args")
-    if getattr(cfg, "sampler", ""):
-        registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
-    if cfg.stitch_rank:
-        _check_rank_on_paper(cfg, config, name)
+    registry.check("sampler", cfg.sampler, cfg.sampler_args, where=f"{name}.sampler_args")
+    _check_on_paper(cfg, config, name, registry)
 
 
-def _check_rank_on_paper(cfg: SNNetConfig, config: Mapping[str, Any], name: str) -> None:
-    """``stitch_rank`` against the anchors' widths, from their architectures on the meta device (no weights, no data).
+def _check_on_paper(cfg: SNNetConfig, config: Mapping[str, Any], name: str, registry: Any) -> None:
+    """``stitch_rank`` and the sampler's option values against the pool the anchors make, built on the meta device
+    (no weights, no data; the MACs the sampler sees are those the build computes).
 
     An anchor that cannot be described here is left to :func:`.anchors.obtain_anchors`, which checks the
     rank again on the real anchors before any training.
@@ -73,13 +72,23 @@ def _check_rank_on_paper(cfg: SNNetConfig, config: Mapping[str, Any], name: str)
     from .anchors import check_stitch_rank
 
     data = DataConfig.from_config(dict(config))
-    spec = DataSpec(data.in_chans, data.img_size, 2)  # widths do not depend on the class count, which needs the data
+    spec = DataSpec(data.in_chans, data.img_size, 2)  # widths and MACs do not depend on the class count, which needs the data
     try:
-        shapes = [meta_network(spec, from_mapping(ModelConfig, a.model_section(), f"{name}.anchors[{i}]")).shape
-                  for i, a in enumerate(cfg.anchor_configs(name))]
+        anchors = [meta_network(spec, from_mapping(ModelConfig, a.model_section(), f"{name}.anchors[{i}]"))
+                   for i, a in enumerate(cfg.anchor_configs(name))]
     except Exception:  # noqa: BLE001 - e.g. a timm name unknown offline: the real anchors are checked before training
         return
-    check_stitch_rank(cfg, shapes, f"{name}.stitch_rank")
+    check_stitch_rank(cfg, [a.shape for a in anchors], f"{name}.stitch_rank")
+    try:
+        with torch.device("meta"):
+            pool = Pool.from_method(cfg.method(), anchors, stitch_rank=cfg.stitch_rank, stitch_alpha=cfg.stitch_alpha)
+            paths = [p for p in pool.paths if cfg.trainable == "all" or not p.is_single_row]
+            macs = [count_macs(pool.descendant(p)) for p in paths]
+    except StitchkitError:
+        raise
+    except Exception:  # noqa: BLE001 - what the meta device cannot run is checked by the build itself
+        return
+    registry.build("sampler", cfg.sampler, paths, macs, options=cfg.sampler_args, where=f"{name}.sampler_args")
 
 
 def build_snnet(

@@ -172,7 +172,7 @@ def format_model_info(info: dict[str, Any]) -> str:
     meta = info["info"]
     data = meta.get("data", {})
     lines = [
-        f"model {info['file']}  ({info['bytes'] / 2**20:.1f} MiB, written by stitchkit train)",
+        f"model {info['file']}  ({info['bytes'] / 2**20:.1f} MiB, one network: a model file from stitchkit train)",
         f"network: {info['adapter']} {info['shape']}, {info['params']:,} params",
     ]
     if data:

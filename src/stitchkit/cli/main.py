@@ -400,7 +400,8 @@ def parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", default="stitchkit-demo", help="output folder (default stitchkit-demo/)")
     pd.add_argument("--data", default="digits", choices=["digits", "fashion-mnist"],
                     help="data set and its shipped config: digits (bundled, 2 minutes) or fashion-mnist "
-                         "(apt-get install dataset-fashion-mnist; under 20 minutes on 2 cores)")
+                         "(apt-get install dataset-fashion-mnist; a 12,000-image subset, tested on the official "
+                         "10,000 images: several times longer, see docs/training.md)")
     pd.add_argument("--config", help="demo config (default: the shipped config of --data, e.g. configs/demo.toml)")
     pd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. demo.finetune_epochs=20")
     pd.add_argument("--threads", type=int, default=1,
@@ -416,6 +417,15 @@ def parser() -> argparse.ArgumentParser:
                     help="torch CPU threads (default: torch's choice, all cores; 1 when runs share the machine)")
     pt.set_defaults(func=_cmd_train)
     return p
+
+
+def error_line(exc: BaseException) -> str:
+    """The message of a stitchkit error, without the worker traceback a DataLoader worker's re-raise puts in it."""
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:  # torch's ExceptionWrapper.reraise
+        last = text.strip().splitlines()[-1]  # "stitchkit.core.errors.ConfigError: <the message>"
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def _fail(message: str) -> int:
@@ -456,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StitchkitError as exc:
         if args.traceback:
             raise
-        return _fail(str(exc))
+        return _fail(error_line(exc))
     except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly, as SIGPIPE would
         _silence_stdout()
         return SIGPIPE_STATUS

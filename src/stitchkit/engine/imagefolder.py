@@ -136,11 +136,11 @@ class FolderWalk:
         """One warning per kind of path that was not counted (nothing when every path was a new file)."""
         if self.skipped_dirs:
             link, first = self.skipped_dirs[0]
-            log.warning(f"{where}: {len(self.skipped_dirs)} directory link(s) lead to a folder walked already (e.g. {link} -> "
+            log.warning(f"stitchkit: note: {where}: {len(self.skipped_dirs)} directory link(s) lead to a folder walked already (e.g. {link} -> "
                         f"{first}: a symlink loop or a second path); their images are counted once")
         if self.duplicates:
             second, first = self.duplicates[0]
-            log.warning(f"{where}: {len(self.duplicates)} image path(s) are a second name of a file counted already "
+            log.warning(f"stitchkit: note: {where}: {len(self.duplicates)} image path(s) are a second name of a file counted already "
                         f"(e.g. {second} = {first}); each file is counted once")
 
 
