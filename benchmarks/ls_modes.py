@@ -9,9 +9,6 @@ which only train mode exercises. Per seed, both modes fit the same 100 training 
 (the build's seeded choice); train mode also mixes them (timm Mixup 0.8 / CutMix 1.0) and
 draws drop-path. Prints test top-1 of every configuration (mean over seeds) and the mean
 over stitched configurations.
-
-``--compare solver`` instead compares the two least-squares solvers in eval mode, the official
-pseudo-inverse cut-off (the default) against ``solver = "exact"``, on the same images.
 """
 
 from __future__ import annotations
@@ -38,8 +35,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--drop-path", type=float, default=0.1)
     ap.add_argument("--images", type=int, default=100)
-    ap.add_argument("--compare", choices=("mode", "solver"), default="mode",
-                    help="what to compare: LS in eval vs train mode, or the official cut-off vs the exact solve")
     args = ap.parse_args()
 
     config = json.loads((args.run / "resolved.json").read_text())
@@ -54,32 +49,28 @@ def main() -> None:
     cfg = SNNetConfig(**{k: v for k, v in config.get("snnet", {}).items() if k in SNNetConfig.__dataclass_fields__})
     pool = Pool.from_method(cfg.method(), anchors)
     loader = data.eval_loader(cfg.eval_split)
-    variants = {"eval": {"mode": "eval"}, "train": {"mode": "train"}} if args.compare == "mode" else \
-        {"official": {"solver": "official"}, "exact": {"solver": "exact"}}
-    (a, b) = variants
-    results: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
+    results: dict[str, dict[str, list[float]]] = {"eval": {}, "train": {}}
     for seed in args.seeds:
         images = init_images(data, args.images, seed)
-        for key, options in variants.items():
-            LeastSquaresInitializer(**options).initialize(pool, InitContext(images=images, seed=seed))
+        for mode in ("eval", "train"):
+            LeastSquaresInitializer(mode=mode).initialize(pool, InitContext(images=images, seed=seed))
             for name, res in evaluate_pool(pool, loader).items():
-                results[key].setdefault(name, []).append(res["top1"])
+                results[mode].setdefault(name, []).append(res["top1"])
     labels = {p.name: p.label for p in pool.paths}
     print(f"{len(args.seeds)} seeds, {args.images} images, drop-path {args.drop_path}; test top-1 right after LS init")
-    print(f"| configuration | {a} | {b} |\n|---|---:|---:|")
-    for name in results[a]:
-        e, t = results[a][name], results[b][name]
-        print(f"| {labels[name] or name} | {statistics.fmean(e):.1f} ± {statistics.pstdev(e):.1f} | {statistics.fmean(t):.1f} ± {statistics.pstdev(t):.1f} |")
-    stitched = [n for n in results[a] if "+" in n]
-    for key in variants:
-        per_seed = [statistics.fmean(results[key][n][i] for n in stitched) for i in range(len(args.seeds))]
-        print(f"{key}: mean over the {len(stitched)} stitched configurations {statistics.fmean(per_seed):.1f} "
+    print(f"| configuration | eval mode | train mode (official) |\n|---|---:|---:|")
+    for name in results["eval"]:
+        e, t = results["eval"][name], results["train"][name]
+        print(f"| {labels[name]} | {statistics.fmean(e):.1f} ± {statistics.pstdev(e):.1f} | {statistics.fmean(t):.1f} ± {statistics.pstdev(t):.1f} |")
+    stitched = [n for n in results["eval"] if "+" in n]
+    for mode in ("eval", "train"):
+        per_seed = [statistics.fmean(results[mode][n][i] for n in stitched) for i in range(len(args.seeds))]
+        print(f"{mode} mode: mean over the {len(stitched)} stitched configurations {statistics.fmean(per_seed):.1f} "
               f"(per seed {', '.join(f'{v:.1f}' for v in per_seed)})")
-    wins = sum(statistics.fmean(results[a][n]) > statistics.fmean(results[b][n]) for n in stitched)
-    same = sum(results[a][n] == results[b][n] for n in stitched)
-    print(f"{a} higher on {wins} of {len(stitched)} stitched configurations, identical on {same}")
-    out = args.run / ("ls_modes.json" if args.compare == "mode" else "ls_solvers.json")
-    out.write_text(json.dumps({"seeds": args.seeds, "drop_path": args.drop_path, "compare": args.compare, "results": results}, indent=2))
+    wins = sum(statistics.fmean(results["eval"][n]) > statistics.fmean(results["train"][n]) for n in stitched)
+    print(f"eval mode higher on {wins} of {len(stitched)} stitched configurations")
+    out = args.run / "ls_modes.json"
+    out.write_text(json.dumps({"seeds": args.seeds, "drop_path": args.drop_path, "results": results}, indent=2))
     print(f"wrote {out}")
 
 

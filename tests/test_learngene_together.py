@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -47,3 +48,14 @@ def test_pools_built_together_must_share_their_distillation(tmp_path, ancestry_f
     other = _config(ancestry_file, initializer="ls", alpha=0.1)
     with pytest.raises(ConfigError, match="differ in a setting distillation depends on"):
         method.build_together([tm, other], out_dir=tmp_path, registry=registry)
+
+
+def test_a_build_trained_in_bf16_saves_float32_weights(tmp_path, ancestry_file, registry):
+    """bf16 autocast in every phase (rows distilled together, the pool fine-tuned): the pool file holds float32."""
+    config = _config(ancestry_file, distill={"max_steps": 2}, finetune={"max_steps": 2})
+    config["train"]["precision"] = "bf16"
+    path = registry.method("learngene-pool").build(config, out_dir=tmp_path, registry=registry)
+    tensors = load_file(str(path))
+    assert tensors and {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float32}
+    records = [json.loads(x) for x in (tmp_path / "distill-row0" / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(math.isfinite(r["loss"]) for r in records if "loss" in r)

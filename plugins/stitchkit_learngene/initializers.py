@@ -22,8 +22,9 @@ same weight, as in the official code.
   of training images, pulled towards TM: per place, with ``A = [x_a, 1]``,
   ``theta = argmin ||A theta - y_b||^2 + lam ||theta - theta_TM||^2``
   (``lam = ridge * trace(A^T A) / cols(A)``, so ``ridge`` is scale-free).
-  ``ridge -> 0`` gives SN-Net's LS, ``ridge -> inf`` gives TM; places sharing
-  a layer are averaged like LS. Why: TM only knows what distillation matched
+  ``ridge -> 0`` gives SN-Net's LS solved exactly (``ls`` with
+  ``solver = "exact"``), ``ridge -> inf`` gives TM; places sharing a layer
+  are averaged like LS. Why: TM only knows what distillation matched
   at three levels, LS only knows one batch; the ridge keeps the TM direction
   where the batch says little.
 """

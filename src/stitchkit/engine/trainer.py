@@ -1,10 +1,15 @@
 """The one training loop every method drives through a task.
 
 AdamW with a warmup + cosine schedule (a pure function of the step, so resume
-needs no scheduler state), gradient clipping, label smoothing, bf16 autocast
-on GPU, a frozen teacher run once per step, per-step path sampling seeded
-from ``(seed, step)`` on every rank, DistributedDataParallel under torchrun,
-and checkpoints from which a killed run resumes bit-exactly on CPU.
+needs no scheduler state; optionally scaled by batch size as DeiT does),
+gradient clipping, label smoothing, bf16 autocast, channels_last for
+convolutional networks, an optional EMA of the weights, a frozen teacher run
+once per step, per-step path sampling seeded from ``(seed, step)`` on every
+rank, DistributedDataParallel under torchrun, and checkpoints from which a
+killed run resumes bit-exactly on CPU. :func:`fit_together` trains several
+students on the same batches with one teacher forward per batch, each as it
+would train alone. Nothing is read back to the host inside a step; the loss
+is read once per log line.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.spec import RowShape
 from .weights import create_timm_model
-from .timm_base import StagedAdapter, check_kwargs, parts_in_order, planning_size, stage_blocks, stage_of
+from .timm_base import StagedAdapter, check_kwargs, parts_in_order, planning_size, stage_blocks
 
 _ARCH_KEYS = {
     "in_chans", "num_classes", "img_size", "global_pool", "depths", "dims", "kernel_sizes", "ls_init_value",
@@ -31,6 +31,9 @@ class TimmConvNeXt(StagedAdapter):
     """timm ``ConvNeXt`` (patchify stem, depthwise 7x7 blocks with layer scale)."""
 
     name = "timm-convnext"
+    stem_keys = ("stem.",)
+    head_keys = ("head.", "norm_pre.")
+    network = "ConvNeXt"
     feature_layout = "map"
     model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
     timm_name: str
@@ -137,15 +140,3 @@ class TimmConvNeXt(StagedAdapter):
     def input_size(self) -> tuple[int, int, int]:
         return (int(self.model.stem[0].in_channels), *self._img_size)
 
-    def attention(self, index: int) -> nn.Module:
-        raise ConfigError("timm-convnext blocks have no attention: nothing to tap or distil there (use block-level losses)")
-
-    def part_of(self, param_name: str) -> tuple[str, int | None]:
-        if param_name.startswith("stem."):
-            return "stem", None
-        if param_name.startswith(("head.", "norm_pre.")):
-            return "head", None
-        index = stage_of(param_name, "stages.", self._starts, ("downsample", "blocks"))
-        if index is None:
-            raise ConfigError(f"timm-convnext: state-dict key {param_name!r} belongs to no part of a ConvNeXt")
-        return "block", index

@@ -42,7 +42,7 @@ from ..core.spec import FeatureSignature, RowShape
 from ..io.state_dicts import read_state_dict
 from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, planning_size, restore_timm_buffers, stage_blocks, stage_of,
+    StagedAdapter, StageEntry, check_kwargs, planning_size, restore_timm_buffers, stage_blocks,
 )
 
 _ARCH_KEYS = {
@@ -89,6 +89,9 @@ class TimmLeViT(StagedAdapter):
     """timm ``Levit`` / ``LevitDistilled`` on tokens (LeViT-128S/128/192/256/384 and any stages, widths and heads)."""
 
     name = "timm-levit"
+    stem_keys = ("stem.",)
+    head_keys = ("head.", "head_dist.")
+    network = "Levit"
     feature_layout = "tokens"
     model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
     timm_name: str
@@ -266,21 +269,6 @@ class TimmLeViT(StagedAdapter):
         for s, st in enumerate(m.stages):
             sigs += [per_stage[s]] * len(st.blocks)
         return sigs
-
-    def attention(self, index: int) -> nn.Module:
-        blk: Any = self._blocks[index]
-        inner: Any = blk.block if isinstance(blk, StageEntry) else blk
-        return inner.attn  # type: ignore[no-any-return]
-
-    def part_of(self, param_name: str) -> tuple[str, int | None]:
-        if param_name.startswith("stem."):
-            return "stem", None
-        if param_name.startswith(("head.", "head_dist.")):
-            return "head", None
-        index = stage_of(param_name, "stages.", self._starts, ("downsample", "blocks"))
-        if index is None:
-            raise ConfigError(f"timm-levit: state-dict key {param_name!r} belongs to no part of a Levit")
-        return "block", index
 
     def restore_buffers(self, module: nn.Module) -> None:
         """The attention-bias index tables (``attention_bias_idxs``) are not in timm's state dict: recompute them."""

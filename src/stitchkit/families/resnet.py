@@ -203,9 +203,6 @@ class TimmResNet(StagedAdapter):
     def input_size(self) -> tuple[int, int, int]:
         return (int(_first_conv(self.model.conv1).in_channels), *self._img_size)
 
-    def attention(self, index: int) -> nn.Module:
-        raise ConfigError("timm-resnet blocks have no attention: nothing to tap or distil there (use block-level losses)")
-
     def part_of(self, param_name: str) -> tuple[str, int | None]:
         if param_name.startswith(("conv1.", "bn1.")):
             return "stem", None

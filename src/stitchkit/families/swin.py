@@ -21,8 +21,7 @@ from ..core.errors import ConfigError
 from ..core.spec import RowShape
 from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, on_meta, parts_in_order, restore_timm_buffers,
-    stage_blocks, stage_of,
+    StagedAdapter, StageEntry, check_kwargs, on_meta, parts_in_order, restore_timm_buffers, stage_blocks,
 )
 
 _ARCH_KEYS = {
@@ -35,6 +34,10 @@ class TimmSwin(StagedAdapter):
     """timm ``SwinTransformer`` (Swin-T/S/B/L of any depths, widths, heads, window and image size)."""
 
     name = "timm-swin"
+    stem_keys = ("patch_embed.",)
+    head_keys = ("norm.", "head.")
+    stages_key = "layers."
+    network = "SwinTransformer"
     feature_layout = "nhwc"
     model: Any  # the timm network (typed loosely: timm modules expose untyped attributes)
     timm_name: str
@@ -150,21 +153,6 @@ class TimmSwin(StagedAdapter):
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (int(self.model.in_chans), *(int(v) for v in self.model.patch_embed.img_size))  # type: ignore[return-value]
-
-    def attention(self, index: int) -> nn.Module:
-        blk: Any = self._blocks[index]
-        inner: Any = blk.block if isinstance(blk, StageEntry) else blk
-        return inner.attn  # type: ignore[no-any-return]
-
-    def part_of(self, param_name: str) -> tuple[str, int | None]:
-        if param_name.startswith("patch_embed."):
-            return "stem", None
-        if param_name.startswith(("norm.", "head.")):
-            return "head", None
-        index = stage_of(param_name, "layers.", self._starts, ("downsample", "blocks"))
-        if index is None:
-            raise ConfigError(f"timm-swin: state-dict key {param_name!r} belongs to no part of a SwinTransformer")
-        return "block", index
 
     def restore_buffers(self, module: nn.Module) -> None:
         """Relative position indices and shifted-window masks are not in timm's state dict."""

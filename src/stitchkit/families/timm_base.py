@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,7 +50,20 @@ def planning_size(img_size: int | Sequence[int]) -> tuple[int, int]:
 
 class StagedAdapter(AncestryAdapter):
     """An adapter for a hierarchical family: its stages' blocks numbered across stages as one list,
-    ``_starts[s]`` the index of stage ``s``'s first block, and the stem and head modules it was given."""
+    ``_starts[s]`` the index of stage ``s``'s first block, and the stem and head modules it was given.
+
+    Key ownership is declared, not coded: a parameter under one of :attr:`stem_keys` is the stem's,
+    under :attr:`head_keys` the head's, and ``<stages_key><s>.<downsample|blocks.b>...`` belongs to a
+    block (:func:`stage_of`); a family whose keys follow another scheme overrides :meth:`part_of`.
+    """
+
+    #: State-dict key prefixes of the stem's and of the head's parameters.
+    stem_keys: ClassVar[tuple[str, ...]] = ()
+    head_keys: ClassVar[tuple[str, ...]] = ()
+    #: Prefix of the stages' keys (``stages.`` for ``stages.<s>...``).
+    stages_key: ClassVar[str] = "stages."
+    #: timm's class, named in messages.
+    network: ClassVar[str] = "network"
 
     def __init__(self, model: nn.Module, stages: Iterable[Sequence[nn.Module]], stem: nn.Module, head: nn.Module) -> None:
         super().__init__(model)
@@ -72,6 +85,24 @@ class StagedAdapter(AncestryAdapter):
 
     def head(self) -> nn.Module:
         return self._head
+
+    def attention(self, index: int) -> nn.Module:
+        """The block's ``attn`` module (inside the :class:`StageEntry` of a stage's first block)."""
+        block: Any = self._blocks[index]
+        inner: Any = block.block if isinstance(block, StageEntry) else block
+        if not hasattr(inner, "attn"):
+            raise ConfigError(f"{self.name} blocks have no attention: nothing to tap or distil there (use block-level losses)")
+        return inner.attn  # type: ignore[no-any-return]
+
+    def part_of(self, param_name: str) -> tuple[str, int | None]:
+        if param_name.startswith(self.stem_keys):
+            return "stem", None
+        if param_name.startswith(self.head_keys):
+            return "head", None
+        index = stage_of(param_name, self.stages_key, self._starts, ("downsample", "blocks"))
+        if index is None:
+            raise ConfigError(f"{self.name}: state-dict key {param_name!r} belongs to no part of a {self.network}")
+        return "block", index
 
 
 def parts_in_order(model: nn.Module, *names: str) -> nn.Sequential:
