@@ -7,6 +7,7 @@ helper here degrades to a no-op for a single process.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -47,6 +48,11 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
 
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def dist_context(device: str = "auto") -> DistContext:
     """Join the process group if launched by torchrun (idempotent) and pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -57,6 +63,9 @@ def dist_context(device: str = "auto") -> DistContext:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # Tear the group down before the interpreter does: a gloo group left to process exit can abort a
+        # rank ("terminate called without an active exception") while its threads are still running.
+        atexit.register(_destroy_group)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistContext(rank, world, local_rank, dev)
