@@ -19,7 +19,7 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.spec import RowShape
 from .weights import create_timm_model
-from .timm_base import StagedAdapter, check_kwargs, parts_in_order, planning_size, stage_blocks
+from .timm_base import build_network, StagedAdapter, check_kwargs, parts_in_order, planning_size, stage_blocks
 
 _ARCH_KEYS = {
     "in_chans", "num_classes", "img_size", "global_pool", "depths", "dims", "kernel_sizes", "ls_init_value",
@@ -55,10 +55,7 @@ class TimmConvNeXt(StagedAdapter):
         for key in ("depths", "dims", "kernel_sizes"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
-        try:
-            model = ConvNeXt(**kwargs)
-        except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"cannot build a timm ConvNeXt from arch {dict(arch)}: {exc}") from exc
+        model = build_network(ConvNeXt, arch, **kwargs)
         adapter = cls(model, arch.get("img_size", 224))
         if arch.get("timm_name"):
             adapter.timm_name = arch["timm_name"]

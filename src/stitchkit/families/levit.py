@@ -42,7 +42,7 @@ from ..core.spec import FeatureSignature, RowShape
 from ..io.state_dicts import read_state_dict
 from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, planning_size, restore_timm_buffers, stage_blocks,
+    build_network, StagedAdapter, StageEntry, check_kwargs, planning_size, restore_timm_buffers, stage_blocks,
 )
 
 _ARCH_KEYS = {
@@ -130,10 +130,7 @@ class TimmLeViT(StagedAdapter):
         if init is not None and (isinstance(init, bool) or not isinstance(init, (int, float))):
             raise ConfigError(f"timm-levit arch residual_bn_init must be a number, got {init!r}")
         kind = LevitDistilled if arch.get("distilled", True) else Levit
-        try:
-            model = kind(**kwargs)
-        except (TypeError, ValueError, AssertionError, KeyError, RuntimeError) as exc:
-            raise ConfigError(f"cannot build a timm Levit from arch {dict(arch)}: {exc}") from exc
+        model = build_network(kind, arch, **kwargs)
         adapter = cls(model)
         if init is not None:
             for bn in _residual_closing_norms(model):

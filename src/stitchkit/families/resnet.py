@@ -22,7 +22,7 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.spec import RowShape
 from .weights import create_timm_model
-from .timm_base import StagedAdapter, check_kwargs, parts_in_order, planning_size
+from .timm_base import build_network, StagedAdapter, check_kwargs, parts_in_order, planning_size
 
 _BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _ARCH_KEYS = {
@@ -97,10 +97,7 @@ class TimmResNet(StagedAdapter):
                 kwargs[key] = tuple(kwargs[key])
         if len(kwargs.get("layers", ())) != 4 or len(kwargs.get("channels", (0,) * 4)) != 4:
             raise ConfigError(f"a timm ResNet has four stages: arch layers and channels need 4 entries, got {dict(arch)}")
-        try:
-            model = ResNet(**kwargs)
-        except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"cannot build a timm ResNet from arch {dict(arch)}: {exc}") from exc
+        model = build_network(ResNet, arch, **kwargs)
         adapter = cls(model, arch.get("img_size", 224))
         if arch.get("timm_name"):
             adapter.timm_name = arch["timm_name"]

@@ -21,7 +21,7 @@ from ..core.errors import ConfigError
 from ..core.spec import RowShape
 from .weights import create_timm_model
 from .timm_base import (
-    StagedAdapter, StageEntry, check_kwargs, on_meta, parts_in_order, restore_timm_buffers, stage_blocks,
+    build_network, StagedAdapter, StageEntry, check_kwargs, on_meta, parts_in_order, restore_timm_buffers, stage_blocks,
 )
 
 _ARCH_KEYS = {
@@ -66,10 +66,7 @@ class TimmSwin(StagedAdapter):
             _check_head_dim([(1, kwargs["embed_dim"] * 2**i, h) for i, h in enumerate(kwargs["num_heads"])], f"arch {dict(arch)}")
         if on_meta():
             kwargs.setdefault("weight_init", "skip")
-        try:
-            model = SwinTransformer(**kwargs)
-        except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"cannot build a timm SwinTransformer from arch {dict(arch)}: {exc}") from exc
+        model = build_network(SwinTransformer, arch, **kwargs)
         adapter = cls(model)
         if arch.get("timm_name"):
             adapter.timm_name = arch["timm_name"]

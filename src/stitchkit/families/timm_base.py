@@ -12,14 +12,17 @@ and a key of the model belongs to exactly one block.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.interfaces import AncestryAdapter
+
+
+NetworkT = TypeVar("NetworkT", bound=nn.Module)
 
 
 class StageEntry(nn.Module):
@@ -103,6 +106,15 @@ class StagedAdapter(AncestryAdapter):
         if index is None:
             raise ConfigError(f"{self.name}: state-dict key {param_name!r} belongs to no part of a {self.network}")
         return "block", index
+
+
+def build_network(network: Callable[..., NetworkT], arch: Mapping[str, Any], **kwargs: Any) -> NetworkT:
+    """timm's ``network(**kwargs)``; an arch timm cannot build (often one read from a file) is one ConfigError
+    naming the class and the arch, not a traceback from inside timm."""
+    try:
+        return network(**kwargs)
+    except (TypeError, ValueError, AssertionError, KeyError, RuntimeError) as exc:
+        raise ConfigError(f"cannot build a timm {network.__name__} from arch {dict(arch)}: {exc}") from exc
 
 
 def parts_in_order(model: nn.Module, *names: str) -> nn.Sequential:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..core.errors import ConfigError, StitchkitError
 from ..core.interfaces import AncestryAdapter
+from .timm_base import build_network
 from ..core.spec import FeatureSignature, RowShape
 
 
@@ -110,10 +111,7 @@ class TimmViT(AncestryAdapter):
                 kwargs[key] = tuple(kwargs[key])
         if _on_meta():
             kwargs.setdefault("weight_init", "skip")  # no values to initialise; timm's init is slow on meta
-        try:
-            model = VisionTransformer(**kwargs)
-        except (TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"cannot build a timm VisionTransformer from arch {dict(arch)}: {exc}") from exc
+        model = build_network(VisionTransformer, arch, **kwargs)
         _check_grid(model, "arch")
         adapter = cls(model)
         if arch.get("timm_name"):  # keep the identity, so from_arch(arch()) round-trips
