@@ -64,3 +64,29 @@ def tie_stems_affinely(front: TimmViT, end: TimmViT, a: torch.Tensor, c: torch.T
         em.patch_embed.proj.bias.copy_(a @ fm.patch_embed.proj.bias)
         em.pos_embed.copy_(fm.pos_embed @ a.T + c)
         em.cls_token.copy_(fm.cls_token @ a.T)
+
+
+#: A Learngene Pool build on digits small enough to run whole in a test (seconds).
+TINY_LEARNGENE_BUILD = """
+method = "learngene-pool"
+[data]
+source = "digits"
+img_size = 8
+in_chans = 1
+[model]
+depth = 4
+embed_dim = 32
+num_heads = 2
+patch_size = 2
+[train]
+batch_size = 32
+lr = 2e-3
+progress = false
+eval_every = 0
+[learngene]
+rows = "2x16:2,2x32:2"
+init_images = 40
+ancestry_train = { max_steps = 3 }
+distill = { max_steps = 2 }
+finetune = { max_steps = 2 }
+"""

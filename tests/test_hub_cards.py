@@ -12,7 +12,7 @@ import timm
 import torch
 from huggingface_hub import ModelCard
 
-from helpers import tiny_row
+from helpers import TINY_LEARNGENE_BUILD, tiny_row
 from stitchkit.apps.hub import export_hf
 from stitchkit.cli.build import build_command
 from stitchkit.cli.main import main
@@ -136,29 +136,7 @@ def test_hf_refuses_other_outputs_beside_it(pool_file, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- cards
-CONFIG = """
-method = "learngene-pool"
-[data]
-source = "digits"
-img_size = 8
-in_chans = 1
-[model]
-depth = 4
-embed_dim = 32
-num_heads = 2
-patch_size = 2
-[train]
-batch_size = 32
-lr = 2e-3
-progress = false
-eval_every = 0
-[learngene]
-rows = "2x16:2,2x32:2"
-init_images = 40
-ancestry_train = { max_steps = 3 }
-distill = { max_steps = 2 }
-finetune = { max_steps = 2 }
-"""
+CONFIG = TINY_LEARNGENE_BUILD
 
 
 def card_table(text: str, heading: str) -> list[list[str]]:

@@ -15,29 +15,9 @@ from stitchkit.engine.runlog import phase_seconds, read_run_records
 from stitchkit.core.registry import Registry
 from stitchkit.io.storage import load_pool, read_pool_metadata
 
-CONFIG = """
-method = "learngene-pool"
-[data]
-source = "digits"
-img_size = 8
-in_chans = 1
-[model]
-depth = 4
-embed_dim = 32
-num_heads = 2
-patch_size = 2
-[train]
-batch_size = 32
-lr = 2e-3
-progress = false
-eval_every = 0
-[learngene]
-rows = "2x16:2,2x32:2"
-init_images = 40
-ancestry_train = { max_steps = 3 }
-distill = { max_steps = 2 }
-finetune = { max_steps = 2 }
-"""
+from helpers import TINY_LEARNGENE_BUILD
+
+CONFIG = TINY_LEARNGENE_BUILD
 
 PHASES = ["ancestry", "distill-row0", "distill-row1", "finetune-tm"]
 
