@@ -4,6 +4,7 @@ that names the data, the budget actually trained and the published baselines."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 from test_idx_data import write_set
@@ -39,6 +40,7 @@ def test_the_demo_on_fashion_mnist_names_its_data_budget_and_baselines(tmp_path)
     for label, top1 in BASELINES["fashion-mnist"]:
         assert f"{label} {top1:g} %" in report
     assert "No benchmark ranges over seeds exist for the demo on Fashion-MNIST" in report
+    assert "`python benchmarks/fashion_mnist.py`" in report and (pathlib.Path(__file__).parents[1] / "benchmarks" / "fashion_mnist.py").is_file()
     assert json.loads((out / "summary.json").read_text())["report"] == str(out / "report.md")
 
 

@@ -496,6 +496,9 @@ def _run_demo(out: pathlib.Path, raw: dict[str, Any], demo: DemoConfig, registry
            + "; ".join(f"{label} {top1:g} %" for label, top1 in baselines) + "."] if baselines else []),
         *([] if same_data else [f"No benchmark ranges over seeds exist for the demo on {data_name(source)}; the "
                                 "tables show this one run."]),
+        *(["Every method over 3 seeds on the full training set (SN-Netv2 and networks trained alone included): "
+           "`python benchmarks/fashion_mnist.py` (benchmarks/RESULTS.md, \"Every method over 3 seeds\")."]
+          if source == "fashion-mnist" else []),
         "Each descendant against the same network trained on its own (from scratch and distilled from the "
         "ancestry, at the pool's fine-tuning epochs and at an equal share of the pool's training FLOPs) is "
         "measured by `python benchmarks/equal_compute.py` (benchmarks/RESULTS.md, \"What a pool buys\"); it is "
