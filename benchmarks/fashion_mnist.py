@@ -122,7 +122,8 @@ def run_alone(seed_dir: pathlib.Path, seed: int, lg_cfg: dict[str, Any], lg_flop
     order = sorted(range(len(paths)), key=lambda i: count_params(skeleton.descendant(paths[i])))
     picks = [order[0], order[len(order) // 2], order[-1]]
     share = lg_flops / len(paths)
-    teacher_macs = training_cost(lg_cfg, registry=registry)["phases"][1]["frozen_macs"]
+    phases = {ph["name"]: ph for ph in training_cost(lg_cfg, registry=registry)["phases"]}
+    teacher_macs = phases["distill-row0"]["frozen_macs"]  # the ancestry's forward, paid by a distilled student
     train = TrainConfig.from_config(lg_cfg)
     batch = train.batch_size
     out = []
@@ -181,9 +182,7 @@ def run_seed(out: pathlib.Path, seed: int, ancestry: pathlib.Path, args: argpars
     result["snnet"] = by_blocks(meta)
     result["seconds"]["snnet"], result["flops"]["snnet"] = seconds, method_flops(cfg, registry)
     print(f"seed {seed}: SN-Net built in {seconds:.0f} s", flush=True)
-    v2 = load_config(CONFIGS["snnetv2"], [f"train.seed={seed}", "train.progress=false", f"snnetv2.teacher={json.dumps(str(ancestry))}",
-                                          f"snnetv2.finetune.epochs={args.finetune_epochs}",
-                                          *([f"data.train_images={args.train_images}"] if args.train_images else [])])
+    v2 = build_config("snnetv2", seed, args, **{"snnetv2.teacher": str(ancestry), "snnetv2.finetune.epochs": args.finetune_epochs})
     for i, anchor in enumerate(v2["snnetv2"]["anchors"]):
         anchor["checkpoint"] = str(seed_dir / "snnet" / "anchors" / f"anchor{i}.safetensors")
     meta, seconds = build("snnetv2", v2, seed_dir / "snnetv2", registry)
