@@ -24,6 +24,21 @@ def tiny_row(shape: RowShape, seed: int = 0, **kw) -> TimmViT:
     return row
 
 
+def engine_vit(width: int = 16, depth: int = 2, heads: int = 2, classes: int = 4, drop_path: float = 0.0, seed: int = 0) -> TimmViT:
+    """The engine tests' network: an 8x8 grey ViT of patch 4, seeded, in training mode."""
+    torch.manual_seed(seed)
+    return TimmViT.from_arch({"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": classes, "embed_dim": width,
+                              "depth": depth, "num_heads": heads, "drop_path_rate": drop_path})
+
+
+def engine_data(classes: int = 4):
+    """The engine tests' data: 80 synthetic 8x8 images (64 train, 8 validation, 8 test)."""
+    from stitchkit.engine import DataConfig, build_data
+
+    return build_data(DataConfig(source="synthetic", img_size=8, synthetic_samples=80, synthetic_classes=classes,
+                                 val_fraction=0.1, test_fraction=0.1))
+
+
 def block_params(d: int) -> int:
     # norm1 (2d) + qkv (3d*d + 3d) + proj (d*d + d) + norm2 (2d) + fc1 (4d*d + 4d) + fc2 (4d*d + d)
     return 2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + 4 * d * d + 4 * d + 4 * d * d + d

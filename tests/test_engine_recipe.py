@@ -10,20 +10,21 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from stitchkit.engine import DataConfig, LogitsTeacher, PoolTask, TrainConfig, TrainTask, build_data, fit, load_teacher
+from stitchkit.engine import LogitsTeacher, PoolTask, TrainConfig, TrainTask, fit, load_teacher
 from stitchkit.core.errors import CheckpointError, ConfigError
 from stitchkit.core.interfaces import TapRequest
 from stitchkit.pool.pool import Pool
 from stitchkit.core.registry import Registry
 from stitchkit.families.vit import TimmViT
 
+from helpers import engine_data, engine_vit
+
 CLASSES = 4
 
 
 @pytest.fixture(scope="module")
 def data():
-    return build_data(DataConfig(source="synthetic", img_size=8, synthetic_samples=80, synthetic_classes=CLASSES,
-                                 val_fraction=0.1, test_fraction=0.1))
+    return engine_data(CLASSES)
 
 
 def cfg(**kw):
@@ -32,9 +33,7 @@ def cfg(**kw):
 
 
 def vit(width=16, seed=0):
-    torch.manual_seed(seed)
-    return TimmViT.from_arch({"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": CLASSES, "embed_dim": width,
-                              "depth": 2, "num_heads": 2})
+    return engine_vit(width, classes=CLASSES, seed=seed)
 
 
 class Recorder(TrainTask):

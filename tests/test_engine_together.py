@@ -33,19 +33,17 @@ from stitchkit.families.swin import TimmSwin
 from stitchkit.families.vit import TimmViT
 from stitchkit.pool.pool import Pool
 
+from helpers import engine_data, engine_vit
+
 REG = Registry(load_entrypoints=False)
 
 
-def vit(width=16, depth=2, heads=2, classes=4, drop_path=0.0, seed=0):
-    torch.manual_seed(seed)
-    return TimmViT.from_arch({"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": classes, "embed_dim": width,
-                              "depth": depth, "num_heads": heads, "drop_path_rate": drop_path})
+vit = engine_vit
 
 
 @pytest.fixture(scope="module")
 def data():
-    return build_data(DataConfig(source="synthetic", img_size=8, synthetic_samples=80, synthetic_classes=4,
-                                 val_fraction=0.1, test_fraction=0.1))
+    return engine_data()
 
 
 def cfg(**kw):
