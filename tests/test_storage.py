@@ -857,3 +857,26 @@ def test_format_1_files_still_load(core_registry, tmp_path):
     meta = read_pool_metadata(out)
     assert meta["format_version"] == "3"
     assert {s["src_layout"] for s in meta["pool"]["stitches"]} == {"tokens"}
+
+
+def test_file_sha256_hashes_from_an_offset_in_chunks_and_refuses_special_files(tmp_path):
+    """The one file digest behind pool data checks, checkpoints and finished builds: equal to hashlib over
+    the same bytes (across the 1 MiB chunk boundary), from any offset; a directory or FIFO is a FileError."""
+    import hashlib
+    import os
+
+    from stitchkit.core.errors import FileError
+    from stitchkit.io.files import file_sha256
+
+    data = bytes(range(256)) * 5000  # 1,280,000 bytes: two chunks
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+    assert file_sha256(f) == hashlib.sha256(data).hexdigest()
+    assert file_sha256(f, start=1_000_003) == hashlib.sha256(data[1_000_003:]).hexdigest()
+    assert file_sha256(f, start=len(data)) == hashlib.sha256(b"").hexdigest()
+    with pytest.raises(FileError, match="not a pool file"):
+        file_sha256(tmp_path, "pool file")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(FileError, match=r"fifo.*not a checkpoint tensor file"):
+        file_sha256(fifo, "checkpoint tensor file")

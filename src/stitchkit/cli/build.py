@@ -8,7 +8,6 @@ stopped. Works unchanged under ``torchrun --nproc_per_node N``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import time
@@ -20,7 +19,7 @@ from ..engine.settings import load_config
 from ..engine.distributed import barrier, dist_context
 from ..engine.runlog import append_run_record, read_run_records
 from ..core.errors import ConfigError
-from ..io.files import OutputLock
+from ..io.files import OutputLock, file_sha256
 from ..core.registry import Registry, default_registry
 
 
@@ -51,14 +50,6 @@ class BuildResult:
 
     pool: pathlib.Path
     unchanged: bool = False
-
-
-def file_sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def finished_pool(out: pathlib.Path, config: dict) -> pathlib.Path | None:

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..core.errors import CheckpointError, FileError
-from ..io.files import check_regular_file
+from ..io.files import check_regular_file, file_sha256
 from .config import config_hash, differing_keys, write_bytes_atomic, write_json_atomic
 
 FORMAT = 2  # 2: the JSON carries an integrity hash of itself
@@ -128,14 +128,6 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torc
 def _cpu_tensors(prefix: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # clone: safetensors refuses tensors that share storage (tied weights)
     return {f"{prefix}{k}": v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-
-
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _integrity(meta: Mapping[str, Any]) -> str:
@@ -257,7 +249,7 @@ def save_checkpoint(
         "finished": state.finished,
         "metrics": state.metrics,
         "weights": weights.name,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights, "checkpoint tensor file"),
         "config_hash": config_hash(identity),
         "identity": identity,
         "rng": dict(rng),
@@ -308,7 +300,7 @@ def read_checkpoint(path: pathlib.Path, identity: Mapping[str, Any] | None = Non
     weights = path.parent / meta["weights"]
     if not weights.is_file() or not stat.S_ISREG(os.stat(weights).st_mode):
         raise CheckpointError(f"{path}: its tensor file {weights.name} is missing; {hint}")
-    if _sha256(weights) != meta["weights_sha256"]:
+    if file_sha256(weights, "checkpoint tensor file") != meta["weights_sha256"]:
         raise CheckpointError(f"{weights}: corrupt checkpoint (sha256 does not match {path.name}); {hint}")
     try:
         tensors = load_file(str(weights))

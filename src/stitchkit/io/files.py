@@ -21,6 +21,7 @@ only hold if every writer and every reader follows the same rules:
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import pathlib
@@ -75,6 +76,17 @@ def open_regular(path: PathLike, what: str = "file") -> int:
         os.close(fd)
         raise FileError(f"{path}: is {_kind(st.st_mode)}, not a {what}; give the path of a regular file")
     return fd
+
+
+def file_sha256(path: PathLike, what: str = "file", start: int = 0) -> str:
+    """The sha256 of a regular file's bytes from ``start`` to the end, read 1 MiB at a time
+    (checkpoint tensors, pool files: never whole into memory)."""
+    digest = hashlib.sha256()
+    with open(open_regular(path, what), "rb") as fh:
+        fh.seek(start)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- outputs

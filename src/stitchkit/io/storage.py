@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..core import limits
 from ..core.errors import ConfigError, FileError, LimitError, PathError, PoolFormatError, StitchkitError, UnknownComponentError
-from .files import atomic_write, open_regular, refuse_overwrite
+from .files import atomic_write, file_sha256, refuse_overwrite
 from ..pool.lowrank import merge_low_rank
 from .header import (  # noqa: F401 - re-exported: the format's constants and schemas are part of this module's API
     DESCENDANT_FORMAT,
@@ -456,15 +456,10 @@ def verify_data(path: PathLike) -> str:
 
 def _data_sha256(p: pathlib.Path, start: int) -> str:
     """The sha256 of a file's bytes from ``start`` (its data section) to the end."""
-    digest = hashlib.sha256()
     try:
-        with open(open_regular(p, "pool file"), "rb") as fh:
-            fh.seek(start)
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        return file_sha256(p, "pool file", start)
     except (OSError, FileError) as exc:
         raise PoolFormatError(p, f"cannot read the file: {exc}") from None
-    return digest.hexdigest()
 
 
 def _same_file(p: pathlib.Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
